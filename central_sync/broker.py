@@ -1,0 +1,134 @@
+"""Start a local Mosquitto for the demo and the tests, with the project's own config.
+
+``LocalMosquitto`` renders ``broker/mosquitto-dev.conf`` (plus optional extra lines) into a private
+directory, picks a free loopback port, starts ``mosquitto -c`` and waits until the port accepts
+connections. Mosquitto drops to its own user after reading the config and before opening its
+files, so the rendered config sets ``user`` to the current user and every path is ours.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from central_sync.errors import CentralError
+
+BROKER_DIR = Path(__file__).resolve().parent.parent / "broker"
+DEV_CONF = BROKER_DIR / "mosquitto-dev.conf"
+
+
+def find_mosquitto() -> str:
+    """Path of the mosquitto binary (Debian puts it in /usr/sbin)."""
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not found:
+        raise CentralError("mosquitto is not installed (Debian package 'mosquitto'; scripts/bootstrap installs it)")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise CentralError(f"mosquitto did not open {host}:{port} within {timeout}s")
+
+
+class LocalMosquitto:
+    """A Mosquitto process on a loopback port. Use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        conf_template: Path = DEV_CONF,
+        extra_conf: str = "",
+        listener_conf: str | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.conf_template = conf_template
+        self.extra_conf = extra_conf
+        self.listener_conf = listener_conf
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conf_path = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
+
+    def render(self) -> str:
+        body = self.conf_template.read_text()
+        listener = self.listener_conf if self.listener_conf is not None else (
+            f"listener {self.port} {self.host}\nallow_anonymous true\n")
+        return (
+            f"# rendered by central_sync.broker from {self.conf_template.name}\n"
+            f"user {getpass.getuser()}\n"
+            f"persistence_location {self.workdir}/\n"
+            f"log_dest file {self.log_path}\n"
+            f"pid_file {self.workdir}/mosquitto.pid\n"
+            + body + "\n" + listener.replace("{port}", str(self.port)).replace("{host}", self.host)
+            + "\n" + self.extra_conf + "\n"
+        )
+
+    def start(self) -> LocalMosquitto:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(self.render())
+        self.proc = subprocess.Popen(
+            [find_mosquitto(), "-c", str(self.conf_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        try:
+            wait_port(self.host, self.port)
+        except CentralError:
+            err = b""
+            if self.proc.poll() is not None and self.proc.stderr:
+                err = self.proc.stderr.read()
+            self.stop()
+            log = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
+            raise CentralError(f"mosquitto failed to start: {err.decode(errors='replace')} {log}") from None
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut or OOM kill would (no persistence flush)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> LocalMosquitto:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,277 @@
+"""Wire protocol shared by the edge node and central (documented in docs/protocol.md).
+
+Topic tree under a prefix (default ``kentongan/v1``)::
+
+    {prefix}/up/{node_id}/event        node -> central   QoS 1   one event envelope
+    {prefix}/up/{node_id}/snapshot     node -> central   QoS 1   one snapshot (own lane)
+    {prefix}/up/{node_id}/presence     node -> central   QoS 1   retained birth / last will
+    {prefix}/up/{node_id}/heartbeat    node -> central   QoS 0   periodic status
+    {prefix}/up/{node_id}/cmd_result   node -> central   QoS 1   answer to a command
+    {prefix}/down/{node_id}/ack        central -> node   QoS 1   end-to-end acknowledgement
+    {prefix}/down/{node_id}/cmd        central -> node   QoS 1   command (signed)
+
+Every message body is one JSON object with ``"v"`` (protocol major version) and ``"kind"``. An
+unknown ``v`` is rejected with reason ``unknown_version``; unknown keys are rejected too
+(``bad_field``), because the canonical form is what signatures cover. ``sig`` (optional, base64
+Ed25519 over ``canonical_bytes``) is the only field not covered by the signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.errors import WireError
+
+PROTOCOL_VERSION = 1
+DEFAULT_PREFIX = "kentongan/v1"
+
+MAX_EVENT_BYTES = 16 * 1024
+MAX_SNAPSHOT_BYTES = 1024 * 1024
+MAX_CONTROL_BYTES = 64 * 1024
+#: Broker-side limit (message_size_limit) must be at least this.
+MAX_MESSAGE_BYTES = MAX_SNAPSHOT_BYTES + 64 * 1024
+
+UP_CHANNELS = ("event", "snapshot", "presence", "heartbeat", "cmd_result")
+DOWN_CHANNELS = ("ack", "cmd")
+
+NodeId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")]
+TimeQuality = Literal["synced", "unsynced", "corrected", "rtc"]
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = PROTOCOL_VERSION
+    sig: str | None = Field(None, max_length=200, description="base64 Ed25519 signature")
+
+
+class EventEnvelope(_Msg):
+    """One event from a node. ``event_id`` (UUIDv7) is the de-duplication key at central."""
+
+    kind: Literal["event"] = "event"
+    event_id: str = Field(min_length=16, max_length=64)
+    node_id: NodeId
+    boot_id: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=0)
+    mono_ns: int = Field(ge=0)
+    wall_time: float = Field(ge=0)
+    time_quality: TimeQuality
+    type: str = Field(min_length=1, max_length=40, pattern=r"^[A-Z0-9_]+$")
+    priority: int = Field(ge=1, le=4)
+    incident_id: str | None = Field(None, max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class SnapshotEnvelope(_Msg):
+    """A camera snapshot; ``data`` is base64 (sealed to central when ``sealed``)."""
+
+    kind: Literal["snapshot"] = "snapshot"
+    snapshot_id: str = Field(min_length=16, max_length=64)
+    event_id: str | None = Field(None, max_length=64)
+    node_id: NodeId
+    taken_at: float = Field(ge=0)
+    content_type: str = Field("image/jpeg", max_length=60)
+    sealed: bool = False
+    data: str = Field(max_length=MAX_SNAPSHOT_BYTES)
+
+
+class Presence(_Msg):
+    kind: Literal["presence"] = "presence"
+    node_id: NodeId
+    state: Literal["online", "offline"]
+    boot_id: str | None = Field(None, max_length=64)
+    version: str | None = Field(None, max_length=40)
+    at: float | None = None
+    kelurahan_code: str | None = Field(None, max_length=20)
+    rw: int | None = None
+    rt: int | None = None
+    display_name: str | None = Field(None, max_length=120)
+
+
+class Heartbeat(_Msg):
+    kind: Literal["heartbeat"] = "heartbeat"
+    node_id: NodeId
+    boot_id: str = Field(max_length=64)
+    at: float
+    version: str = Field(max_length=40)
+    time_quality: TimeQuality
+    clock_offset: float | None = None
+    outbox: dict[str, int] = Field(default_factory=dict)
+    siren: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Rejection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    event_id: str = Field(max_length=64)
+    reason: str = Field(max_length=200)
+
+
+class Ack(_Msg):
+    """Central's end-to-end acknowledgement: these events are committed in central's database."""
+
+    kind: Literal["ack"] = "ack"
+    node_id: NodeId
+    event_ids: list[str] = Field(default_factory=list, max_length=5000)
+    snapshot_ids: list[str] = Field(default_factory=list, max_length=1000)
+    rejected: list[Rejection] = Field(default_factory=list, max_length=5000)
+    central_time: float
+
+
+CommandAction = Literal["sound", "stop", "test", "snapshot", "status", "incident_ack", "config"]
+
+
+class Command(_Msg):
+    """A downlink command. Signed by central's command key (see docs/security.md)."""
+
+    kind: Literal["command"] = "command"
+    command_id: str = Field(min_length=8, max_length=64)
+    node_id: NodeId
+    action: CommandAction
+    params: dict[str, Any] = Field(default_factory=dict)
+    issued_at: float
+    expires_at: float
+    issuer: str = Field("central", max_length=80)
+
+
+class CommandResult(_Msg):
+    kind: Literal["command_result"] = "command_result"
+    command_id: str = Field(max_length=64)
+    node_id: NodeId
+    ok: bool
+    detail: str = Field("", max_length=500)
+    at: float
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+Message = EventEnvelope | SnapshotEnvelope | Presence | Heartbeat | Ack | Command | CommandResult
+
+_KINDS: dict[str, type[_Msg]] = {
+    "event": EventEnvelope,
+    "snapshot": SnapshotEnvelope,
+    "presence": Presence,
+    "heartbeat": Heartbeat,
+    "ack": Ack,
+    "command": Command,
+    "command_result": CommandResult,
+}
+#: Which kind may travel on which channel.
+CHANNEL_KIND = {
+    "event": "event",
+    "snapshot": "snapshot",
+    "presence": "presence",
+    "heartbeat": "heartbeat",
+    "cmd_result": "command_result",
+    "ack": "ack",
+    "cmd": "command",
+}
+_LIMITS = {"snapshot": MAX_SNAPSHOT_BYTES + 8 * 1024, "event": MAX_EVENT_BYTES}
+
+
+class Topics:
+    """Topic names for one prefix."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix.rstrip("/")
+
+    def up(self, node_id: str, channel: str) -> str:
+        assert channel in UP_CHANNELS, channel
+        return f"{self.prefix}/up/{node_id}/{channel}"
+
+    def down(self, node_id: str, channel: str) -> str:
+        assert channel in DOWN_CHANNELS, channel
+        return f"{self.prefix}/down/{node_id}/{channel}"
+
+    def up_wildcard(self, channel: str = "+") -> str:
+        return f"{self.prefix}/up/+/{channel}"
+
+    def parse(self, topic: str) -> tuple[str, str, str]:
+        """Split ``{prefix}/{up|down}/{node}/{channel}``; ``WireError('wrong_topic')`` otherwise."""
+        if not topic.startswith(self.prefix + "/"):
+            raise WireError("wrong_topic", topic)
+        parts = topic[len(self.prefix) + 1:].split("/")
+        if len(parts) != 3 or parts[0] not in ("up", "down"):
+            raise WireError("wrong_topic", topic)
+        direction, node_id, channel = parts
+        allowed = UP_CHANNELS if direction == "up" else DOWN_CHANNELS
+        if channel not in allowed or not node_id:
+            raise WireError("wrong_topic", topic)
+        return direction, node_id, channel
+
+
+def canonical_bytes(msg: _Msg | dict[str, Any]) -> bytes:
+    """The exact bytes a signature covers: the message without ``sig``, sorted keys, compact."""
+    data = msg.model_dump(mode="json") if isinstance(msg, BaseModel) else dict(msg)
+    data.pop("sig", None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode(msg: _Msg) -> bytes:
+    """Serialise a message (including ``sig`` when set) for publishing."""
+    data = msg.model_dump(mode="json", exclude_none=False)
+    if data.get("sig") is None:
+        data.pop("sig", None)
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    limit = _LIMITS.get(data["kind"], MAX_CONTROL_BYTES)
+    if len(body) > limit:
+        raise WireError("oversized", f"{data['kind']} of {len(body)} bytes > {limit}")
+    return body
+
+
+def decode(payload: bytes | bytearray | str, expected_kind: str | None = None) -> Message:
+    """Parse and validate one message body; raise ``WireError`` with a reason code.
+
+    Reasons: ``oversized``, ``not_json``, ``not_object``, ``unknown_version``, ``unknown_kind``,
+    ``wrong_kind``, ``bad_field``.
+    """
+    raw = payload.encode() if isinstance(payload, str) else bytes(payload)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise WireError("oversized", f"{len(raw)} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError("not_json", str(exc)[:120]) from None
+    if not isinstance(data, dict):
+        raise WireError("not_object", type(data).__name__)
+    version = data.get("v")
+    if version != PROTOCOL_VERSION:
+        raise WireError("unknown_version", repr(version)[:40])
+    kind = data.get("kind")
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise WireError("unknown_kind", repr(kind)[:40])
+    if expected_kind is not None and kind != expected_kind:
+        raise WireError("wrong_kind", f"{kind} where {expected_kind} expected")
+    limit = _LIMITS.get(kind, MAX_CONTROL_BYTES)  # type: ignore[arg-type]
+    if len(raw) > limit:
+        raise WireError("oversized", f"{kind} of {len(raw)} bytes > {limit}")
+    try:
+        return cls.model_validate(data)  # type: ignore[return-value]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise WireError("bad_field", f"{where}: {err['msg']}"[:200]) from None
+
+
+def decode_on_topic(topics: Topics, topic: str, payload: bytes) -> tuple[str, Message]:
+    """Decode a message and check it fits its topic (channel and node id); return (node_id, msg)."""
+    _direction, node_id, channel = topics.parse(topic)
+    msg = decode(payload, expected_kind=CHANNEL_KIND[channel])
+    if getattr(msg, "node_id", node_id) != node_id:
+        raise WireError("wrong_topic", f"node_id {getattr(msg, 'node_id', '?')} on {topic}")
+    return node_id, msg
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise WireError("bad_field", f"base64: {exc}") from None
