@@ -41,6 +41,14 @@ class DriverError(KentonganError):
     """A hardware driver failed."""
 
 
+class UnsupportedFeature(DriverError):
+    """A request used a capability this device does not have (e.g. volume on a relay siren)."""
+
+    def __init__(self, feature: str, message: str) -> None:
+        super().__init__(message)
+        self.feature = feature
+
+
 class CameraError(DriverError):
     """The camera could not capture a frame."""
 
@@ -71,7 +79,16 @@ class WireError(SyncError):
 
 
 class SecurityError(KentonganError):
-    """A signature, certificate, key or command check failed."""
+    """A signature, certificate, key or command check failed.
+
+    ``reason`` is a short machine-readable code (``bad_signature``, ``unsigned``, ``revoked``,
+    ``unknown_node``, ``replay``, ``expired``, ``wrong_node``... see docs/security.md).
+    """
+
+    def __init__(self, reason: str = "security", detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 class ControlError(KentonganError):

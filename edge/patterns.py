@@ -34,17 +34,20 @@ class PatternTiming(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     strike_on_ms: int = Field(150, ge=20, le=5000, description="Relay on-time of one strike.")
-    strike_off_ms: int = Field(250, ge=20, le=5000, description="Off-time between strikes of a burst.")
+    strike_off_ms: int = Field(250, ge=20, le=5000,
+                               description="Off-time between strikes of a burst.")
     short_pause_ms: int = Field(800, ge=50, le=10000, description="Length of '.' (short pause).")
-    group_gap_ms: int = Field(2000, ge=50, le=20000, description="Length of '-' and of the gap before a repeat.")
-    titir_on_ms: int = Field(100, ge=20, le=2000, description="On-time of one titir strike (5/s default).")
+    group_gap_ms: int = Field(2000, ge=50, le=20000,
+                              description="Length of '-' and of the gap before a repeat.")
+    titir_on_ms: int = Field(100, ge=20, le=2000,
+                             description="On-time of one titir strike (5/s default).")
     titir_off_ms: int = Field(100, ge=20, le=2000, description="Off-time of one titir strike.")
     chirp_ms: int = Field(80, ge=10, le=1000, description="On-time of the test chirp.")
 
 
 @dataclass(frozen=True, slots=True)
 class Pattern:
-    """A parsed pattern: ``bursts`` is ((strikes, separator-after), ...); separator is '.', '-' or ''."""
+    """A parsed pattern: ``bursts`` is ((strikes, separator-after), ...); separator '.', '-', ''."""
 
     text: str
     name: str | None
@@ -57,10 +60,7 @@ class Pattern:
 
     def canonical(self) -> str:
         """The normal form of the notation (parse(p.canonical()) == p, modulo ``text``)."""
-        if self.name is not None:
-            body = self.name
-        else:
-            body = "".join(f"{n}{sep}" for n, sep in self.bursts)
+        body = self.name or "".join(f"{n}{sep}" for n, sep in self.bursts)
         return body if self.repeat is None else f"{body} x{self.repeat}"
 
     def steps(self, timing: PatternTiming) -> list[tuple[int, int]]:
@@ -94,14 +94,18 @@ _NAMED: dict[str, tuple[tuple[int, str], ...]] = {
     "chirp": (),
     "silent": (),
 }
-_REPEAT_RE = re.compile(r"^(?P<body>.*?)\s*x(?P<n>\d+)$")
-_SEQ_RE = re.compile(r"^\d+([.-]\d+)*$")
+# ASCII digits only (``\d`` would accept e.g. Arabic-Indic digits); numbers are at most 4 digits
+# so int() never sees a huge string (Python refuses > 4300 digits with ValueError).
+_REPEAT_RE = re.compile(r"^(?P<body>.*?)\s*x(?P<n>[0-9]{1,4})$")
+_SEQ_RE = re.compile(r"^[0-9]{1,4}([.-][0-9]{1,4})*$")
+_SPACED_DIGITS_RE = re.compile(r"[0-9] +[0-9]")
 
 
 def parse_pattern(text: str) -> Pattern:
     """Parse kentongan notation; raise ``PatternError`` with the reason on bad input."""
     if not isinstance(text, str):
         raise PatternError(f"pattern must be a string, got {type(text).__name__}")
+    shown = text if len(text) <= 40 else text[:37] + "..."
     raw = " ".join(text.strip().lower().split())
     if not raw:
         raise PatternError("empty pattern (use 'silent' for no sound)")
@@ -118,16 +122,20 @@ def parse_pattern(text: str) -> Pattern:
         if raw == "titir":
             return Pattern(text, "titir", (), repeat)
         return Pattern(text, raw, (), repeat if raw != "chirp" else (repeat or 1))
+    if _SPACED_DIGITS_RE.search(raw):
+        raise PatternError(
+            f"bad pattern {shown!r}: digits separated by a space (write '2-2' or '22')")
     compact = raw.replace(" ", "")
     if not _SEQ_RE.match(compact):
         raise PatternError(
-            f"bad pattern {text!r}: expected digits separated by '.' or '-' (e.g. '2-2-2', '3.1-3.1'),"
+            f"bad pattern {shown!r}: expected digits separated by '.' or '-'"
+            " (e.g. '2-2-2', '3.1-3.1'),"
             " optionally followed by 'xN', or one of: titir, doro muluk, chirp, silent"
         )
     bursts: list[tuple[int, str]] = []
-    for num, sep in re.findall(r"(\d+)([.-]?)", compact):
+    for num, sep in re.findall(r"([0-9]+)([.-]?)", compact):
         n = int(num)
         if not 1 <= n <= MAX_BURST:
-            raise PatternError(f"burst of {n} strikes outside 1..{MAX_BURST} in {text!r}")
+            raise PatternError(f"burst of {n} strikes outside 1..{MAX_BURST} in {shown!r}")
         bursts.append((n, sep))
     return Pattern(text, None, tuple(bursts), repeat)

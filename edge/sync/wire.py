@@ -45,7 +45,7 @@ TimeQuality = Literal["synced", "unsynced", "corrected", "rtc"]
 class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1
     sig: str | None = Field(None, max_length=200, description="base64 Ed25519 signature")
 
 

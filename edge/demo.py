@@ -1,0 +1,291 @@
+"""The demo behind ``scripts/demo``: a local Mosquitto, central (ingest + dashboard) and three
+simulated posts, driven through a scripted night: a panic, an all-clear, a network cut with alarms
+buffered offline, the network back, and the backlog arriving at central exactly once.
+
+Every process is the real one (``kentongan-central run``, ``kentongan-edge run --simulate``); the
+script only presses simulated buttons and reads status, like a technician would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from central_sync.broker import LocalMosquitto, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+POSTS = [
+    ("smg-tembalang-rw05-rt03", "Pos Ronda RT 03 RW 05 Tembalang", 5, 3),
+    ("smg-tembalang-rw05-rt04", "Pos Ronda RT 04 RW 05 Tembalang", 5, 4),
+    ("smg-tembalang-rw06-rt01", "Pos Ronda RT 01 RW 06 Tembalang", 6, 1),
+]
+OPERATOR = ("operator", "ronda-demo-2026")
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def post_toml(node_id: str, name: str, rw: int, rt: int, state: Path, port: int) -> str:
+    return f"""config_version = 1
+log_level = "INFO"
+[node]
+node_id = "{node_id}"
+kelurahan_code = "33.74.10.1005"
+rw = {rw}
+rt = {rt}
+display_name = "{name}"
+[[buttons]]
+name = "panic"
+pin = 17
+incident = "PANIC"
+hold_seconds = 2.0
+normally_closed = true
+[[buttons]]
+name = "fire"
+pin = 27
+incident = "KEBAKARAN"
+hold_seconds = 2.0
+[[buttons]]
+name = "patrol"
+pin = 22
+incident = "PATROLI"
+hold_seconds = 0
+patrol_checkin = true
+[[buttons]]
+name = "aman"
+pin = 23
+incident = "AMAN"
+hold_seconds = 1.0
+[siren]
+pin = 18
+max_on_seconds = 120
+[siren.quiet_hours]
+enabled = false
+[camera]
+backend = "fake"
+width = 320
+height = 240
+frames_per_alarm = 1
+[modem]
+enabled = true
+port = "fake"
+sms_recipients = [{{ name = "Ketua RT", number = "+6281200000001" }}]
+[storage]
+state_dir = "{state}"
+[sync]
+broker_host = "127.0.0.1"
+broker_port = {port}
+heartbeat_seconds = 5
+reconnect_min_seconds = 0.2
+reconnect_max_seconds = 2
+sms_fallback_seconds = 20
+"""
+
+
+def central_toml(state: Path, mqtt_port: int, web_port: int) -> str:
+    return f"""database = "{state / 'central.db'}"
+topic_prefix = "kentongan/v1"
+[broker]
+host = "127.0.0.1"
+port = {mqtt_port}
+client_id = "central-demo"
+[web]
+enabled = true
+host = "127.0.0.1"
+port = {web_port}
+"""
+
+
+class Demo:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.broker: LocalMosquitto | None = None
+        self.post_cfgs: list[Path] = []
+        self.central_cfg = state / "central" / "central.toml"
+
+    def spawn(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def edge(self, *args: str, check: bool = True) -> str:
+        res = subprocess.run([PY, "-m", "edge.cli", *args], capture_output=True, text=True,
+                             timeout=60)
+        if check and res.returncode != 0:
+            raise SystemExit(f"kentongan-edge {' '.join(args)} failed: {res.stderr}")
+        return res.stdout
+
+    def central(self, *args: str, stdin: str | None = None) -> str:
+        res = subprocess.run([PY, "-m", "central_sync.cli", *args], capture_output=True,
+                             text=True, timeout=60, input=stdin)
+        if res.returncode != 0:
+            raise SystemExit(f"kentongan-central {' '.join(args)} failed: {res.stderr}")
+        return res.stdout
+
+    def status(self, i: int) -> dict[str, Any]:
+        return json.loads(self.edge("status", "--config", str(self.post_cfgs[i]), "--json"))
+
+    def central_events(self) -> list[dict[str, Any]]:
+        out = self.central("events", "--config", str(self.central_cfg), "--json",
+                           "--limit", "100000")
+        data = json.loads(out)
+        return data if isinstance(data, list) else data.get("events", [])
+
+    def wait(self, pred: Any, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = pred()
+            if got:
+                return got
+            time.sleep(0.5)
+        raise SystemExit(f"demo: timed out waiting for {what}")
+
+    def start(self) -> None:
+        if self.state.exists():
+            shutil.rmtree(self.state)
+        self.state.mkdir(parents=True)
+        say("Starting Mosquitto (project config, loopback)")
+        self.broker = LocalMosquitto(self.state / "broker").start()
+        print(f"broker on 127.0.0.1:{self.broker.port}")
+        web_port = free_port()
+        self.web_port = web_port
+        self.central_cfg.parent.mkdir(parents=True)
+        self.central_cfg.write_text(central_toml(self.central_cfg.parent, self.broker.port,
+                                                 web_port))
+        say("Starting central (ingest + dashboard)")
+        try:
+            self.central("user", "add", OPERATOR[0], "--role", "operator", "--config",
+                         str(self.central_cfg), "--password-stdin", stdin=OPERATOR[1] + "\n")
+        except SystemExit as exc:
+            print(f"(no dashboard accounts: {exc})")
+        self.spawn([PY, "-m", "central_sync.cli", "run", "--config", str(self.central_cfg)],
+                   self.state / "central" / "central.log")
+        say("Starting three simulated posts")
+        for node_id, name, rw, rt in POSTS:
+            d = self.state / node_id
+            d.mkdir()
+            cfg = d / "node.toml"
+            cfg.write_text(post_toml(node_id, name, rw, rt, d / "state", self.broker.port))
+            self.post_cfgs.append(cfg)
+            self.spawn([PY, "-m", "edge.cli", "run", "--simulate", "--config", str(cfg)],
+                       d / "agent.log")
+            print(f"  {name} ({node_id})")
+        for i in range(len(POSTS)):
+            self.wait(lambda i=i: self._ok(lambda: self.status(i)), 30, f"post {i} to start")
+
+    @staticmethod
+    def _ok(fn: Any) -> Any:
+        try:
+            return fn()
+        except SystemExit:
+            return None
+
+    def show_post(self, i: int) -> None:
+        print(self.edge("status", "--config", str(self.post_cfgs[i])))
+
+    def scenario(self) -> None:
+        p0 = str(self.post_cfgs[0])
+        say("23:41 A patrol at RT 03 holds the panic button for 2.5 s")
+        print(self.edge("sim", "press", "panic", "--hold", "2.5", "--config", p0).strip())
+        self.show_post(0)
+        say("Central receives it (end-to-end acknowledged)")
+        self.wait(lambda: any(e["type"] == "PANIC" for e in self.central_events()), 30,
+                  "PANIC at central")
+        for e in self.central_events():
+            print(f"  {e['node_id']:<26} {e['type']:<12} P{e['priority']} {e['event_id'][:13]}")
+        say("All clear: the patrol holds AMAN")
+        print(self.edge("sim", "press", "aman", "--hold", "1.3", "--config", p0).strip())
+        time.sleep(1.0)
+        self.show_post(0)
+
+        say("00:12 The network goes down (broker stopped)")
+        assert self.broker is not None
+        self.broker.stop()
+        print(self.edge("sim", "press", "fire", "--hold", "2.5", "--config",
+                        str(self.post_cfgs[1])).strip())
+        print(self.edge("sim", "press", "panic", "--hold", "2.5", "--config",
+                        str(self.post_cfgs[2])).strip())
+        for _ in range(5):
+            self.edge("sim", "press", "patrol", "--hold", "0.2", "--config", p0)
+        for i in range(3):
+            out = self.status(i)["outbox"]
+            print(f"  {POSTS[i][0]:<26} waiting: ready={out.get('ready')} "
+                  f"in_flight={out.get('in_flight')}")
+        say("The posts keep working offline; waiting 8 s")
+        time.sleep(8)
+        say("00:20 The network is back (broker restarted)")
+        self.broker.start()
+        t0 = time.monotonic()
+
+        def drained() -> bool:
+            return all(self.status(i)["outbox"].get("ready", 1) == 0
+                       and self.status(i)["outbox"].get("in_flight", 1) == 0 for i in range(3))
+
+        self.wait(drained, 60, "backlogs to drain")
+        print(f"all backlogs drained in {time.monotonic() - t0:.1f} s")
+        self.check_exactly_once()
+
+    def check_exactly_once(self) -> None:
+        say("Exactly once: posts' acknowledged events against central's database")
+        events = self.central_events()
+        ids = [e["event_id"] for e in events]
+        dupes = len(ids) - len(set(ids))
+        for i, (node_id, _name, _rw, _rt) in enumerate(POSTS):
+            acked = self.status(i)["outbox"].get("acked", 0)
+            at_central = sum(1 for e in events if e["node_id"] == node_id)
+            print(f"  {node_id:<26} acked at post={acked:<4} stored at central={at_central:<4}"
+                  f" {'OK' if acked == at_central else 'MISMATCH'}")
+        print(f"  duplicates at central: {dupes}")
+        print("\n" + self.central("nodes", "--config", str(self.central_cfg)))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="kentongan demo")
+    ap.add_argument("--once", action="store_true", help="run the scenario and exit")
+    ap.add_argument("--state", default=str(ROOT / "demo-state"))
+    args = ap.parse_args(argv)
+    demo = Demo(Path(args.state))
+    try:
+        demo.start()
+        demo.scenario()
+        say("Dashboard")
+        print(f"  http://127.0.0.1:{demo.web_port}/   login: {OPERATOR[0]} / {OPERATOR[1]}")
+        print(f"  logs and databases under {demo.state}")
+        if not args.once:
+            print("  press Ctrl-C to stop")
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
