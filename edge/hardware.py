@@ -22,6 +22,22 @@ from edge.logs import log_event
 log = logging.getLogger("kentongan.hardware")
 
 
+class WiredMockPin(MockPWMPin):
+    """A MockFactory pin that models a wired switch: once a simulated switch drives a level, the
+    pull resistor set up by gpiozero (which MockPin models by driving the pin) does not override
+    it. A closed normally-closed loop therefore reads closed from the start, as on real wiring."""
+
+    driven: bool | None = None
+
+    def _set_pull(self, value):  # type: ignore[no-untyped-def]
+        super()._set_pull(value)
+        if self.driven is not None:
+            if self.driven:
+                self.drive_high()
+            else:
+                self.drive_low()
+
+
 class SimulatedInputs:
     """Presses simulated buttons by driving MockFactory pins, wiring-aware (pull-up, NC loops)."""
 
@@ -37,6 +53,7 @@ class SimulatedInputs:
     def _drive(self, b: ButtonConfig, closed: bool) -> None:
         pin = self.factory.pin(b.pin)
         high = self._closed_high(b) if closed else not self._closed_high(b)
+        pin.driven = high
         if high:
             pin.drive_high()
         else:
@@ -114,7 +131,7 @@ def build_hardware(
     factory: Any = None
     simulated: SimulatedInputs | None = None
     if simulate:
-        factory = MockFactory(pin_class=MockPWMPin)
+        factory = MockFactory(pin_class=WiredMockPin)
         simulated = SimulatedInputs(factory, list(cfg.buttons))
         simulated.prime()
     siren = SirenPlayer(cfg.siren, pin_factory=factory, on_change=on_siren_change)
