@@ -19,15 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, pct, table  # noqa: E402
-from gpiozero import Button, OutputDevice  # noqa: E402
-from gpiozero.pins.mock import MockFactory, MockPWMPin  # noqa: E402
+from _common import median, pct, table
+from gpiozero import Button, OutputDevice
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from edge.alarm import AlarmEngine  # noqa: E402
-from edge.config import parse_config  # noqa: E402
-from edge.drivers.buttons import ButtonSignal, ButtonWatcher  # noqa: E402
-from edge.drivers.siren import SirenPlayer  # noqa: E402
-from edge.outbox import EventDraft, Outbox  # noqa: E402
+from edge.alarm import AlarmEngine
+from edge.config import parse_config
+from edge.drivers.buttons import ButtonSignal, ButtonWatcher
+from edge.drivers.siren import SirenPlayer
+from edge.outbox import EventDraft, Outbox
 
 SIREN_PIN, BUTTON_PIN, BASE_IN, BASE_OUT = 18, 17, 5, 6
 

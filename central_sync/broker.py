@@ -132,3 +132,33 @@ class LocalMosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+PROD_CONF = BROKER_DIR / "mosquitto.conf"
+PROD_ACL = BROKER_DIR / "acl"
+
+
+def production_broker(workdir: Path, *, ca_file: Path, cert_file: Path, key_file: Path,
+                      crl_file: Path, acl_file: Path = PROD_ACL,
+                      port: int | None = None) -> LocalMosquitto:
+    """A (not yet started) LocalMosquitto running the PRODUCTION ``broker/mosquitto.conf``
+    (mTLS, CRL, ACL, limits) on a loopback port, with the given CA files copied into
+    ``workdir/etc``. Only the listener address and the file paths differ from production."""
+    import re
+
+    workdir = Path(workdir)
+    etc = workdir / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    for src, name in ((ca_file, "ca.crt"), (cert_file, "broker.crt"), (key_file, "broker.key"),
+                      (crl_file, "crl.pem"), (acl_file, "acl")):
+        shutil.copy(src, etc / name)
+    port = port or free_port()
+    lines = []
+    for line in PROD_CONF.read_text().splitlines():
+        if re.match(r"^(persistence_location|log_dest|user|pid_file)\b", line):
+            continue  # LocalMosquitto sets these to its own paths
+        line = line.replace("/etc/mosquitto/kentongan/", f"{etc}/")
+        lines.append(re.sub(r"^listener 8883$", f"listener {port} 127.0.0.1", line))
+    template = workdir / "mosquitto.conf.tmpl"
+    template.write_text("\n".join(lines) + "\n")
+    return LocalMosquitto(workdir, port=port, conf_template=template, listener_conf="")

@@ -24,8 +24,8 @@ from edge.hardware import Hardware, build_hardware
 from edge.incidents import Priority, SystemEvent
 from edge.logs import log_event, set_node_id
 from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
-from edge.snapshots import SnapshotStore
 from edge.security_hooks import SecurityHooks, load_security_hooks
+from edge.snapshots import SnapshotStore
 
 log = logging.getLogger("kentongan.agent")
 
@@ -101,7 +101,12 @@ class Agent:
         assert self.outbox is not None and self.engine is not None
         commands = NodeCommands(self.engine, self.buttons, take_snapshot=self.take_snapshot,
                                 status=self.status)
-        sms = self.hw.modem.send_sms if self.hw is not None and self.hw.modem else None
+        sms = None
+        if self.hw is not None and self.hw.modem is not None:
+            modem = self.hw.modem
+
+            def sms(number: str, text: str) -> None:
+                modem.send_sms(number, text)
         self.sync = SyncService(
             self.cfg, self.outbox, snapshots=self.snapshots, clock=self.clock,
             status_provider=self.siren_status, command_handler=commands, sms_sender=sms,

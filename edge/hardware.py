@@ -29,7 +29,7 @@ class WiredMockPin(MockPWMPin):
 
     driven: bool | None = None
 
-    def _set_pull(self, value):  # type: ignore[no-untyped-def]
+    def _set_pull(self, value: str) -> None:
         super()._set_pull(value)
         if self.driven is not None:
             if self.driven:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.bundle import credential_path
 from edge.clock import Clock
 from edge.config import NodeConfig
 from edge.errors import SecurityError
@@ -37,9 +38,9 @@ def load_security_hooks(cfg: NodeConfig, clock: Clock) -> SecurityHooks:
     sec = cfg.security
     if sec is None:
         return SecurityHooks(verify_command=_reject_all)
-    signer = EventSigner.from_file(sec.node_signing_key_file)
+    signer = EventSigner.from_file(credential_path(sec.node_signing_key_file))
     verifier = CommandVerifier(
-        load_verify_key(sec.central_command_key_file), cfg.node.node_id,
+        load_verify_key(credential_path(sec.central_command_key_file)), cfg.node.node_id,
         max_age_seconds=sec.command_max_age_seconds,
         # An unsynced node clock is corrected by central's time from acknowledgements.
         clock=lambda: clock.now()[0],

@@ -1,0 +1,188 @@
+"""``kentongan-central`` subcommands for the CA: ``ca init``, ``ca crl``, ``enrol``, ``revoke``,
+``renew``, ``registry`` (loaded by central_sync.cli through ``register(subparsers)``).
+
+Settings come from the ``[pki]`` section of central's config file (``PkiConfig``); the registry
+tables live in central's ``database``::
+
+    [pki]
+    dir = "/var/lib/kentongan-central/pki"     # relative paths: relative to the config file
+    broker_hosts = ["mqtt.example.id"]
+    broker_port = 8883
+    node_days = 730
+    crl_days = 365
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from central_sync.config import load_central_config
+from central_sync.enrol import (
+    NodeInfo,
+    certificates_due,
+    enrol_node,
+    regenerate_crl,
+    renew_node,
+    revoke_node,
+    settings_from_mapping,
+    utc,
+)
+from central_sync.errors import CentralError, PkiError
+from central_sync.pki import PkiFiles, PkiSettings, init_ca, load_private_key
+from central_sync.registry import Registry
+from edge.errors import KentonganError
+from edge.signing import key_fingerprint
+from edge.sync.wire import encode
+
+
+def load_settings(path: str) -> tuple[PkiSettings, Path]:
+    """PKI settings and the registry database (central's own ``database``) from central's
+    config file (``[pki]`` section, ``central_sync.config.PkiConfig``)."""
+    cfg = load_central_config(path)
+    if cfg.pki is None:
+        raise PkiError(f"{path}: no [pki] section")
+    data = cfg.pki.model_dump()
+    data["dir"] = str(data["dir"])
+    return settings_from_mapping(data, Path(path).resolve().parent), cfg.database
+
+
+def open_registry(db_path: Path) -> Registry:
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    return Registry(conn)
+
+
+def _fingerprint(settings: PkiSettings) -> str:
+    key = load_private_key(PkiFiles(settings.dir).command_key)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    assert isinstance(key, Ed25519PrivateKey)
+    return key_fingerprint(key)
+
+
+def _cmd_ca_init(args: argparse.Namespace) -> int:
+    settings, _db = load_settings(args.config)
+    files = init_ca(settings, force=args.force)
+    print(f"CA created in {files.root}")
+    print(f"broker certificate for {', '.join(settings.broker_hosts)} (+ localhost)")
+    print(f"central command key fingerprint: {_fingerprint(settings)}")
+    print("give this fingerprint to technicians: kentongan-edge install-bundle "
+          "--central-fingerprint ...")
+    return 0
+
+
+def _cmd_ca_crl(args: argparse.Namespace) -> int:
+    settings, db = load_settings(args.config)
+    crl = regenerate_crl(settings, open_registry(db))
+    print(f"CRL rewritten ({len(list(crl))} revoked), valid until "
+          f"{crl.next_update_utc}; reload the broker")
+    return 0
+
+
+def _cmd_enrol(args: argparse.Namespace) -> int:
+    settings, db = load_settings(args.config)
+    info = NodeInfo(args.node_id, args.kelurahan, args.rw, args.rt, args.name)
+    out = enrol_node(settings, open_registry(db), info, Path(args.out),
+                     broker_host=args.broker_host, replace=args.replace)
+    print(f"enrolled {args.node_id}; bundle {out} (contains private keys: hand it over "
+          "offline, delete after install)")
+    print(f"central command key fingerprint: {_fingerprint(settings)}")
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    settings, db = load_settings(args.config)
+    crl = revoke_node(settings, open_registry(db), args.node_id)
+    print(f"revoked {args.node_id}; CRL lists {len(list(crl))} certificate(s). Reload the broker "
+          "(systemctl reload mosquitto) and restart it to cut an open session.")
+    return 0
+
+
+def _cmd_renew(args: argparse.Namespace) -> int:
+    settings, db = load_settings(args.config)
+    reg = open_registry(db)
+    ids = certificates_due(settings, reg) if args.due else [args.node_id]
+    for node_id in ids:
+        if node_id is None:
+            raise PkiError("give NODE_ID or --due")
+        cmd = renew_node(settings, reg, node_id, days=args.days)
+        body = encode(cmd).decode()
+        if args.out_dir:
+            out = Path(args.out_dir) / f"renew-{node_id}.json"
+            out.write_text(body + "\n")
+            print(f"{node_id}: renewal command written to {out}")
+        else:
+            print(body)
+    return 0
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    _settings, db = load_settings(args.config)
+    rows = open_registry(db).listing()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['node_id']:<24} {r['status']:<9} {r['kelurahan_code']} RW {r['rw']:>3} "
+              f"RT {r['rt']:>3}  cert until {utc(r['cert_not_after'])}  {r['display_name']}")
+    return 0
+
+
+def _wrap(func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except (CentralError, KentonganError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def register(subparsers: Any) -> None:
+    """Add the PKI subcommands to central's CLI."""
+    ca = subparsers.add_parser("ca", help="certificate authority")
+    casub = ca.add_subparsers(dest="ca_command", required=True)
+    init = casub.add_parser("init", help="create the CA, broker/central certificates and keys")
+    init.add_argument("--config", required=True)
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.set_defaults(func=_wrap(_cmd_ca_init))
+    crl = casub.add_parser("crl", help="regenerate the CRL (run periodically)")
+    crl.add_argument("--config", required=True)
+    crl.set_defaults(func=_wrap(_cmd_ca_crl))
+
+    en = subparsers.add_parser("enrol", help="enrol a node and write its bundle")
+    en.add_argument("node_id")
+    en.add_argument("--kelurahan", required=True, help="Kemendagri code PP.KK.CC.DDDD")
+    en.add_argument("--rw", type=int, required=True)
+    en.add_argument("--rt", type=int, required=True)
+    en.add_argument("--name", required=True, help="display name of the post")
+    en.add_argument("--out", required=True, help="bundle file to write")
+    en.add_argument("--broker-host", help="host name nodes connect to (default: first of "
+                    "pki.broker_hosts)")
+    en.add_argument("--replace", action="store_true", help="enrol an existing node again "
+                    "(its old certificates are revoked)")
+    en.add_argument("--config", required=True)
+    en.set_defaults(func=_wrap(_cmd_enrol))
+
+    rv = subparsers.add_parser("revoke", help="revoke a node (CRL + registry)")
+    rv.add_argument("node_id")
+    rv.add_argument("--config", required=True)
+    rv.set_defaults(func=_wrap(_cmd_revoke))
+
+    rn = subparsers.add_parser("renew", help="renew a node certificate (signed config command)")
+    rn.add_argument("node_id", nargs="?")
+    rn.add_argument("--due", action="store_true", help="every node within renew_before_days")
+    rn.add_argument("--days", type=int, help="validity (default pki.node_days)")
+    rn.add_argument("--out-dir", help="write renew-<node>.json files instead of printing")
+    rn.add_argument("--config", required=True)
+    rn.set_defaults(func=_wrap(_cmd_renew))
+
+    rg = subparsers.add_parser("registry", help="enrolled and revoked nodes")
+    rg.add_argument("--json", action="store_true")
+    rg.add_argument("--config", required=True)
+    rg.set_defaults(func=_wrap(_cmd_registry))
