@@ -1,0 +1,271 @@
+"""Grouping events into incidents and the incident lifecycle.
+
+Events of the same post and type within ``group_window_s`` of the incident's last event join it;
+an ``AMAN`` (all clear) event resolves the post's open incidents. Lifecycle::
+
+    new -> acknowledged -> resolved | false_alarm
+
+Each step is written to ``incident_log`` with who did it and a note. Events whose type is not an
+incident type (system events, PATROLI check-ins) are not grouped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from central_sync.errors import CentralError
+from central_sync.web.db import WebDB
+from edge.incidents import INCIDENTS, RT_ONLY, IncidentInfo, IncidentType
+
+
+class IncidentError(CentralError):
+    """An unknown incident or a lifecycle step not allowed from its state."""
+
+    def __init__(self, message: str, *, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+
+
+class State(StrEnum):
+    NEW = "new"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    FALSE_ALARM = "false_alarm"
+
+
+OPEN_STATES = (State.NEW, State.ACKNOWLEDGED)
+#: step -> states it may be taken from.
+TRANSITIONS: dict[State, tuple[State, ...]] = {
+    State.ACKNOWLEDGED: (State.NEW,),
+    State.RESOLVED: (State.ACKNOWLEDGED,),
+    State.FALSE_ALARM: (State.ACKNOWLEDGED,),
+}
+#: Event types that open or join incidents.
+GROUPED_TYPES = frozenset(t.value for t in IncidentType) - {IncidentType.PATROLI,
+                                                            IncidentType.AMAN}
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    incident_id: str
+    node_id: str
+    type: str
+    priority: int
+    state: State
+    opened_at: float
+    last_event_at: float
+    updated_at: float
+    closed_at: float | None
+    time_quality: str | None
+    event_count: int
+
+    @property
+    def info(self) -> IncidentInfo:
+        return INCIDENTS[IncidentType(self.type)]
+
+    @property
+    def crime(self) -> bool:
+        return self.info.crime
+
+    @property
+    def rt_only(self) -> bool:
+        return self.type in RT_ONLY
+
+    @property
+    def open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "incident_id": self.incident_id, "node_id": self.node_id, "type": self.type,
+            "priority": self.priority, "state": self.state.value, "opened_at": self.opened_at,
+            "last_event_at": self.last_event_at, "updated_at": self.updated_at,
+            "closed_at": self.closed_at, "time_quality": self.time_quality,
+            "event_count": self.event_count, "crime": self.crime, "rt_only": self.rt_only,
+            "show_number": self.info.show_number,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one batch of events did to one incident."""
+
+    incident_id: str
+    opened: bool
+    closed: bool
+
+
+def event_payload(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's payload as a dict whether the row holds JSON text or a dict."""
+    payload = event.get("payload")
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            return {}
+    return dict(payload) if isinstance(payload, dict) else {}
+
+
+def event_time(event: Mapping[str, Any]) -> float:
+    """The node's wall time, or central's receive time when the node's clock was unsynced."""
+    wall = float(event.get("wall_time") or 0.0)
+    received = event.get("received_at")
+    if (event.get("time_quality") == "unsynced" or wall <= 0) and received:
+        return float(received)
+    return wall or time.time()
+
+
+def _row(r: Mapping[str, Any]) -> Incident:
+    return Incident(r["incident_id"], r["node_id"], r["type"], int(r["priority"]),
+                    State(r["state"]), r["opened_at"], r["last_event_at"], r["updated_at"],
+                    r["closed_at"], r["time_quality"], int(r["event_count"]))
+
+
+class IncidentBook:
+    """Incidents, their events and their log in the web tables."""
+
+    def __init__(self, db: WebDB, group_window_s: float = 600.0) -> None:
+        self.db = db
+        self.group_window_s = group_window_s
+
+    # -- grouping ---------------------------------------------------------------------------
+    def add_events(self, events: Iterable[Mapping[str, Any]]) -> list[Change]:
+        """Group events (store rows or envelopes as dicts); duplicates are ignored."""
+        changes: dict[str, Change] = {}
+        ordered = sorted(events, key=event_time)
+        with self.db.tx() as conn:
+            for ev in ordered:
+                event_id, node_id, kind = ev.get("event_id"), ev.get("node_id"), ev.get("type")
+                if not event_id or not node_id or not kind:
+                    continue
+                if conn.execute("SELECT 1 FROM incident_events WHERE event_id = ?",
+                                (event_id,)).fetchone():
+                    continue
+                at = event_time(ev)
+                if kind == IncidentType.AMAN:
+                    for inc_id in self._close_open(conn, node_id, at, event_id):
+                        changes[inc_id] = Change(inc_id, changes.get(inc_id, Change(
+                            inc_id, False, False)).opened, True)
+                    continue
+                if kind not in GROUPED_TYPES:
+                    continue
+                change = self._attach(conn, ev, str(event_id), str(node_id), str(kind), at)
+                prev = changes.get(change.incident_id)
+                changes[change.incident_id] = Change(
+                    change.incident_id, change.opened or bool(prev and prev.opened), False)
+        return list(changes.values())
+
+    def _attach(self, conn: Any, ev: Mapping[str, Any], event_id: str, node_id: str,
+                kind: str, at: float) -> Change:
+        now = time.time()
+        priority = int(ev.get("priority") or INCIDENTS[IncidentType(kind)].priority)
+        quality = ev.get("time_quality")
+        row = conn.execute(
+            "SELECT incident_id FROM incidents WHERE node_id = ? AND type = ? "
+            "AND state IN ('new', 'acknowledged') AND last_event_at >= ? "
+            "ORDER BY last_event_at DESC LIMIT 1",
+            (node_id, kind, at - self.group_window_s)).fetchone()
+        if row is not None:
+            inc_id = row["incident_id"]
+            conn.execute(
+                "UPDATE incidents SET last_event_at = MAX(last_event_at, ?), "
+                "priority = MIN(priority, ?), updated_at = ?, time_quality = ?, "
+                "event_count = event_count + 1 WHERE incident_id = ?",
+                (at, priority, now, quality, inc_id))
+            opened = False
+        else:
+            wanted = ev.get("incident_id")
+            inc_id = str(wanted) if wanted else f"inc-{uuid.uuid4().hex}"
+            if conn.execute("SELECT 1 FROM incidents WHERE incident_id = ?",
+                            (inc_id,)).fetchone():
+                inc_id = f"inc-{uuid.uuid4().hex}"
+            conn.execute(
+                "INSERT INTO incidents(incident_id, node_id, type, priority, state, opened_at, "
+                "last_event_at, updated_at, time_quality, event_count) "
+                "VALUES (?, ?, ?, ?, 'new', ?, ?, ?, ?, 1)",
+                (inc_id, node_id, kind, priority, at, at, now, quality))
+            conn.execute("INSERT INTO incident_log(incident_id, at, step, actor, note) "
+                         "VALUES (?, ?, 'new', ?, ?)", (inc_id, now, f"post:{node_id}", kind))
+            opened = True
+        conn.execute("INSERT INTO incident_events(event_id, incident_id) VALUES (?, ?)",
+                     (event_id, inc_id))
+        return Change(inc_id, opened, False)
+
+    def _close_open(self, conn: Any, node_id: str, at: float, event_id: str) -> list[str]:
+        now = time.time()
+        ids = [r["incident_id"] for r in conn.execute(
+            "SELECT incident_id FROM incidents WHERE node_id = ? "
+            "AND state IN ('new', 'acknowledged')", (node_id,)).fetchall()]
+        for inc_id in ids:
+            conn.execute("UPDATE incidents SET state = 'resolved', closed_at = ?, updated_at = ? "
+                         "WHERE incident_id = ?", (at, now, inc_id))
+            conn.execute("INSERT INTO incident_log(incident_id, at, step, actor, note) "
+                         "VALUES (?, ?, 'resolved', ?, 'AMAN (all clear) from the post')",
+                         (inc_id, now, f"post:{node_id}"))
+        if ids:
+            conn.execute("INSERT OR IGNORE INTO incident_events(event_id, incident_id) "
+                         "VALUES (?, ?)", (event_id, ids[0]))
+        return ids
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def step(self, incident_id: str, to: State | str, actor: str, note: str = "") -> Incident:
+        """Move an incident to ``to``; ``IncidentError`` if the step is not allowed."""
+        target = State(to)
+        allowed_from = TRANSITIONS.get(target)
+        if allowed_from is None:
+            raise IncidentError(f"cannot move an incident to {target.value}")
+        now = time.time()
+        with self.db.tx() as conn:
+            row = conn.execute("SELECT state FROM incidents WHERE incident_id = ?",
+                               (incident_id,)).fetchone()
+            if row is None:
+                raise IncidentError(f"no incident {incident_id}", not_found=True)
+            if State(row["state"]) not in allowed_from:
+                raise IncidentError(f"incident is {row['state']}; cannot become {target.value}")
+            closed = now if target not in OPEN_STATES else None
+            conn.execute("UPDATE incidents SET state = ?, updated_at = ?, closed_at = ? "
+                         "WHERE incident_id = ?", (target.value, now, closed, incident_id))
+            conn.execute("INSERT INTO incident_log(incident_id, at, step, actor, note) "
+                         "VALUES (?, ?, ?, ?, ?)", (incident_id, now, target.value, actor,
+                                                    note[:1000]))
+        return self.require(incident_id)
+
+    # -- queries ----------------------------------------------------------------------------
+    def get(self, incident_id: str) -> Incident | None:
+        row = self.db.one("SELECT * FROM incidents WHERE incident_id = ?", (incident_id,))
+        return _row(row) if row else None
+
+    def require(self, incident_id: str) -> Incident:
+        found = self.get(incident_id)
+        if found is None:
+            raise IncidentError(f"no incident {incident_id}", not_found=True)
+        return found
+
+    def incidents(self, *, open_only: bool = False, limit: int = 500) -> list[Incident]:
+        """Open incidents first, then most urgent, then newest."""
+        where = "WHERE state IN ('new', 'acknowledged')" if open_only else ""
+        rows = self.db.query(
+            f"SELECT * FROM incidents {where} ORDER BY "
+            "CASE WHEN state IN ('new', 'acknowledged') THEN 0 ELSE 1 END, "
+            "priority ASC, last_event_at DESC LIMIT ?", (limit,))
+        return [_row(r) for r in rows]
+
+    def event_ids(self, incident_id: str) -> list[str]:
+        return [r["event_id"] for r in self.db.query(
+            "SELECT event_id FROM incident_events WHERE incident_id = ? ORDER BY rowid",
+            (incident_id,))]
+
+    def history(self, incident_id: str) -> list[dict[str, Any]]:
+        return self.db.query("SELECT at, step, actor, note FROM incident_log "
+                             "WHERE incident_id = ? ORDER BY id", (incident_id,))
+
+    def false_alarms(self, node_id: str, since: float) -> int:
+        row = self.db.one("SELECT COUNT(*) AS n FROM incidents WHERE node_id = ? "
+                          "AND state = 'false_alarm' AND closed_at >= ?", (node_id, since))
+        return int(row["n"]) if row else 0

@@ -1,0 +1,135 @@
+"""Command-centre accounts: operator, rt_admin (one or more RTs) and admin; argon2 passwords."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from central_sync.errors import AuthError
+from central_sync.web.db import WebDB
+
+
+class Role(StrEnum):
+    OPERATOR = "operator"   # police command centre
+    RT_ADMIN = "rt_admin"   # Ketua RT / RT secretary for one or more RTs
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class RtRef:
+    """One RT: kelurahan code, RW number, RT number."""
+
+    kelurahan_code: str
+    rw: int
+    rt: int
+
+    @classmethod
+    def parse(cls, text: str) -> RtRef:
+        """Parse ``KELURAHAN/RW/RT`` such as ``33.74.01.1001/5/3``."""
+        parts = text.strip().split("/")
+        if len(parts) != 3 or not re.fullmatch(r"\d{2}(\.\d{2}){2}\.\d{4}", parts[0]):
+            raise AuthError(f"RT must be KELURAHAN_CODE/RW/RT (e.g. 33.74.01.1001/5/3): {text!r}")
+        try:
+            rw, rt = int(parts[1]), int(parts[2])
+        except ValueError:
+            raise AuthError(f"RW and RT must be numbers: {text!r}") from None
+        if rw < 1 or rt < 1:
+            raise AuthError(f"RW and RT start at 1: {text!r}")
+        return cls(parts[0], rw, rt)
+
+    def __str__(self) -> str:
+        return f"{self.kelurahan_code}/{self.rw}/{self.rt}"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    role: Role
+    rts: frozenset[RtRef] = frozenset()
+
+    @property
+    def is_staff(self) -> bool:
+        """Operators and admins: police-side staff who may see crime reports."""
+        return self.role in (Role.OPERATOR, Role.ADMIN)
+
+    def covers(self, kelurahan_code: str | None, rw: int | None, rt: int | None) -> bool:
+        """Is this RT one of the user's RTs (always False for an unknown location)?"""
+        if kelurahan_code is None or rw is None or rt is None:
+            return False
+        return RtRef(kelurahan_code, int(rw), int(rt)) in self.rts
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
+MIN_PASSWORD = 10
+
+_hasher = PasswordHasher()
+#: Verified against when the user does not exist, so timing does not reveal names.
+_DUMMY_HASH = _hasher.hash("kentongan-no-such-user")
+
+
+class UserStore:
+    """Accounts in the ``web_users`` / ``web_user_rts`` tables."""
+
+    def __init__(self, db: WebDB) -> None:
+        self.db = db
+
+    def add(self, name: str, role: Role | str, password: str,
+            rts: list[RtRef] | tuple[RtRef, ...] = ()) -> User:
+        if not NAME_RE.match(name):
+            raise AuthError("user name must be 2-64 letters, digits or _.@-")
+        try:
+            role = Role(role)
+        except ValueError:
+            raise AuthError(f"unknown role {role!r} (operator, rt_admin, admin)") from None
+        if len(password) < MIN_PASSWORD:
+            raise AuthError(f"password must have at least {MIN_PASSWORD} characters")
+        if role is Role.RT_ADMIN and not rts:
+            raise AuthError("an rt_admin needs at least one --rt KELURAHAN/RW/RT")
+        if role is not Role.RT_ADMIN and rts:
+            raise AuthError("only an rt_admin has RTs")
+        digest = _hasher.hash(password)
+        with self.db.tx() as conn:
+            if conn.execute("SELECT 1 FROM web_users WHERE name = ?", (name,)).fetchone():
+                raise AuthError(f"user {name!r} exists")
+            conn.execute("INSERT INTO web_users(name, role, password_hash, created_at) "
+                         "VALUES (?, ?, ?, ?)", (name, role.value, digest, time.time()))
+            conn.executemany(
+                "INSERT OR IGNORE INTO web_user_rts(name, kelurahan_code, rw, rt) "
+                "VALUES (?, ?, ?, ?)",
+                [(name, r.kelurahan_code, r.rw, r.rt) for r in rts])
+        return User(name, role, frozenset(rts))
+
+    def get(self, name: str) -> User | None:
+        row = self.db.one("SELECT name, role FROM web_users WHERE name = ? AND disabled = 0",
+                          (name,))
+        if row is None:
+            return None
+        rts = frozenset(
+            RtRef(r["kelurahan_code"], int(r["rw"]), int(r["rt"]))
+            for r in self.db.query(
+                "SELECT kelurahan_code, rw, rt FROM web_user_rts WHERE name = ?", (name,)))
+        return User(row["name"], Role(row["role"]), rts)
+
+    def verify(self, name: str, password: str) -> User:
+        """The user when the password matches; ``AuthError`` otherwise (same message either way)."""
+        row = self.db.one("SELECT password_hash FROM web_users WHERE name = ? AND disabled = 0",
+                          (name,))
+        try:
+            _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            raise AuthError("wrong user name or password") from None
+        if row is None:
+            raise AuthError("wrong user name or password")
+        user = self.get(name)
+        if user is None:
+            raise AuthError("wrong user name or password")
+        return user
+
+    def all_users(self) -> list[User]:
+        names = [r["name"] for r in self.db.query("SELECT name FROM web_users ORDER BY name")]
+        return [u for u in (self.get(n) for n in names) if u is not None]

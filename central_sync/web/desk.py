@@ -1,0 +1,239 @@
+"""The command-centre desk: feeds incidents from ingest, routes them, runs lifecycle steps and
+sends the resulting commands through ingest's ``send_command``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
+
+from central_sync.incidents import Change, Incident, IncidentBook, State, event_payload
+from central_sync.routing import Router, make_command
+from central_sync.web.auth import Principal
+from central_sync.web.db import WebDB
+from central_sync.web.live import LiveHub
+from central_sync.web.policy import can_see_incident, node_location, redact
+from central_sync.web.settings import WebSettings
+from edge.logs import log_event
+from edge.sync.wire import Command
+
+log = logging.getLogger("central.web.desk")
+
+
+class CommandSender(Protocol):
+    async def send_command(self, cmd: Command, *, issued_by: str) -> Any: ...
+
+
+def as_dict(row: Any) -> dict[str, Any]:
+    if row is None:
+        return {}
+    if isinstance(row, Mapping):
+        return dict(row)
+    if hasattr(row, "model_dump"):
+        return dict(row.model_dump())
+    if hasattr(row, "_asdict"):
+        return dict(row._asdict())
+    return {k: getattr(row, k) for k in dir(row) if not k.startswith("_")
+            and not callable(getattr(row, k))}
+
+
+class Desk:
+    """Everything the dashboard does that is more than a query."""
+
+    def __init__(self, db: WebDB, store: Any, commands: CommandSender | None,
+                 settings: WebSettings, hub: LiveHub) -> None:
+        self.db, self.store, self.commands, self.settings, self.hub = (
+            db, store, commands, settings, hub)
+        self.book = IncidentBook(db, settings.group_window_s)
+        self.router = Router(warning_types=settings.rw_warning_types,
+                             rw_patterns=settings.rw_warning_patterns,
+                             ttl_s=settings.command_ttl_s)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    # -- nodes ------------------------------------------------------------------------------
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        rows = [as_dict(n) for n in self.store.list_nodes()]
+        return {str(n["node_id"]): n for n in rows if n.get("node_id")}
+
+    # -- feeding ----------------------------------------------------------------------------
+    def on_events(self, rows: list[dict[str, Any]]) -> None:
+        """IngestService callback: group, route new incidents, tell the browsers (any thread)."""
+        try:
+            self._feed(rows, route=True)
+        except Exception:  # never break ingest because of the dashboard
+            log.exception("on_events failed")
+
+    def catch_up(self, batch: int = 1000) -> int:
+        """Group events already in the store (at start-up; no routing: they are old news)."""
+        since = int(self.db.get_state("last_rowid", "0"))
+        total = 0
+        while True:
+            rows = [as_dict(r) for r in self.store.list_events(since_rowid=since, limit=batch)]
+            if not rows:
+                return total
+            self._feed(rows, route=False)
+            total += len(rows)
+            since = max(int(r.get("rowid") or since) for r in rows)
+            self.db.set_state("last_rowid", str(since))
+            if len(rows) < batch:
+                return total
+
+    def _feed(self, rows: list[dict[str, Any]], route: bool) -> list[Change]:
+        changes = self.book.add_events(rows)
+        rowids = [int(r["rowid"]) for r in rows if r.get("rowid")]
+        if rowids and route:
+            last = int(self.db.get_state("last_rowid", "0"))
+            self.db.set_state("last_rowid", str(max(last, *rowids)))
+        nodes: dict[str, dict[str, Any]] | None = None
+        for change in changes:
+            incident = self.book.get(change.incident_id)
+            if incident is None:
+                continue
+            if change.opened:
+                log_event(log, "incident_opened", incident_id=incident.incident_id,
+                          node_id=incident.node_id, type=incident.type,
+                          priority=incident.priority)
+                if route:
+                    nodes = nodes if nodes is not None else self.nodes()
+                    for cmd in self.router.rw_warnings(incident, nodes.values()):
+                        self.spawn(self._send(cmd, "central:routing"))
+            self.hub.publish(change.incident_id)
+        return changes
+
+    # -- commands ---------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine on the web app's loop, from that loop or from another thread."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and (self.loop is None or running is self.loop):
+            task: asyncio.Future[Any] = running.create_task(coro)
+        elif self.loop is not None and not self.loop.is_closed():
+            asyncio.run_coroutine_threadsafe(coro, self.loop)
+            return
+        else:
+            coro.close()
+            log_event(log, "command_not_sent", logging.WARNING, reason="no event loop")
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, cmd: Command, issued_by: str) -> bool:
+        if self.commands is None:
+            log_event(log, "command_not_sent", logging.WARNING, command_id=cmd.command_id,
+                      reason="no command sender")
+            return False
+        try:
+            await self.commands.send_command(cmd, issued_by=issued_by)
+        except Exception as exc:
+            log_event(log, "command_failed", logging.WARNING, command_id=cmd.command_id,
+                      node_id=cmd.node_id, action=cmd.action, error=str(exc)[:200])
+            return False
+        log_event(log, "command_sent", command_id=cmd.command_id, node_id=cmd.node_id,
+                  action=cmd.action, issued_by=issued_by)
+        return True
+
+    async def send(self, who: Principal, node_id: str, action: str,
+                   params: dict[str, Any]) -> dict[str, Any]:
+        cmd = make_command(node_id, action, params, issuer=f"web:{who.user.name}",
+                           ttl_s=self.settings.command_ttl_s)
+        sent = await self._send(cmd, who.user.name)
+        return {"command_id": cmd.command_id, "node_id": node_id, "action": action,
+                "sent": sent}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def acknowledge(self, who: Principal, incident_id: str, note: str) -> dict[str, Any]:
+        incident = self.book.step(incident_id, State.ACKNOWLEDGED, who.user.name, note)
+        self.hub.publish(incident_id)
+        result = await self.send(who, incident.node_id, "incident_ack",
+                                 {"incident_id": incident_id, "operator": who.user.name,
+                                  "note": note})
+        return {"incident": incident.as_dict(), "command": result}
+
+    async def close(self, who: Principal, incident_id: str, to: State,
+                    note: str) -> dict[str, Any]:
+        incident = self.book.step(incident_id, to, who.user.name, note)
+        self.hub.publish(incident_id)
+        out: dict[str, Any] = {"incident": incident.as_dict(), "warning": None, "command": None}
+        if to is State.FALSE_ALARM:
+            out.update(await self._false_alarm_check(who, incident))
+        return out
+
+    async def _false_alarm_check(self, who: Principal, incident: Incident) -> dict[str, Any]:
+        s = self.settings
+        since = time.time() - s.false_alarm_window_s
+        count = self.book.false_alarms(incident.node_id, since)
+        if count < s.false_alarm_threshold:
+            return {}
+        recent = self.db.one("SELECT 1 FROM web_warnings WHERE node_id = ? AND kind = "
+                             "'false_alarms' AND at >= ?", (incident.node_id, since))
+        message = (f"Post {incident.node_id} had {count} false alarms in "
+                   f"{s.false_alarm_window_s / 3600:g} h: panic hold raised to "
+                   f"{s.false_alarm_hold_seconds:g} s")
+        if recent is not None:
+            return {"warning": message}
+        self.db.execute("INSERT INTO web_warnings(at, node_id, kind, message) "
+                        "VALUES (?, ?, 'false_alarms', ?)",
+                        (time.time(), incident.node_id, message))
+        log_event(log, "false_alarm_threshold", logging.WARNING, node_id=incident.node_id,
+                  count=count)
+        command = await self.send(who, incident.node_id, "config",
+                                  {"hold_seconds": s.false_alarm_hold_seconds})
+        return {"warning": message, "command": command}
+
+    def warnings(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.db.query("SELECT * FROM web_warnings ORDER BY id DESC LIMIT ?", (limit,))
+
+    # -- views ------------------------------------------------------------------------------
+    def visible(self, who: Principal, nodes: dict[str, dict[str, Any]] | None = None,
+                *, open_only: bool = False) -> list[Incident]:
+        nodes = nodes if nodes is not None else self.nodes()
+        return [i for i in self.book.incidents(open_only=open_only)
+                if can_see_incident(who.user, i, nodes.get(i.node_id))]
+
+    def summary(self, incident: Incident, node: dict[str, Any] | None) -> dict[str, Any]:
+        kel, rw, rt = node_location(node)
+        out = incident.as_dict()
+        out.update({"kelurahan_code": kel, "rw": rw, "rt": rt,
+                    "post_name": (node or {}).get("display_name") or incident.node_id,
+                    "node_time_quality": (node or {}).get("time_quality")})
+        return out
+
+    def detail(self, who: Principal, incident: Incident,
+               node: dict[str, Any] | None) -> dict[str, Any]:
+        out = self.summary(incident, node)
+        events = []
+        for event_id in self.book.event_ids(incident.incident_id):
+            ev = as_dict(self.store.get_event(event_id))
+            if not ev:
+                continue
+            events.append({"event_id": ev.get("event_id"), "type": ev.get("type"),
+                           "priority": ev.get("priority"), "wall_time": ev.get("wall_time"),
+                           "time_quality": ev.get("time_quality"),
+                           "received_at": ev.get("received_at"),
+                           "payload": redact(who.user, event_payload(ev))})
+        out["events"] = events
+        out["history"] = [
+            {**h, "actor": h["actor"] if who.user.is_staff or h["actor"].startswith("post:")
+             else "staff"} for h in self.book.history(incident.incident_id)]
+        out["snapshots"] = self.snapshot_ids(incident)
+        return out
+
+    def snapshot_ids(self, incident: Incident) -> list[dict[str, Any]]:
+        wanted = set(self.book.event_ids(incident.incident_id))
+        rows = [as_dict(s) for s in self.store.list_snapshots(node_id=incident.node_id)]
+        return [{"snapshot_id": r.get("snapshot_id"), "taken_at": r.get("taken_at"),
+                 "sealed": bool(r.get("sealed"))}
+                for r in rows if r.get("event_id") in wanted]
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task

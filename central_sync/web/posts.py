@@ -1,0 +1,41 @@
+"""The post overview: every visible post with its health, grouped by kelurahan / RW / RT."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from central_sync.web.auth import Principal
+from central_sync.web.context import WebContext
+from central_sync.web.policy import can_see_node
+
+
+def _jsonish(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def post_rows(ctx: WebContext, who: Principal) -> list[dict[str, Any]]:
+    tests = {r["node_id"]: r["at"] for r in ctx.db.query(
+        "SELECT node_id, MAX(last_event_at) AS at FROM incidents WHERE type = 'TEST' "
+        "GROUP BY node_id")}
+    rows = []
+    for node_id, n in ctx.desk.nodes().items():
+        if not can_see_node(who.user, n):
+            continue
+        rows.append({
+            "node_id": node_id,
+            "display_name": n.get("display_name") or node_id,
+            "kelurahan_code": n.get("kelurahan_code"), "rw": n.get("rw"), "rt": n.get("rt"),
+            "online": bool(n.get("online")), "last_seen": n.get("last_seen"),
+            "backlog": n.get("backlog"), "siren": _jsonish(n.get("siren")),
+            "time_quality": n.get("time_quality"), "status": n.get("status"),
+            "last_self_test": n.get("last_self_test") or tests.get(node_id),
+        })
+    rows.sort(key=lambda r: (str(r["kelurahan_code"] or "~"), r["rw"] or 0, r["rt"] or 0,
+                             r["display_name"]))
+    return rows

@@ -1,0 +1,69 @@
+"""Settings of the web app: the ``[web]`` section of central's config (every key optional)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from central_sync.errors import CentralConfigError
+
+
+class WebSettings(BaseModel):
+    """``[web]``: the command-centre dashboard served beside ingest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Serve the web app from `kentongan-central run`.")
+    host: str = Field("127.0.0.1", min_length=1, description="Listen address.")
+    port: int = Field(8080, ge=0, le=65535, description="Listen port (0 = any free port).")
+    cookie_secure: bool = Field(False, description="Secure flag on the session cookie (set it "
+                                "whenever the app is reached over TLS).")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="Session lifetime.")
+    login_limit: int = Field(5, ge=1, le=1000, description="Failed logins allowed per user name "
+                             "and per client address in login_window_s, then 429.")
+    login_window_s: float = Field(300.0, gt=0, description="Login rate-limit window.")
+    group_window_s: float = Field(600.0, gt=0, description="Events of one post and type within "
+                                  "this many seconds join one incident.")
+    false_alarm_threshold: int = Field(3, ge=1, description="False alarms of one post in "
+                                       "false_alarm_window_s that raise its panic hold.")
+    false_alarm_window_s: float = Field(7 * 86400.0, gt=0, description="False-alarm window.")
+    false_alarm_hold_seconds: float = Field(5.0, gt=0, le=30, description="Panic hold sent to "
+                                            "a post past the threshold (config command).")
+    rw_warning_patterns: dict[str, str] = Field(default_factory=dict, description="Warning "
+                                                "pattern for the other posts of an RW, keyed "
+                                                "'KELURAHAN/RW'; '*' is the default.")
+    rw_warning_types: tuple[str, ...] | None = Field(None, description="Incident types that "
+                                                     "warn the RW (default: crimes and types "
+                                                     "whose audience includes the RW).")
+    snapshot_retention_days: float = Field(30.0, gt=0, description="Snapshots are deleted "
+                                           "after this many days.")
+    personal_data_retention_days: float = Field(90.0, gt=0, description="Personal fields of "
+                                                "event payloads (reporter, phone...) are erased "
+                                                "after this many days.")
+    access_log_retention_days: float = Field(365.0, gt=0, description="Access-log rows kept.")
+    retention_interval_s: float = Field(3600.0, gt=0, description="How often retention runs.")
+    command_ttl_s: float = Field(300.0, gt=0, description="Lifetime of commands sent from "
+                                 "the dashboard.")
+    cap_sender: str = Field("kentongan-central@localhost", pattern=r"^[^\s,&<]+$",
+                            description="CAP <sender>.")
+    cap_exercise: bool = Field(False, description="Mark CAP messages status Exercise.")
+    cap_expires_hours: float = Field(6.0, gt=0, description="CAP <expires> after <sent>.")
+    unseal_key_file: str | None = Field(None, description="Central's X25519 private key for "
+                                        "sealed snapshots; without it they are not shown.")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> WebSettings:
+        """From ``cfg.web`` (a WebSettings, a dict or absent) or a whole config dict."""
+        section: Any = cfg.get("web") if isinstance(cfg, dict) else getattr(cfg, "web", None)
+        if section is None:
+            return cls()
+        if isinstance(section, WebSettings):
+            return section
+        try:
+            return cls.model_validate(section)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            raise CentralConfigError(msg, f"web.{where}" if where else "web") from None

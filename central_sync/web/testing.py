@@ -1,0 +1,111 @@
+"""Helpers for tests and demos of the web app: a recording command sender and event builders.
+
+``RecordingSender`` stands in for IngestService at the command boundary only; everything else
+(SQLite, the app, HTTP) is real.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.incidents import INCIDENTS, IncidentType
+from edge.sync.wire import Command, EventEnvelope, Presence
+
+
+@dataclass
+class RecordingSender:
+    """``send_command`` that records what it was given."""
+
+    sent: list[tuple[Command, str]] = field(default_factory=list)
+    fail: bool = False
+
+    async def send_command(self, cmd: Command, *, issued_by: str) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.sent.append((cmd, issued_by))
+
+    def actions(self, action: str | None = None) -> list[Command]:
+        return [c for c, _ in self.sent if action is None or c.action == action]
+
+
+def presence(node_id: str, kelurahan_code: str = "33.74.01.1001", rw: int = 5, rt: int = 3,
+             display_name: str | None = None) -> Presence:
+    return Presence(node_id=node_id, state="online", boot_id="b1", version="0.1.0",
+                    at=time.time(), kelurahan_code=kelurahan_code, rw=rw, rt=rt,
+                    display_name=display_name or f"Pos {node_id}")
+
+
+_seq = iter(range(1, 10**9))
+
+
+def event(node_id: str, kind: str, *, at: float | None = None,
+          payload: dict[str, Any] | None = None, time_quality: str = "synced",
+          incident_id: str | None = None) -> EventEnvelope:
+    try:
+        priority = int(INCIDENTS[IncidentType(kind)].priority)
+    except ValueError:
+        priority = 4
+    return EventEnvelope(
+        event_id=uuid.uuid4().hex, node_id=node_id, boot_id="b1", seq=next(_seq),
+        mono_ns=time.monotonic_ns(), wall_time=time.time() if at is None else at,
+        time_quality=time_quality,
+        type=kind, priority=priority, incident_id=incident_id, payload=payload or {})
+
+
+class WebEnv:
+    """A real CentralStore + web app + TestClients for tests (close() when done)."""
+
+    PASSWORD = "correct horse battery"
+
+    def __init__(self, db_path: Any, web: dict[str, Any] | None = None) -> None:
+        from contextlib import ExitStack
+
+        from fastapi.testclient import TestClient
+
+        from central_sync.store import CentralStore
+        from central_sync.web.app import context_of, create_app
+
+        self._stack = ExitStack()
+        self._client_cls = TestClient
+        self.store = CentralStore(db_path)
+        self.sender = RecordingSender()
+        self.app = create_app({"web": web or {}}, self.store, self.sender)
+        self.ctx = context_of(self.app)
+        self.anon = self._stack.enter_context(TestClient(self.app))
+
+    def user(self, name: str, role: str, rts: tuple[str, ...] = ()) -> None:
+        from central_sync.users import RtRef
+
+        self.ctx.users.add(name, role, self.PASSWORD, [RtRef.parse(r) for r in rts])
+
+    def client(self, name: str, password: str | None = None) -> tuple[Any, str]:
+        """A logged-in TestClient (own cookie jar) and its CSRF token."""
+        client = self._stack.enter_context(self._client_cls(self.app))
+        r = client.post("/api/login", json={"username": name,
+                                            "password": password or self.PASSWORD})
+        assert r.status_code == 200, r.text
+        return client, r.json()["csrf_token"]
+
+    def node(self, node_id: str, where: str = "33.74.01.1001/5/3") -> None:
+        kel, rw, rt = where.split("/")
+        self.store.upsert_presence(presence(node_id, kel, int(rw), int(rt)), time.time())
+
+    def events(self, *envs: EventEnvelope) -> list[str]:
+        """Insert through the store and feed the dashboard as ingest's on_events would."""
+        accepted, _dups = self.store.insert_events(list(envs), time.time())
+        rows = self.store.get_events(accepted)
+        self.ctx.desk.on_events(rows)
+        return accepted
+
+    def incident_of(self, event_id: str) -> str:
+        row = self.ctx.db.one("SELECT incident_id FROM incident_events WHERE event_id = ?",
+                              (event_id,))
+        assert row is not None, f"event {event_id} is in no incident"
+        return str(row["incident_id"])
+
+    def close(self) -> None:
+        self._stack.close()
+        self.store.close()
