@@ -1,0 +1,223 @@
+"""``kentongan-central``: central's command line (the only place with user-facing wording).
+
+Subcommands here: ``run``, ``events``, ``nodes``, ``validate-config``. Other modules extend the
+parser: each module named in ``EXTENSIONS`` that exists must expose
+``register(subparsers: argparse._SubParsersAction) -> None`` and set ``func`` (taking the parsed
+``argparse.Namespace`` and returning an exit code) on the subparsers it adds. A missing extension
+module is skipped.
+
+Web hook for ``run``: if ``central_sync.web.app`` is importable and exposes
+``async def serve(cfg, store, ingest) -> None``, and the config has a ``web`` section that is
+enabled (``cfg.web`` present, and its ``enabled`` is not False), ``run`` serves it beside ingest.
+When either task ends with an error, the other is cancelled and the process exits non-zero.
+
+Errors print ``error: <key path>: <reason>`` to stderr and exit 2 (config, usage) or 1 (runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from central_sync.config import CentralConfig, load_central_config
+from central_sync.errors import CentralConfigError, CentralError
+from central_sync.ingest import IngestService
+from central_sync.store import CentralStore
+from edge.logs import log_event, set_node_id, setup_logging
+
+EXTENSIONS = ("central_sync.cli_pki", "central_sync.cli_web")
+WEB_APP_MODULE = "central_sync.web.app"
+
+log = logging.getLogger("central_sync.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _load_extension(name: str) -> Any | None:
+    """Import an extension module; None when exactly that module (or its package) is missing."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kentongan-central", description="Kentongan central service.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="ingest uplink messages (and serve the web app when configured)")
+    p.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("events", help="list stored events, oldest first")
+    p.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--node", help="only this node id")
+    p.add_argument("--limit", type=int, default=20, help="show the last N events (default 20)")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("nodes", help="list nodes: online state, last seen, reported backlog")
+    p.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser("validate-config", help="check a central config file")
+    p.add_argument("path", type=Path, help="central config file (TOML)")
+    p.set_defaults(func=cmd_validate_config)
+
+    for name in EXTENSIONS:
+        module = _load_extension(name)
+        if module is not None:
+            module.register(sub)
+    return parser
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _open(path: Path) -> tuple[CentralConfig, CentralStore]:
+    cfg = load_central_config(path)
+    return cfg, CentralStore(cfg.database)
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    cfg = load_central_config(args.path)
+    print(f"ok: {args.path} (database {cfg.database}, broker {cfg.broker.host}:{cfg.broker.port})")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise CentralConfigError("must be at least 1", "--limit")
+    _cfg, store = _open(args.config)
+    try:
+        rows = store.latest_events(node_id=args.node, limit=args.limit)
+    finally:
+        store.close()
+    for r in rows:
+        if args.json:
+            print(json.dumps(r, ensure_ascii=False, default=str))
+        else:
+            print(f"{r['rowid']:>8}  {_fmt_time(r['wall_time'])}  {r['node_id']:<20} {r['type']:<16} "
+                  f"P{r['priority']}  {r['event_id']}")
+    if not args.json and not rows:
+        print("no events")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    _cfg, store = _open(args.config)
+    try:
+        rows = store.list_nodes()
+    finally:
+        store.close()
+    for r in rows:
+        if args.json:
+            print(json.dumps(r, ensure_ascii=False, default=str))
+        else:
+            backlog = "-" if r["backlog"] is None else str(r["backlog"])
+            print(f"{r['node_id']:<24} {r['status']:<8} last seen {_fmt_time(r['last_seen'])}  "
+                  f"backlog {backlog:<6} {r.get('display_name') or ''}".rstrip())
+    if not args.json and not rows:
+        print("no nodes")
+    return 0
+
+
+def web_enabled(cfg: CentralConfig) -> bool:
+    section = getattr(cfg, "web", None)
+    if section is None:
+        return False
+    enabled = section.get("enabled", True) if isinstance(section, dict) else getattr(section, "enabled", True)
+    return bool(enabled)
+
+
+def _web_serve(cfg: CentralConfig) -> Callable[..., Coroutine[Any, Any, None]] | None:
+    if not web_enabled(cfg):
+        return None
+    module = _load_extension(WEB_APP_MODULE)
+    serve = getattr(module, "serve", None) if module is not None else None
+    return serve if callable(serve) else None
+
+
+async def serve_central(cfg: CentralConfig, store: CentralStore) -> None:
+    """Run ingest (and the web app hook) until cancelled or until one of them fails."""
+    ingest = IngestService(cfg, store)
+    tasks = [asyncio.create_task(ingest.run(), name="ingest")]
+    serve = _web_serve(cfg)
+    if serve is not None:
+        tasks.append(asyncio.create_task(serve(cfg, store, ingest), name="web"))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # raises the task's error
+        raise CentralError(f"{next(iter(done)).get_name()} stopped unexpectedly")
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _run_until_signal(cfg: CentralConfig, store: CentralStore) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.create_task(serve_central(cfg, store))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await main
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_central_config(args.config)
+    setup_logging(cfg.log_level)
+    set_node_id("central")
+    store = CentralStore(cfg.database)
+    log_event(log, "central_starting", database=str(cfg.database), broker=f"{cfg.broker.host}:{cfg.broker.port}")
+    try:
+        asyncio.run(_run_until_signal(cfg, store))
+    finally:
+        store.close()
+    log_event(log, "central_stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except CentralConfigError as exc:
+        _err(str(exc))
+        return 2
+    except CentralError as exc:
+        _err(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Typed configuration of central (TOML file -> pydantic models with ``extra="forbid"``).
+
+Every section except ``database`` has defaults, so a minimal file is one line. Other central
+modules add their own optional section by adding one field to ``CentralConfig`` (for example
+``web`` or ``pki``); a section they do not need stays absent. Relative paths in the file are
+resolved against the directory of the config file.
+
+Errors name the bad key, exactly like ``edge.config``: ``CentralConfigError("unknown key",
+"ingest.batch_maxx")``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from central_sync.errors import CentralConfigError
+from central_sync.web.settings import WebSettings
+
+
+class Strict(BaseModel):
+    """Base of every central config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerTls(Strict):
+    """Mutual TLS from central to the broker."""
+
+    ca_file: Path = Field(description="CA certificate that signed the broker's certificate.")
+    cert_file: Path | None = Field(None, description="Central's client certificate (CN 'central').")
+    key_file: Path | None = Field(None, description="Private key of cert_file.")
+
+    @model_validator(mode="after")
+    def _pair(self) -> BrokerTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("broker.tls.cert_file: cert_file and key_file must be given together")
+        return self
+
+
+class BrokerConfig(Strict):
+    """The MQTT broker central subscribes to (MQTT 5, persistent session)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    tls: BrokerTls | None = Field(None, description="Mutual TLS settings; None for a plain "
+                                  "development listener.")
+    client_id: str = Field("central", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Fixed MQTT "
+                           "client id: the broker keeps central's persistent session under it. "
+                           "With several workers each gets '<client_id>-w<N>'.")
+    username: str | None = Field(None, max_length=120, description="Optional MQTT username.")
+    password: str | None = Field(None, max_length=500, description="Optional MQTT password.")
+    keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    session_expiry_seconds: int = Field(14 * 86400, ge=1, le=0xFFFFFFFF, description="How long "
+                                        "the broker keeps central's session (and queues messages "
+                                        "for it) while central is down.")
+    reconnect_min_seconds: float = Field(0.2, gt=0, le=60, description="First reconnect delay.")
+    reconnect_max_seconds: float = Field(15.0, gt=0, le=600, description="Cap of the jittered "
+                                         "exponential reconnect delay.")
+
+    @model_validator(mode="after")
+    def _backoff(self) -> BrokerConfig:
+        if self.reconnect_min_seconds > self.reconnect_max_seconds:
+            raise ValueError("broker.reconnect_min_seconds: larger than broker.reconnect_max_seconds")
+        return self
+
+
+class IngestConfig(Strict):
+    """How central batches, commits and acknowledges uplink messages."""
+
+    batch_max: int = Field(500, ge=1, le=5000, description="Most events committed in one "
+                           "transaction (and acknowledged in one Ack per node).")
+    batch_wait_ms: int = Field(20, ge=0, le=10_000, description="How long a batch waits for more "
+                               "events before it is committed.")
+    shared_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="MQTT 5 "
+                                     "shared subscription group: subscribe to "
+                                     "'$share/<group>/...' so several workers split the load. "
+                                     "None = one ordinary subscriber.")
+    workers: int = Field(1, ge=1, le=32, description="MQTT connections this process runs (more "
+                         "than 1 needs shared_group).")
+    max_inflight: int = Field(1000, ge=1, le=65535, description="QoS 1 messages in flight from "
+                              "the broker to central (MQTT 5 receive maximum).")
+    max_pending_events: int = Field(20_000, ge=1, description="Decoded events waiting for a "
+                                    "commit before the reader pauses (back-pressure; the rest "
+                                    "wait in the MQTT client's queue and the broker session).")
+    pending_calls_threshold: int = Field(100_000, ge=10, description="aiomqtt warns past this "
+                                         "many pending calls; raised so bulk acks do not log.")
+    db_retry_max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap of the backoff "
+                                        "when the database is locked or busy.")
+
+    @model_validator(mode="after")
+    def _workers(self) -> IngestConfig:
+        if self.workers > 1 and self.shared_group is None:
+            raise ValueError("ingest.workers: more than one worker needs ingest.shared_group")
+        return self
+
+
+class PkiConfig(Strict):
+    """Central's certificate authority (central_sync.pki; docs/security.md)."""
+
+    dir: Path = Field(description="Directory of the CA files and keys (relative: to the config "
+                      "file).")
+    broker_hosts: list[str] = Field(default_factory=lambda: ["localhost"], min_length=1,
+                                    description="Host names/addresses in the broker certificate; "
+                                    "the first is written into node configs.")
+    broker_port: int = Field(8883, ge=1, le=65535, description="TLS port nodes connect to.")
+    ca_days: int = Field(3650, ge=1, description="CA certificate validity.")
+    server_days: int = Field(825, ge=1, description="Broker and central certificate validity.")
+    node_days: int = Field(730, ge=1, description="Node certificate validity.")
+    crl_days: int = Field(365, ge=1, description="CRL validity: regenerate before it runs out.")
+    renew_before_days: int = Field(60, ge=1, description="'renew --due' picks certificates "
+                                   "ending within this many days.")
+    org: str = Field("Kentongan", min_length=1, max_length=64, description="Organisation name in "
+                     "the CA certificate.")
+
+
+class CentralConfig(Strict):
+    """Complete configuration of central."""
+
+    config_version: Literal[1] = Field(1, description="Version of this file format.")
+    database: Path = Field(description="Central's SQLite database file.")
+    topic_prefix: str = Field("kentongan/v1", pattern=r"^[a-z0-9_/-]+$", description="Root of the "
+                              "topic tree (must match the nodes').")
+    broker: BrokerConfig = Field(default_factory=BrokerConfig, description="MQTT broker.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Batching and "
+                                 "acknowledgement.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    web: WebSettings | None = Field(None, description="Command-centre web app "
+                                    "(central_sync.web.settings); absent = not served.")
+    pki: PkiConfig | None = Field(None, description="Certificate authority for enrolment "
+                                  "(kentongan-central ca/enrol/revoke/renew); absent = no CA here.")
+
+
+def _first_error(exc: ValidationError) -> CentralConfigError:
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    # Cross-field errors raised in validators carry their key path as "path: reason".
+    m = re.match(r"^(?:Value error, )?([a-z_]+(?:\.[a-z0-9_]+)+): (.*)$", msg, re.S)
+    if m:
+        return CentralConfigError(m.group(2), m.group(1))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return CentralConfigError(msg, path or "<root>")
+
+
+def _resolve_paths(data: Any, base: Path) -> Any:
+    """Make the known relative path keys absolute against ``base``."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    if isinstance(out.get("database"), str) and not Path(out["database"]).is_absolute():
+        out["database"] = str((base / out["database"]).resolve())
+    broker = out.get("broker")
+    if isinstance(broker, dict) and isinstance(broker.get("tls"), dict):
+        tls = dict(broker["tls"])
+        for key in ("ca_file", "cert_file", "key_file"):
+            if isinstance(tls.get(key), str) and not Path(tls[key]).is_absolute():
+                tls[key] = str((base / tls[key]).resolve())
+        out["broker"] = {**broker, "tls": tls}
+    return out
+
+
+def parse_central_config(data: dict[str, Any], base_dir: Path | None = None) -> CentralConfig:
+    """Validate a config mapping; raise ``CentralConfigError`` naming the first bad key."""
+    if base_dir is not None:
+        data = _resolve_paths(data, base_dir)
+    try:
+        return CentralConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def load_central_config(path: str | Path) -> CentralConfig:
+    """Read and validate central's TOML config file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise CentralConfigError(f"cannot read config file: {exc.strerror}", str(p)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CentralConfigError(f"not valid TOML: {exc}", str(p)) from None
+    return parse_central_config(data, base_dir=p.resolve().parent)

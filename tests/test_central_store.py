@@ -1,0 +1,153 @@
+"""CentralStore on real SQLite files: de-duplication, ordering, nodes, commands, durability settings."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from central_sync.store import CentralStore, migrations
+from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, b64
+
+
+def ev(node: str = "node-a", seq: int = 0, **kw: object) -> EventEnvelope:
+    data: dict[str, object] = dict(event_id=uuid.uuid4().hex, node_id=node, boot_id="boot-1", seq=seq, mono_ns=seq * 10,
+                                   wall_time=1_700_000_000.0 + seq, time_quality="synced", type="PANIC", priority=1,
+                                   payload={"button": "panic", "n": seq})
+    data.update(kw)
+    return EventEnvelope.model_validate(data)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CentralStore]:
+    s = CentralStore(tmp_path / "central.db")
+    yield s
+    s.close()
+
+
+def test_durability_pragmas_and_migrations(tmp_path: Path) -> None:
+    s = CentralStore(tmp_path / "c.db")
+    conn = s.connection()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert [m.name for m in migrations.applied(s.database())] == ["m001_initial"]
+    s.insert_events([ev()], 1.0)
+    s.close()
+    again = CentralStore(tmp_path / "c.db")  # reopening applies nothing twice and keeps the data
+    assert again.count_events() == 1
+    assert len(migrations.applied(again.database())) == 1
+    again.close()
+
+
+def test_insert_events_dedupes_by_event_id(store: CentralStore) -> None:
+    a, b = ev(seq=1), ev(seq=2)
+    new, dup = store.insert_events([a, b, a], received_at=10.0)
+    assert new == [a.event_id, b.event_id]
+    assert dup == [a.event_id]
+    new, dup = store.insert_events([b, ev(seq=3)], received_at=11.0)
+    assert dup == [b.event_id] and len(new) == 1
+    assert store.count_events() == 3
+    row = store.get_event(a.event_id)
+    assert row is not None
+    assert row["payload"] == {"button": "panic", "n": 1}
+    assert row["received_at"] == 10.0 and row["type"] == "PANIC" and row["time_quality"] == "synced"
+    assert store.get_event("nope") is None
+
+
+def test_list_events_streams_in_arrival_order(store: CentralStore) -> None:
+    for i in range(5):
+        store.insert_events([ev("node-a", i), ev("node-b", i)], float(i))
+    rows = store.list_events(limit=4)
+    rowids = [r["rowid"] for r in rows]
+    assert rowids == sorted(rowids) and len(rows) == 4
+    rest = store.list_events(since_rowid=rowids[-1])
+    assert len(rest) == 6 and rest[0]["rowid"] > rowids[-1]
+    only_b = store.list_events(node_id="node-b")
+    assert [r["seq"] for r in only_b] == [0, 1, 2, 3, 4]
+    assert store.count_events("node-b") == 5
+    assert [r["seq"] for r in store.latest_events(node_id="node-a", limit=2)] == [3, 4]
+
+
+def test_snapshots_store_bytes_once(store: CentralStore) -> None:
+    data = bytes(range(256)) * 10
+    snap = SnapshotEnvelope(snapshot_id="snap-0000000000000001", event_id="e" * 32, node_id="node-a",
+                            taken_at=5.0, data=b64(data))
+    assert store.insert_snapshot(snap, 6.0) is True
+    assert store.insert_snapshot(snap, 7.0) is False
+    got = store.get_snapshot(snap.snapshot_id)
+    assert got is not None and got["data"] == data and got["size"] == len(data) and got["sealed"] is False
+    assert [s["snapshot_id"] for s in store.list_snapshots(event_id="e" * 32)] == [snap.snapshot_id]
+    assert store.list_snapshots(node_id="node-b") == []
+    assert "data" not in store.list_snapshots()[0]
+
+
+def test_presence_and_heartbeat_update_nodes(store: CentralStore) -> None:
+    now = time.time()
+    store.upsert_presence(Presence(node_id="node-a", state="online", boot_id="b1", version="1.0",
+                                   kelurahan_code="33.74.01.1001", rw=5, rt=3, display_name="Pos RT 03"), now)
+    store.upsert_heartbeat(Heartbeat(node_id="node-a", boot_id="b1", at=now, version="1.1", time_quality="rtc",
+                                     clock_offset=-0.5, outbox={"ready": 7, "in_flight": 3, "acked": 100},
+                                     siren={"on": False}), now)
+    # A later presence without identity fields keeps the known identity.
+    store.upsert_presence(Presence(node_id="node-a", state="offline"), now + 1)
+    (node,) = store.list_nodes(now=now + 2)
+    assert node["node_id"] == "node-a" and node["online"] is False and node["status"] == "offline"
+    assert node["backlog"] == 10 and node["siren"] == {"on": False} and node["version"] == "1.1"
+    assert node["time_quality"] == "rtc" and node["clock_offset"] == -0.5
+    assert (node["kelurahan_code"], node["rw"], node["rt"], node["display_name"]) == ("33.74.01.1001", 5, 3,
+                                                                                       "Pos RT 03")
+    store.upsert_heartbeat(Heartbeat(node_id="node-a", boot_id="b1", at=now, version="1.1", time_quality="rtc"),
+                           now + 3)
+    (node,) = store.list_nodes(now=now + 3 + 10_000)
+    assert node["online"] is True and node["status"] == "stale" and node["backlog"] == 0
+    store.insert_events([ev("node-z")], now)
+    assert {n["node_id"] for n in store.list_nodes()} == {"node-a", "node-z"}
+
+
+def test_rejections_and_commands(store: CentralStore) -> None:
+    store.record_rejection(node_id="node-a", topic="t", reason="not_json", detail="x", at=1.0)
+    store.record_rejection(node_id=None, topic="t", reason="not_json", detail="y", at=2.0)
+    store.record_rejection(node_id="node-a", topic="t", reason="wrong_topic", detail="z", at=3.0)
+    assert store.rejection_counts() == {"not_json": 2, "wrong_topic": 1}
+    cmd = Command(command_id="cmd-00000001", node_id="node-a", action="sound", params={"pattern": "2-2-2"},
+                  issued_at=10.0, expires_at=310.0)
+    store.record_command(cmd, issued_by="operator")
+    store.record_command_result(CommandResult(command_id=cmd.command_id, node_id="node-a", ok=True, detail="playing",
+                                              at=11.0, data={"siren": "on"}), 12.0)
+    store.record_command_result(CommandResult(command_id="cmd-unknown1", node_id="node-b", ok=False, at=11.0), 12.0)
+    cmds = {c["command_id"]: c for c in store.list_commands()}
+    assert cmds[cmd.command_id]["status"] == "ok" and cmds[cmd.command_id]["result_data"] == {"siren": "on"}
+    assert cmds[cmd.command_id]["params"] == {"pattern": "2-2-2"} and cmds[cmd.command_id]["issued_by"] == "operator"
+    assert cmds["cmd-unknown1"]["status"] == "failed"
+    assert [c["command_id"] for c in store.list_commands("node-a")] == [cmd.command_id]
+
+
+def test_thread_safe_concurrent_writers(tmp_path: Path) -> None:
+    store = CentralStore(tmp_path / "c.db")
+    other = CentralStore(tmp_path / "c.db")  # a second connection on the same file (another worker)
+    shared = [ev(seq=i) for i in range(50)]
+    errors: list[BaseException] = []
+
+    def work(s: CentralStore, k: int) -> None:
+        try:
+            for i in range(20):
+                s.insert_events([ev(f"node-{k:03d}", i), *shared[i:i + 5]], float(i))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(store if k % 2 else other, k)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert store.count_events() == 6 * 20 + 24  # shared[0:24] got inserted, each once
+    ids = [r[0] for r in sqlite3.connect(tmp_path / "c.db").execute("SELECT event_id FROM events")]
+    assert len(ids) == len(set(ids))
+    store.close()
+    other.close()
