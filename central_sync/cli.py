@@ -160,10 +160,23 @@ def _web_serve(cfg: CentralConfig) -> Callable[..., Coroutine[Any, Any, None]] |
     return serve if callable(serve) else None
 
 
+async def _systemd_watchdog(ingest: IngestService) -> None:
+    """READY=1 and watchdog pings for the Type=notify unit (no-op outside systemd). The loop
+    being able to run this task is the health signal; a lost broker is retried, not fatal."""
+    from edge.watchdog import HealthWatchdog
+
+    await HealthWatchdog({"event_loop": lambda: True}).run()
+
+
 async def serve_central(cfg: CentralConfig, store: CentralStore) -> None:
     """Run ingest (and the web app hook) until cancelled or until one of them fails."""
-    ingest = IngestService(cfg, store)
-    tasks = [asyncio.create_task(ingest.run(), name="ingest")]
+    from central_sync.security_wiring import central_hooks
+
+    hooks = central_hooks(cfg)
+    ingest = IngestService(cfg, store, verify_event=hooks.verify_event,
+                           sign_command=hooks.sign_command)
+    tasks = [asyncio.create_task(ingest.run(), name="ingest"),
+             asyncio.create_task(_systemd_watchdog(ingest), name="systemd-watchdog")]
     serve = _web_serve(cfg)
     if serve is not None:
         tasks.append(asyncio.create_task(serve(cfg, store, ingest), name="web"))

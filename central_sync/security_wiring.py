@@ -1,0 +1,48 @@
+"""Central's security hooks for ingest: event signature verification against the node registry
+and command signing with central's command key, when a ``[pki]`` section is configured."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from central_sync.config import CentralConfig
+from central_sync.pki import PkiFiles
+from central_sync.registry import Registry
+from edge.bundle import credential_path
+from edge.signing import CommandSigner, EventVerifier, MemoryDigestLog, NodeKey
+from edge.sync.wire import Command, EventEnvelope
+
+
+@dataclass
+class CentralHooks:
+    verify_event: Callable[[EventEnvelope], None] | None = None
+    sign_command: Callable[[Command], Command] | None = None
+
+
+class _LockedRegistryLookup:
+    """Registry lookups from ingest's worker threads on one dedicated connection."""
+
+    def __init__(self, database: str) -> None:
+        self._conn = sqlite3.connect(database, check_same_thread=False)
+        self._registry = Registry(self._conn)
+        self._lock = threading.Lock()
+
+    def __call__(self, node_id: str) -> NodeKey | None:
+        with self._lock:
+            return self._registry.lookup(node_id)
+
+
+def central_hooks(cfg: CentralConfig) -> CentralHooks:
+    """Hooks for ``IngestService``; none when central has no PKI (development)."""
+    if cfg.pki is None:
+        return CentralHooks()
+    files = PkiFiles(cfg.pki.dir)
+    signer = CommandSigner.from_file(credential_path(files.command_key))
+    # Identical re-sends are plain duplicates (INSERT OR IGNORE keeps the first copy); the digest
+    # log only tells a *different* envelope reusing an event id apart, to record it as a replay.
+    verifier = EventVerifier(_LockedRegistryLookup(str(cfg.database)), require_signed=True,
+                             digests=MemoryDigestLog())
+    return CentralHooks(verify_event=verifier, sign_command=signer.sign)
