@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from central_sync.broker import LocalMosquitto, free_port
+from central_sync.broker import LocalMosquitto, free_port, production_broker
+from central_sync.pki import PkiFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -34,7 +35,9 @@ def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
-def post_toml(node_id: str, name: str, rw: int, rt: int, state: Path, port: int) -> str:
+def post_toml(node_id: str, name: str, rw: int, rt: int, state: Path, port: int,
+              keys: Path) -> str:
+    """A simulated post's config: enrolment keys from the installed bundle, demo hardware."""
     return f"""config_version = 1
 log_level = "INFO"
 [node]
@@ -87,17 +90,34 @@ broker_port = {port}
 heartbeat_seconds = 5
 reconnect_min_seconds = 0.2
 reconnect_max_seconds = 2
-sms_fallback_seconds = 20
+sms_fallback_seconds = 5
+[sync.tls]
+ca_file = "{keys}/ca.crt"
+cert_file = "{keys}/node.crt"
+key_file = "{keys}/node.key"
+[security]
+node_signing_key_file = "{keys}/signing.key"
+central_command_key_file = "{keys}/central-command.pub"
+central_seal_key_file = "{keys}/central-seal.pub"
 """
 
 
 def central_toml(state: Path, mqtt_port: int, web_port: int) -> str:
+    pki = state / "pki"
     return f"""database = "{state / 'central.db'}"
 topic_prefix = "kentongan/v1"
 [broker]
 host = "127.0.0.1"
 port = {mqtt_port}
 client_id = "central-demo"
+[broker.tls]
+ca_file = "{pki / 'ca.crt'}"
+cert_file = "{pki / 'central-mqtt.crt'}"
+key_file = "{pki / 'central-mqtt.key'}"
+[pki]
+dir = "{pki}"
+broker_hosts = ["127.0.0.1", "localhost"]
+broker_port = {mqtt_port}
 [web]
 enabled = true
 host = "127.0.0.1"
@@ -140,8 +160,7 @@ class Demo:
     def central_events(self) -> list[dict[str, Any]]:
         out = self.central("events", "--config", str(self.central_cfg), "--json",
                            "--limit", "100000")
-        data = json.loads(out)
-        return data if isinstance(data, list) else data.get("events", [])
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def wait(self, pred: Any, timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout
@@ -156,28 +175,39 @@ class Demo:
         if self.state.exists():
             shutil.rmtree(self.state)
         self.state.mkdir(parents=True)
-        say("Starting Mosquitto (project config, loopback)")
-        self.broker = LocalMosquitto(self.state / "broker").start()
-        print(f"broker on 127.0.0.1:{self.broker.port}")
-        web_port = free_port()
+        mqtt_port, web_port = free_port(), free_port()
         self.web_port = web_port
         self.central_cfg.parent.mkdir(parents=True)
-        self.central_cfg.write_text(central_toml(self.central_cfg.parent, self.broker.port,
-                                                 web_port))
+        self.central_cfg.write_text(central_toml(self.central_cfg.parent, mqtt_port, web_port))
+        say("Central certificate authority: kentongan-central ca init")
+        print(self.central("ca", "init", "--config", str(self.central_cfg)).strip())
+        pki = PkiFiles(self.central_cfg.parent / "pki")
+        say("Starting Mosquitto with the production config (mTLS + ACL + CRL) on loopback")
+        self.broker = production_broker(self.state / "broker", ca_file=pki.ca_cert,
+                                        cert_file=pki.broker_cert, key_file=pki.broker_key,
+                                        crl_file=pki.crl, port=mqtt_port).start()
+        print(f"broker on 127.0.0.1:{self.broker.port} (client certificates required)")
         say("Starting central (ingest + dashboard)")
         try:
             self.central("user", "add", OPERATOR[0], "--role", "operator", "--config",
-                         str(self.central_cfg), "--password-stdin", stdin=OPERATOR[1] + "\n")
+                         str(self.central_cfg), stdin=OPERATOR[1] + "\n")
         except SystemExit as exc:
             print(f"(no dashboard accounts: {exc})")
         self.spawn([PY, "-m", "central_sync.cli", "run", "--config", str(self.central_cfg)],
                    self.state / "central" / "central.log")
-        say("Starting three simulated posts")
+        say("Enrolling three posts (kentongan-central enrol -> kentongan-edge install-bundle)"
+            " and starting them simulated")
         for node_id, name, rw, rt in POSTS:
             d = self.state / node_id
             d.mkdir()
+            bundle = d / f"{node_id}.bundle"
+            self.central("enrol", node_id, "--kelurahan", "33.74.10.1005", "--rw", str(rw),
+                         "--rt", str(rt), "--name", name, "--out", str(bundle),
+                         "--config", str(self.central_cfg))
+            self.edge("install-bundle", str(bundle), "--prefix", str(d / "root"))
+            keys = d / "root" / "etc" / "kentongan" / "keys"
             cfg = d / "node.toml"
-            cfg.write_text(post_toml(node_id, name, rw, rt, d / "state", self.broker.port))
+            cfg.write_text(post_toml(node_id, name, rw, rt, d / "state", self.broker.port, keys))
             self.post_cfgs.append(cfg)
             self.spawn([PY, "-m", "edge.cli", "run", "--simulate", "--config", str(cfg)],
                        d / "agent.log")
@@ -223,15 +253,22 @@ class Demo:
             out = self.status(i)["outbox"]
             print(f"  {POSTS[i][0]:<26} waiting: ready={out.get('ready')} "
                   f"in_flight={out.get('in_flight')}")
-        say("The posts keep working offline; waiting 8 s")
+        say("The posts keep working offline; waiting 8 s (P1 events unacknowledged for 5 s -> SMS)")
         time.sleep(8)
+        for i in range(3):
+            sms = self.status(i)["outbox"].get("by_type", {}).get("SMS_SENT")
+            if sms:
+                print(f"  {POSTS[i][0]:<26} SMS fallback sent for its P1 incident: {sms}")
         say("00:20 The network is back (broker restarted)")
         self.broker.start()
         t0 = time.monotonic()
 
         def drained() -> bool:
-            return all(self.status(i)["outbox"].get("ready", 1) == 0
-                       and self.status(i)["outbox"].get("in_flight", 1) == 0 for i in range(3))
+            for i in range(3):
+                out = self.status(i)["outbox"]
+                if out.get("ready", 1) or out.get("in_flight", 1):
+                    return False
+            return True
 
         self.wait(drained, 60, "backlogs to drain")
         print(f"all backlogs drained in {time.monotonic() - t0:.1f} s")
