@@ -13,7 +13,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,7 @@ from edge.drivers.siren import Activation, SirenPlayer, Trigger
 from edge.errors import KentonganError
 from edge.incidents import INCIDENTS, IncidentType, Priority, SystemEvent
 from edge.logs import log_event
-from edge.outbox import EventDraft, Outbox, StoredEvent
+from edge.outbox import EventDraft, Outbox, Receipt, StoredEvent
 
 log = logging.getLogger("kentongan.alarm")
 
@@ -120,7 +119,7 @@ class AlarmEngine:
         """Start (or stop, for AMAN) the siren for an incident type. Thread-safe, no I/O."""
         return self._sound(kind, trigger, priority)
 
-    def record(self, draft: EventDraft, *, snapshot: bool = False) -> Future[StoredEvent]:
+    def record(self, draft: EventDraft, *, snapshot: bool = False) -> Receipt[StoredEvent]:
         """Hand an event to the outbox writer (non-blocking); follow-ups run on the loop."""
         fut = self.outbox.submit(draft)
         fut.add_done_callback(lambda f: self._hop(self._after_commit, f, draft, snapshot))
@@ -182,7 +181,7 @@ class AlarmEngine:
                 pass
         fn(*args)
 
-    def _after_commit(self, fut: Future[StoredEvent], draft: EventDraft, snapshot: bool) -> None:
+    def _after_commit(self, fut: Receipt[StoredEvent], draft: EventDraft, snapshot: bool) -> None:
         exc = fut.exception()
         if exc is not None:
             # Never lose an event: keep it in memory and retry until the store takes it.

@@ -35,12 +35,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.agent import run_agent
-    from edge.logs import setup_logging
+    from edge.logs import set_node_id, setup_logging
 
     cfg = load_config(args.config)
     if args.state_dir:
         cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(
             update={"state_dir": Path(args.state_dir)})})
+    set_node_id(cfg.node.node_id)
     setup_logging(cfg.log_level)
     asyncio.run(run_agent(cfg, simulate=args.simulate))
     return 0

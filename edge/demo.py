@@ -126,8 +126,9 @@ port = {web_port}
 
 
 class Demo:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, posts: list[tuple[str, str, int, int]] | None = None) -> None:
         self.state = state
+        self.posts = POSTS if posts is None else posts
         self.procs: list[subprocess.Popen[bytes]] = []
         self.broker: LocalMosquitto | None = None
         self.post_cfgs: list[Path] = []
@@ -197,7 +198,7 @@ class Demo:
                    self.state / "central" / "central.log")
         say("Enrolling three posts (kentongan-central enrol -> kentongan-edge install-bundle)"
             " and starting them simulated")
-        for node_id, name, rw, rt in POSTS:
+        for node_id, name, rw, rt in self.posts:
             d = self.state / node_id
             d.mkdir()
             bundle = d / f"{node_id}.bundle"
@@ -212,7 +213,7 @@ class Demo:
             self.spawn([PY, "-m", "edge.cli", "run", "--simulate", "--config", str(cfg)],
                        d / "agent.log")
             print(f"  {name} ({node_id})")
-        for i in range(len(POSTS)):
+        for i in range(len(self.posts)):
             self.wait(lambda i=i: self._ok(lambda: self.status(i)), 30, f"post {i} to start")
 
     @staticmethod

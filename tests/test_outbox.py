@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 
 from edge.clock import Clock
 from edge.errors import StorageError
-from edge.outbox import EventDraft, Outbox, StoredEvent
+from edge.outbox import EventDraft, Outbox, Receipt, StoredEvent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,3 +254,110 @@ def test_event_ids_are_uuid7_with_current_time(outbox: Outbox) -> None:
     assert all(u.version == 7 and u.variant == "specified in RFC 4122" for u in ids)
     assert len(set(ids)) == 200
     assert all(abs(u.time / 1000 - time.time()) < 60 for u in ids)
+
+
+# ------------------------------------------------------------------ receipts (submit's handle)
+
+
+def test_receipt_resolves_after_commit_and_callbacks_run_on_writer(outbox: Outbox) -> None:
+    path = outbox.path
+    calls: list[tuple[str, bool, bool]] = []
+
+    def on_done(r: Receipt[StoredEvent]) -> None:
+        ev = r.result(0)  # already resolved when the callback runs
+        with sqlite3.connect(path) as c:  # visible to another connection => committed
+            found = c.execute("SELECT 1 FROM events WHERE event_id=?", (ev.event_id,)).fetchone()
+        calls.append((threading.current_thread().name, r.done(), found is not None))
+
+    def broken(r: Receipt[StoredEvent]) -> None:
+        raise RuntimeError("callback bug")
+
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer cannot commit until we let it
+    try:
+        r = outbox.submit(EventDraft("PANIC", 1, {"k": "v"}))
+        assert isinstance(r, Receipt) and not hasattr(r, "__dict__")  # __slots__, no lock
+        r.add_done_callback(broken)
+        r.add_done_callback(on_done)
+        time.sleep(0.2)
+        assert not r.done() and not r.cancelled() and not r.cancel() and calls == []
+        with pytest.raises(TimeoutError):
+            r.result(timeout=0.05)
+        with pytest.raises(concurrent.futures.TimeoutError):  # same class as TimeoutError
+            r.exception(timeout=0.05)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    ev = r.result(timeout=10)
+    assert r.done() and r.exception(timeout=0) is None and ev.payload == {"k": "v"}
+    deadline = time.monotonic() + 5  # as with Future, waiters wake before callbacks run
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [("outbox-writer", True, True)]  # once, after COMMIT, on the writer thread
+    assert outbox.writer_alive()  # a raising callback is logged, not fatal
+
+    here: list[tuple[str, StoredEvent]] = []
+    r.add_done_callback(lambda x: here.append((threading.current_thread().name,
+                                               x.result())))
+    assert here == [(threading.current_thread().name, ev)]  # done already: ran immediately
+
+
+def test_receipt_failure_reaches_caller_and_callbacks(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", "node-test")
+    ob.close()
+    r = ob.submit(EventDraft("PANIC", 1))
+    assert r.done()
+    err = r.exception(timeout=0)
+    assert isinstance(err, StorageError)
+    with pytest.raises(StorageError):
+        r.result(timeout=0)
+    got: list[BaseException | None] = []
+    r.add_done_callback(lambda x: got.append(x.exception()))
+    assert got == [err]
+
+
+def test_many_threads_submit_concurrently_distinct_increasing_seq(outbox: Outbox) -> None:
+    n_threads, per_thread = 8, 400
+    start = threading.Barrier(n_threads)
+    receipts: dict[int, list[Receipt[StoredEvent]]] = {}
+    results: dict[int, list[StoredEvent]] = {}
+    callbacks: list[int] = []
+    lock = threading.Lock()
+
+    def producer(t: int) -> None:
+        start.wait()
+        mine = [outbox.submit(EventDraft("PATROLI", 4, {"t": t, "i": i}))
+                for i in range(per_thread)]
+        def on_done(x: Receipt[StoredEvent]) -> None:
+            with lock:
+                callbacks.append(x.result().seq)
+
+        for r in mine[::50]:
+            r.add_done_callback(on_done)
+        receipts[t] = mine
+        results[t] = [r.result(timeout=30) for r in mine]  # many threads wait at once
+
+    threads = [threading.Thread(target=producer, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert sorted(results) == list(range(n_threads))
+    evs = [e for t in results for e in results[t]]
+    assert len(evs) == n_threads * per_thread
+    assert sorted(e.seq for e in evs) == list(range(n_threads * per_thread))  # distinct, no gap
+    assert len({e.event_id for e in evs}) == len(evs)
+    by_rowid = sorted(evs, key=lambda e: e.rowid)
+    assert [e.seq for e in by_rowid] == sorted(e.seq for e in evs)  # seq follows commit order
+    for t, mine in results.items():  # each producer's events keep its submit order
+        assert [e.payload["i"] for e in mine] == list(range(per_thread))
+        seqs = [e.seq for e in mine]
+        assert seqs == sorted(seqs)
+        assert all(r.done() and r.exception() is None for r in receipts[t])
+    deadline = time.monotonic() + 5
+    while len(callbacks) < n_threads * per_thread // 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(callbacks) == n_threads * per_thread // 50
+    with sqlite3.connect(outbox.path) as c:
+        db = c.execute("SELECT seq FROM events ORDER BY id").fetchall()
+    assert [s for (s,) in db] == list(range(n_threads * per_thread))
