@@ -159,7 +159,7 @@ def test_panic_appears_live_and_is_acknowledged(mosquitto: LocalMosquitto,
                 row.locator("input.note").fill("unit 3 on the way")
                 row.get_by_role("button", name="Acknowledge").click()
                 expect(row.locator("td.state")).to_have_text("acknowledged", timeout=10_000)
-                page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-ingest.png"), full_page=True)
             finally:
                 browser.close()
 
@@ -176,3 +176,68 @@ def test_panic_appears_live_and_is_acknowledged(mosquitto: LocalMosquitto,
         node.disconnect()
 
 
+
+
+def test_simulated_post_panic_is_acknowledged_and_the_post_records_it(tmp_path: Path) -> None:
+    """The whole product path: an enrolled simulated post (`kentongan-edge run --simulate`) behind
+    the production mTLS broker, central with PKI, an operator in Chromium. The panic is pressed on
+    the post, appears live, is acknowledged, and the post verifies the signed incident_ack,
+    plays its ack pattern and records it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from edge.demo import OPERATOR, Demo
+
+    demo = Demo(tmp_path / "demo", posts=[("pos-melati-01", "Pos Ronda Melati", 5, 3)])
+    try:
+        demo.start()
+        post_cfg = str(demo.post_cfgs[0])
+        base = f"http://127.0.0.1:{demo.web_port}"
+        _wait(lambda: "online" in (demo._ok(lambda: demo.central(
+            "nodes", "--config", str(demo.central_cfg))) or ""), timeout=30,
+            what="post online at central")
+        ARTIFACTS.mkdir(exist_ok=True)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 720})
+                _wait(lambda: demo._ok(lambda: page.goto(f"{base}/login")), timeout=30,
+                      what="dashboard up")
+                page.fill("input[name=username]", OPERATOR[0])
+                page.fill("input[name=password]", OPERATOR[1])
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{base}/")
+                expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+                page.evaluate("window.__notReloaded = true")
+
+                demo.edge("sim", "press", "panic", "--hold", "2.3", "--config", post_cfg)
+                row = page.locator("#queue tbody tr", has_text="PANIC")
+                expect(row).to_be_visible(timeout=20_000)
+                assert page.evaluate("window.__notReloaded") is True
+                expect(row).to_contain_text("Pos Ronda Melati")
+                incident_id = row.get_attribute("data-incident-id")
+                row.locator("input.note").fill("patroli Polsek menuju lokasi")
+                row.get_by_role("button", name="Acknowledge").click()
+                expect(row.locator("td.state")).to_have_text("acknowledged", timeout=10_000)
+                page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            finally:
+                browser.close()
+
+        def acked_at_post() -> dict[str, Any] | None:
+            st = demo.status(0)
+            return st if st["outbox"].get("by_type", {}).get("INCIDENT_ACK") else None
+
+        st = _wait(acked_at_post, timeout=30, what="the post to record the acknowledgement")
+        assert st["open_incidents"]["PANIC"]["acknowledged_by"] == OPERATOR[0]
+        trig = st["siren"]["trigger"]
+        assert trig is not None and trig["source"] == "command"
+        assert trig["incident_type"] == "INCIDENT_ACK"
+        _wait(lambda: [e for e in demo.central_events() if e["type"] == "INCIDENT_ACK"],
+              timeout=20, what="INCIDENT_ACK event synced back to central")
+        acks = [e for e in demo.central_events() if e["type"] == "INCIDENT_ACK"]
+        assert acks[0]["payload"]["operator"] == OPERATOR[0]
+        # The dashboard's incident is the post's own incident: one id end to end.
+        assert acks[0]["incident_id"] == incident_id == st["open_incidents"]["PANIC"]["incident_id"]
+    finally:
+        demo.stop()
