@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,22 @@ def socket_path(state_dir: Path) -> Path:
     return Path(state_dir) / SOCKET_NAME
 
 
+_SUN_PATH_MAX = 100  # sockaddr_un.sun_path is 108 bytes on Linux, keep a margin
+
+
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """A path for bind/connect that fits sun_path: long state dirs go through /proc/self/fd."""
+    if len(os.fsencode(str(path))) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{dirfd}/{path.name}"
+    finally:
+        os.close(dirfd)
+
+
 class ControlServer:
     """Serves requests with ``handlers[op](request)``; never lets a bad request crash the agent."""
 
@@ -44,8 +60,10 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
-                                                       limit=MAX_REQUEST)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with _short_path(self.path) as where:
+            sock.bind(where)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST)
         os.chmod(self.path, 0o660)
 
     async def close(self) -> None:
@@ -94,7 +112,8 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 60.0) -> dict[
     s.settimeout(timeout)
     try:
         try:
-            s.connect(str(path))
+            with _short_path(path) as where:
+                s.connect(where)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ControlError(f"no agent is listening on {path} ({exc.strerror})") from None
         s.sendall(json.dumps(payload).encode() + b"\n")

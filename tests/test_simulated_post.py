@@ -233,3 +233,17 @@ def test_nc_loop_cut_is_tamper_not_alarm(tmp_path: Path) -> None:
         p.stop()
 
 
+
+
+def test_control_socket_works_under_a_long_state_dir(tmp_path: Path) -> None:
+    deep = tmp_path / ("a-very-long-directory-name-for-a-state-dir-" * 3)
+    deep.mkdir()
+    cfg = post_config(deep)
+    assert len(str(socket_path(deep / "state"))) > 108
+    p = Post(cfg, tmp_path / "agent.log").start()
+    try:
+        assert run_cli("sim", "press", "patrol", "--hold", "0.1", "--config",
+                       str(cfg)).returncode == 0
+        assert status(cfg)["node_id"] == "test-post-01"
+    finally:
+        p.stop()
