@@ -1,0 +1,320 @@
+"""Event and snapshot uplink: store-and-forward from the outbox to central.
+
+Nothing leaves the outbox until central acknowledges it: an event is ``claim``-ed into the
+in-flight window, published QoS 1, and stays ``in_flight`` until an ``Ack`` on
+``{prefix}/down/{node}/ack`` names it. Ack timeout or a lost connection puts it back to ``ready``
+(resent later; central de-duplicates by ``event_id``).
+
+Window: at most ``cfg.sync.inflight_window`` events are in flight. ``p1_reserve`` slots are kept
+for P1 events: backlog claims stop ``p1_reserve`` short of the window, and a P1 wake-up claims only
+P1 events into the reserved slots, so a window full of backlog never delays an alarm.
+
+Snapshots have their own lane (:class:`SnapshotUplink`) with a byte budget (token bucket), so they
+never delay events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edge.clock import Clock
+from edge.errors import KentonganError
+from edge.logs import log_event
+from edge.outbox import Outbox, StoredEvent
+from edge.snapshots import SnapshotStore, StoredSnapshot
+from edge.sync.wire import Ack, EventEnvelope, SnapshotEnvelope, b64, encode
+
+__all__ = ["EventUplink", "Publisher", "SnapshotUplink", "UplinkStats", "envelope_for"]
+
+log = logging.getLogger(__name__)
+
+#: A claim is made once at least this fraction of the window is free (avoids 1-event claims).
+CLAIM_FRACTION = 0.25
+#: How often ack timeouts are checked and the outbox is polled without a wake-up.
+TICK_S = 0.5
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                      retain: bool = False) -> None: ...
+
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        """QoS 1 publish handed to the client's ordered send queue (no PUBACK wait)."""
+        ...
+
+
+@dataclass
+class UplinkStats:
+    published: int = 0
+    acked: int = 0
+    rejected: int = 0
+    requeued: int = 0
+    snapshots_published: int = 0
+    snapshots_acked: int = 0
+    reconnects: int = 0
+    last_connect_mono: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def envelope_for(ev: StoredEvent, clock: Clock, boot_id: str,
+                 sign: Callable[[EventEnvelope], EventEnvelope] | None) -> EventEnvelope:
+    """Wire form of ``ev``: events recorded ``unsynced`` in this boot are sent with central's
+    offset applied (quality ``corrected``) once an offset is known; then signed."""
+    env = ev.envelope()
+    offset = clock.offset
+    if ev.time_quality == "unsynced" and ev.boot_id == boot_id and offset is not None:
+        env = env.model_copy(update={"wall_time": max(0.0, ev.wall_time + offset),
+                                     "time_quality": "corrected"})
+    return sign(env) if sign is not None else env
+
+
+class EventUplink:
+    """The event lane for one connection at a time (``attach``/``detach`` per connection)."""
+
+    def __init__(self, outbox: Outbox, clock: Clock, *, node_id: str, topic: str, window: int,
+                 ack_timeout_s: float, sign_event: Callable[[EventEnvelope], EventEnvelope] | None,
+                 stats: UplinkStats, p1_reserve: int | None = None) -> None:
+        self.outbox = outbox
+        self.clock = clock
+        self.node_id = node_id
+        self.topic = topic
+        self.window = window
+        self.p1_reserve = p1_reserve if p1_reserve is not None else min(20, max(1, window // 10))
+        if self.p1_reserve >= window:
+            self.p1_reserve = max(0, window - 1)
+        self.ack_timeout_s = ack_timeout_s
+        self.sign_event = sign_event
+        self.stats = stats
+        self.inflight: dict[str, float] = {}  # event_id -> monotonic publish time
+        self._wake = asyncio.Event()
+        self._p1 = False
+        self._maybe_ready = True
+        self._pending_acks: list[str] = []
+        self._ack_flush = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ signals (loop thread)
+
+    def poke(self, p1: bool = False) -> None:
+        """New events may be ready (``p1``: a P1 among them)."""
+        self._maybe_ready = True
+        self._p1 = self._p1 or p1
+        self._wake.set()
+
+    def on_ack(self, ack: Ack) -> None:
+        """Central committed these events: free their window slots now, commit the outbox ack in
+        the background (batched)."""
+        ids = list(ack.event_ids)
+        for r in ack.rejected:
+            ids.append(r.event_id)
+            self.stats.rejected += 1
+            log_event(log, "event_rejected", logging.WARNING, node_id=self.node_id,
+                      event_id=r.event_id, reason=r.reason)
+            self._spawn(self._mark_rejected(r.event_id, r.reason))
+        for i in ids:
+            self.inflight.pop(i, None)
+        self._pending_acks.extend(ids)
+        self._ack_flush.set()
+        self._wake.set()
+
+    async def _mark_rejected(self, event_id: str, reason: str) -> None:
+        try:
+            await asyncio.to_thread(self.outbox.mark, event_id, "rejected", reason)
+        except Exception as exc:  # flag is diagnostics only
+            log_event(log, "mark_rejected_failed", logging.WARNING, event_id=event_id,
+                      error=repr(exc))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ tasks
+
+    async def ack_writer(self) -> None:
+        """Commit acks to the outbox in batches (runs for the life of the service)."""
+        while True:
+            await self._ack_flush.wait()
+            self._ack_flush.clear()
+            batch, self._pending_acks = self._pending_acks, []
+            if not batch:
+                continue
+            try:
+                n = await asyncio.to_thread(self.outbox.ack, batch)
+                self.stats.acked += n
+            except KentonganError as exc:
+                log_event(log, "outbox_ack_failed", logging.ERROR, count=len(batch),
+                          error=str(exc))
+                self._pending_acks.extend(batch)
+                await asyncio.sleep(1.0)
+                self._ack_flush.set()
+
+    def cancel_tasks(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def flush_acks(self) -> None:
+        """Commit any acks still pending (on stop)."""
+        batch, self._pending_acks = self._pending_acks, []
+        if batch:
+            self.stats.acked += await asyncio.to_thread(self.outbox.ack, batch)
+
+    async def run(self, pub: Publisher) -> None:
+        """Claim and publish while connected; returns only by cancellation or publish failure."""
+        self._maybe_ready = True
+        next_tick = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                await self._expire(now)
+                self._maybe_ready = True
+            events = await self._claim()
+            for ev in events:
+                self.inflight[ev.event_id] = time.monotonic()
+            for k, ev in enumerate(events):
+                body = encode(envelope_for(ev, self.clock, self.outbox.boot_id, self.sign_event))
+                # Raises when the connection is gone: the session ends, detach() releases all.
+                pub.publish_nowait(self.topic, body)
+                self.stats.published += 1
+                if k % 100 == 99:
+                    await asyncio.sleep(0)  # let acks and the socket writer in
+            if not events:
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.01, next_tick - time.monotonic()))
+
+    async def _claim(self) -> list[StoredEvent]:
+        free = self.window - len(self.inflight)
+        if free <= 0:
+            return []
+        if self._p1:
+            self._p1 = False
+            p1 = await self._claim_p1(free)
+            if p1:
+                return p1
+        backlog_free = free - self.p1_reserve
+        if not self._maybe_ready or backlog_free <= 0:
+            return []
+        if backlog_free < self.window * CLAIM_FRACTION and self.inflight:
+            return []
+        events = await asyncio.to_thread(self.outbox.claim, backlog_free)
+        if len(events) < backlog_free:
+            self._maybe_ready = False
+        return events
+
+    async def _claim_p1(self, free: int) -> list[StoredEvent]:
+        """Claim only ready P1 events (claim orders by priority, so claiming exactly as many as
+        are ready takes P1s only)."""
+        def work() -> list[StoredEvent]:
+            ready = [e for e in self.outbox.oldest_unacked(1, -86400.0) if e.status == "ready"]
+            if not ready:
+                return []
+            got = self.outbox.claim(min(free, len(ready)))
+            extra = [e for e in got if e.priority > 1]
+            if extra:  # a P1 vanished in between (cannot happen with one claimer): give back
+                self.outbox.release([e.event_id for e in extra])
+            return [e for e in got if e.priority == 1]
+        return await asyncio.to_thread(work)
+
+    async def _expire(self, now: float) -> None:
+        old = [i for i, t in self.inflight.items() if now - t > self.ack_timeout_s]
+        if not old:
+            return
+        for i in old:
+            self.inflight.pop(i, None)
+        n = await asyncio.to_thread(self.outbox.release, old)
+        self.stats.requeued += n
+        log_event(log, "ack_timeout_requeued", logging.WARNING, node_id=self.node_id,
+                  count=len(old), requeued=n)
+
+    async def detach(self) -> None:
+        """Connection gone: cancel publishes, put everything in flight back to ready."""
+        for t in list(self._tasks):
+            t.cancel()
+        self.inflight.clear()
+        n = await asyncio.to_thread(self.outbox.release, None)
+        self.stats.requeued += n
+
+
+class SnapshotUplink:
+    """Snapshot lane: byte-budgeted (token bucket), acked by ``snapshot_ids`` in ``Ack``."""
+
+    def __init__(self, store: SnapshotStore, *, node_id: str, topic: str, bytes_per_second: int,
+                 ack_timeout_s: float, stats: UplinkStats) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.topic = topic
+        self.rate = float(bytes_per_second)
+        self.burst = float(max(bytes_per_second, 1))
+        self.tokens = self.burst
+        self.ack_timeout_s = ack_timeout_s
+        self.stats = stats
+        self.inflight: dict[str, float] = {}
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def on_ack(self, snapshot_ids: Iterable[str]) -> list[str]:
+        ids = [i for i in snapshot_ids]
+        for i in ids:
+            self.inflight.pop(i, None)
+        self._wake.set()
+        return ids
+
+    async def commit_acks(self, ids: list[str]) -> None:
+        if ids:
+            self.stats.snapshots_acked += await asyncio.to_thread(self.store.ack, ids)
+
+    async def run(self, pub: Publisher) -> None:
+        last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - last) * self.rate)
+            last = now
+            old = [i for i, t in self.inflight.items() if now - t > self.ack_timeout_s]
+            if old:
+                for i in old:
+                    self.inflight.pop(i, None)
+                await asyncio.to_thread(self.store.release, old)
+            snaps: list[StoredSnapshot] = []
+            if self.tokens > 0 and len(self.inflight) < 8:
+                snaps = await asyncio.to_thread(self.store.claim, int(self.tokens))
+            for snap in snaps:
+                await self._send(pub, snap)
+            if not snaps:
+                self._wake.clear()
+                wait = 1.0 if self.tokens > 0 else max(0.05, -self.tokens / self.rate)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(wait, 5.0))
+            elif self.tokens < 0:
+                await asyncio.sleep(min(5.0, -self.tokens / self.rate))
+
+    async def _send(self, pub: Publisher, snap: StoredSnapshot) -> None:
+        try:
+            data = await asyncio.to_thread(self.store.read, snap)
+        except KentonganError as exc:
+            log_event(log, "snapshot_unreadable", logging.ERROR, snapshot_id=snap.snapshot_id,
+                      error=str(exc))
+            await asyncio.to_thread(self.store.ack, [snap.snapshot_id])  # never retried forever
+            return
+        env = SnapshotEnvelope(snapshot_id=snap.snapshot_id, event_id=snap.event_id,
+                               node_id=self.node_id, taken_at=snap.taken_at, sealed=snap.sealed,
+                               content_type="application/octet-stream" if snap.sealed
+                               else "image/jpeg", data=b64(data))
+        body = encode(env)
+        self.tokens -= len(body)
+        self.inflight[snap.snapshot_id] = time.monotonic()
+        await pub.publish(self.topic, body, qos=1)
+        self.stats.snapshots_published += 1
+
+    async def detach(self) -> None:
+        self.inflight.clear()
+        await asyncio.to_thread(self.store.release, None)

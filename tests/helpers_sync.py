@@ -1,0 +1,194 @@
+"""Test helpers for the sync tests: node configs, a tiny paho acker (unit tests of the edge side
+only), a background-loop runner for SyncService, and a node process script for kill -9 tests.
+
+Run as a script it is that node process::
+
+    python tests/helpers_sync.py NODE_CONFIG.json OUTBOX.db
+
+It opens the Outbox and a SyncService from the config and runs until killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":  # script mode: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import paho.mqtt.client as paho
+
+from edge.clock import Clock
+from edge.config import NodeConfig, parse_config
+from edge.sync.wire import Ack, Command, Topics, decode, encode
+
+
+def node_config(port: int, node_id: str = "pos-rt03", **sync: Any) -> NodeConfig:
+    data: dict[str, Any] = {
+        "node": {"node_id": node_id, "kelurahan_code": "33.74.10.1001", "rw": 5, "rt": 3,
+                 "display_name": "Pos Ronda RT 03 RW 05"},
+        "siren": {"pin": 17},
+        "sync": {"broker_host": "127.0.0.1", "broker_port": port, **sync},
+    }
+    modem = sync.pop("modem", None)
+    if modem is not None:
+        data["sync"].pop("modem", None)
+        data["modem"] = modem
+    return parse_config(data)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class PahoAcker:
+    """Stand-in for central in edge-only tests: records every event envelope and acks it.
+
+    ``ack`` False records without acknowledging; ``reject`` maps event types to a reason.
+    """
+
+    def __init__(self, port: int, prefix: str = "kentongan/v1", *, ack: bool = True,
+                 reject: dict[str, str] | None = None) -> None:
+        self.topics = Topics(prefix)
+        self.ack = ack
+        self.reject = reject or {}
+        self.events: list[dict[str, Any]] = []
+        self.seen: set[str] = set()
+        self.results: list[dict[str, Any]] = []
+        self.presence: list[dict[str, Any]] = []
+        self.heartbeats: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-acker",
+                                  protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.connect("127.0.0.1", port)
+        self._connected = threading.Event()
+        self.client.loop_start()
+        if not self._connected.wait(10):
+            raise AssertionError("acker could not connect")
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, _rc: Any, _p: Any = None) -> None:
+        client.subscribe(self.topics.up_wildcard("#").replace("+/#", "#"), qos=1)
+        self._connected.set()
+
+    def _on_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        _d, node, channel = self.topics.parse(msg.topic)
+        data = json.loads(msg.payload)
+        with self.lock:
+            if channel == "event":
+                self.events.append(data)
+                first = data["event_id"] not in self.seen
+                self.seen.add(data["event_id"])
+                if not self.ack:
+                    return
+                reason = self.reject.get(data["type"])
+                ack = Ack(node_id=node, event_ids=[] if reason else [data["event_id"]],
+                          rejected=[{"event_id": data["event_id"], "reason": reason}]
+                          if reason else [], central_time=time.time())
+                del first
+                client.publish(self.topics.down(node, "ack"), encode(ack), qos=1)
+            elif channel == "cmd_result":
+                self.results.append(data)
+            elif channel == "presence":
+                self.presence.append(data)
+            elif channel == "heartbeat":
+                self.heartbeats.append(data)
+
+    def send_command(self, cmd: Command, topic_node: str | None = None) -> None:
+        self.client.publish(self.topics.down(topic_node or cmd.node_id, "cmd"), encode(cmd), qos=1)
+
+    def send_raw(self, node: str, payload: bytes) -> None:
+        self.client.publish(self.topics.down(node, "cmd"), payload, qos=1)
+
+    def unique_ids(self) -> set[str]:
+        with self.lock:
+            return set(self.seen)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class LoopThread:
+    """An asyncio loop on a background thread, for running a SyncService beside sync test code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Any) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return self.submit(coro).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@contextmanager
+def running_service(svc: Any) -> Iterator[LoopThread]:
+    """Run ``svc.run()`` on a background loop; cancel it (and wait) on exit."""
+    lt = LoopThread()
+
+    async def start() -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(svc.run())
+
+    task: asyncio.Task[None] = lt.call(start())
+    try:
+        yield lt
+    finally:
+        async def stop() -> None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        lt.call(stop())
+        lt.close()
+
+
+def make_command(node_id: str, action: str = "status", *, ttl: float = 60.0,
+                 command_id: str | None = None, issued_at: float | None = None) -> Command:
+    now = time.time() if issued_at is None else issued_at
+    return Command(command_id=command_id or f"cmd-{time.monotonic_ns()}", node_id=node_id,
+                   action=action, params={}, issued_at=now, expires_at=now + ttl)
+
+
+def decode_result(data: dict[str, Any]) -> Any:
+    return decode(json.dumps(data).encode(), expected_kind="command_result")
+
+
+# ------------------------------------------------------------------ node process (kill -9 tests)
+
+async def _node_main(cfg_path: str, db_path: str) -> None:
+    from edge.outbox import Outbox
+    from edge.sync.service import SyncService
+
+    cfg = NodeConfig.model_validate_json(Path(cfg_path).read_text())
+    clock = Clock()
+    outbox = await asyncio.to_thread(Outbox, Path(db_path), cfg.node.node_id, clock=clock)
+    svc = SyncService(cfg, outbox, snapshots=None, clock=clock,
+                      status_provider=lambda: {"state": "off"}, command_handler=None)
+    print("node-ready", flush=True)
+    await svc.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(_node_main(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,156 @@
+"""Edge uplink against a real Mosquitto and a real SQLite outbox; a tiny paho acker plays central
+(the end-to-end tests with the real central are in test_sync_e2e.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers_sync import PahoAcker, node_config, running_service, wait_until
+
+from central_sync.broker import LocalMosquitto
+from edge.clock import Clock
+from edge.outbox import EventDraft, Outbox
+from edge.sync.service import SyncService
+
+NODE = "pos-rt03"
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    ob = Outbox(tmp_path / "outbox.db", NODE, clock=Clock(forced_quality="synced"))
+    yield ob
+    ob.close()
+
+
+def _service(cfg_port: int, outbox: Outbox, clock: Clock | None = None, **sync: object) -> SyncService:
+    cfg = node_config(cfg_port, NODE, **sync)
+    return SyncService(cfg, outbox, snapshots=None, clock=clock or outbox.clock,
+                       status_provider=lambda: {"state": "off"}, command_handler=None)
+
+
+def test_all_events_delivered_once_and_acked_in_priority_order(mosquitto: LocalMosquitto,
+                                                               outbox: Outbox) -> None:
+    drafts = [EventDraft("PATROLI" if i % 3 else "TEST", 4 if i % 3 else 3, {"i": i})
+              for i in range(600)]
+    outbox.record_many(drafts)
+    acker = PahoAcker(mosquitto.port)
+    try:
+        svc = _service(mosquitto.port, outbox)
+        with running_service(svc):
+            wait_until(lambda: outbox.counts()["acked"] == 600, 60, what="all acked")
+        ids = [e["event_id"] for e in acker.events]
+        assert len(set(ids)) == 600
+        assert outbox.counts()["ready"] == 0 and outbox.counts()["in_flight"] == 0
+        for prio in (3, 4):
+            seqs = [e["seq"] for e in acker.events if e["priority"] == prio]
+            firsts = list(dict.fromkeys(seqs))
+            assert firsts == sorted(firsts), f"P{prio} out of order"
+        # P3 (more urgent) is claimed before P4: the first P4 arrives after most P3s.
+        first_p4 = next(i for i, e in enumerate(acker.events) if e["priority"] == 4)
+        assert first_p4 >= 150
+    finally:
+        acker.close()
+
+
+def test_p1_takes_reserved_slot_when_window_is_full(mosquitto: LocalMosquitto,
+                                                   outbox: Outbox) -> None:
+    outbox.record_many([EventDraft("PATROLI", 4, {"i": i}) for i in range(2000)])
+    acker = PahoAcker(mosquitto.port, ack=False)  # central never acks: the window stays full
+    try:
+        svc = _service(mosquitto.port, outbox, inflight_window=100)
+        with running_service(svc):
+            wait_until(lambda: len(acker.unique_ids()) >= 90, 30, what="backlog window filled")
+            assert outbox.counts()["in_flight"] <= 100
+            p1 = outbox.record(EventDraft("PANIC", 1, {"button": "b1"}))
+            wait_until(lambda: p1.event_id in acker.unique_ids(), 10, what="P1 delivered")
+            assert outbox.counts()["in_flight"] <= 100
+    finally:
+        acker.close()
+
+
+def test_ack_timeout_requeues_and_resends(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
+    ev = outbox.record(EventDraft("TEST", 3))
+    acker = PahoAcker(mosquitto.port, ack=False)
+    try:
+        svc = _service(mosquitto.port, outbox, ack_timeout_seconds=0.5)
+        with running_service(svc):
+            wait_until(lambda: sum(e["event_id"] == ev.event_id for e in acker.events) >= 2, 15,
+                       what="resend after ack timeout")
+            assert svc.stats.requeued >= 1
+        got = outbox.get(ev.event_id)
+        assert got is not None and got.status == "ready"  # released on stop, never acked
+    finally:
+        acker.close()
+
+
+def test_rejected_events_are_acked_locally_with_reason(mosquitto: LocalMosquitto,
+                                                      outbox: Outbox) -> None:
+    bad = outbox.record(EventDraft("KUMPUL", 4))
+    good = outbox.record(EventDraft("TEST", 3))
+    acker = PahoAcker(mosquitto.port, reject={"KUMPUL": "bad_signature"})
+    try:
+        with running_service(_service(mosquitto.port, outbox)):
+            wait_until(lambda: outbox.counts()["acked"] == 2, 15, what="both settled")
+        assert outbox.flags(bad.event_id).get("rejected") == "bad_signature"
+        assert "rejected" not in outbox.flags(good.event_id)
+        assert sum(e["event_id"] == bad.event_id for e in acker.events) == 1
+    finally:
+        acker.close()
+
+
+def test_unsynced_clock_is_corrected_after_first_ack(mosquitto: LocalMosquitto,
+                                                     tmp_path: Path) -> None:
+    clock = Clock(forced_quality="unsynced")
+    ob = Outbox(tmp_path / "o.db", NODE, clock=clock)
+    acker = PahoAcker(mosquitto.port)
+    try:
+        first = ob.record(EventDraft("TEST", 3))
+        with running_service(_service(mosquitto.port, ob, clock)):
+            wait_until(lambda: ob.counts()["acked"] == 1, 15, what="first ack")
+            assert clock.offset is not None
+            second = ob.record(EventDraft("TEST", 3))  # recorded "corrected" already
+            wait_until(lambda: ob.counts()["acked"] == 2, 15, what="second ack")
+        by_id = {e["event_id"]: e for e in acker.events}
+        assert by_id[first.event_id]["time_quality"] == "unsynced"
+        assert by_id[second.event_id]["time_quality"] == "corrected"
+    finally:
+        acker.close()
+        ob.close()
+
+
+def test_presence_birth_will_and_heartbeat(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
+    acker = PahoAcker(mosquitto.port)
+    try:
+        svc = _service(mosquitto.port, outbox, heartbeat_seconds=0.3)
+        with running_service(svc):
+            wait_until(lambda: any(p["state"] == "online" for p in acker.presence), 10,
+                       what="birth")
+            wait_until(lambda: len(acker.heartbeats) >= 2, 10, what="heartbeats")
+        birth = next(p for p in acker.presence if p["state"] == "online")
+        assert birth["rt"] == 3 and birth["rw"] == 5 and birth["boot_id"] == outbox.boot_id
+        assert birth["kelurahan_code"] == "33.74.10.1001"
+        hb = acker.heartbeats[-1]
+        assert hb["siren"] == {"state": "off"} and "ready" in hb["outbox"]
+    finally:
+        acker.close()
+
+
+def test_broker_sigkill_and_restart_loses_nothing(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
+    outbox.record_many([EventDraft("PATROLI", 4, {"i": i}) for i in range(3000)])
+    acker = PahoAcker(mosquitto.port)
+    try:
+        # The stand-in acker has no persistent session: what is published before it is back is
+        # lost at the broker and comes back through the ack timeout.
+        svc = _service(mosquitto.port, outbox, ack_timeout_seconds=2)
+        with running_service(svc):
+            wait_until(lambda: outbox.counts()["acked"] >= 300, 30, what="drain started")
+            mosquitto.kill()
+            mosquitto.start()
+            acker.close()
+            acker = PahoAcker(mosquitto.port)
+            wait_until(lambda: outbox.counts()["acked"] == 3000, 60, what="all acked")
+        assert svc.stats.reconnects >= 2
+    finally:
+        acker.close()
