@@ -127,6 +127,8 @@ class Agent:
             log_event(log, "task_failed", logging.ERROR, task=task.get_name(), error=repr(exc))
 
     async def stop(self) -> None:
+        if self.hw is not None and self.hw.modem is not None:
+            self.hw.modem.shutdown()  # a modem reset in a worker thread gives up promptly
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -108,6 +108,7 @@ class Modem:
         self._ser: serial.Serial | None = None
         self._buf = bytearray()
         self._lock = threading.RLock()
+        self._shutdown = threading.Event()
         self.reset_pulse_s = 0.5
         self.reset_ready_timeout_s = 30.0
         self.sms_timeout_s = max(60.0, cfg.at_timeout_seconds)
@@ -135,7 +136,12 @@ class Modem:
             raise ModemError(f"cannot open modem port {self.cfg.port}: {exc}") from exc
         self._buf.clear()
 
+    def shutdown(self) -> None:
+        """Non-blocking: make a reset in progress give up promptly (agent stopping)."""
+        self._shutdown.set()
+
     def close(self) -> None:
+        self._shutdown.set()
         with self._lock:
             self._close_port()
 
@@ -313,6 +319,8 @@ class Modem:
             deadline = time.monotonic() + self.reset_ready_timeout_s
             last: Exception | None = None
             while time.monotonic() < deadline:
+                if self._shutdown.is_set():
+                    raise ModemError("modem driver shut down during reset")
                 try:
                     if self._ser is None:
                         self._open_port()
@@ -322,7 +330,7 @@ class Modem:
                 except ModemError as exc:
                     last = exc
                     if self._ser is None:
-                        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                        self._shutdown.wait(min(0.5, max(0.0, deadline - time.monotonic())))
             else:
                 raise ModemTimeout(f"modem did not answer after reset: {last}")
             try:
