@@ -81,7 +81,7 @@ def test_dead_modem_is_reported_and_the_siren_still_sounds(tmp_path: Path) -> No
                 assert agent.outbox is not None
                 outbox = agent.outbox
                 await wait_for(lambda: "MODEM_FAULT" in outbox.counts()["by_type"])
-                pin = Device.pin_factory.pin(17)  # type: ignore[union-attr]
+                pin = Device.pin_factory.pin(17)
                 await asyncio.to_thread(pin.drive_low)
                 await asyncio.sleep(0.4)
                 assert agent.hw.siren.state().playing
@@ -89,7 +89,7 @@ def test_dead_modem_is_reported_and_the_siren_still_sounds(tmp_path: Path) -> No
             finally:
                 await agent.stop()
         finally:
-            Device.pin_factory.close()  # type: ignore[union-attr]
+            Device.pin_factory.close()
             Device.pin_factory = saved
 
     asyncio.run(scenario())
