@@ -11,8 +11,6 @@ Errors name the bad key, exactly like ``edge.config``: ``CentralConfigError("unk
 
 from __future__ import annotations
 
-import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from central_sync.errors import CentralConfigError
 from central_sync.web.settings import WebSettings
+from edge.config_io import errors_of, read_toml
 
 
 class Strict(BaseModel):
@@ -135,21 +134,6 @@ class CentralConfig(Strict):
                                   "(kentongan-central ca/enrol/revoke/renew); absent = no CA here.")
 
 
-def _first_error(exc: ValidationError) -> CentralConfigError:
-    err = exc.errors()[0]
-    path = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"]
-    # Cross-field errors raised in validators carry their key path as "path: reason".
-    m = re.match(r"^(?:Value error, )?([a-z_]+(?:\.[a-z0-9_]+)+): (.*)$", msg, re.S)
-    if m:
-        return CentralConfigError(m.group(2), m.group(1))
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return CentralConfigError(msg, path or "<root>")
-
-
 def _resolve_paths(data: Any, base: Path) -> Any:
     """Make the known relative path keys absolute against ``base``."""
     if not isinstance(data, dict):
@@ -174,18 +158,12 @@ def parse_central_config(data: dict[str, Any], base_dir: Path | None = None) -> 
     try:
         return CentralConfig.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        key, reason = errors_of(exc)[0]
+        raise CentralConfigError(reason, key) from None
 
 
 def load_central_config(path: str | Path) -> CentralConfig:
     """Read and validate central's TOML config file."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise CentralConfigError(f"cannot read config file: {exc.strerror}", str(p)) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CentralConfigError(f"not valid TOML: {exc}", str(p)) from None
+    data = read_toml(p, CentralConfigError)
     return parse_central_config(data, base_dir=p.resolve().parent)

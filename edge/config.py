@@ -7,15 +7,14 @@ from these models (``python -m edge.config --schema``) and a test fails when it 
 from __future__ import annotations
 
 import json
-import re
 import sys
-import tomllib
 from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge.config_io import errors_of, read_toml
 from edge.errors import ConfigError, PatternError
 from edge.incidents import INCIDENTS, IncidentType, Priority
 from edge.patterns import Pattern, PatternTiming, parse_pattern
@@ -204,8 +203,9 @@ class SyncConfig(Strict):
                                   "development listener.")
     topic_prefix: str = Field("kentongan/v1", pattern=r"^[a-z0-9_/-]+$", description="Root of the "
                               "topic tree.")
-    inflight_window: int = Field(200, ge=1, le=5000, description="Events published but not yet "
-                                 "acknowledged by central, at most.")
+    inflight_window: int = Field(3000, ge=1, le=5000, description="Events (not messages: a "
+                                 "batch carries many) published but not yet acknowledged by "
+                                 "central, at most.")
     ack_timeout_seconds: float = Field(30.0, gt=0, le=3600, description="An in-flight event not "
                                        "acknowledged by central within this goes back to ready.")
     heartbeat_seconds: float = Field(60.0, gt=0, le=3600, description="Heartbeat period.")
@@ -280,31 +280,13 @@ class NodeConfig(Strict):
         raise KeyError(name)
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc)
-
-
-def _first_error(exc: ValidationError) -> ConfigError:
-    err = exc.errors()[0]
-    path = _key_path(err["loc"])
-    msg = err["msg"]
-    # Cross-field errors raised in _cross_checks carry their key path as "path: reason".
-    m = re.match(r"^(?:Value error, )?([a-z_]+(?:\.[a-z0-9_]+)+): (.*)$", msg, re.S)
-    if m and not path:
-        return ConfigError(m.group(2), m.group(1))
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return ConfigError(msg, path or "<root>")
-
-
 def parse_config(data: dict[str, Any]) -> NodeConfig:
     """Validate a config mapping; raise ``ConfigError`` naming the first bad key."""
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        key, reason = errors_of(exc)[0]
+        raise ConfigError(reason, key) from None
 
 
 def config_errors(data: dict[str, Any]) -> list[ConfigError]:
@@ -312,25 +294,13 @@ def config_errors(data: dict[str, Any]) -> list[ConfigError]:
     try:
         NodeConfig.model_validate(data)
     except ValidationError as exc:
-        out = []
-        for err in exc.errors():
-            single = ValidationError.from_exception_data(exc.title, [err])  # type: ignore[list-item]
-            out.append(_first_error(single))
-        return out
+        return [ConfigError(reason, key) for key, reason in errors_of(exc)]
     return []
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into a mapping; ``ConfigError`` on unreadable or malformed files."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror}", str(p)) from None
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"not valid TOML: {exc}", str(p)) from None
+    return read_toml(path, ConfigError)
 
 
 def load_config(path: str | Path) -> NodeConfig:
