@@ -1,6 +1,6 @@
 """Drain benchmark: how fast a node empties an offline backlog into central, end to end.
 
-    .venv/bin/python bench/drain.py [--events 100000] [--window 1000] [--reconnects 5]
+    .venv/bin/python bench/drain.py [--events 100000] [--window 3000] [--repeat 3] [--reconnects 5]
 
 Starts its own LocalMosquitto and a real central (IngestService + CentralStore, in its own
 process) in a temp dir. Measures, in the same run:
@@ -14,6 +14,9 @@ process) in a temp dir. Measures, in the same run:
    node handing the first event to the new connection, and to the event being in central's
    database (includes central's own reconnect, capped at 1 s here);
 4. context: how fast central alone ingests N envelopes published by paho (the drain's ceiling).
+
+1, 2 and 4 are repeated ``--repeat`` times (same broker and central); the table shows medians.
+The node sends its backlog as ``event_batch`` messages, so its rate is in events/s.
 """
 
 from __future__ import annotations
@@ -75,10 +78,10 @@ def node_cfg(port: int, window: int) -> NodeConfig:
     })
 
 
-def central_ceiling(port: int, store: CentralStore, n: int) -> float:
+def central_ceiling(port: int, store: CentralStore, n: int, rep: int = 0) -> float:
     """paho publishes N ready-made envelopes of another node straight to central: how fast
     central alone ingests and commits (no outbox, no acks consumed) - context for the ratio."""
-    node = NODE + "-c"
+    node = f"{NODE}-c{rep}"
     env = _sample_envelope()
     bodies = [encode(env.model_copy(update={"event_id": f"0190a1b2-c3d4-7e5f-8a9b-{i:012x}",
                                             "node_id": node, "seq": i})) for i in range(n)]
@@ -90,7 +93,7 @@ def central_ceiling(port: int, store: CentralStore, n: int) -> float:
         with lock:
             acked += 1
 
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-ceiling",
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-ceiling-{rep}",
                     protocol=paho.MQTTv5)
     c.on_publish = on_publish
     c.connect("127.0.0.1", port)
@@ -161,9 +164,10 @@ class Runner:
 
 
 def drain(tmp: Path, broker: LocalMosquitto, store: CentralStore, n: int,
-          window: int) -> tuple[float, list[float]]:
+          window: int, rep: int = 0) -> tuple[float, list[float]]:
     store_path = tmp / "central.db"
-    ob = Outbox(tmp / "node.db", NODE, clock=Clock(forced_quality="synced"))
+    ob = Outbox(tmp / f"node-{rep}.db", NODE, clock=Clock(forced_quality="synced"))
+    before = store.count_events(NODE)
     for i in range(0, n, 5000):
         ob.record_many([EventDraft("PATROLI", 4, {**PAYLOAD, "i": j})
                         for j in range(i, min(n, i + 5000))])
@@ -223,7 +227,7 @@ def drain(tmp: Path, broker: LocalMosquitto, store: CentralStore, n: int,
     stopped_at[0] = time.perf_counter()
     probe.join()
     watch.join(15)
-    assert store.count_events(NODE) >= n
+    assert store.count_events(NODE) >= before + n
     runner.stop()
     ob.close()
     return dt, latencies
@@ -267,7 +271,9 @@ def reconnect_delays(tmp: Path, broker: LocalMosquitto, store: CentralStore, rep
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--window", type=int, default=1000, help="sync.inflight_window")
+    ap.add_argument("--window", type=int, default=3000, help="sync.inflight_window (events)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="repetitions, medians reported (>1 hung in run 2: unresolved)")
     ap.add_argument("--reconnects", type=int, default=5)
     ap.add_argument("--offline", type=float, default=6.0, help="seconds offline per reconnect")
     args = ap.parse_args()
@@ -288,24 +294,32 @@ def main() -> None:
             store = CentralStore(db)
             sample = encode(_sample_envelope())
             size = len(sample)
-            raw_s = raw_paho(broker.port, n, size)
-            drain_s, lat = drain(tmp, broker, store, n, args.window)
-            ceiling_s = central_ceiling(broker.port, store, n)
+            raws, drains, ceilings, lat = [], [], [], []
+            for r in range(args.repeat):
+                raws.append(raw_paho(broker.port, n, size))
+                d_s, d_lat = drain(tmp, broker, store, n, args.window, r)
+                drains.append(d_s)
+                lat.extend(d_lat)
+                ceilings.append(central_ceiling(broker.port, store, n, r))
+                print(f"run {r + 1}: raw {n / raws[-1]:,.0f} msg/s, drain {n / d_s:,.0f} ev/s "
+                      f"({raws[-1] / d_s:.2f}x), central {n / ceilings[-1]:,.0f} ev/s", flush=True)
+            raw_s, drain_s, ceiling_s = median(raws), median(drains), median(ceilings)
             rec = reconnect_delays(tmp, broker, store, args.reconnects, args.offline)
         finally:
             central.terminate()
             central.join(10)
             broker.stop()
     raw_rate, drain_rate = n / raw_s, n / drain_s
-    print(f"\nDrain of {n} events ({size} B each), inflight_window={args.window}\n")
-    print(table(["path", "events", "seconds", "msg/s", "ratio"], [
-        ["raw paho QoS 1 publish", n, f"{raw_s:.2f}", f"{raw_rate:,.0f}", "1.00x"],
-        ["outbox -> central -> acked", n, f"{drain_s:.2f}", f"{drain_rate:,.0f}",
+    print(f"\nDrain of {n} events ({size} B each), inflight_window={args.window}, "
+          f"median of {args.repeat}\n")
+    print(table(["path", "events", "seconds", "msg/s or ev/s", "ratio"], [
+        ["raw paho QoS 1 publish (msg/s)", n, f"{raw_s:.2f}", f"{raw_rate:,.0f}", "1.00x"],
+        ["outbox -> central -> acked (ev/s)", n, f"{drain_s:.2f}", f"{drain_rate:,.0f}",
          f"{drain_rate / raw_rate:.2f}x"],
-        ["(context) paho -> central commit", n, f"{ceiling_s:.2f}", f"{n / ceiling_s:,.0f}",
+        ["(context) paho -> central commit (ev/s)", n, f"{ceiling_s:.2f}", f"{n / ceiling_s:,.0f}",
          f"{n / ceiling_s / raw_rate:.2f}x"],
     ]))
-    print(f"\nP1 latency during the drain (recorded -> in central DB), {len(lat)} samples:")
+    print(f"\nP1 latency during the drains (recorded -> in central DB), {len(lat)} samples:")
     print(table(["p50 ms", "p99 ms", "max ms"],
                 [[f"{pct(lat, 50) * 1000:.0f}", f"{pct(lat, 99) * 1000:.0f}",
                   f"{max(lat, default=float('nan')) * 1000:.0f}"]]))

@@ -2,7 +2,9 @@
 
 Every uplink message goes through ``IngestService.handle_message(topic, payload)``:
 
-* ``event``: decoded, checked against its topic, queued for the next batch. A batch (up to
+* ``event``: one ``EventEnvelope`` or an ``event_batch`` of them, decoded, checked against its
+  topic (each envelope of a batch validated on its own: a bad one is rejected, the others are
+  queued), queued for the next batch. A batch (up to
   ``ingest.batch_max`` events or ``ingest.batch_wait_ms``) is verified (``verify_event``), inserted
   in ONE transaction in a worker thread, and only THEN one ``Ack`` per node is published to
   ``{prefix}/down/{node}/ack`` (QoS 1) naming new and duplicate event ids (duplicates are acked
@@ -47,6 +49,7 @@ from edge.sync.wire import (
     Rejection,
     SnapshotEnvelope,
     Topics,
+    decode_event_message,
     decode_on_topic,
     encode,
 )
@@ -55,6 +58,8 @@ log = logging.getLogger("central_sync.ingest")
 
 #: Wire reasons after which resending the same bytes can never succeed.
 _PERMANENT_WIRE_REASONS = frozenset({"bad_field"})
+#: The same for one envelope inside a batch (its event id is known, the rest of the batch is fine).
+_PERMANENT_ENVELOPE_REASONS = frozenset({"bad_field", "oversized"})
 #: Messages taken from the client's buffer per wake-up.
 _READ_BURST = 1000
 
@@ -63,7 +68,9 @@ _READ_BURST = 1000
 class IngestStats:
     """Counters of one ``IngestService`` (read from any thread; written on its loop)."""
 
-    received: int = 0
+    received: int = 0  # messages
+    event_batches: int = 0  # well-formed event_batch messages among them
+    batched_events: int = 0  # envelopes inside those (each is inserted, a duplicate or rejected)
     inserted: int = 0
     duplicates: int = 0
     acked: int = 0
@@ -77,6 +84,11 @@ class IngestStats:
 
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+    def outcomes_expected(self) -> int:
+        """How many outcomes (inserted + duplicates + rejected + snapshots + updates) the received
+        messages account for once flushed: one per message, one per envelope of a batch."""
+        return self.received - self.event_batches + self.batched_events
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()}
@@ -187,16 +199,14 @@ class IngestService:
         """Handle one uplink message; never raises for bad input (it is rejected instead)."""
         self.stats.received += 1
         try:
-            if self.topics.parse(topic)[0] != "up":
+            direction, _node, channel = self.topics.parse(topic)
+            if direction != "up":
                 raise WireError("wrong_topic", f"not an uplink topic: {topic[:120]}")
+            if channel == "event":
+                await self._handle_events(topic, payload)
+                return
             node_id, msg = decode_on_topic(self.topics, topic, payload)
-            if isinstance(msg, EventEnvelope):
-                await self._room.wait()
-                self._pending.append(_Pending(msg, topic))
-                if len(self._pending) >= self.cfg.ingest.max_pending_events:
-                    self._room.clear()
-                self._wake.set()
-            elif isinstance(msg, SnapshotEnvelope):
+            if isinstance(msg, SnapshotEnvelope):
                 await self._handle_snapshot(msg)
             elif isinstance(msg, Presence):
                 await self._with_store(self.store.upsert_presence, msg, time.time())
@@ -218,6 +228,24 @@ class IngestService:
             raise
         except Exception as exc:
             await self._reject(topic, "internal_error", f"{type(exc).__name__}: {exc}"[:300], payload=payload)
+
+    async def _handle_events(self, topic: str, payload: bytes) -> None:
+        """Queue the envelopes of one event message; reject the bad envelopes of a batch one by
+        one (a malformed message as a whole raises ``WireError``)."""
+        node_id, envs, bad, is_batch = decode_event_message(self.topics, topic, payload)
+        if is_batch:
+            self.stats.event_batches += 1
+            self.stats.batched_events += len(envs) + len(bad)
+        if envs:
+            await self._room.wait()
+            self._pending.extend([_Pending(env, topic) for env in envs])
+            if len(self._pending) >= self.cfg.ingest.max_pending_events:
+                self._room.clear()
+            self._wake.set()
+        for b in bad:
+            await self._reject(topic, b.reason, f"events[{b.index}]: {b.detail}",
+                               permanent=b.reason in _PERMANENT_ENVELOPE_REASONS, node_id=node_id,
+                               event_id=b.event_id)
 
     async def _handle_snapshot(self, env: SnapshotEnvelope) -> None:
         await self._with_store(self.store.insert_snapshot, env, time.time())

@@ -91,16 +91,15 @@ class PahoAcker:
         data = json.loads(msg.payload)
         with self.lock:
             if channel == "event":
-                self.events.append(data)
-                first = data["event_id"] not in self.seen
-                self.seen.add(data["event_id"])
+                envs = data["events"] if data.get("kind") == "event_batch" else [data]
+                self.events.extend(envs)
+                self.seen.update(e["event_id"] for e in envs)
                 if not self.ack:
                     return
-                reason = self.reject.get(data["type"])
-                ack = Ack(node_id=node, event_ids=[] if reason else [data["event_id"]],
-                          rejected=[{"event_id": data["event_id"], "reason": reason}]
-                          if reason else [], central_time=time.time())
-                del first
+                ok = [e["event_id"] for e in envs if not self.reject.get(e["type"])]
+                rejected = [{"event_id": e["event_id"], "reason": self.reject[e["type"]]}
+                            for e in envs if self.reject.get(e["type"])]
+                ack = Ack(node_id=node, event_ids=ok, rejected=rejected, central_time=time.time())
                 client.publish(self.topics.down(node, "ack"), encode(ack), qos=1)
             elif channel == "cmd_result":
                 self.results.append(data)

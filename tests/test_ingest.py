@@ -30,6 +30,8 @@ from central_sync.mqtt_central import subscriptions, worker_client_ids
 from central_sync.store import CentralStore
 from edge.errors import SecurityError
 from edge.sync.wire import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
     Command,
     CommandResult,
     EventEnvelope,
@@ -37,7 +39,9 @@ from edge.sync.wire import (
     Presence,
     SnapshotEnvelope,
     b64,
+    batch_prefix,
     encode,
+    join_batch,
 )
 
 PREFIX = "kentongan/v1"
@@ -315,6 +319,86 @@ def test_verify_hook_rejects_permanently(setup: tuple[CentralConfig, CentralStor
         svc.stop()
 
 
+def batch(node: str, items: list[Any]) -> bytes:
+    """An event_batch body from envelopes (encoded) or raw dicts (malformed on purpose)."""
+    return join_batch(batch_prefix(node), [encode(i) if isinstance(i, EventEnvelope)
+                                           else json.dumps(i).encode() for i in items])
+
+
+def test_batch_with_forged_and_malformed_envelopes_stores_the_rest(
+        setup: tuple[CentralConfig, CentralStore, Node]) -> None:
+    cfg, store, node = setup
+
+    def verify(env: EventEnvelope) -> None:
+        if env.sig != "c2ln":
+            raise SecurityError("bad_signature", "forged")
+
+    svc = ServiceThread(cfg, store, verify_event=verify).start()
+    try:
+        good = [ev(seq=i, sig="c2ln") for i in range(5)]
+        forged = ev(seq=10, sig="Zm9yZ2Vk")
+        malformed = {**json.loads(encode(ev(seq=11, sig="c2ln"))), "type": "lower case"}
+        body = batch("node-a", [good[0], forged, good[1], malformed, *good[2:]])
+        node.publish(up("node-a"), body)
+        wait_until(lambda: {forged.event_id, malformed["event_id"]} <= set(node.rejected())
+                   and {g.event_id for g in good} <= set(node.acked_ids()), what="acks and rejections")
+        assert node.rejected() == {forged.event_id: "bad_signature", malformed["event_id"]: "bad_field"}
+        assert all(node.committed_at_ack)
+        assert [store.get_event(g.event_id) is not None for g in good] == [True] * 5
+        assert store.get_event(forged.event_id) is None and store.get_event(malformed["event_id"]) is None
+        s = svc.service.stats
+        assert (s.event_batches, s.batched_events, s.inserted) == (1, 7, 5)
+        assert store.rejection_counts() == {"bad_signature": 1, "bad_field": 1}
+        # The same batch again: duplicates acked again, nothing stored twice.
+        node.publish(up("node-a"), body)
+        wait_until(lambda: s.duplicates == 5, what="duplicates acked")
+        assert store.count_events() == 5
+    finally:
+        svc.stop()
+
+
+def test_malformed_and_oversized_batches_rejected_with_reason(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, 1)
+    store = CentralStore(cfg.database)
+    svc = IngestService(cfg, store)
+    small = ev(seq=1)
+    big_note = "x" * 2000
+    too_big = [ev(seq=i, payload={"note": big_note}) for i in range(MAX_BATCH_BYTES // 2000 + 2)]
+    cases: dict[str, bytes | list[bytes]] = {
+        "oversized": batch("node-a", too_big),
+        "bad_batch": [
+            json.dumps({"v": 1, "kind": "event_batch", "node_id": "node-a", "events": []}).encode(),
+            json.dumps({"v": 1, "kind": "event_batch", "node_id": "node-a", "events": {"a": 1}}).encode(),
+            json.dumps({"v": 1, "kind": "event_batch", "node_id": "node-a", "events": [1, 2]}).encode(),
+            batch("node-a", [{}] * (MAX_BATCH_EVENTS + 1)),  # real envelopes would pass 64 KiB first
+        ],
+        "bad_field": json.dumps({"v": 1, "kind": "event_batch", "node_id": "node-a",
+                                 "events": [json.loads(encode(small))], "extra": 1}).encode(),
+        "wrong_topic": batch("node-b", [small]),
+        "unknown_version": json.dumps({"v": 2, "kind": "event_batch", "node_id": "node-a",
+                                       "events": [json.loads(encode(small))]}).encode(),
+    }
+
+    async def feed() -> None:
+        for bodies in cases.values():
+            for body in bodies if isinstance(bodies, list) else [bodies]:
+                await svc.handle_message(up("node-a"), body)
+        # An envelope over the single-event limit inside an otherwise fine batch: only it is rejected.
+        huge = ev(seq=7, payload={"note": "y" * (17 * 1024)})
+        huge_item = huge.model_dump(mode="json", exclude={"sig"})
+        await svc.handle_message(up("node-a"), batch("node-a", [small, huge_item]))
+        # A batch is not accepted on another channel.
+        await svc.handle_message(up("node-a", "heartbeat"), batch("node-a", [small]))
+        await svc.flush()
+        assert store.get_event(small.event_id) is not None and store.get_event(huge.event_id) is None
+
+    asyncio.run(feed())
+    assert svc.stats.rejected == {"oversized": 2, "bad_batch": 4, "bad_field": 1, "wrong_topic": 1,
+                                  "unknown_version": 1, "wrong_kind": 1}
+    assert svc.stats.inserted == 1
+    store.close()
+
+
 def test_snapshot_presence_heartbeat_and_commands(setup: tuple[CentralConfig, CentralStore, Node]) -> None:
     cfg, store, node = setup
     svc = ServiceThread(cfg, store, sign_command=lambda c: c.model_copy(update={"sig": "c2lnbmVk"})).start()
@@ -433,7 +517,22 @@ _topics = st.one_of(
                      up("node-a", "cmd_result"), up("node-b"), f"{PREFIX}/down/node-a/ack", "other/x", ""]),
     st.text(max_size=40),
 )
-_payloads = st.one_of(st.binary(max_size=200), mutated_envelope(), _json_values.map(lambda v: json.dumps(v).encode()))
+
+
+@st.composite
+def mutated_batch(draw: st.DrawFn) -> bytes:
+    items: list[Any] = [json.loads(draw(mutated_envelope())) if draw(st.booleans())
+                        else {**_VALID, "event_id": uuid.uuid4().hex} for _ in range(draw(st.integers(0, 4)))]
+    if draw(st.booleans()):
+        items.append(draw(_json_values))
+    data: dict[str, Any] = {"v": 1, "kind": "event_batch", "node_id": "node-a", "events": items}
+    for key in draw(st.lists(st.sampled_from(sorted(data)), max_size=2)):
+        data[key] = draw(_json_values)
+    return json.dumps(data).encode()
+
+
+_payloads = st.one_of(st.binary(max_size=200), mutated_envelope(), mutated_batch(),
+                      _json_values.map(lambda v: json.dumps(v).encode()))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -456,7 +555,7 @@ def test_garbage_never_crashes(messages: list[tuple[str, bytes]]) -> None:
         asyncio.run(feed())
         s = svc.stats
         assert s.received == len(messages) + 1
-        assert s.inserted + s.duplicates + s.rejected_total() + s.snapshots + s.updates == s.received
+        assert s.inserted + s.duplicates + s.rejected_total() + s.snapshots + s.updates == s.outcomes_expected()
         assert sum(store.rejection_counts().values()) == s.rejected_total()
         store.close()
 

@@ -144,7 +144,8 @@ def test_broker_sigkill_several_times_mid_drain(tmp_path: Path, mosquitto: Local
     try:
         ids = {e.event_id for e in ob.record_many(
             [EventDraft("PATROLI", 4, {"i": i}) for i in range(n)])}
-        svc = _service(mosquitto.port, ob, ack_timeout_seconds=3)
+        # A small window keeps the (batched, fast) drain slow enough for three kills mid-drain.
+        svc = _service(mosquitto.port, ob, ack_timeout_seconds=3, inflight_window=200)
         with running_service(svc):
             at_kill = []
             for k in range(3):

@@ -154,3 +154,20 @@ def test_broker_sigkill_and_restart_loses_nothing(mosquitto: LocalMosquitto, out
         assert svc.stats.reconnects >= 2
     finally:
         acker.close()
+
+
+def test_backlog_is_sent_in_batches_and_a_p1_alone(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
+    outbox.record_many([EventDraft("PATROLI", 4, {"i": i}) for i in range(1000)])
+    acker = PahoAcker(mosquitto.port)
+    try:
+        svc = _service(mosquitto.port, outbox)
+        with running_service(svc):
+            wait_until(lambda: outbox.counts()["acked"] == 1000, 60, what="backlog acked")
+            assert svc.stats.published >= 1000 and svc.stats.messages <= 20
+            messages, published = svc.stats.messages, svc.stats.published
+            p1 = outbox.record(EventDraft("PANIC", 1, {"button": "utama"}))
+            wait_until(lambda: p1.event_id in acker.unique_ids(), 10, what="P1 delivered")
+            assert (svc.stats.messages, svc.stats.published) == (messages + 1, published + 1)
+            assert len(acker.unique_ids()) == 1001
+    finally:
+        acker.close()

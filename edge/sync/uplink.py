@@ -9,6 +9,12 @@ Window: at most ``cfg.sync.inflight_window`` events are in flight. ``p1_reserve`
 for P1 events: backlog claims stop ``p1_reserve`` short of the window, and a P1 wake-up claims only
 P1 events into the reserved slots, so a window full of backlog never delays an alarm.
 
+Batching: the events of one claim are published as ``event_batch`` messages of up to
+``MAX_BATCH_EVENTS`` envelopes / ``MAX_BATCH_BYTES`` (a claim of one event goes as a plain
+``event``). Nothing ever waits to fill a batch: a claim is published at once, and a P1 wake-up
+claims P1 events only, so an alarm leaves in its own small message. Each envelope keeps its own
+signature and is acked or rejected on its own.
+
 Snapshots have their own lane (:class:`SnapshotUplink`) with a byte budget (token bucket), so they
 never delay events.
 """
@@ -28,7 +34,18 @@ from edge.errors import KentonganError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.snapshots import SnapshotStore, StoredSnapshot
-from edge.sync.wire import Ack, EventEnvelope, SnapshotEnvelope, b64, encode
+from edge.sync.wire import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    Ack,
+    EventEnvelope,
+    SnapshotEnvelope,
+    b64,
+    batch_prefix,
+    encode,
+    envelope_json,
+    join_batch,
+)
 
 __all__ = ["EventUplink", "Publisher", "SnapshotUplink", "UplinkStats", "envelope_for"]
 
@@ -51,7 +68,8 @@ class Publisher(Protocol):
 
 @dataclass
 class UplinkStats:
-    published: int = 0
+    published: int = 0  # events
+    messages: int = 0  # event messages (a batch counts once)
     acked: int = 0
     rejected: int = 0
     requeued: int = 0
@@ -72,6 +90,19 @@ def envelope_for(ev: StoredEvent, clock: Clock, boot_id: str,
         env = env.model_copy(update={"wall_time": max(0.0, ev.wall_time + offset),
                                      "time_quality": "corrected"})
     return sign(env) if sign is not None else env
+
+
+def envelope_dict(ev: StoredEvent, offset: float | None, boot_id: str) -> dict[str, Any]:
+    """The unsigned wire form of ``ev`` as a dict, equal to
+    ``envelope_for(ev, clock, boot_id, None).model_dump(mode="json")`` without ``sig`` (built
+    directly: the outbox holds validated events, and central validates every envelope anyway)."""
+    wall, quality = max(ev.wall_time, 0.0), ev.time_quality
+    if quality == "unsynced" and ev.boot_id == boot_id and offset is not None:
+        wall, quality = max(0.0, ev.wall_time + offset), "corrected"
+    return {"v": 1, "kind": "event", "event_id": ev.event_id, "node_id": ev.node_id,
+            "boot_id": ev.boot_id, "seq": ev.seq, "mono_ns": ev.mono_ns, "wall_time": wall,
+            "time_quality": quality, "type": ev.type, "priority": ev.priority,
+            "incident_id": ev.incident_id, "payload": ev.payload}
 
 
 class EventUplink:
@@ -98,6 +129,7 @@ class EventUplink:
         self._pending_acks: list[str] = []
         self._ack_flush = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._batch_prefix = batch_prefix(node_id)
 
     # ------------------------------------------------------------ signals (loop thread)
 
@@ -178,17 +210,41 @@ class EventUplink:
             events = await self._claim()
             for ev in events:
                 self.inflight[ev.event_id] = time.monotonic()
-            for k, ev in enumerate(events):
-                body = encode(envelope_for(ev, self.clock, self.outbox.boot_id, self.sign_event))
+            start = 0
+            while start < len(events):
+                body, count = self._next_message(events, start)
                 # Raises when the connection is gone: the session ends, detach() releases all.
                 pub.publish_nowait(self.topic, body)
-                self.stats.published += 1
-                if k % 100 == 99:
-                    await asyncio.sleep(0)  # let acks and the socket writer in
+                start += count
+                self.stats.published += count
+                self.stats.messages += 1
+                await asyncio.sleep(0)  # let acks, P1 wake-ups and the socket writer in
             if not events:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.01, next_tick - time.monotonic()))
+
+    def _body(self, ev: StoredEvent, offset: float | None) -> bytes:
+        if self.sign_event is not None:
+            return encode(envelope_for(ev, self.clock, self.outbox.boot_id, self.sign_event))
+        return envelope_json(envelope_dict(ev, offset, self.outbox.boot_id))
+
+    def _next_message(self, events: list[StoredEvent], start: int) -> tuple[bytes, int]:
+        """The next message from ``events[start:]``: as many envelopes as fit one batch (in claim
+        order, so P1s first), or a plain envelope when only one fits or is left."""
+        offset = self.clock.offset
+        budget = MAX_BATCH_BYTES - len(self._batch_prefix) - 2
+        bodies: list[bytes] = []
+        size = 0
+        for ev in events[start:start + MAX_BATCH_EVENTS]:
+            body = self._body(ev, offset)
+            if bodies and size + len(body) + 1 > budget:
+                break
+            bodies.append(body)
+            size += len(body) + 1
+        if len(bodies) == 1:
+            return bodies[0], 1
+        return join_batch(self._batch_prefix, bodies), len(bodies)
 
     async def _claim(self) -> list[StoredEvent]:
         free = self.window - len(self.inflight)

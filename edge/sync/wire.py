@@ -2,7 +2,7 @@
 
 Topic tree under a prefix (default ``kentongan/v1``)::
 
-    {prefix}/up/{node_id}/event        node -> central   QoS 1   one event envelope
+    {prefix}/up/{node_id}/event        node -> central   QoS 1   one event envelope or a batch
     {prefix}/up/{node_id}/snapshot     node -> central   QoS 1   one snapshot (own lane)
     {prefix}/up/{node_id}/presence     node -> central   QoS 1   retained birth / last will
     {prefix}/up/{node_id}/heartbeat    node -> central   QoS 0   periodic status
@@ -14,15 +14,20 @@ Every message body is one JSON object with ``"v"`` (protocol major version) and 
 unknown ``v`` is rejected with reason ``unknown_version``; unknown keys are rejected too
 (``bad_field``), because the canonical form is what signatures cover. ``sig`` (optional, base64
 Ed25519 over ``canonical_bytes``) is the only field not covered by the signature.
+
+An ``event_batch`` (``EventBatch``) carries up to ``MAX_BATCH_EVENTS`` envelopes in at most
+``MAX_BATCH_BYTES``; every envelope inside keeps its own fields, limits and ``sig`` and is
+validated, verified, de-duplicated and acknowledged (or rejected) on its own.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from edge.errors import WireError
 
@@ -32,6 +37,9 @@ DEFAULT_PREFIX = "kentongan/v1"
 MAX_EVENT_BYTES = 16 * 1024
 MAX_SNAPSHOT_BYTES = 1024 * 1024
 MAX_CONTROL_BYTES = 64 * 1024
+#: An ``event_batch`` message: at most this many envelopes and bytes (the node packs up to both).
+MAX_BATCH_EVENTS = 500
+MAX_BATCH_BYTES = 64 * 1024
 #: Broker-side limit (message_size_limit) must be at least this.
 MAX_MESSAGE_BYTES = MAX_SNAPSHOT_BYTES + 64 * 1024
 
@@ -64,6 +72,18 @@ class EventEnvelope(_Msg):
     priority: int = Field(ge=1, le=4)
     incident_id: str | None = Field(None, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventBatch(BaseModel):
+    """Several event envelopes in one message (no batch-level signature: each envelope carries
+    its own ``sig``). Receivers validate the envelopes one by one (:func:`decode_event_batch`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    kind: Literal["event_batch"] = "event_batch"
+    node_id: NodeId
+    events: list[EventEnvelope] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
 
 
 class SnapshotEnvelope(_Msg):
@@ -148,10 +168,11 @@ class CommandResult(_Msg):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-Message = EventEnvelope | SnapshotEnvelope | Presence | Heartbeat | Ack | Command | CommandResult
+Message = EventEnvelope | EventBatch | SnapshotEnvelope | Presence | Heartbeat | Ack | Command | CommandResult
 
-_KINDS: dict[str, type[_Msg]] = {
+_KINDS: dict[str, type[BaseModel]] = {
     "event": EventEnvelope,
+    "event_batch": EventBatch,
     "snapshot": SnapshotEnvelope,
     "presence": Presence,
     "heartbeat": Heartbeat,
@@ -169,7 +190,10 @@ CHANNEL_KIND = {
     "ack": "ack",
     "cmd": "command",
 }
-_LIMITS = {"snapshot": MAX_SNAPSHOT_BYTES + 8 * 1024, "event": MAX_EVENT_BYTES}
+#: Kinds also accepted on a channel besides ``CHANNEL_KIND[channel]``.
+CHANNEL_EXTRA_KINDS = {"event": ("event_batch",)}
+_LIMITS = {"snapshot": MAX_SNAPSHOT_BYTES + 8 * 1024, "event": MAX_EVENT_BYTES,
+           "event_batch": MAX_BATCH_BYTES}
 
 
 class Topics:
@@ -203,14 +227,14 @@ class Topics:
         return direction, node_id, channel
 
 
-def canonical_bytes(msg: _Msg | dict[str, Any]) -> bytes:
+def canonical_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
     """The exact bytes a signature covers: the message without ``sig``, sorted keys, compact."""
     data = msg.model_dump(mode="json") if isinstance(msg, BaseModel) else dict(msg)
     data.pop("sig", None)
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def encode(msg: _Msg) -> bytes:
+def encode(msg: BaseModel) -> bytes:
     """Serialise a message (including ``sig`` when set) for publishing."""
     data = msg.model_dump(mode="json", exclude_none=False)
     if data.get("sig") is None:
@@ -222,12 +246,29 @@ def encode(msg: _Msg) -> bytes:
     return body
 
 
-def decode(payload: bytes | bytearray | str, expected_kind: str | None = None) -> Message:
+def decode(payload: bytes | bytearray | str, expected_kind: str | tuple[str, ...] | None = None) -> Message:
     """Parse and validate one message body; raise ``WireError`` with a reason code.
 
     Reasons: ``oversized``, ``not_json``, ``not_object``, ``unknown_version``, ``unknown_kind``,
-    ``wrong_kind``, ``bad_field``.
+    ``wrong_kind``, ``bad_field``. An ``event_batch`` validated here is all-or-nothing; receivers
+    that must keep the good envelopes of a batch use :func:`decode_event_message`.
     """
+    kind, data, _raw = _parse(payload, expected_kind)
+    try:
+        return _KINDS[kind].model_validate(data)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise WireError("bad_field", _first_error(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}"[:200]
+
+
+def _parse(payload: bytes | bytearray | str,
+           expected_kind: str | tuple[str, ...] | None) -> tuple[str, dict[str, Any], bytes]:
+    """JSON-parse and check size, version and kind; return (kind, data, raw bytes)."""
     raw = payload.encode() if isinstance(payload, str) else bytes(payload)
     if len(raw) > MAX_MESSAGE_BYTES:
         raise WireError("oversized", f"{len(raw)} bytes")
@@ -244,26 +285,137 @@ def decode(payload: bytes | bytearray | str, expected_kind: str | None = None) -
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise WireError("unknown_kind", repr(kind)[:40])
-    if expected_kind is not None and kind != expected_kind:
-        raise WireError("wrong_kind", f"{kind} where {expected_kind} expected")
+    expected = (expected_kind,) if isinstance(expected_kind, str) else expected_kind
+    if expected is not None and kind not in expected:
+        raise WireError("wrong_kind", f"{kind} where {'/'.join(expected)} expected")
     limit = _LIMITS.get(kind, MAX_CONTROL_BYTES)  # type: ignore[arg-type]
     if len(raw) > limit:
         raise WireError("oversized", f"{kind} of {len(raw)} bytes > {limit}")
-    try:
-        return cls.model_validate(data)  # type: ignore[return-value]
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise WireError("bad_field", f"{where}: {err['msg']}"[:200]) from None
+    return kind, data, raw  # type: ignore[return-value]
+
+
+def _channel_kinds(channel: str) -> tuple[str, ...]:
+    return (CHANNEL_KIND[channel], *CHANNEL_EXTRA_KINDS.get(channel, ()))
 
 
 def decode_on_topic(topics: Topics, topic: str, payload: bytes) -> tuple[str, Message]:
     """Decode a message and check it fits its topic (channel and node id); return (node_id, msg)."""
     _direction, node_id, channel = topics.parse(topic)
-    msg = decode(payload, expected_kind=CHANNEL_KIND[channel])
+    msg = decode(payload, expected_kind=_channel_kinds(channel))
     if getattr(msg, "node_id", node_id) != node_id:
         raise WireError("wrong_topic", f"node_id {getattr(msg, 'node_id', '?')} on {topic}")
+    if isinstance(msg, EventBatch):
+        bad = next((e.node_id for e in msg.events if e.node_id != node_id), None)
+        if bad is not None:
+            raise WireError("wrong_topic", f"node_id {bad} in a batch on {topic}")
     return node_id, msg
+
+
+_ENVELOPES: TypeAdapter[list[EventEnvelope]] = TypeAdapter(list[EventEnvelope])
+
+
+@dataclass(frozen=True)
+class BadEnvelope:
+    """One envelope of a batch that failed validation. ``event_id`` is set only when the item
+    names a plausible event id and the topic's node, so a rejection can be acknowledged."""
+
+    index: int
+    event_id: str | None
+    reason: str
+    detail: str
+
+
+def decode_event_message(topics: Topics, topic: str,
+                         payload: bytes) -> tuple[str, list[EventEnvelope], list[BadEnvelope], bool]:
+    """Decode what arrives on an ``event`` topic: one envelope or an ``event_batch``.
+
+    Returns (node_id, good envelopes, bad envelopes, whether it was a batch). The batch itself (size, version, kind,
+    ``node_id``, ``events`` a list of 1..``MAX_BATCH_EVENTS`` objects, no other keys) must be
+    well formed, else ``WireError`` (reasons as :func:`decode`, plus ``bad_batch``). Each envelope
+    is then validated on its own with the single-event rules (fields, 16 KiB, node id = topic's):
+    one bad envelope does not spoil the rest. A single envelope raises ``WireError`` as before.
+    """
+    _direction, node_id, channel = topics.parse(topic)
+    if channel != "event":
+        raise WireError("wrong_kind", f"{channel} is not an event channel")
+    kind, data, raw = _parse(payload, _channel_kinds(channel))
+    if kind == "event":
+        try:
+            env = EventEnvelope.model_validate(data)
+        except ValidationError as exc:
+            raise WireError("bad_field", _first_error(exc)) from None
+        if env.node_id != node_id:
+            raise WireError("wrong_topic", f"node_id {env.node_id} on {topic}")
+        return node_id, [env], [], False
+    extra = set(data) - {"v", "kind", "node_id", "events"}
+    if extra:
+        raise WireError("bad_field", f"unknown batch keys {sorted(extra)[:3]}"[:200])
+    if data.get("node_id") != node_id:
+        raise WireError("wrong_topic", f"batch node_id {str(data.get('node_id'))[:64]} on {topic}")
+    items = data.get("events")
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH_EVENTS:
+        raise WireError("bad_batch", f"events must be a list of 1..{MAX_BATCH_EVENTS} envelopes")
+    if not all(isinstance(item, dict) for item in items):
+        raise WireError("bad_batch", "events must hold JSON objects")
+    bad: list[BadEnvelope] = []
+    if len(raw) > MAX_EVENT_BYTES:  # only then can one envelope exceed the single-event limit
+        keep = []
+        for i, item in enumerate(items):
+            size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
+            if size > MAX_EVENT_BYTES:
+                bad.append(BadEnvelope(i, _item_event_id(item, node_id), "oversized",
+                                       f"event of {size} bytes > {MAX_EVENT_BYTES}"))
+            else:
+                keep.append((i, item))
+    else:
+        keep = list(enumerate(items))
+    try:  # fast path: the whole batch in one call
+        envs = _ENVELOPES.validate_python([item for _i, item in keep])
+        good = list(zip((i for i, _item in keep), envs, strict=True))
+    except ValidationError:
+        good = []
+        for i, item in keep:
+            try:
+                good.append((i, EventEnvelope.model_validate(item)))
+            except ValidationError as exc:
+                bad.append(BadEnvelope(i, _item_event_id(item, node_id), "bad_field",
+                                       _first_error(exc)))
+    out: list[EventEnvelope] = []
+    for i, env in good:
+        if env.node_id != node_id:
+            bad.append(BadEnvelope(i, None, "wrong_topic", f"node_id {env.node_id} on {topic}"))
+        else:
+            out.append(env)
+    bad.sort(key=lambda b: b.index)
+    return node_id, out, bad, True
+
+
+def _item_event_id(item: dict[str, Any], topic_node: str) -> str | None:
+    event_id = item.get("event_id")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 64 or item.get("node_id") != topic_node:
+        return None
+    return event_id
+
+
+def envelope_json(data: dict[str, Any]) -> bytes:
+    """Compact JSON of one envelope dict (as :func:`encode` writes it); ``oversized`` past the
+    single-event limit."""
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(body) > MAX_EVENT_BYTES:
+        raise WireError("oversized", f"event of {len(body)} bytes > {MAX_EVENT_BYTES}")
+    return body
+
+
+def batch_prefix(node_id: str) -> bytes:
+    """Bytes before the first envelope of an ``event_batch`` body (see :func:`join_batch`)."""
+    return json.dumps({"v": PROTOCOL_VERSION, "kind": "event_batch", "node_id": node_id},
+                      separators=(",", ":"))[:-1].encode() + b',"events":['
+
+
+def join_batch(prefix: bytes, bodies: list[bytes]) -> bytes:
+    """An ``event_batch`` body from already-encoded envelopes (``envelope_json``): equal to
+    ``encode(EventBatch(...))`` up to key order, without re-validating."""
+    return prefix + b",".join(bodies) + b"]}"
 
 
 def b64(data: bytes) -> str:
