@@ -83,7 +83,7 @@ def central_ceiling(port: int, store: CentralStore, n: int, rep: int = 0) -> flo
     central alone ingests and commits (no outbox, no acks consumed) - context for the ratio."""
     node = f"{NODE}-c{rep}"
     env = _sample_envelope()
-    bodies = [encode(env.model_copy(update={"event_id": f"0190a1b2-c3d4-7e5f-8a9b-{i:012x}",
+    bodies = [encode(env.model_copy(update={"event_id": f"0190a1b2-c3d4-7e5f-{rep:04x}-{i:012x}",
                                             "node_id": node, "seq": i})) for i in range(n)]
     acked = 0
     lock = threading.Lock()
@@ -272,8 +272,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--window", type=int, default=3000, help="sync.inflight_window (events)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="repetitions, medians reported (>1 hung in run 2: unresolved)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="repetitions, medians reported")
     ap.add_argument("--reconnects", type=int, default=5)
     ap.add_argument("--offline", type=float, default=6.0, help="seconds offline per reconnect")
     args = ap.parse_args()
