@@ -197,14 +197,16 @@ def _edge_acked(db: Path) -> int:
 
 def test_node_kill9_mid_drain_and_restart(tmp_path: Path, mosquitto: LocalMosquitto,
                                           central: Central) -> None:
-    n = 6000
+    n = 3000
     db = tmp_path / "node.db"
     ob = _outbox(db)
     ids = {e.event_id for e in ob.record_many([EventDraft("PATROLI", 4, {"i": i})
                                                for i in range(n)])}
     ob.close()
     cfg_path = tmp_path / "node.json"
-    cfg_path.write_text(node_config(mosquitto.port, NODE, ack_timeout_seconds=3).model_dump_json())
+    # A small window keeps the drain slow enough (many ack round trips) to be killed mid-way.
+    cfg_path.write_text(node_config(mosquitto.port, NODE, ack_timeout_seconds=3,
+                                    inflight_window=50).model_dump_json())
     procs = []
     at_kill: list[int] = []
     try:
