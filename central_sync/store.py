@@ -255,6 +255,12 @@ class CentralStore:
             rows = self._query(f"{_EVENT_SELECT} WHERE node_id = ? ORDER BY rowid DESC LIMIT ?", (node_id, limit))
         return [_event_row(r) for r in reversed(rows)]
 
+    def last_event_times(self, event_type: str) -> dict[str, float]:
+        """Per node, the wall time of its latest event of ``event_type`` (e.g. SELFTEST)."""
+        rows = self._query("SELECT node_id, MAX(wall_time) FROM events WHERE type = ? "
+                           "GROUP BY node_id", (event_type,))
+        return {r[0]: r[1] for r in rows}
+
     def get_event(self, event_id: str) -> dict[str, Any] | None:
         rows = self._query(f"{_EVENT_SELECT} WHERE event_id = ?", (event_id,))
         return _event_row(rows[0]) if rows else None

@@ -80,7 +80,8 @@ class Agent:
             "version": __version__, "simulate": self.simulate,
             "quarantined": str(self.outbox.quarantined) if self.outbox.quarantined else None}))
         self.control = ControlServer(socket_path(state), {
-            "status": self._ctl_status, "press": self._ctl_press})
+            "status": self._ctl_status, "press": self._ctl_press,
+            "record_selftest": self._ctl_record_selftest})
         await self.control.start()
         self._start_sync()
         self._spawn(self._maintenance(), "maintenance")
@@ -291,6 +292,15 @@ class Agent:
 
     async def _ctl_status(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "status": await asyncio.to_thread(self.status)}
+
+    async def _ctl_record_selftest(self, req: dict[str, Any]) -> dict[str, Any]:
+        payload = req.get("payload")
+        if not isinstance(payload, dict) or self.engine is None:
+            raise ControlError("record_selftest needs a payload object")
+        receipt = self.engine.record(
+            EventDraft(SystemEvent.SELFTEST.value, int(Priority.P4), payload))
+        ev = await asyncio.to_thread(receipt.result, 10)
+        return {"ok": True, "event_id": ev.event_id}
 
     async def _ctl_press(self, req: dict[str, Any]) -> dict[str, Any]:
         if self.hw is None or self.hw.simulated is None:

@@ -65,6 +65,7 @@ class SystemEvent(StrEnum):
     SECURITY = "SECURITY"
     INCIDENT_ACK = "INCIDENT_ACK"
     BOOT = "BOOT"
+    SELFTEST = "SELFTEST"
 
 
 @dataclass(frozen=True, slots=True)

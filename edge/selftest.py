@@ -458,7 +458,36 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
     else:
         print(format_results(results))
     sys.stdout.flush()
+    record_selftest(cfg, results)
     return exit_code(results)
+
+
+def record_selftest(cfg: NodeConfig, results: list[CheckResult]) -> None:
+    """Record the checklist as a SELFTEST event so central's post overview shows the last
+    self-test: through the running agent's control socket, else straight into the outbox."""
+    from edge.control import request, socket_path
+    from edge.errors import ControlError, KentonganError
+    from edge.outbox import EventDraft, Outbox
+
+    payload = {"ok": exit_code(results) == 0, "failed": [r.name for r in results if r.failed],
+               "checks": {r.name: r.status for r in results}}
+    try:
+        reply = request(socket_path(cfg.storage.state_dir),
+                        {"op": "record_selftest", "payload": payload}, timeout=10)
+        if reply.get("ok"):
+            return
+    except ControlError:
+        pass
+    try:
+        state = Path(cfg.storage.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        ob = Outbox(state / "outbox.db", cfg.node.node_id)
+        try:
+            ob.record(EventDraft("SELFTEST", 4, payload))
+        finally:
+            ob.close()
+    except (KentonganError, OSError) as exc:
+        print(f"note: self-test result not recorded: {exc}", file=sys.stderr)
 
 
 def register(subparsers: Any) -> None:

@@ -151,3 +151,13 @@ def test_thread_safe_concurrent_writers(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids))
     store.close()
     other.close()
+
+
+def test_last_event_times_per_node_for_the_post_overview(store: CentralStore) -> None:
+    store.insert_events([ev("node-a", 1, type="SELFTEST", priority=4),
+                         ev("node-a", 5, type="SELFTEST", priority=4),
+                         ev("node-b", 2, type="SELFTEST", priority=4),
+                         ev("node-b", 9, type="PANIC")], time.time())
+    assert store.last_event_times("SELFTEST") == {"node-a": 1_700_000_005.0,
+                                                  "node-b": 1_700_000_002.0}
+    assert store.last_event_times("AMAN") == {}

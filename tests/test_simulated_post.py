@@ -247,3 +247,12 @@ def test_control_socket_works_under_a_long_state_dir(tmp_path: Path) -> None:
         assert status(cfg)["node_id"] == "test-post-01"
     finally:
         p.stop()
+
+
+def test_selftest_result_is_recorded_on_the_post_for_central(post: Post) -> None:
+    res = run_cli("selftest", "--config", str(post.cfg), "--simulate", "--json", timeout=120)
+    report = json.loads(res.stdout)
+    assert res.returncode == (0 if report["ok"] else 1)
+    names = {c["name"] for c in report["checks"]}
+    assert {"siren", "camera", "disk", "config"} <= names
+    wait_for(lambda: status(post.cfg)["outbox"]["by_type"].get("SELFTEST"), what="SELFTEST event")

@@ -20,9 +20,8 @@ def _jsonish(value: Any) -> Any:
 
 
 def post_rows(ctx: WebContext, who: Principal) -> list[dict[str, Any]]:
-    tests = {r["node_id"]: r["at"] for r in ctx.db.query(
-        "SELECT node_id, MAX(last_event_at) AS at FROM incidents WHERE type = 'TEST' "
-        "GROUP BY node_id")}
+    # The technician's `kentongan-edge selftest` is recorded as a SELFTEST event on the post.
+    tests = ctx.store.last_event_times("SELFTEST")
     rows = []
     for node_id, n in ctx.desk.nodes().items():
         if not can_see_node(who.user, n):
