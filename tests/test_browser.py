@@ -84,6 +84,22 @@ def _wait(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _launch(pw: Any) -> Any:
+    """Debian's chromium, headless, as root, without background network chatter."""
+    return pw.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
+def _login(page: Any, base: str, user: str, password: str, *, goto: bool = True) -> None:
+    if goto:
+        page.goto(f"{base}/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
 @pytest.fixture
 def central(mosquitto: LocalMosquitto, tmp_path: Path) -> Iterator[tuple[Central, int]]:
     port = free_port()
@@ -127,17 +143,11 @@ def test_panic_appears_live_and_is_acknowledged(mosquitto: LocalMosquitto,
 
         ARTIFACTS.mkdir(exist_ok=True)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = _launch(pw)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 720})
                 base = f"http://127.0.0.1:{port}"
-                page.goto(f"{base}/login")
-                page.fill("input[name=username]", "op")
-                page.fill("input[name=password]", PASSWORD)
-                page.click("button[type=submit]")
-                page.wait_for_url(f"{base}/")
+                _login(page, base, "op", PASSWORD)
                 expect(page.locator("#live")).to_have_text("live", timeout=10_000)
                 assert page.locator("#queue tbody tr").count() == 0
                 page.evaluate("window.__notReloaded = true")
@@ -197,17 +207,12 @@ def test_simulated_post_panic_is_acknowledged_and_the_post_records_it(tmp_path: 
             what="post online at central")
         ARTIFACTS.mkdir(exist_ok=True)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = _launch(pw)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 720})
                 _wait(lambda: demo._ok(lambda: page.goto(f"{base}/login")), timeout=30,
                       what="dashboard up")
-                page.fill("input[name=username]", OPERATOR[0])
-                page.fill("input[name=password]", OPERATOR[1])
-                page.click("button[type=submit]")
-                page.wait_for_url(f"{base}/")
+                _login(page, base, *OPERATOR, goto=False)
                 expect(page.locator("#live")).to_have_text("live", timeout=10_000)
                 page.evaluate("window.__notReloaded = true")
 
