@@ -112,7 +112,13 @@ def _cmd_renew(args: argparse.Namespace) -> int:
             raise PkiError("give NODE_ID or --due")
         cmd = renew_node(settings, reg, node_id, days=args.days)
         body = encode(cmd).decode()
-        if args.out_dir:
+        if args.send:
+            from central_sync.command_send import publish_command
+
+            publish_command(load_central_config(args.config), cmd)
+            print(f"{node_id}: renewal command {cmd.command_id} sent (valid until the node "
+                  "acts on it within its command window)")
+        elif args.out_dir:
             out = Path(args.out_dir) / f"renew-{node_id}.json"
             out.write_text(body + "\n")
             print(f"{node_id}: renewal command written to {out}")
@@ -179,6 +185,8 @@ def register(subparsers: Any) -> None:
     rn.add_argument("--due", action="store_true", help="every node within renew_before_days")
     rn.add_argument("--days", type=int, help="validity (default pki.node_days)")
     rn.add_argument("--out-dir", help="write renew-<node>.json files instead of printing")
+    rn.add_argument("--send", action="store_true",
+                    help="publish the signed command to the node through the broker now")
     rn.add_argument("--config", required=True)
     rn.set_defaults(func=_wrap(_cmd_renew))
 

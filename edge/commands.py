@@ -3,6 +3,7 @@ duplicates and the signature before anything here runs)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from edge.alarm import AlarmEngine
 from edge.drivers.buttons import ButtonWatcher
 from edge.drivers.siren import Trigger
-from edge.errors import PatternError
+from edge.errors import KentonganError, PatternError
 from edge.incidents import INCIDENTS, IncidentType, Priority, SystemEvent
 from edge.logs import log_event
 from edge.outbox import EventDraft
@@ -125,6 +126,8 @@ class NodeCommands:
         return True, "acknowledged", {"known_incident": known}
 
     async def _do_config(self, cmd: Command, trigger: Trigger) -> Result:
+        if "renew_certificate" in cmd.params:
+            return await self._renew_certificate(cmd)
         hold = cmd.params.get("hold_seconds")
         if not isinstance(hold, int | float) or not 0 <= hold <= 30:
             return False, "config supports hold_seconds (0..30)", {}
@@ -135,3 +138,17 @@ class NodeCommands:
                 watcher.set_hold_seconds(float(hold))
                 changed.append(name)
         return bool(changed), f"hold_seconds={hold} on {changed}", {"buttons": changed}
+
+    async def _renew_certificate(self, cmd: Command) -> Result:
+        """Install a renewed TLS certificate (same key; checked against our CA and node id).
+        It is used from the next broker connection; the current one stays up."""
+        from edge.bundle import apply_certificate_renewal
+
+        try:
+            path = await asyncio.to_thread(apply_certificate_renewal, self.cfg, cmd.params)
+        except KentonganError as exc:
+            log_event(log, "certificate_renewal_rejected", logging.WARNING,
+                      command_id=cmd.command_id, error=str(exc))
+            return False, f"renewal rejected: {exc}", {}
+        log_event(log, "certificate_renewed", command_id=cmd.command_id, path=str(path))
+        return True, "certificate renewed; used from the next connection", {"path": str(path)}
