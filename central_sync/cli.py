@@ -32,6 +32,7 @@ from typing import Any
 from central_sync.config import CentralConfig, load_central_config
 from central_sync.errors import CentralConfigError, CentralError
 from central_sync.ingest import IngestService
+from central_sync.registry import registry_status
 from central_sync.store import CentralStore
 from edge.logs import log_event, set_node_id, setup_logging
 
@@ -130,15 +131,23 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     _cfg, store = _open(args.config)
     try:
         rows = store.list_nodes()
+        with store.lock:
+            enrolment = registry_status(store.connection())
     finally:
         store.close()
+    seen = {r["node_id"] for r in rows}
+    # Enrolled nodes that never connected are listed too.
+    rows += [{"node_id": n, "status": "unknown", "last_seen": None, "backlog": None,
+              "display_name": None} for n in sorted(set(enrolment) - seen)]
     for r in rows:
+        r["enrolment"] = enrolment.get(r["node_id"], "not enrolled")
         if args.json:
             print(json.dumps(r, ensure_ascii=False, default=str))
         else:
             backlog = "-" if r["backlog"] is None else str(r["backlog"])
-            print(f"{r['node_id']:<24} {r['status']:<8} last seen {_fmt_time(r['last_seen'])}  "
-                  f"backlog {backlog:<6} {r.get('display_name') or ''}".rstrip())
+            print(f"{r['node_id']:<24} {r['status']:<8} {r['enrolment']:<12} last seen "
+                  f"{_fmt_time(r['last_seen'])}  backlog {backlog:<6} "
+                  f"{r.get('display_name') or ''}".rstrip())
     if not args.json and not rows:
         print("no nodes")
     return 0

@@ -162,3 +162,28 @@ def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: broker.bogus: unknown key"
+
+
+def test_nodes_lists_enrolment_status_after_revoke(tmp_path: Path) -> None:
+    import json as _json
+    import subprocess as _sp
+    import sys as _sys
+
+    cfg = tmp_path / "central.toml"
+    cfg.write_text(f'database = "{tmp_path / "central.db"}"\n[pki]\ndir = "{tmp_path / "pki"}"\n')
+
+    def cli(*args: str) -> str:
+        res = _sp.run([_sys.executable, "-m", "central_sync.cli", *args, "--config", str(cfg)],
+                      capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    cli("ca", "init")
+    for node in ("pos-a-01", "pos-b-01"):
+        cli("enrol", node, "--kelurahan", "33.74.10.1005", "--rw", "1", "--rt", "2",
+            "--name", node, "--out", str(tmp_path / f"{node}.bundle"))
+    cli("revoke", "pos-b-01")
+    rows = {r["node_id"]: r for r in map(_json.loads, cli("nodes", "--json").splitlines())}
+    assert rows["pos-a-01"]["enrolment"] == "enrolled"
+    assert rows["pos-b-01"]["enrolment"] == "revoked"
+    assert "revoked" in cli("nodes")
