@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,14 @@ def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
+def _table(name: str, values: dict[str, Any]) -> str:
+    return f"[{name}]\n" + "".join(f"{k} = {json.dumps(str(v))}\n" for k, v in values.items())
+
+
 def post_toml(node_id: str, name: str, rw: int, rt: int, state: Path, port: int,
-              keys: Path) -> str:
-    """A simulated post's config: enrolment keys from the installed bundle, demo hardware."""
+              installed: dict[str, Any]) -> str:
+    """A simulated post's config: the key paths of the installed bundle's config
+    (``installed``), demo hardware."""
     return f"""config_version = 1
 log_level = "INFO"
 [node]
@@ -91,15 +97,7 @@ heartbeat_seconds = 5
 reconnect_min_seconds = 0.2
 reconnect_max_seconds = 2
 sms_fallback_seconds = 5
-[sync.tls]
-ca_file = "{keys}/ca.crt"
-cert_file = "{keys}/node.crt"
-key_file = "{keys}/node.key"
-[security]
-node_signing_key_file = "{keys}/signing.key"
-central_command_key_file = "{keys}/central-command.pub"
-central_seal_key_file = "{keys}/central-seal.pub"
-"""
+{_table("sync.tls", installed["sync"]["tls"])}{_table("security", installed["security"])}"""
 
 
 def central_toml(state: Path, mqtt_port: int, web_port: int) -> str:
@@ -206,9 +204,10 @@ class Demo:
                          "--rt", str(rt), "--name", name, "--out", str(bundle),
                          "--config", str(self.central_cfg))
             self.edge("install-bundle", str(bundle), "--prefix", str(d / "root"))
-            keys = d / "root" / "etc" / "kentongan" / "keys"
+            installed = tomllib.loads((d / "root" / "etc" / "kentongan" / "node.toml").read_text())
             cfg = d / "node.toml"
-            cfg.write_text(post_toml(node_id, name, rw, rt, d / "state", self.broker.port, keys))
+            cfg.write_text(post_toml(node_id, name, rw, rt, d / "state", self.broker.port,
+                                     installed))
             self.post_cfgs.append(cfg)
             self.spawn([PY, "-m", "edge.cli", "run", "--simulate", "--config", str(cfg)],
                        d / "agent.log")
