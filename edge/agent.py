@@ -30,6 +30,7 @@ from edge.snapshots import SnapshotStore
 log = logging.getLogger("kentongan.agent")
 
 MAINTENANCE_SECONDS = 60.0
+STOP_TIMEOUT_S = 15.0
 
 
 class Agent:
@@ -132,9 +133,11 @@ class Agent:
             self.hw.modem.shutdown()  # a modem reset in a worker thread gives up promptly
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a stuck task must not keep the post from stopping (systemd restarts it).
+            _done, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            for task in stuck:
+                log_event(log, "task_did_not_stop", logging.ERROR, task=task.get_name())
         with contextlib.suppress(Exception):
             await self.control.close()
         for w in self.buttons.values():

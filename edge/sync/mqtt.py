@@ -19,6 +19,7 @@ import contextlib
 import logging
 import random
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
@@ -83,6 +84,46 @@ def open_client(cfg: SyncConfig, client_id: str, *, will_topic: str, will_payloa
     # Many concurrent publishes are the normal case here; aiomqtt warns past this many.
     client.pending_calls_threshold = 1_000_000
     return client
+
+
+DISCONNECT_TIMEOUT_S = 5.0
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that was swallowed on the way.
+
+    Python 3.11's ``asyncio.wait_for`` (which aiomqtt uses for every publish) returns the result
+    and drops the cancellation when both happen at once. A loop that goes on after that keeps its
+    TaskGroup (and the whole sync session) from ever finishing: call this after such awaits."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+@contextlib.asynccontextmanager
+async def session(client: aiomqtt.Client,
+                  disconnect_timeout: float = DISCONNECT_TIMEOUT_S) -> AsyncIterator[aiomqtt.Client]:
+    """``async with client`` whose exit cannot hang: aiomqtt waits without a limit for the
+    broker to confirm a graceful DISCONNECT (seen to hang under load when the session is torn
+    down by cancellation). After ``disconnect_timeout`` the socket is closed instead; the
+    broker then treats it as a dropped connection (the last will fires, the session stays)."""
+    await client.__aenter__()
+    try:
+        yield client
+    finally:
+        try:
+            async with asyncio.timeout(disconnect_timeout):
+                await client.__aexit__(None, None, None)
+        except TimeoutError:
+            log.warning("mqtt_disconnect_timeout")
+            sock = client._client.socket()  # private: the graceful path above gave up
+            if sock is not None:
+                loop = asyncio.get_running_loop()
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(sock)
+                    loop.remove_writer(sock)
+                with contextlib.suppress(OSError):
+                    sock.close()
 
 
 def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1) -> None:

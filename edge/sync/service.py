@@ -29,7 +29,7 @@ from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.snapshots import SnapshotStore
 from edge.sync.downlink import CommandHandler, CommandProcessor
-from edge.sync.mqtt import Reconnector, open_client, publish_nowait
+from edge.sync.mqtt import Reconnector, open_client, publish_nowait, raise_if_cancelling, session
 from edge.sync.sms_fallback import SmsFallback
 from edge.sync.uplink import EventUplink, SnapshotUplink, UplinkStats
 from edge.sync.wire import (
@@ -67,6 +67,7 @@ class _Pub:
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
                       retain: bool = False) -> None:
         await self.client.publish(topic, payload, qos=qos, retain=retain)
+        raise_if_cancelling()
 
     def publish_nowait(self, topic: str, payload: bytes) -> None:
         publish_nowait(self.client, topic, payload, qos=1)
@@ -206,8 +207,9 @@ class SyncService:
         will = encode(Presence(node_id=self.node_id, state="offline", boot_id=self.outbox.boot_id,
                                version=__version__))
         presence_topic = self.topics.up(self.node_id, "presence")
-        async with open_client(self.cfg.sync, self.node_id, will_topic=presence_topic,
-                               will_payload=will) as client:
+        client_obj = open_client(self.cfg.sync, self.node_id, will_topic=presence_topic,
+                                 will_payload=will)
+        async with session(client_obj) as client:
             self._client = client
             await client.subscribe(f"{self.topics.prefix}/down/{self.node_id}/#", qos=1)
             self.connected = True
@@ -274,6 +276,7 @@ class SyncService:
         while self._results:
             result = self._results[0]
             await client.publish(self.topics.up(self.node_id, "cmd_result"), encode(result), qos=1)
+            raise_if_cancelling()
             self._results.popleft()
 
     # ------------------------------------------------------------ heartbeat
@@ -299,4 +302,5 @@ class SyncService:
         while True:
             hb = await asyncio.to_thread(self.heartbeat)
             await client.publish(topic, encode(hb), qos=0)
+            raise_if_cancelling()
             await asyncio.sleep(self.cfg.sync.heartbeat_seconds)

@@ -34,6 +34,7 @@ from edge.errors import KentonganError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.snapshots import SnapshotStore, StoredSnapshot
+from edge.sync.mqtt import raise_if_cancelling
 from edge.sync.wire import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
@@ -202,6 +203,7 @@ class EventUplink:
         self._maybe_ready = True
         next_tick = 0.0
         while True:
+            raise_if_cancelling()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
@@ -332,6 +334,7 @@ class SnapshotUplink:
     async def run(self, pub: Publisher) -> None:
         last = time.monotonic()
         while True:
+            raise_if_cancelling()
             now = time.monotonic()
             self.tokens = min(self.burst, self.tokens + (now - last) * self.rate)
             last = now
