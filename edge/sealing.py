@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.errors import SecurityError
+from edge.keys import load_pem_key
 
 MAGIC = b"KSEAL"
 VERSION = 1
@@ -45,23 +46,11 @@ def is_sealed(blob: bytes) -> bool:
 
 
 def load_seal_public_key(path: str | Path) -> X25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise SecurityError("bad_key", f"cannot load seal key {path}: {exc}") from None
-    if not isinstance(key, X25519PublicKey):
-        raise SecurityError("bad_key", f"{path} is not an X25519 public key")
-    return key
+    return load_pem_key(path, X25519PublicKey, private=False)
 
 
 def load_seal_private_key(path: str | Path) -> X25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise SecurityError("bad_key", f"cannot load seal key {path}: {exc}") from None
-    if not isinstance(key, X25519PrivateKey):
-        raise SecurityError("bad_key", f"{path} is not an X25519 private key")
-    return key
+    return load_pem_key(path, X25519PrivateKey, private=True)
 
 
 class Sealer:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import SecurityError
+from edge.keys import load_pem_key
 from edge.sync.wire import Command, EventEnvelope, canonical_bytes
 
 # -- keys -------------------------------------------------------------------------------------
@@ -42,13 +43,7 @@ from edge.sync.wire import Command, EventEnvelope, canonical_bytes
 
 def load_signing_key(path: str | Path) -> Ed25519PrivateKey:
     """Read an Ed25519 private key (PKCS#8 PEM, unencrypted)."""
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise SecurityError("bad_key", f"cannot load private key {path}: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SecurityError("bad_key", f"{path} is not an Ed25519 private key")
-    return key
+    return load_pem_key(path, Ed25519PrivateKey, private=True)
 
 
 def load_verify_key(path: str | Path) -> Ed25519PublicKey:
