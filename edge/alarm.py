@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,8 +157,6 @@ class AlarmEngine:
         return activation
 
     def _incident_for(self, kind: IncidentType) -> str:
-        import time
-
         with self._lock:
             inc = self.open_incidents.get(kind)
             if inc is None:

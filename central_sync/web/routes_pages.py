@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -34,6 +34,13 @@ def dashboard(request: Request) -> Response:
                  warnings=ctx.desk.warnings() if who.user.is_staff else [])
 
 
+def _lookup(ctx: Any, who: Any, incident_id: str) -> tuple[Any, Any, bool]:
+    """(incident, its node, whether ``who`` may see it): one rule for page and fragment."""
+    incident = ctx.desk.book.get(incident_id)
+    node = ctx.desk.nodes().get(incident.node_id) if incident else None
+    return incident, node, incident is not None and can_see_incident(who.user, incident, node)
+
+
 @router.get("/incidents/{incident_id}", response_class=HTMLResponse)
 def incident_page(request: Request,
                   incident_id: Annotated[str, Path(max_length=80)]) -> Response:
@@ -41,9 +48,8 @@ def incident_page(request: Request,
     if who is None:
         return RedirectResponse("/login", status_code=303)
     ctx = ctx_of(request)
-    incident = ctx.desk.book.get(incident_id)
-    node = ctx.desk.nodes().get(incident.node_id) if incident else None
-    if incident is None or not can_see_incident(who.user, incident, node):
+    incident, node, visible = _lookup(ctx, who, incident_id)
+    if not visible:
         if incident is not None:
             ctx.access.record(who, "view_report", "incident", incident_id, allowed=False)
         return HTMLResponse("Not found", status_code=404)
@@ -67,9 +73,8 @@ def incident_row(request: Request,
     if who is None:
         return HTMLResponse("login required", status_code=401)
     ctx = ctx_of(request)
-    incident = ctx.desk.book.get(incident_id)
-    node = ctx.desk.nodes().get(incident.node_id) if incident else None
-    if incident is None or not can_see_incident(who.user, incident, node):
+    incident, node, visible = _lookup(ctx, who, incident_id)
+    if not visible:
         return HTMLResponse("Not found", status_code=404)
     return ctx.templates.TemplateResponse(request, "row_fragment.html",
                                           {"i": ctx.desk.summary(incident, node)})
