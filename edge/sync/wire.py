@@ -9,6 +9,8 @@ Topic tree under a prefix (default ``kentongan/v1``)::
     {prefix}/up/{node_id}/cmd_result   node -> central   QoS 1   answer to a command
     {prefix}/down/{node_id}/ack        central -> node   QoS 1   end-to-end acknowledgement
     {prefix}/down/{node_id}/cmd        central -> node   QoS 1   command (signed)
+    {prefix}/central/state/{central_id}  central -> all  QoS 1   retained online/offline (Sparkplug-style
+                                                                STATE; the offline one is the last will)
 
 Every message body is one JSON object with ``"v"`` (protocol major version) and ``"kind"``. An
 unknown ``v`` is rejected with reason ``unknown_version``; unknown keys are rejected too
@@ -142,6 +144,20 @@ class Ack(_Msg):
     central_time: float
 
 
+class CentralState(_Msg):
+    """Central's presence, Sparkplug B "primary host STATE" style: each central ingest process
+    publishes ``online`` retained on ``{prefix}/central/state/{central_id}`` right after it has
+    subscribed, and registers the same topic with ``offline`` as its retained last will. A post
+    treats central as present while at least one ``central_id`` reads ``online`` (several ingest
+    processes share one shared-subscription group). ``at`` is central's wall clock when the state
+    was written (for the will: when the session was opened)."""
+
+    kind: Literal["central_state"] = "central_state"
+    central_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    state: Literal["online", "offline"]
+    at: float = Field(ge=0)
+
+
 CommandAction = Literal["sound", "stop", "test", "snapshot", "status", "incident_ack", "config"]
 
 
@@ -168,7 +184,8 @@ class CommandResult(_Msg):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-Message = EventEnvelope | EventBatch | SnapshotEnvelope | Presence | Heartbeat | Ack | Command | CommandResult
+Message = (EventEnvelope | EventBatch | SnapshotEnvelope | Presence | Heartbeat | Ack | Command | CommandResult
+           | CentralState)
 
 _KINDS: dict[str, type[BaseModel]] = {
     "event": EventEnvelope,
@@ -179,6 +196,7 @@ _KINDS: dict[str, type[BaseModel]] = {
     "ack": Ack,
     "command": Command,
     "command_result": CommandResult,
+    "central_state": CentralState,
 }
 #: Which kind may travel on which channel.
 CHANNEL_KIND = {
@@ -212,6 +230,18 @@ class Topics:
 
     def up_wildcard(self, channel: str = "+") -> str:
         return f"{self.prefix}/up/+/{channel}"
+
+    def central_state(self, central_id: str = "+") -> str:
+        """Retained central presence of one ingest process (``+``: the filter for all of them)."""
+        return f"{self.prefix}/central/state/{central_id}"
+
+    def parse_central_state(self, topic: str) -> str:
+        """The ``central_id`` of a central state topic; ``WireError('wrong_topic')`` otherwise."""
+        head = f"{self.prefix}/central/state/"
+        central_id = topic[len(head):] if topic.startswith(head) else ""
+        if not central_id or "/" in central_id:
+            raise WireError("wrong_topic", topic[:120])
+        return central_id
 
     def parse(self, topic: str) -> tuple[str, str, str]:
         """Split ``{prefix}/{up|down}/{node}/{channel}``; ``WireError('wrong_topic')`` otherwise."""
