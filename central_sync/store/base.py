@@ -46,6 +46,9 @@ class Changes:
     events: list[Row] = field(default_factory=list)
     nodes: list[Row] = field(default_factory=list)
     mark: ChangeMark = field(default_factory=ChangeMark)
+    #: True when ``nodes`` is the complete node table (first read, or after a lost connection):
+    #: the reader replaces its copy instead of updating it.
+    resync: bool = False
 
 
 class ChangeFeed(Protocol):
