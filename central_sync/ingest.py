@@ -188,7 +188,8 @@ class IngestService:
                         while True:
                             for message in await next_messages(client, buffer, _READ_BURST):
                                 payload = message.payload
-                                body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+                                raw = isinstance(payload, bytes | bytearray)
+                                body = payload if raw else str(payload or "").encode()
                                 await self.handle_message(message.topic.value, bytes(body))
             except aiomqtt.MqttError as exc:
                 log_event(log, "central_disconnected", logging.WARNING, client_id=client_id, error=str(exc)[:200])
