@@ -29,9 +29,12 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from central_sync.errors import StoreError
-from central_sync.store.base import Row, TransientStoreError, coalesce_nodes, node_status
+from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coalesce_nodes, node_status
 from central_sync.store.checks import ValueRefused, check_event, safe_text
+from central_sync.store.desk_tables import DeskTables
 from central_sync.store.postgres_schema import ensure_partition, migrate, month_start
+from central_sync.store.registry_tables import RegistryTables
+from central_sync.store.sql import PgRunner
 from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
 
@@ -102,10 +105,22 @@ class PostgresStore:
             self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, timeout=timeout_s,
                                         kwargs={"row_factory": dict_row}, check=ConnectionPool.check_connection,
                                         open=True, name="kentongan-store")
+            self._pool.wait(timeout_s)
         except psycopg.Error as exc:
             if is_pg_transient(exc):
                 raise TransientStoreError(f"cannot reach PostgreSQL: {safe_text(str(exc), 300)}") from exc
             raise StoreError(f"cannot open PostgreSQL store: {safe_text(str(exc), 300)}") from exc
+        except PoolTimeout as exc:
+            raise TransientStoreError(f"cannot reach PostgreSQL: {exc}") from exc
+        runner = PgRunner(self._tx)
+        self._desk = DeskTables(runner)
+        self._registry = RegistryTables(runner)
+
+    def desk(self) -> DeskTables:
+        return self._desk
+
+    def registry_tables(self) -> RegistryTables:
+        return self._registry
 
     # -- plumbing --------------------------------------------------------------------------------
     @contextmanager
@@ -130,7 +145,7 @@ class PostgresStore:
     def close(self) -> None:
         self._pool.close()
 
-    def change_feed(self) -> Any:
+    def change_feed(self) -> ChangeFeed:
         from central_sync.store.postgres_feed import PostgresChangeFeed
 
         return PostgresChangeFeed(self.url, self)

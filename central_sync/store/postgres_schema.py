@@ -121,6 +121,124 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX commands_node ON commands (node_id, issued_at);
     """),
+    ("0002_desk", """
+        CREATE TABLE web_users (
+            name text PRIMARY KEY,
+            role text NOT NULL,
+            password_hash text NOT NULL,
+            created_at double precision NOT NULL,
+            disabled integer NOT NULL DEFAULT 0
+        );
+        CREATE TABLE web_user_rts (
+            name text NOT NULL REFERENCES web_users(name) ON DELETE CASCADE,
+            kelurahan_code text NOT NULL,
+            rw bigint NOT NULL,
+            rt bigint NOT NULL,
+            PRIMARY KEY (name, kelurahan_code, rw, rt)
+        );
+        CREATE TABLE web_sessions (
+            token_hash text PRIMARY KEY,
+            name text NOT NULL REFERENCES web_users(name) ON DELETE CASCADE,
+            csrf text NOT NULL,
+            created_at double precision NOT NULL,
+            expires_at double precision NOT NULL,
+            client text
+        );
+        CREATE TABLE web_login_attempts (
+            key text NOT NULL,
+            at double precision NOT NULL
+        );
+        CREATE INDEX web_login_attempts_key ON web_login_attempts(key, at);
+        CREATE TABLE access_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at double precision NOT NULL,
+            "user" text NOT NULL,
+            role text NOT NULL,
+            action text NOT NULL,
+            object_kind text NOT NULL,
+            object_id text NOT NULL,
+            client text,
+            allowed integer NOT NULL DEFAULT 1
+        );
+        CREATE INDEX access_log_at ON access_log(at);
+        CREATE TABLE incidents (
+            incident_id text PRIMARY KEY,
+            node_id text NOT NULL,
+            type text NOT NULL,
+            priority integer NOT NULL,
+            state text NOT NULL,
+            opened_at double precision NOT NULL,
+            last_event_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            closed_at double precision,
+            time_quality text,
+            event_count bigint NOT NULL DEFAULT 0
+        );
+        CREATE INDEX incidents_open ON incidents(node_id, type, state);
+        CREATE TABLE incident_events (
+            event_id text PRIMARY KEY,
+            incident_id text NOT NULL REFERENCES incidents(incident_id) ON DELETE CASCADE,
+            seq bigint GENERATED ALWAYS AS IDENTITY
+        );
+        CREATE INDEX incident_events_incident ON incident_events(incident_id, seq);
+        CREATE TABLE incident_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            incident_id text NOT NULL REFERENCES incidents(incident_id) ON DELETE CASCADE,
+            at double precision NOT NULL,
+            step text NOT NULL,
+            actor text NOT NULL,
+            note text NOT NULL DEFAULT ''
+        );
+        CREATE INDEX incident_log_incident ON incident_log(incident_id, id);
+        CREATE TABLE web_warnings (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at double precision NOT NULL,
+            node_id text NOT NULL,
+            kind text NOT NULL,
+            message text NOT NULL
+        );
+        CREATE TABLE retention_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at double precision NOT NULL,
+            kind text NOT NULL,
+            object_id text NOT NULL,
+            reason text NOT NULL
+        );
+        CREATE TABLE web_state (
+            key text PRIMARY KEY,
+            value text NOT NULL
+        );
+    """),
+    ("0003_registry", """
+        CREATE TABLE node_registry (
+            node_id text PRIMARY KEY,
+            signing_public_key text NOT NULL,
+            kelurahan_code text NOT NULL,
+            rw bigint NOT NULL,
+            rt bigint NOT NULL,
+            display_name text NOT NULL,
+            status text NOT NULL CHECK (status IN ('enrolled', 'revoked')),
+            cert_serial text NOT NULL,
+            cert_not_after double precision NOT NULL,
+            enrolled_at double precision NOT NULL,
+            revoked_at double precision
+        );
+        CREATE TABLE node_certs (
+            serial text PRIMARY KEY,
+            node_id text NOT NULL REFERENCES node_registry(node_id),
+            not_after double precision NOT NULL,
+            issued_at double precision NOT NULL,
+            revoked_at double precision
+        );
+        CREATE INDEX node_certs_node ON node_certs(node_id);
+        CREATE TABLE event_digests (
+            node_id text NOT NULL,
+            event_id text NOT NULL,
+            digest bytea NOT NULL,
+            seen_at double precision NOT NULL,
+            PRIMARY KEY (node_id, event_id)
+        );
+    """),
 ]
 
 
