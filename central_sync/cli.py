@@ -171,9 +171,9 @@ def _web_serve(cfg: CentralConfig) -> Callable[..., Coroutine[Any, Any, None]] |
 async def _systemd_watchdog(ingest: IngestService) -> None:
     """READY=1 and watchdog pings for the Type=notify unit (no-op outside systemd). The loop
     being able to run this task is the health signal; a lost broker is retried, not fatal."""
-    from edge.watchdog import HealthWatchdog
+    from central_sync.systemd_notify import run_watchdog
 
-    await HealthWatchdog({"event_loop": lambda: True}).run()
+    await run_watchdog()
 
 
 async def serve_central(cfg: CentralConfig, store: Store) -> None:

@@ -156,7 +156,7 @@ class CentralConfig(Strict):
     @model_validator(mode="after")
     def _one_store(self) -> CentralConfig:
         if (self.database is None) == (self.store is None):
-            raise ValueError("store.url: give [store] url = ... or the SQLite shorthand database = ... (one of the two)")
+            raise ValueError("store.url: give [store] url = ... or the SQLite shorthand database = ... (one)")
         return self
 
     @property
