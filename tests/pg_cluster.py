@@ -15,6 +15,7 @@ import pwd
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -74,7 +75,21 @@ class PgCluster:
 
     def start(self) -> PgCluster:
         self.executor.start()
+        self.wait_ready()
         return self
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until the server accepts queries (pg_ctl -w may return while it still recovers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.url(), connect_timeout=5) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def stop(self) -> None:
         self.executor.stop()
@@ -82,7 +97,7 @@ class PgCluster:
     def restart(self) -> None:
         """Stop (fast shutdown: every connection is cut) and start again on the same port."""
         self.executor.stop()
-        self.executor.start()
+        self.start()
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
