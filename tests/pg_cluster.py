@@ -42,7 +42,8 @@ def free_port() -> int:
 class PgCluster:
     """One cluster for the test session; ``new_database()`` gives each test a fresh database."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        """``fsync=False`` (tests): durability is not what they measure; benchmarks pass True."""
         pg_ctl = find_pg_ctl()
         if pg_ctl is None:
             raise RuntimeError("PostgreSQL server binaries not found (scripts/bootstrap installs Debian's postgresql)")
@@ -66,7 +67,8 @@ class PgCluster:
             executable=executable, host="127.0.0.1", port=self.port, datadir=str(self.root / "data"),
             unixsocketdir=str(self.root / "sock"), logfile=str(self.root / "postgresql.log"),
             startparams="-w", dbname="postgres", user=SUPERUSER, timeout=120,
-            postgres_options="-c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200")
+            postgres_options="-c listen_addresses=127.0.0.1 -c max_connections=200"
+                             + ("" if fsync else " -c fsync=off"))
         if os.geteuid() == 0:
             # pg_ctl -l writes the log as the postgres user.
             log = self.root / "postgresql.log"

@@ -16,6 +16,9 @@ from central_sync.store.base import Row
 from central_sync.store.sql import SqlRunner, SqlTx, one
 
 OPEN = "('new', 'acknowledged')"
+#: pg_advisory_xact_lock key serialising incident transactions across processes (PostgreSQL runs
+#: READ COMMITTED: two desks grouping the same event at once must not both open an incident).
+INCIDENT_LOCK = 0x6B656E746F6E68
 
 
 class IncidentTx:
@@ -124,7 +127,11 @@ class DeskTables:
     # -- incidents ---------------------------------------------------------------------------
     @contextmanager
     def incident_tx(self) -> Iterator[IncidentTx]:
+        """One incident transaction, serialised against every other (SQLite: BEGIN IMMEDIATE;
+        PostgreSQL: a transaction-scoped advisory lock)."""
         with self.runner.tx() as tx:
+            if self.runner.dialect.name == "postgres":
+                tx.rows("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(?)) AS l", (INCIDENT_LOCK,))
             yield IncidentTx(tx, self._order)
 
     def incident(self, incident_id: str) -> Row | None:
