@@ -55,7 +55,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TransientStoreError) or is_sqlite_transient(exc):
         return True
     try:
-        from central_sync.store.postgres import is_pg_transient
+        from central_sync.store.postgres_support import is_pg_transient
     except ImportError:  # pragma: no cover - psycopg is a dependency
         return False
     return is_pg_transient(exc)

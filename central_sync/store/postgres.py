@@ -29,67 +29,16 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from central_sync.errors import StoreError
-from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coalesce_nodes, node_status
+from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coalesce_nodes
 from central_sync.store.checks import ValueRefused, check_event, safe_text
 from central_sync.store.desk_tables import DeskTables
 from central_sync.store.postgres_schema import ensure_partition, migrate, month_start
+from central_sync.store.postgres_support import CHANNEL, is_pg_transient, notify_chunks
 from central_sync.store.registry_tables import RegistryTables
+from central_sync.store.rows import EVENT_SELECT, NODE_SELECT, SNAPSHOT_META, loads, node_row
 from central_sync.store.sql import PgRunner
 from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
-
-CHANNEL = "kentongan_changes"
-#: NOTIFY payloads must stay under 8000 bytes.
-_NOTIFY_MAX = 7000
-
-_EVENT_COLS = ("rowid", "event_id", "node_id", "boot_id", "seq", "mono_ns", "wall_time", "time_quality",
-               "type", "priority", "incident_id", "payload", "sig", "received_at")
-_EVENT_SELECT = f"SELECT {', '.join(_EVENT_COLS)} FROM events"
-_SNAPSHOT_META = ("snapshot_id", "event_id", "node_id", "taken_at", "content_type", "sealed", "size", "sig",
-                  "received_at")
-NODE_SELECT = ("SELECT node_id, online, last_seen, backlog, outbox, siren, time_quality, clock_offset, "
-               "kelurahan_code, rw, rt, display_name, version, boot_id, change_seq FROM nodes")
-_TRANSIENT = (pgerr.OperationalError, pgerr.InterfaceError, pgerr.SerializationFailure, pgerr.DeadlockDetected,
-              pgerr.AdminShutdown, pgerr.CannotConnectNow, pgerr.LockNotAvailable, PoolTimeout)
-
-
-def is_pg_transient(exc: BaseException) -> bool:
-    """True for PostgreSQL errors that go away by themselves (restart, lost connection, ...)."""
-    if isinstance(exc, TransientStoreError | PoolTimeout):
-        return True
-    return isinstance(exc, _TRANSIENT) and not isinstance(exc, pgerr.QueryCanceled)
-
-
-def _loads(text: Any) -> Any:
-    if text is None or not isinstance(text, str):
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def node_row(d: dict[str, Any], now: float) -> Row:
-    d["siren"] = _loads(d["siren"])
-    d["outbox"] = _loads(d["outbox"])
-    d["status"] = node_status(d["online"], d["last_seen"], now)
-    return d
-
-
-def notify_chunks(prefix: str, items: Sequence[str]) -> list[str]:
-    """``prefix`` + comma-joined items, cut into payloads under the NOTIFY size limit."""
-    out: list[str] = []
-    cur: list[str] = []
-    size = len(prefix)
-    for item in items:
-        if cur and size + len(item) + 1 > _NOTIFY_MAX:
-            out.append(prefix + ",".join(cur))
-            cur, size = [], len(prefix)
-        cur.append(item)
-        size += len(item) + 1
-    if cur:
-        out.append(prefix + ",".join(cur))
-    return out
 
 
 class PostgresStore:
@@ -263,28 +212,28 @@ class PostgresStore:
     def get_events(self, event_ids: Sequence[str]) -> list[Row]:
         if not event_ids:
             return []
-        return self._query(f"{_EVENT_SELECT} WHERE event_id = ANY(%s) ORDER BY rowid", (list(event_ids),))
+        return self._query(f"{EVENT_SELECT} WHERE event_id = ANY(%s) ORDER BY rowid", (list(event_ids),))
 
     def get_event(self, event_id: str) -> Row | None:
-        rows = self._query(f"{_EVENT_SELECT} WHERE event_id = %s ORDER BY rowid LIMIT 1", (event_id,))
+        rows = self._query(f"{EVENT_SELECT} WHERE event_id = %s ORDER BY rowid LIMIT 1", (event_id,))
         return rows[0] if rows else None
 
     def list_events(self, *, node_id: str | None = None, since_rowid: int = 0, limit: int = 1000) -> list[Row]:
         if node_id is None:
-            return self._query(f"{_EVENT_SELECT} WHERE rowid > %s ORDER BY rowid LIMIT %s", (since_rowid, limit))
-        return self._query(f"{_EVENT_SELECT} WHERE node_id = %s AND rowid > %s ORDER BY rowid LIMIT %s",
+            return self._query(f"{EVENT_SELECT} WHERE rowid > %s ORDER BY rowid LIMIT %s", (since_rowid, limit))
+        return self._query(f"{EVENT_SELECT} WHERE node_id = %s AND rowid > %s ORDER BY rowid LIMIT %s",
                            (node_id, since_rowid, limit))
 
     def events_between(self, first_rowid: int, last_rowid: int) -> list[Row]:
         """Events with ``first_rowid <= rowid <= last_rowid`` (the change feed's read)."""
-        return self._query(f"{_EVENT_SELECT} WHERE rowid BETWEEN %s AND %s ORDER BY rowid",
+        return self._query(f"{EVENT_SELECT} WHERE rowid BETWEEN %s AND %s ORDER BY rowid",
                            (first_rowid, last_rowid))
 
     def latest_events(self, *, node_id: str | None = None, limit: int = 20) -> list[Row]:
         if node_id is None:
-            rows = self._query(f"{_EVENT_SELECT} ORDER BY rowid DESC LIMIT %s", (limit,))
+            rows = self._query(f"{EVENT_SELECT} ORDER BY rowid DESC LIMIT %s", (limit,))
         else:
-            rows = self._query(f"{_EVENT_SELECT} WHERE node_id = %s ORDER BY rowid DESC LIMIT %s", (node_id, limit))
+            rows = self._query(f"{EVENT_SELECT} WHERE node_id = %s ORDER BY rowid DESC LIMIT %s", (node_id, limit))
         return list(reversed(rows))
 
     def last_event_times(self, event_type: str) -> dict[str, float]:
@@ -309,7 +258,7 @@ class PostgresStore:
             return cur.rowcount == 1
 
     def get_snapshot(self, snapshot_id: str) -> Row | None:
-        rows = self._query(f"SELECT {', '.join(_SNAPSHOT_META)}, data FROM snapshots WHERE snapshot_id = %s",
+        rows = self._query(f"SELECT {', '.join(SNAPSHOT_META)}, data FROM snapshots WHERE snapshot_id = %s",
                            (snapshot_id,))
         if not rows:
             return None
@@ -325,7 +274,7 @@ class PostgresStore:
         if node_id is not None:
             where.append("node_id = %s")
             params.append(node_id)
-        sql = f"SELECT {', '.join(_SNAPSHOT_META)} FROM snapshots"
+        sql = f"SELECT {', '.join(SNAPSHOT_META)} FROM snapshots"
         if where:
             sql += " WHERE " + " AND ".join(where)
         return self._query(sql + " ORDER BY taken_at, snapshot_id", params)
@@ -442,7 +391,7 @@ class PostgresStore:
             params = (node_id,)
         out = []
         for d in self._query(sql + " ORDER BY issued_at, command_id", params):
-            d["params"] = _loads(d["params"])
-            d["result_data"] = _loads(d["result_data"])
+            d["params"] = loads(d["params"])
+            d["result_data"] = loads(d["result_data"])
             out.append(d)
         return out

@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 
 from central_sync.store.base import ChangeMark, Changes, Row
-from central_sync.store.postgres import CHANNEL, PostgresStore, is_pg_transient
+from central_sync.store.postgres import PostgresStore
+from central_sync.store.postgres_support import CHANNEL, is_pg_transient
 
 
 class PostgresChangeFeed:

@@ -19,25 +19,19 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
 from central_sync.errors import StoreError
-from central_sync.store.base import (
-    ChangeMark,
-    Changes,
-    Row,
-    TransientStoreError,
-    coalesce_nodes,
-    node_status,
-)
+from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coalesce_nodes
 from central_sync.store.checks import ValueRefused, check_event, safe_text
 from central_sync.store.desk_tables import DeskTables
 from central_sync.store.locking import apply_locked
 from central_sync.store.registry_tables import RegistryTables
+from central_sync.store.rows import EVENT_SELECT, NODE_SELECT, SNAPSHOT_META, event_row, loads, node_row
 from central_sync.store.sql import SqliteRunner
 from central_sync.store.sqlite_desk_schema import desk_migrations
 from central_sync.store.sqlite_registry_schema import MIGRATIONS as registry_migrations
@@ -45,30 +39,7 @@ from central_sync.store.sqlite_schema import migrations
 from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
 
-__all__ = ["CentralStore", "SqliteChangeFeed", "is_sqlite_transient", "migrations"]
-
-_EVENT_COLS = ("rowid", "event_id", "node_id", "boot_id", "seq", "mono_ns", "wall_time", "time_quality",
-               "type", "priority", "incident_id", "payload", "sig", "received_at")
-_EVENT_SELECT = f"SELECT {', '.join(_EVENT_COLS)} FROM events"
-_SNAPSHOT_META = ("snapshot_id", "event_id", "node_id", "taken_at", "content_type", "sealed", "size", "sig",
-                  "received_at")
-
-
-def _event_row(row: sqlite3.Row) -> dict[str, Any]:
-    out = dict(row)
-    with suppress(TypeError, ValueError):
-        out["payload"] = json.loads(out["payload"])
-    return out
-
-
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
+__all__ = ["CentralStore", "is_sqlite_transient", "migrations"]
 
 class CentralStore:
     """Central's database. See the module docstring for durability and thread-safety."""
@@ -151,8 +122,10 @@ class CentralStore:
         """The node registry's tables in this file."""
         return self._registry
 
-    def change_feed(self) -> SqliteChangeFeed:
-        """Polls this file for commits of any process (see ``SqliteChangeFeed``)."""
+    def change_feed(self) -> ChangeFeed:
+        """Polls this file for commits of any process (see ``sqlite_feed.SqliteChangeFeed``)."""
+        from central_sync.store.sqlite_feed import SqliteChangeFeed
+
         return SqliteChangeFeed(self.path, busy_timeout_s=self.busy_timeout_s)
 
     def close(self) -> None:
@@ -240,7 +213,7 @@ class CentralStore:
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             marks = ", ".join("?" * len(chunk))
-            out.extend(_event_row(r) for r in self._query(f"{_EVENT_SELECT} WHERE event_id IN ({marks})", chunk))
+            out.extend(event_row(dict(r)) for r in self._query(f"{EVENT_SELECT} WHERE event_id IN ({marks})", chunk))
         out.sort(key=lambda r: r["rowid"])
         return out
 
@@ -248,19 +221,19 @@ class CentralStore:
                     limit: int = 1000) -> list[dict[str, Any]]:
         """Events with ``rowid > since_rowid`` in arrival order (``rowid`` increases)."""
         if node_id is None:
-            rows = self._query(f"{_EVENT_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT ?", (since_rowid, limit))
+            rows = self._query(f"{EVENT_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT ?", (since_rowid, limit))
         else:
-            rows = self._query(f"{_EVENT_SELECT} WHERE node_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+            rows = self._query(f"{EVENT_SELECT} WHERE node_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
                                (node_id, since_rowid, limit))
-        return [_event_row(r) for r in rows]
+        return [event_row(dict(r)) for r in rows]
 
     def latest_events(self, *, node_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The last ``limit`` events (optionally of one node), oldest first."""
         if node_id is None:
-            rows = self._query(f"{_EVENT_SELECT} ORDER BY rowid DESC LIMIT ?", (limit,))
+            rows = self._query(f"{EVENT_SELECT} ORDER BY rowid DESC LIMIT ?", (limit,))
         else:
-            rows = self._query(f"{_EVENT_SELECT} WHERE node_id = ? ORDER BY rowid DESC LIMIT ?", (node_id, limit))
-        return [_event_row(r) for r in reversed(rows)]
+            rows = self._query(f"{EVENT_SELECT} WHERE node_id = ? ORDER BY rowid DESC LIMIT ?", (node_id, limit))
+        return [event_row(dict(r)) for r in reversed(rows)]
 
     def last_event_times(self, event_type: str) -> dict[str, float]:
         """Per node, the wall time of its latest event of ``event_type`` (e.g. SELFTEST)."""
@@ -269,8 +242,8 @@ class CentralStore:
         return {r[0]: r[1] for r in rows}
 
     def get_event(self, event_id: str) -> dict[str, Any] | None:
-        rows = self._query(f"{_EVENT_SELECT} WHERE event_id = ?", (event_id,))
-        return _event_row(rows[0]) if rows else None
+        rows = self._query(f"{EVENT_SELECT} WHERE event_id = ?", (event_id,))
+        return event_row(dict(rows[0])) if rows else None
 
     def count_events(self, node_id: str | None = None) -> int:
         if node_id is None:
@@ -292,7 +265,7 @@ class CentralStore:
 
     def get_snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
         """Metadata plus ``data`` (bytes) of one snapshot."""
-        rows = self._query(f"SELECT {', '.join(_SNAPSHOT_META)}, data FROM snapshots WHERE snapshot_id = ?",
+        rows = self._query(f"SELECT {', '.join(SNAPSHOT_META)}, data FROM snapshots WHERE snapshot_id = ?",
                            (snapshot_id,))
         if not rows:
             return None
@@ -309,7 +282,7 @@ class CentralStore:
         if node_id is not None:
             where.append("node_id = ?")
             params.append(node_id)
-        sql = f"SELECT {', '.join(_SNAPSHOT_META)} FROM snapshots"
+        sql = f"SELECT {', '.join(SNAPSHOT_META)} FROM snapshots"
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = self._query(sql + " ORDER BY taken_at, snapshot_id", params)
@@ -366,7 +339,7 @@ class CentralStore:
 
     def list_nodes(self, *, now: float | None = None) -> list[Row]:
         """Every known node with its state; ``status`` is online / stale / offline / unknown."""
-        return self._node_rows(f"{_NODE_SELECT} ORDER BY node_id", (), now)
+        return self._node_rows(f"{NODE_SELECT} ORDER BY node_id", (), now)
 
     def _node_rows(self, sql: str, params: Sequence[Any], now: float | None) -> list[Row]:
         t = time.time() if now is None else now
@@ -440,25 +413,12 @@ class CentralStore:
         out = []
         for r in self._query(sql + " ORDER BY issued_at, command_id", params):
             d = dict(r)
-            d["params"] = _loads(d["params"])
-            d["result_data"] = _loads(d["result_data"])
+            d["params"] = loads(d["params"])
+            d["result_data"] = loads(d["result_data"])
             d["signed"] = bool(d["signed"])
             d["result_ok"] = None if d["result_ok"] is None else bool(d["result_ok"])
             out.append(d)
         return out
-
-
-def node_row(d: dict[str, Any], now: float) -> Row:
-    """A ``nodes`` row as ``list_nodes`` returns it (JSON decoded, ``status`` computed)."""
-    d["online"] = bool(d["online"])
-    d["siren"] = _loads(d["siren"])
-    d["outbox"] = _loads(d["outbox"])
-    d["status"] = node_status(d["online"], d["last_seen"], now)
-    return d
-
-
-_NODE_SELECT = ("SELECT node_id, online, last_seen, backlog, outbox, siren, time_quality, clock_offset, "
-                "kelurahan_code, rw, rt, display_name, version, boot_id, change_seq FROM nodes")
 
 
 def is_sqlite_transient(exc: BaseException) -> bool:
@@ -469,67 +429,3 @@ def is_sqlite_transient(exc: BaseException) -> bool:
         text = str(exc).lower()
         return "locked" in text or "busy" in text
     return False
-
-
-class SqliteChangeFeed:
-    """The desk's view of commits by any process on one SQLite file.
-
-    SQLite has no notifications between processes, so this polls two cheap indexed values on its
-    own read connection: ``MAX(rowid)`` of events and the ``change_counter``. Writers are
-    serialised, so both grow in commit order and nothing is skipped.
-    """
-
-    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0, poll_s: float = 0.1) -> None:
-        self.poll_s = poll_s
-        self._conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-
-    def _head(self) -> ChangeMark:
-        row = self._conn.execute("SELECT (SELECT COALESCE(MAX(rowid), 0) FROM events), "
-                                 "(SELECT seq FROM change_counter WHERE id = 1)").fetchone()
-        return ChangeMark(int(row[0]), int(row[1] or 0))
-
-    def head(self) -> ChangeMark:
-        """The newest mark now (start reading from here to skip history)."""
-        with self._lock:
-            return self._head()
-
-    def wait(self, mark: ChangeMark, timeout: float) -> Changes:
-        deadline = time.monotonic() + timeout
-        while not self._closed.is_set():
-            try:
-                with self._lock:
-                    head = self._head()
-                    if head.event_rowid > mark.event_rowid or head.node_seq > mark.node_seq:
-                        return self._read(mark, head)
-            except sqlite3.OperationalError as exc:
-                if not is_sqlite_transient(exc):
-                    raise
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self._closed.wait(min(self.poll_s, left))
-        return Changes(mark=mark)
-
-    def _read(self, mark: ChangeMark, head: ChangeMark) -> Changes:
-        conn = self._conn
-        conn.execute("BEGIN")
-        try:
-            events = [_event_row(r) for r in conn.execute(
-                f"{_EVENT_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT 5000", (mark.event_rowid,)).fetchall()]
-            t = time.time()
-            nodes = [node_row(dict(r), t) for r in conn.execute(
-                f"{_NODE_SELECT} WHERE change_seq > ? ORDER BY change_seq", (mark.node_seq,)).fetchall()]
-        finally:
-            conn.execute("COMMIT")
-        last = int(events[-1]["rowid"]) if events else mark.event_rowid
-        seq = max([mark.node_seq, *(int(n["change_seq"]) for n in nodes)])
-        return Changes(events=events, nodes=nodes, mark=ChangeMark(last, seq))
-
-    def close(self) -> None:
-        self._closed.set()
-        with self._lock:
-            self._conn.close()
