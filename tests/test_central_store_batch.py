@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from central_sync.store import Store
 from central_sync.store_types import RejectionSummary
 from edge.sync.wire import EventEnvelope, Heartbeat, Presence
@@ -81,3 +83,23 @@ def test_record_rejections_aggregates(any_store: Store) -> None:
     latest = any_store.list_rejections(limit=10)
     assert len(latest) == 3 and {r["reason"] for r in latest} == {"not_json", "wrong_topic"}
     any_store.record_rejections([])
+
+
+def test_a_batch_the_database_refuses_is_split_to_the_offending_rows(any_store: Store,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: with the pre-commit checks switched off, the database itself refuses the
+    bad rows; the batch is split (savepoints) and only those rows are rejected."""
+    import central_sync.store.postgres as pg_backend
+    import central_sync.store.sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "check_event", lambda env: None)
+    monkeypatch.setattr(pg_backend, "check_event", lambda env: None)
+    good = [ev(f"node-{i}", i) for i in range(5)]
+    bad_text = ev("node-x", 1, payload={"who": "ab\udc80"})
+    bad_int = ev("node-y", 2**63)
+    batch = [good[0], bad_text, good[1], good[2], bad_int, good[3], good[4]]
+    res = any_store.commit_events(batch, 3.0)
+    assert res.inserted == [g.event_id for g in good]
+    assert sorted(r.event_id for r in res.rejected) == sorted([bad_text.event_id, bad_int.event_id])
+    assert {r.reason for r in res.rejected} == {"store_refused"}
+    assert any_store.count_events() == 5
