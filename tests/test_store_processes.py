@@ -182,3 +182,13 @@ def test_store_urls_open_the_right_backend(tmp_path: Path, pg_url: str) -> None:
         pg.close()
     with pytest.raises(Exception, match="unknown store URL scheme"):
         open_store("mysql://x/y")
+
+
+def test_post_table_view_looks_up_without_copying_the_table() -> None:
+    table = PostTable()
+    table.load([{"node_id": f"pos-{i:05d}", "kelurahan_code": "33.74.01.1001", "rw": i % 50, "online": True,
+                 "last_seen": time.time()} for i in range(10_000)])
+    view = table.view()
+    assert view.get("pos-00042", {}).get("rw") == 42 and view.get("nope") is None
+    assert len(view) == 10_000 and "pos-09999" in view
+    assert sum(1 for _ in view.items()) == 10_000

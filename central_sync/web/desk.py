@@ -60,9 +60,10 @@ class Desk:
         self._tasks: set[asyncio.Future[Any]] = set()
 
     # -- nodes ------------------------------------------------------------------------------
-    def nodes(self) -> dict[str, dict[str, Any]]:
-        """Every post (from memory, kept current by the change feed)."""
-        return self.posts.all()
+    def nodes(self) -> Mapping[str, dict[str, Any]]:
+        """Every post by node id, from memory (kept current by the change feed); looking one up
+        is a dict lookup, not a copy of the table."""
+        return self.posts.view()
 
     # -- feeding ----------------------------------------------------------------------------
     def on_events(self, rows: list[dict[str, Any]]) -> None:
@@ -223,7 +224,7 @@ class Desk:
         return self.tables.warnings(limit)
 
     # -- views ------------------------------------------------------------------------------
-    def visible(self, who: Principal, nodes: dict[str, dict[str, Any]] | None = None,
+    def visible(self, who: Principal, nodes: Mapping[str, dict[str, Any]] | None = None,
                 *, open_only: bool = False) -> list[Incident]:
         nodes = nodes if nodes is not None else self.nodes()
         return [i for i in self.book.incidents(open_only=open_only)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from central_sync.store import Row
@@ -90,6 +90,34 @@ class PostTable:
             rows = [self._rows[i] for i in ids]
         return [self._view(r, now) for r in rows]
 
+    def view(self) -> PostsView:
+        """A read-only mapping over the table: ``.get(node_id)`` is one dict lookup; only
+        iterating it (the post overview) touches every post."""
+        return PostsView(self)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._rows)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._rows)
+
+
+class PostsView(Mapping[str, Row]):
+    """``Mapping`` of node id to post row (``status`` computed when read)."""
+
+    def __init__(self, table: PostTable) -> None:
+        self._table = table
+
+    def __getitem__(self, node_id: str) -> Row:
+        row = self._table.get(node_id)
+        if row is None:
+            raise KeyError(node_id)
+        return row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table.ids())
+
+    def __len__(self) -> int:
+        return len(self._table)
