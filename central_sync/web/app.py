@@ -22,7 +22,7 @@ from central_sync.errors import AuthError, CentralError
 from central_sync.retention import Retention
 from central_sync.store import Store
 from central_sync.web import routes_api, routes_auth, routes_cap, routes_pages
-from central_sync.web.context import HERE, WebContext, build_context
+from central_sync.web.context import HERE, ConfigSource, WebContext, build_context
 from central_sync.web.desk import CommandSender
 from central_sync.web_settings import WebSettings
 from edge.logs import log_event
@@ -38,7 +38,7 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(cfg: Any, store: Store, commands: CommandSender | None,
+def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
                settings: WebSettings | None = None, *, follow_changes: bool = True) -> FastAPI:
     """Build the app; groups events already in the store when it starts, then follows the
     store's change feed (``follow_changes=False``: only what ``desk.on_events`` is given)."""
@@ -98,7 +98,7 @@ def context_of(app: FastAPI) -> WebContext:
     return ctx
 
 
-async def serve(cfg: Any, store: Store, commands: CommandSender | None) -> None:
+async def serve(cfg: ConfigSource, store: Store, commands: CommandSender | None) -> None:
     """Serve the web app and run retention until cancelled (the ``kentongan-central run`` and
     ``web`` hook). Incidents come from the store's change feed, not from a callback on ingest."""
     settings = WebSettings.from_config(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
 from central_sync.cap import WIB
+from central_sync.config import CentralConfig
 from central_sync.store import Store
 from central_sync.store.desk_tables import DeskTables
 from central_sync.users import UserStore
@@ -21,6 +23,8 @@ from central_sync.web.live import LiveHub
 from central_sync.web_settings import WebSettings
 
 log = logging.getLogger("central.web")
+#: What the app is configured from: central's config, or a mapping with a ``web`` section (tests).
+ConfigSource = CentralConfig | Mapping[str, Any]
 HERE = Path(__file__).resolve().parent
 
 
@@ -55,7 +59,7 @@ def load_unsealer(settings: WebSettings) -> Any:
     return Unsealer.from_file(settings.unseal_key_file)
 
 
-def build_context(cfg: Any, store: Store, commands: CommandSender | None,
+def build_context(cfg: ConfigSource, store: Store, commands: CommandSender | None,
                   settings: WebSettings | None = None) -> WebContext:
     settings = settings or WebSettings.from_config(cfg)
     tables = store.desk()
