@@ -144,7 +144,7 @@ class IncidentBook:
                 event_id, node_id, kind = ev.get("event_id"), ev.get("node_id"), ev.get("type")
                 if not event_id or not node_id or not kind:
                     continue
-                if tx.is_grouped(str(event_id)):
+                if tx.is_grouped(str(node_id), str(event_id)):
                     continue
                 at = event_time(ev)
                 if kind == IncidentType.AMAN:
@@ -177,7 +177,7 @@ class IncidentBook:
             tx.insert_incident(inc_id, node_id, kind, priority, at, now, quality)
             tx.log_step(inc_id, now, "new", f"post:{node_id}", kind)
             opened = True
-        tx.link_event(event_id, inc_id)
+        tx.link_event(node_id, event_id, inc_id)
         return Change(inc_id, opened, False)
 
     def _close_open(self, tx: IncidentTx, node_id: str, at: float, event_id: str) -> list[str]:
@@ -187,7 +187,7 @@ class IncidentBook:
             tx.set_state(inc_id, State.RESOLVED.value, now, at)
             tx.log_step(inc_id, now, "resolved", f"post:{node_id}", "AMAN (all clear) from the post")
         if ids:
-            tx.link_event(event_id, ids[0])
+            tx.link_event(node_id, event_id, ids[0])
         return ids
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -227,8 +227,8 @@ class IncidentBook:
     def event_ids(self, incident_id: str) -> list[str]:
         return self.tables.incident_event_ids(incident_id)
 
-    def incident_of_event(self, event_id: str) -> str | None:
-        return self.tables.incident_of_event(event_id)
+    def incident_of_event(self, event_id: str, node_id: str | None = None) -> str | None:
+        return self.tables.incident_of_event(event_id, node_id)
 
     def history(self, incident_id: str) -> list[dict[str, Any]]:
         return self.tables.incident_history(incident_id)

@@ -3,6 +3,7 @@ de-duplication, ordering, nodes, commands; plus SQLite's durability settings."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -159,3 +160,25 @@ def test_last_event_times_per_node_for_the_post_overview(store: Store) -> None:
     assert store.last_event_times("SELFTEST") == {"node-a": 1_700_000_005.0,
                                                   "node-b": 1_700_000_002.0}
     assert store.last_event_times("AMAN") == {}
+
+
+def test_existing_sqlite_desk_tables_migrate_to_per_post_incident_keys(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from central_sync.store.sqlite_desk_schema import desk_migrations
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    desk_migrations.apply(Database(conn), stop_before="m002_incident_events_per_node")
+    conn.execute("INSERT INTO incidents(incident_id, node_id, type, priority, state, opened_at, last_event_at, "
+                 "updated_at, event_count) VALUES ('inc-1', 'pos-a', 'PANIC', 1, 'new', 1, 1, 1, 1)")
+    conn.execute("INSERT INTO incident_events(event_id, incident_id) VALUES ('ev-1', 'inc-1')")
+    conn.commit()
+    conn.close()
+    store = CentralStore(path)
+    try:
+        assert store.desk().incident_of_event("ev-1", "pos-a") == "inc-1"
+        assert store.desk().incident_of_event("ev-1", "pos-b") is None
+        assert store.desk().incident_event_ids("inc-1") == ["ev-1"]
+    finally:
+        store.close()

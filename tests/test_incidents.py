@@ -153,3 +153,17 @@ def test_start_up_groups_events_already_in_the_store(tmp_path: Path) -> None:
         assert second.sender.sent == []                 # old news is not re-routed
     finally:
         second.close()
+
+
+def test_another_posts_reuse_of_an_event_id_is_its_own_event(book: tuple[Store, IncidentBook]) -> None:
+    """Events and incident membership are keyed per post: a post reusing another post's event id
+    neither hides that post's event from the desk nor joins its incident."""
+    store, b = book
+    mine = event("pos-a", "PANIC")
+    theirs = event("pos-b", "PENCURIAN").model_copy(update={"event_id": mine.event_id})
+    first = _feed(store, b, theirs)   # the copy arrives first
+    second = _feed(store, b, mine)
+    assert len(first) == 1 and len(second) == 1 and first[0].incident_id != second[0].incident_id
+    assert b.incident_of_event(mine.event_id, "pos-a") == second[0].incident_id
+    assert b.incident_of_event(mine.event_id, "pos-b") == first[0].incident_id
+    assert b.require(second[0].incident_id).node_id == "pos-a"

@@ -28,8 +28,9 @@ class IncidentTx:
         self._tx = tx
         self._order = order
 
-    def is_grouped(self, event_id: str) -> bool:
-        return one(self._tx, "SELECT 1 AS x FROM incident_events WHERE event_id = ?", (event_id,)) is not None
+    def is_grouped(self, node_id: str, event_id: str) -> bool:
+        return one(self._tx, "SELECT 1 AS x FROM incident_events WHERE node_id = ? AND event_id = ?",
+                   (node_id, event_id)) is not None
 
     def open_incident_near(self, node_id: str, kind: str, since: float) -> str | None:
         row = one(self._tx, f"SELECT incident_id FROM incidents WHERE node_id = ? AND type = ? AND state IN {OPEN} "
@@ -55,9 +56,9 @@ class IncidentTx:
         self._tx.run("INSERT INTO incident_log(incident_id, at, step, actor, note) VALUES (?, ?, ?, ?, ?)",
                      (incident_id, at, step, actor, note))
 
-    def link_event(self, event_id: str, incident_id: str) -> None:
-        self._tx.run("INSERT INTO incident_events(event_id, incident_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                     (event_id, incident_id))
+    def link_event(self, node_id: str, event_id: str, incident_id: str) -> None:
+        self._tx.run("INSERT INTO incident_events(node_id, event_id, incident_id) VALUES (?, ?, ?) "
+                     "ON CONFLICT DO NOTHING", (node_id, event_id, incident_id))
 
     def open_incidents_of(self, node_id: str) -> list[str]:
         return [str(r["incident_id"]) for r in self._tx.rows(
@@ -148,8 +149,14 @@ class DeskTables:
         return [str(r["event_id"]) for r in self._rows(
             f"SELECT event_id FROM incident_events WHERE incident_id = ? ORDER BY {self._order}", (incident_id,))]
 
-    def incident_of_event(self, event_id: str) -> str | None:
-        row = self._one("SELECT incident_id FROM incident_events WHERE event_id = ?", (event_id,))
+    def incident_of_event(self, event_id: str, node_id: str | None = None) -> str | None:
+        """The incident holding an event (of ``node_id`` when given: event ids are per post)."""
+        if node_id is None:
+            row = self._one(f"SELECT incident_id FROM incident_events WHERE event_id = ? ORDER BY {self._order} "
+                            "LIMIT 1", (event_id,))
+        else:
+            row = self._one("SELECT incident_id FROM incident_events WHERE node_id = ? AND event_id = ?",
+                            (node_id, event_id))
         return str(row["incident_id"]) if row else None
 
     def incident_history(self, incident_id: str) -> list[Row]:

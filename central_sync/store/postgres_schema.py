@@ -176,11 +176,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX incidents_open ON incidents(node_id, type, state);
         CREATE TABLE incident_events (
-            event_id text PRIMARY KEY,
+            node_id text NOT NULL,
+            event_id text NOT NULL,
             incident_id text NOT NULL REFERENCES incidents(incident_id) ON DELETE CASCADE,
-            seq bigint GENERATED ALWAYS AS IDENTITY
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            PRIMARY KEY (node_id, event_id)
         );
         CREATE INDEX incident_events_incident ON incident_events(incident_id, seq);
+        CREATE INDEX incident_events_event ON incident_events(event_id);
         CREATE TABLE incident_log (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             incident_id text NOT NULL REFERENCES incidents(incident_id) ON DELETE CASCADE,

@@ -98,3 +98,26 @@ def m001_initial(db: Database) -> None:
         );
         """
     )
+
+
+@desk_migrations()
+def m002_incident_events_per_node(db: Database) -> None:
+    """Key incident membership by (node_id, event_id), like the events themselves: a post reusing
+    another post's event id cannot keep that post's event out of an incident."""
+    db.executescript(
+        """
+        CREATE TABLE incident_events_new (
+            node_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            incident_id TEXT NOT NULL REFERENCES incidents(incident_id) ON DELETE CASCADE,
+            PRIMARY KEY (node_id, event_id)
+        );
+        INSERT INTO incident_events_new (node_id, event_id, incident_id)
+            SELECT i.node_id, e.event_id, e.incident_id
+            FROM incident_events e JOIN incidents i ON i.incident_id = e.incident_id ORDER BY e.rowid;
+        DROP TABLE incident_events;
+        ALTER TABLE incident_events_new RENAME TO incident_events;
+        CREATE INDEX incident_events_incident ON incident_events(incident_id);
+        CREATE INDEX incident_events_event ON incident_events(event_id);
+        """
+    )

@@ -242,8 +242,11 @@ class Desk:
                node: dict[str, Any] | None) -> dict[str, Any]:
         out = self.summary(incident, node)
         events = []
-        for event_id in self.book.event_ids(incident.incident_id):
-            ev = as_dict(self.store.get_event(event_id))
+        ids = self.book.event_ids(incident.incident_id)
+        # Event ids are unique per post only: take this incident's post's rows.
+        rows = {r["event_id"]: r for r in self.store.get_events(ids) if r.get("node_id") == incident.node_id}
+        for event_id in ids:
+            ev = as_dict(rows.get(event_id))
             if not ev:
                 continue
             events.append({"event_id": ev.get("event_id"), "type": ev.get("type"),

@@ -164,7 +164,7 @@ def get_snapshot(request: Request, who: Who,
     row = as_dict(ctx.store.get_snapshot(snapshot_id))
     incident = None
     if row:
-        inc_id = ctx.desk.book.incident_of_event(str(row.get("event_id")))
+        inc_id = ctx.desk.book.incident_of_event(str(row.get("event_id")), str(row.get("node_id")))
         incident = ctx.desk.book.get(inc_id) if inc_id else None
     node = ctx.desk.nodes().get(str(row.get("node_id"))) if row else None
     allowed = bool(row) and (
