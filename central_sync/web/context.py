@@ -21,6 +21,7 @@ from central_sync.web.auth import AccessLog, LoginLimiter, SessionManager
 from central_sync.web.desk import CommandSender, Desk
 from central_sync.web.live import LiveHub
 from central_sync.web_settings import WebSettings
+from edge.sealing import Unsealer
 
 log = logging.getLogger("central.web")
 #: What the app is configured from: central's config, or a mapping with a ``web`` section (tests).
@@ -40,7 +41,7 @@ class WebContext:
     hub: LiveHub
     desk: Desk
     templates: Jinja2Templates
-    unsealer: Any = None
+    unsealer: Unsealer | None = None
     cap_sender: str = "kentongan-central@localhost"
 
 
@@ -51,11 +52,9 @@ def fmt_time(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(float(ts), WIB).strftime("%Y-%m-%d %H:%M:%S WIB")
 
 
-def load_unsealer(settings: WebSettings) -> Any:
+def load_unsealer(settings: WebSettings) -> Unsealer | None:
     if not settings.unseal_key_file:
         return None
-    from edge.sealing import Unsealer
-
     return Unsealer.from_file(settings.unseal_key_file)
 
 
