@@ -125,7 +125,7 @@ class SyncService:
                                          publish_result=self._publish_result,
                                          verify_command=verify_command,
                                          security_event=security_event)
-        self.sms = SmsFallback(cfg, outbox, sms_sender, self._sms_cause)
+        self.sms = SmsFallback(cfg, outbox, sms_sender, self._sms_cause, clock=clock)
         self.reconnector = Reconnector(cfg.sync)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_lock = threading.Lock()
