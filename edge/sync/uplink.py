@@ -153,6 +153,9 @@ class EventUplink:
         self._rng = rng or random.Random()
         self.central_present = True
         self._resend = False
+        #: Backoff settings (benchmarks set 0 / 0.0 to reproduce a fixed ack timeout).
+        self.max_doublings = MAX_TIMEOUT_DOUBLINGS
+        self.jitter = TIMEOUT_JITTER
         self.timeout_doublings = 0
         self.current_timeout_s = self._timeout_for(0)
 
@@ -173,7 +176,7 @@ class EventUplink:
         self._wake.set()
 
     def _timeout_for(self, doublings: int) -> float:
-        return self.ack_timeout_s * (2 ** doublings) * self._rng.uniform(1.0, 1.0 + TIMEOUT_JITTER)
+        return self.ack_timeout_s * (2 ** doublings) * self._rng.uniform(1.0, 1.0 + self.jitter)
 
     def _reset_timeout(self) -> None:
         if self.timeout_doublings:
@@ -341,7 +344,7 @@ class EventUplink:
         n = await asyncio.to_thread(self.outbox.release, old)
         self.stats.requeued += n
         self.stats.ack_timeouts += 1
-        self.timeout_doublings = min(MAX_TIMEOUT_DOUBLINGS, self.timeout_doublings + 1)
+        self.timeout_doublings = min(self.max_doublings, self.timeout_doublings + 1)
         self.current_timeout_s = self._timeout_for(self.timeout_doublings)
         log_event(log, "ack_timeout_requeued", logging.WARNING, node_id=self.node_id,
                   count=len(old), requeued=n, timeout_s=round(limit, 2),
