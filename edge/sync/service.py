@@ -298,14 +298,14 @@ class SyncService:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 payload = str(payload).encode()
-            if topic.endswith("/cmd"):
-                self._spawn(self.commands.on_payload(bytes(payload)))
-                continue
             if topic.startswith(self._central_state_head):
                 change = self.presence.on_message(topic, bytes(payload))
                 self._state_seen.set()
                 if change is not None:
                     self.events.set_central(change)
+                continue
+            if topic.endswith("/cmd"):
+                self._spawn(self.commands.on_payload(bytes(payload)))
                 continue
             try:
                 _node, msg = decode_on_topic(self.topics, topic, bytes(payload))
