@@ -19,7 +19,18 @@ from pathlib import Path
 
 from central_sync.errors import CentralError
 
-BROKER_DIR = Path(__file__).resolve().parent.parent / "broker"
+
+def _broker_dir() -> Path:
+    """broker/ of a checkout, else the copy shipped in the wheel (edge/_install/broker)."""
+    here = Path(__file__).resolve().parent.parent / "broker"
+    if here.is_dir():
+        return here
+    from importlib import resources
+
+    return Path(str(resources.files("edge") / "_install" / "broker"))
+
+
+BROKER_DIR = _broker_dir()
 DEV_CONF = BROKER_DIR / "mosquitto-dev.conf"
 
 

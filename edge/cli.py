@@ -19,14 +19,17 @@ from edge.control import request, socket_path
 from edge.errors import ConfigError, ControlError, KentonganError
 
 #: Optional modules that add subcommands with ``register(subparsers)``.
-EXTENSIONS = ("edge.bundle", "edge.selftest")
+EXTENSIONS = ("edge.bundle", "edge.selftest", "edge.install_files")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    data = read_config_file(args.path)
+    path = args.config or args.path
+    if not path:
+        raise ConfigError("give the config file: validate-config --config PATH")
+    data = read_config_file(path)
     errors = config_errors(data)
     if not errors:
-        print(f"{args.path}: valid")
+        print(f"{path}: valid")
         return 0
     for err in errors:
         print(f"error: {err.key_path}: {err.reason}", file=sys.stderr)
@@ -90,7 +93,15 @@ def _format_status(st: dict[str, Any]) -> str:
     for kind, counts in sorted((out.get("by_type") or {}).items()):
         lines.append(f"          {kind:<18} " + " ".join(f"{k}={v}" for k, v in counts.items()))
     sync = st.get("sync", {})
-    lines.append(f"sync      enabled={sync.get('enabled')} connected={sync.get('connected')}")
+    lines.append(f"sync      enabled={sync.get('enabled')} connected={sync.get('connected')}"
+                 + (f" state={sync['state']}" if sync.get("state") else ""))
+    if sync.get("reason") and not sync.get("connected"):
+        lines.append(f"          cause={sync['reason']}: {sync.get('error') or ''}")
+    central = sync.get("central") or {}
+    if central:
+        lines.append("central   " + (("online: " + ", ".join(central.get("online") or []))
+                                     if central.get("seen") else "presence not seen (assumed there)")
+                     + ("" if central.get("present") else "  -- NO CENTRAL ONLINE"))
     return "\n".join(lines)
 
 
@@ -133,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate-config", help="check a node config file")
-    v.add_argument("path")
+    v.add_argument("path", nargs="?", help="config file (same as --config)")
+    v.add_argument("--config", help="config file")
     v.set_defaults(func=_cmd_validate)
 
     r = sub.add_parser("run", help="run the post agent")

@@ -73,7 +73,8 @@ class SyncHealth:
         """One line for systemd's STATUS= when sync is not working, else None."""
         if self.state in ("connected", "starting"):
             return None
-        return f"sync {self.state}: {self.reason or '?'}" + (f" ({self.error})" if self.error else "")
+        # State and cause only: stable while the same failure repeats (the detail is in status).
+        return f"sync {self.state}: {self.reason or '?'}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "reason": self.reason, "error": self.error,

@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 
 RESULT_BACKLOG = 200
 CONNECT_LOG_INTERVAL_S = 300.0
+#: After connecting, the event lane waits at most this long for central's retained state (it
+#: arrives right behind the SUBACK, so normally no wait at all): publishing before knowing
+#: whether central is there would put copies on the wire that the "online" resend repeats.
+PRESENCE_GRACE_S = 0.25
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -121,7 +125,7 @@ class SyncService:
                                          publish_result=self._publish_result,
                                          verify_command=verify_command,
                                          security_event=security_event)
-        self.sms = SmsFallback(cfg, outbox, sms_sender, self._sms_cause)
+        self.sms = SmsFallback(cfg, outbox, sms_sender, self._sms_cause, clock=clock)
         self.reconnector = Reconnector(cfg.sync)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_lock = threading.Lock()
@@ -131,6 +135,7 @@ class SyncService:
         self._results: deque[CommandResult] = deque(maxlen=RESULT_BACKLOG)
         self._bg: set[asyncio.Future[Any]] = set()
         self._central_state_head = self.topics.central_state("")
+        self._state_seen = asyncio.Event()
         outbox.add_listener(self._on_recorded)
 
     # ------------------------------------------------------------ wake-ups (any thread)
@@ -254,10 +259,12 @@ class SyncService:
                                  will_payload=will)
         async with session(client_obj) as client:
             self._client = client
-            await client.subscribe(f"{self.topics.prefix}/down/{self.node_id}/#", qos=1)
+            self._state_seen = asyncio.Event()
             if self.use_central_presence:
-                # Retained states arrive right after the SUBACK (also after every reconnect).
+                # Retained states arrive right behind this SUBACK (after every reconnect too),
+                # so they are queued before the second SUBACK below.
                 await client.subscribe(self.topics.central_state("+"), qos=1)
+            await client.subscribe(f"{self.topics.prefix}/down/{self.node_id}/#", qos=1)
             self.connected = True
             self.health.set("connected")
             self._connect_log.reset()
@@ -268,7 +275,7 @@ class SyncService:
                       broker=f"{self.cfg.sync.broker_host}:{self.cfg.sync.broker_port}")
             pub = _Pub(client)
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.events.run(pub), name="sync-events")
+                tg.create_task(self._events_lane(pub), name="sync-events")
                 tg.create_task(client.publish(presence_topic, encode(self._presence("online")),
                                               qos=1, retain=True))
                 if self.snaps is not None:
@@ -276,6 +283,12 @@ class SyncService:
                 tg.create_task(self._heartbeats(client), name="sync-heartbeat")
                 tg.create_task(self._flush_results(client), name="sync-results")
                 tg.create_task(self._downlink(client), name="sync-downlink")
+
+    async def _events_lane(self, pub: _Pub) -> None:
+        if self.use_central_presence:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state_seen.wait(), PRESENCE_GRACE_S)
+        await self.events.run(pub)
 
     # ------------------------------------------------------------ downlink
 
@@ -285,13 +298,14 @@ class SyncService:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 payload = str(payload).encode()
-            if topic.endswith("/cmd"):
-                self._spawn(self.commands.on_payload(bytes(payload)))
-                continue
             if topic.startswith(self._central_state_head):
                 change = self.presence.on_message(topic, bytes(payload))
+                self._state_seen.set()
                 if change is not None:
                     self.events.set_central(change)
+                continue
+            if topic.endswith("/cmd"):
+                self._spawn(self.commands.on_payload(bytes(payload)))
                 continue
             try:
                 _node, msg = decode_on_topic(self.topics, topic, bytes(payload))

@@ -8,6 +8,10 @@ names it (``CAUSE_TEXT``). Every unacked event of that incident is marked
 ``sms_sent_at`` in the outbox so a restart does not resend, and an ``SMS_SENT`` event (P3) is
 recorded. Never for P2-P4; never when central acknowledged in time. A failing modem is logged, a
 ``MODEM_FAULT`` event is recorded (at most once per ``retry_s``) and the send is retried later.
+
+The deadline runs on the monotonic clock (an event of this boot: its ``mono_ns`` stamp; one from
+an earlier boot: from when this process first saw it unacked), so a wall-clock step neither
+fires an SMS early nor holds it back.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge.clock import Clock
 from edge.config import NodeConfig
 from edge.logs import log_event
 from edge.outbox import EventDraft, Outbox, StoredEvent
@@ -46,11 +51,13 @@ class SmsFallback:
 
     def __init__(self, cfg: NodeConfig, outbox: Outbox, sender: Callable[[str, str], None] | None,
                  cause: Callable[[], str | None], *, check_s: float | None = None,
-                 retry_s: float = 60.0) -> None:
+                 retry_s: float = 60.0, clock: Clock | None = None) -> None:
         self.cfg = cfg
         self.outbox = outbox
         self.sender = sender
         self.cause = cause
+        self.clock = clock or Clock()
+        self._first_seen: dict[str, int] = {}  # event id -> mono_ns (events of earlier boots)
         self.after_s = cfg.sync.sms_fallback_seconds
         self.check_s = check_s if check_s is not None else min(5.0, max(0.2, self.after_s / 4))
         self.retry_s = retry_s
@@ -88,10 +95,21 @@ class SmsFallback:
     def _due(self) -> dict[str, list[StoredEvent]]:
         """Unacked P1 events past the deadline, grouped by incident, minus those already sent."""
         groups: dict[str, list[StoredEvent]] = {}
-        for ev in self.outbox.oldest_unacked(1, self.after_s):
+        now = self.clock.mono_ns()
+        boot = self.outbox.boot_id
+        seen: dict[str, int] = {}
+        # Every unacked P1 (a cutoff far in the future: age is judged below, monotonically).
+        for ev in self.outbox.oldest_unacked(1, -1e10):
             if ev.priority != 1:
                 continue
+            if ev.boot_id == boot:
+                since = ev.mono_ns
+            else:
+                since = seen[ev.event_id] = self._first_seen.get(ev.event_id, now)
+            if (now - since) / 1e9 < self.after_s:
+                continue
             groups.setdefault(ev.incident_id or ev.event_id, []).append(ev)
+        self._first_seen = seen
         out: dict[str, list[StoredEvent]] = {}
         for key, events in groups.items():
             if key in self.sent_incidents:

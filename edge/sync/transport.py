@@ -105,10 +105,10 @@ def tls_context(tls: TlsFiles) -> ssl.SSLContext:
     Raises :class:`TransportError` naming the file that cannot be used and why."""
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
+    except ssl.SSLError as exc:  # (an OSError subclass: test it first)
+        raise TransportError("ca_unreadable", f"{tls.ca_file} is not a CA certificate: {exc}") from None
     except OSError as exc:
         raise _read_error("ca_unreadable", tls.ca_file, exc) from None
-    except ssl.SSLError as exc:
-        raise TransportError("ca_unreadable", f"{tls.ca_file} is not a CA certificate: {exc}") from None
     if tls.cert_file is not None and tls.key_file is not None:
         key = credential_path(tls.key_file)
         for path, reason in ((tls.cert_file, "cert_unreadable"), (key, "key_unreadable")):
@@ -120,11 +120,11 @@ def tls_context(tls: TlsFiles) -> ssl.SSLContext:
                                   exc) from None
         try:
             ctx.load_cert_chain(str(tls.cert_file), str(key))
-        except OSError as exc:
-            raise _read_error("key_unreadable", tls.key_file, exc) from None
         except ssl.SSLError as exc:
             raise TransportError("tls_mismatch", f"{tls.cert_file} and {tls.key_file} do not "
                                  f"form a certificate/key pair: {exc}") from None
+        except OSError as exc:
+            raise _read_error("key_unreadable", tls.key_file, exc) from None
     if tls.crl_file is not None:
         try:
             ctx.load_verify_locations(str(tls.crl_file))

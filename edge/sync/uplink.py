@@ -99,23 +99,25 @@ class UplinkStats:
 
 def envelope_for(ev: StoredEvent, clock: Clock, boot_id: str,
                  sign: Callable[[EventEnvelope], EventEnvelope] | None) -> EventEnvelope:
-    """Wire form of ``ev``: events recorded ``unsynced`` in this boot are sent with central's
-    offset applied (quality ``corrected``) once an offset is known; then signed."""
+    """Wire form of ``ev``: events recorded ``unsynced`` in this boot are sent on central's time
+    line (quality ``corrected``) once an offset is known, placed by their monotonic stamp so a
+    wall-clock step in between does not move them (``Clock.anchor``); then signed."""
     env = ev.envelope()
-    offset = clock.offset
-    if ev.time_quality == "unsynced" and ev.boot_id == boot_id and offset is not None:
-        env = env.model_copy(update={"wall_time": max(0.0, ev.wall_time + offset),
+    anchor = clock.anchor()
+    if ev.time_quality == "unsynced" and ev.boot_id == boot_id and anchor is not None:
+        env = env.model_copy(update={"wall_time": max(0.0, anchor + ev.mono_ns / 1e9),
                                      "time_quality": "corrected"})
     return sign(env) if sign is not None else env
 
 
-def envelope_dict(ev: StoredEvent, offset: float | None, boot_id: str) -> dict[str, Any]:
+def envelope_dict(ev: StoredEvent, anchor: float | None, boot_id: str) -> dict[str, Any]:
     """The unsigned wire form of ``ev`` as a dict, equal to
     ``envelope_for(ev, clock, boot_id, None).model_dump(mode="json")`` without ``sig`` (built
-    directly: the outbox holds validated events, and central validates every envelope anyway)."""
+    directly: the outbox holds validated events, and central validates every envelope anyway).
+    ``anchor``: ``clock.anchor()``."""
     wall, quality = max(ev.wall_time, 0.0), ev.time_quality
-    if quality == "unsynced" and ev.boot_id == boot_id and offset is not None:
-        wall, quality = max(0.0, ev.wall_time + offset), "corrected"
+    if quality == "unsynced" and ev.boot_id == boot_id and anchor is not None:
+        wall, quality = max(0.0, anchor + ev.mono_ns / 1e9), "corrected"
     return {"v": 1, "kind": "event", "event_id": ev.event_id, "node_id": ev.node_id,
             "boot_id": ev.boot_id, "seq": ev.seq, "mono_ns": ev.mono_ns, "wall_time": wall,
             "time_quality": quality, "type": ev.type, "priority": ev.priority,
@@ -151,6 +153,9 @@ class EventUplink:
         self._rng = rng or random.Random()
         self.central_present = True
         self._resend = False
+        #: Backoff settings (benchmarks set 0 / 0.0 to reproduce a fixed ack timeout).
+        self.max_doublings = MAX_TIMEOUT_DOUBLINGS
+        self.jitter = TIMEOUT_JITTER
         self.timeout_doublings = 0
         self.current_timeout_s = self._timeout_for(0)
 
@@ -171,7 +176,7 @@ class EventUplink:
         self._wake.set()
 
     def _timeout_for(self, doublings: int) -> float:
-        return self.ack_timeout_s * (2 ** doublings) * self._rng.uniform(1.0, 1.0 + TIMEOUT_JITTER)
+        return self.ack_timeout_s * (2 ** doublings) * self._rng.uniform(1.0, 1.0 + self.jitter)
 
     def _reset_timeout(self) -> None:
         if self.timeout_doublings:
@@ -274,20 +279,20 @@ class EventUplink:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.01, next_tick - time.monotonic()))
 
-    def _body(self, ev: StoredEvent, offset: float | None) -> bytes:
+    def _body(self, ev: StoredEvent, anchor: float | None) -> bytes:
         if self.sign_event is not None:
             return encode(envelope_for(ev, self.clock, self.outbox.boot_id, self.sign_event))
-        return envelope_json(envelope_dict(ev, offset, self.outbox.boot_id))
+        return envelope_json(envelope_dict(ev, anchor, self.outbox.boot_id))
 
     def _next_message(self, events: list[StoredEvent], start: int) -> tuple[bytes, int]:
         """The next message from ``events[start:]``: as many envelopes as fit one batch (in claim
         order, so P1s first), or a plain envelope when only one fits or is left."""
-        offset = self.clock.offset
+        anchor = self.clock.anchor()
         budget = MAX_BATCH_BYTES - len(self._batch_prefix) - 2
         bodies: list[bytes] = []
         size = 0
         for ev in events[start:start + MAX_BATCH_EVENTS]:
-            body = self._body(ev, offset)
+            body = self._body(ev, anchor)
             if bodies and size + len(body) + 1 > budget:
                 break
             bodies.append(body)
@@ -339,7 +344,7 @@ class EventUplink:
         n = await asyncio.to_thread(self.outbox.release, old)
         self.stats.requeued += n
         self.stats.ack_timeouts += 1
-        self.timeout_doublings = min(MAX_TIMEOUT_DOUBLINGS, self.timeout_doublings + 1)
+        self.timeout_doublings = min(self.max_doublings, self.timeout_doublings + 1)
         self.current_timeout_s = self._timeout_for(self.timeout_doublings)
         log_event(log, "ack_timeout_requeued", logging.WARNING, node_id=self.node_id,
                   count=len(old), requeued=n, timeout_s=round(limit, 2),
