@@ -49,7 +49,10 @@ class Agent:
         self.sync: Any = None
         self.security: SecurityHooks = SecurityHooks()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._last_camera_fault = 0.0
+        # None, not 0.0: time.monotonic() counts from boot, and a post starts its agent well
+        # within 300 s of booting, so a 0.0 sentinel silenced every camera fault of the first
+        # five minutes of uptime (and failed the test on a freshly booted machine).
+        self._last_camera_fault: float | None = None
         self.started_mono = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -192,7 +195,8 @@ class Agent:
     def _camera_fault(self, detail: str, event_id: str | None) -> None:
         log_event(log, "camera_fault", logging.WARNING, event_id=event_id, error=detail)
         now = time.monotonic()
-        if now - self._last_camera_fault > 300 and self.engine is not None:
+        last = self._last_camera_fault
+        if (last is None or now - last > 300) and self.engine is not None:
             self._last_camera_fault = now
             self.engine.record(EventDraft(SystemEvent.CAMERA_FAULT.value, int(Priority.P3),
                                           {"error": detail[:200], "event_id": event_id}))
