@@ -31,6 +31,7 @@ log = logging.getLogger("kentongan.agent")
 
 MAINTENANCE_SECONDS = 60.0
 STOP_TIMEOUT_S = 15.0
+SELFTEST_WAIT_S = 5.0
 
 
 class Agent:
@@ -62,7 +63,11 @@ class Agent:
         set_node_id(cfg.node.node_id)
         self.loop = asyncio.get_running_loop()
         state = Path(cfg.storage.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a full or broken disk must not silence the post
+            log_event(log, "state_dir_unavailable", logging.ERROR, path=str(state),
+                      error=str(exc))
         self.security = load_security_hooks(cfg, self.clock)
         # The siren comes up before the database: a broken disk must not silence the post.
         self.hw = build_hardware(cfg, simulate=self.simulate, on_siren_change=self._on_siren_change)
@@ -293,21 +298,52 @@ class Agent:
             "siren": self.siren_status(),
             "open_incidents": self.engine.status() if self.engine else {},
             "outbox": self.outbox.counts(),
+            "storage": self.storage_health(),
             "snapshots": self.snapshots.counts() if self.snapshots else {},
             "sync": sync,
         }
+
+    def storage_health(self) -> dict[str, Any]:
+        """``Outbox.storage_health()`` plus the events the alarm engine keeps for retry (for
+        status and the heartbeat's extra fields)."""
+        if self.outbox is None:
+            return {"state": "unavailable", "reasons": ["outbox not started"]}
+        health = self.outbox.storage_health()
+        health["pending_retries"] = self.engine.pending_retries() if self.engine else 0
+        if health["pending_retries"] and health["state"] == "ok":
+            health["state"] = "degraded"
+            health["reasons"].append("events kept in memory for retry")
+        return health
 
     async def _ctl_status(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "status": await asyncio.to_thread(self.status)}
 
     async def _ctl_record_selftest(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Record a SELFTEST event. The answer is always true: ``stored`` (with its id) once it
+        is committed, ``pending`` while the store cannot take it yet (it stays queued or kept
+        for retry and will be stored), ``failed`` only when it was given up."""
         payload = req.get("payload")
         if not isinstance(payload, dict) or self.engine is None:
             raise ControlError("record_selftest needs a payload object")
-        receipt = self.engine.record(
-            EventDraft(SystemEvent.SELFTEST.value, int(Priority.P4), payload))
-        ev = await asyncio.to_thread(receipt.result, 10)
-        return {"ok": True, "event_id": ev.event_id}
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[StoredEvent | None] = loop.create_future()
+
+        def done(ev: StoredEvent | None) -> None:  # on the loop (AlarmEngine._hop)
+            if not outcome.done():
+                outcome.set_result(ev)
+
+        self.engine.record(EventDraft(SystemEvent.SELFTEST.value, int(Priority.P4), payload),
+                           on_outcome=done)
+        try:
+            ev = await asyncio.wait_for(asyncio.shield(outcome), SELFTEST_WAIT_S)
+        except TimeoutError:
+            return {"ok": True, "status": "pending", "storage": self.storage_health(),
+                    "detail": "not stored yet: the event is kept and will be stored when the "
+                              "disk has room"}
+        if ev is None:
+            return {"ok": False, "status": "failed",
+                    "error": "the event was given up (retry memory full)"}
+        return {"ok": True, "status": "stored", "event_id": ev.event_id}
 
     async def _ctl_press(self, req: dict[str, Any]) -> dict[str, Any]:
         if self.hw is None or self.hw.simulated is None:

@@ -68,8 +68,12 @@ class SnapshotStore:
         self.quota_bytes = quota_bytes
         self.retention_seconds = retention_seconds
         self.sealer = sealer
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._reconcile()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._reconcile()
+        except (OSError, StorageError) as exc:  # a full disk must not stop the agent
+            log_event(log, "snapshot_store_degraded", level=logging.ERROR,
+                      directory=str(self.directory), error=str(exc))
 
     def _reconcile(self) -> None:
         """Drop temp/orphan files and rows whose file vanished (crash or manual deletion)."""

@@ -87,7 +87,8 @@ class Claims:
                                  else (time.monotonic(), max_priority, limit))
         rows = self.db.query(
             f"UPDATE events SET status='in_flight', attempts=attempts+1, claimed_at=?"
-            f" WHERE id IN (SELECT id FROM events WHERE status='ready'{prio}"
+            f" WHERE id IN (SELECT id FROM events INDEXED BY events_claim"
+            f" WHERE status='ready'{prio}"
             f" ORDER BY priority, id LIMIT ?) RETURNING {COLS}", args)
         events = [from_row(r) for r in rows]
         self.tally.move("ready", "in_flight", (e.type for e in events))
@@ -104,7 +105,7 @@ class Claims:
                 for old in ("in_flight", "ready"):
                     moved[old].extend(t for (t,) in conn.execute(
                         f"UPDATE events SET status='acked', acked_at=?, claimed_at=NULL"
-                        f" WHERE event_id IN ({marks}) AND status=? RETURNING type",
+                        f" WHERE event_id IN ({marks}) AND +status=? RETURNING type",
                         (now, *chunk, old)))
         for old, types in moved.items():
             self.tally.move(old, "acked", types)
@@ -114,17 +115,21 @@ class Claims:
         """Put in_flight events (all when ``event_ids`` is None) back to ready."""
         if not self.db.is_open:
             return 0
-        sql = ("UPDATE events SET status='ready', claimed_at=NULL WHERE status='in_flight'"
-               " {} RETURNING type")
+        # By event id when ids are given (``+status``: never walk all in-flight rows for that),
+        # else every in-flight row through events_claim.
         types: list[str] = []
         with self.db.tx() as conn:
             if event_ids is None:
-                types = [t for (t,) in conn.execute(sql.format(""))]
+                types = [t for (t,) in conn.execute(
+                    "UPDATE events INDEXED BY events_claim SET status='ready', claimed_at=NULL"
+                    " WHERE status='in_flight' RETURNING type")]
             else:
                 for chunk in chunks(event_ids):
                     marks = ",".join("?" * len(chunk))
                     types.extend(t for (t,) in conn.execute(
-                        sql.format(f"AND event_id IN ({marks})"), chunk))
+                        f"UPDATE events SET status='ready', claimed_at=NULL"
+                        f" WHERE event_id IN ({marks}) AND +status='in_flight' RETURNING type",
+                        chunk))
         self.tally.move("in_flight", "ready", types)
         return len(types)
 
@@ -134,7 +139,7 @@ class Claims:
             return 0
         cutoff = time.monotonic() - older_than_seconds
         types = [t for (t,) in self.db.query(
-            "UPDATE events SET status='ready', claimed_at=NULL"
+            "UPDATE events INDEXED BY events_claim SET status='ready', claimed_at=NULL"
             " WHERE status='in_flight' AND claimed_at <= ? RETURNING type", (cutoff,))]
         self.tally.move("in_flight", "ready", types)
         return len(types)
@@ -171,8 +176,9 @@ class Claims:
             return None
         best: tuple[int, float] | None = None
         for p in self.priorities():
-            row = self.db.query("SELECT id, wall_time FROM events WHERE status='ready'"
-                                " AND priority=? ORDER BY id LIMIT 1", (p,))
+            row = self.db.query("SELECT id, wall_time FROM events INDEXED BY events_claim"
+                                " WHERE status='ready' AND priority=? ORDER BY id LIMIT 1",
+                                (p,))
             if row and (best is None or row[0][0] < best[0]):
                 best = (row[0][0], row[0][1])
         return None if best is None else best[1]
@@ -182,8 +188,8 @@ class Claims:
         out: list[int] = []
         last = -(1 << 62)
         while True:
-            row = self.db.query("SELECT MIN(priority) FROM events WHERE status != 'acked'"
-                                " AND priority > ?", (last,))
+            row = self.db.query("SELECT MIN(priority) FROM events INDEXED BY events_unacked"
+                                " WHERE status != 'acked' AND priority > ?", (last,))
             if not row or row[0][0] is None:
                 return out
             last = int(row[0][0])
@@ -218,8 +224,8 @@ class Claims:
             return []
         cutoff = self.clock.now()[0] - older_than_s
         rows = self.db.query(
-            f"SELECT {COLS} FROM events WHERE status != 'acked' AND priority <= ?"
-            f" AND wall_time <= ? ORDER BY priority, id LIMIT 1000", (priority_max, cutoff))
+            f"SELECT {COLS} FROM events INDEXED BY events_unacked WHERE status != 'acked'"
+            f" AND priority <= ? AND wall_time <= ? ORDER BY priority, id LIMIT 1000", (priority_max, cutoff))
         return [from_row(r) for r in rows]
 
     def mark(self, event_id: str, key: str, value: Any) -> None:

@@ -92,6 +92,12 @@ def _configure_and_migrate(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA journal_size_limit=8388608")
     MIGRATIONS.apply(Database(conn, execute_plugins=False))
+    # No planner statistics: with them SQLite sees a 3-valued status column and prefers a full
+    # scan over events_claim for status='in_flight' (the plans test shows it). Older versions
+    # ran PRAGMA optimize at close, which could have created them.
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_stat1'").fetchone():
+        conn.execute("DELETE FROM sqlite_stat1 WHERE tbl='events'")
+        conn.execute("ANALYZE sqlite_schema")  # reload the (now empty) statistics
 
 
 class OutboxDB:
@@ -202,6 +208,4 @@ class OutboxDB:
             conn, self._conn = self._conn, None
             if conn is None:
                 return
-            with suppress(sqlite3.Error):
-                conn.execute("PRAGMA optimize")
             conn.close()

@@ -37,10 +37,11 @@ _AUDIT_SQL = ",".join(f"'{t}'" for t in AUDIT_TYPES)
 
 #: (label, WHERE, ORDER BY) of each event class, in eviction order. Each uses an index:
 #: events_acked for acked rows, events_unacked for the others (see schema.py).
-EVENT_CLASSES: tuple[tuple[str, str, str], ...] = (
-    ("acked_events", "status = 'acked' AND acked_at <= 1e300", "acked_at"),
-    ("events_p4", "status != 'acked' AND priority >= 4", "priority, id"),
-    ("events_p3", f"status != 'acked' AND priority = 3 AND type NOT IN ({_AUDIT_SQL})", "id"),
+EVENT_CLASSES: tuple[tuple[str, str, str, str], ...] = (
+    ("acked_events", "events_acked", "status = 'acked'", "acked_at"),
+    ("events_p4", "events_unacked", "status != 'acked' AND priority >= 4", "priority, id"),
+    ("events_p3", "events_unacked",
+     f"status != 'acked' AND priority = 3 AND type NOT IN ({_AUDIT_SQL})", "id"),
 )
 
 RecordFn = Callable[[sqlite3.Connection, dict[str, Any]], StoredEvent]
@@ -145,10 +146,11 @@ class Evictor:
                 if ev is not None:
                     recorded.append(ev)
                 return True
-            for label, where, order in EVENT_CLASSES:
+            for label, index, where, order in EVENT_CLASSES:
                 rows = conn.execute(
                     f"SELECT id, event_id, status, type, length(payload) FROM events"
-                    f" WHERE {where} ORDER BY {order} LIMIT {_EVICT_MAX_ROWS}").fetchall()
+                    f" INDEXED BY {index} WHERE {where} ORDER BY {order}"
+                    f" LIMIT {_EVICT_MAX_ROWS}").fetchall()
                 if not rows:
                     continue
                 chosen_rows: list[tuple[int, str, str, str, int]] = []
@@ -178,8 +180,8 @@ class Evictor:
             return 0
         cutoff = now - older_than_s
         with self.db.tx() as conn:
-            rows = conn.execute("SELECT event_id, type FROM events WHERE status = 'acked'"
-                                " AND acked_at <= ?", (cutoff,)).fetchall()
+            rows = conn.execute("SELECT event_id, type FROM events INDEXED BY events_acked"
+                                " WHERE status = 'acked' AND acked_at <= ?", (cutoff,)).fetchall()
             delete_events(conn, [r[0] for r in rows])
         self.tally.remove((t, "acked") for _e, t in rows)
         if rows:
