@@ -71,6 +71,7 @@ class Outbox:
         self.evictor = Evictor(self.db, self.tally, self._quota, record=self._record_in,
                                defer=self._defer, notify=self._notify, warn=self.rlog.log)
         self._writer.evict_for_room = self._evict_for_room
+        self._writer.make_wal_reusable = self.evictor.checkpoint
         self._writer.try_open = self._try_open
         self._writer.periodic = self._periodic
         self._closed = False

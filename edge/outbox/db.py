@@ -91,6 +91,10 @@ def _configure_and_migrate(conn: sqlite3.Connection) -> None:
         log_event(log, "storage_wal_unavailable", level=logging.WARNING, mode=mode)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA journal_size_limit=8388608")
+    # Checkpoint at 1 MiB of WAL (default 4 MiB): on a full disk, what is still only in the WAL
+    # needs that much room in the database file before anything can be written again, and the
+    # write reserve (4 MiB by default) must cover it (docs/storage.md).
+    conn.execute("PRAGMA wal_autocheckpoint=256")
     MIGRATIONS.apply(Database(conn, execute_plugins=False))
     # No planner statistics: with them SQLite sees a 3-valued status column and prefers a full
     # scan over events_claim for status='in_flight' (the plans test shows it). Older versions

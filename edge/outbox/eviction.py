@@ -30,6 +30,11 @@ log = logging.getLogger("edge.outbox")
 ROW_OVERHEAD = 160  # rough bytes per event row besides its payload (eviction estimates)
 _EVICT_MIN_ROWS = 64
 _EVICT_MAX_ROWS = 5000
+#: On a full disk every deleted page is first written to the WAL, and the WAL can only grow
+#: into what the reserve gave back: evict in small transactions, checkpointing in between so
+#: the WAL is reused, and leave freed pages in the database for the pending inserts.
+_FULL_DISK_MAX_ROWS = 256
+_FULL_DISK_VACUUM_PAGES = 256
 _MAX_RANGES = 50
 #: Unacked records of these types are never evicted: they are the audit trail of storage.
 AUDIT_TYPES = ("EVICTION", "STORAGE_QUARANTINED", "STORAGE_DEGRADED")
@@ -142,15 +147,17 @@ class Evictor:
                         break
                     chosen.append(snap)
                     total += snap[2]
-                ev = self.delete_snapshots(chosen, {"what": "snapshots", "reason": reason})
+                ev = self.delete_snapshots(chosen, {"what": "snapshots", "reason": reason},
+                                           full=reason == "disk_full")
                 if ev is not None:
                     recorded.append(ev)
                 return True
+            limit = _FULL_DISK_MAX_ROWS if reason == "disk_full" else _EVICT_MAX_ROWS
             for label, index, where, order in EVENT_CLASSES:
                 rows = conn.execute(
                     f"SELECT id, event_id, status, type, length(payload) FROM events"
                     f" INDEXED BY {index} WHERE {where} ORDER BY {order}"
-                    f" LIMIT {_EVICT_MAX_ROWS}").fetchall()
+                    f" LIMIT {limit}").fetchall()
                 if not rows:
                     continue
                 chosen_rows: list[tuple[int, str, str, str, int]] = []
@@ -167,7 +174,7 @@ class Evictor:
                 def delete(c: sqlite3.Connection, ids: list[str] = ids) -> None:
                     delete_events(c, ids)
 
-                ev = self._delete_and_record(delete, payload)
+                ev = self._delete_and_record(delete, payload, full=reason == "disk_full")
                 self.tally.remove((r[3], r[2]) for r in chosen_rows)
                 if ev is not None:
                     recorded.append(ev)
@@ -189,7 +196,7 @@ class Evictor:
         return len(rows)
 
     def _delete_and_record(self, delete: Callable[[sqlite3.Connection], None],
-                           payload: dict[str, Any]) -> StoredEvent | None:
+                           payload: dict[str, Any], *, full: bool = False) -> StoredEvent | None:
         """Delete and record the EVICTION event in one transaction (see the module doc)."""
         self._warn("storage_eviction", logging.WARNING, key=f"evict:{payload['what']}",
                    **{k: v for k, v in payload.items() if k != "ranges"})
@@ -205,13 +212,14 @@ class Evictor:
                     delete(conn)
                 self._defer(payload)
                 ev = None
-            self.reclaim()
+            self.reclaim(_FULL_DISK_VACUUM_PAGES if full else None)
         if ev is not None:
             self._notify([ev])
         return ev
 
     def delete_snapshots(self, snaps: Sequence[tuple[str, str, int]],
-                         event_payload: dict[str, Any]) -> StoredEvent | None:
+                         event_payload: dict[str, Any], *, full: bool = False
+                         ) -> StoredEvent | None:
         """Delete snapshot rows and files, recording one EVICTION event (used by the store).
         Returns the event (None when it is still waiting for room)."""
         ids = [s[0] for s in snaps]
@@ -223,21 +231,45 @@ class Evictor:
                 marks = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM snapshots WHERE snapshot_id IN ({marks})", chunk)
 
-        ev = self._delete_and_record(delete, payload)
+        ev = self._delete_and_record(delete, payload, full=full)
         for _sid, p, _size in snaps:
             with suppress(OSError):
                 Path(p).unlink(missing_ok=True)
         return ev
 
-    def reclaim(self) -> None:
-        """Give freed pages back to the filesystem and truncate the WAL (best effort)."""
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database (PASSIVE) so its blocks can be written again; True
+        when that backfilled every frame and there were frames to backfill."""
         with self.db.lock:
             try:
-                # executescript steps the pragma to completion (execute() frees one page only)
-                self.db.conn.executescript("PRAGMA incremental_vacuum;")
-                self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                _busy, log_frames, done = self.db.conn.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:
-                self._warn("outbox_reclaim_failed", logging.WARNING, error=str(exc))
+                self._warn("outbox_checkpoint_failed", logging.WARNING, error=str(exc))
+                return False
+        return bool(log_frames > 0 and done == log_frames)
+
+    def reclaim(self, vacuum_pages: int | None = None) -> None:
+        """Give freed pages back to the filesystem (all, or at most ``vacuum_pages``) and
+        truncate the WAL; each step best effort. The first checkpoint empties the WAL so the
+        vacuum's own WAL frames fit even on a full disk."""
+        vacuum = ("PRAGMA incremental_vacuum;" if vacuum_pages is None
+                  else f"PRAGMA incremental_vacuum({int(vacuum_pages)});")
+        # On a full disk keep the WAL file's blocks (PASSIVE): they are where the next commit
+        # goes; otherwise give them back too (TRUNCATE).
+        mode = "PASSIVE" if vacuum_pages is not None else "TRUNCATE"
+        with self.db.lock:
+            conn = self.db.conn
+            for step in ("checkpoint", "vacuum", "checkpoint"):
+                try:
+                    if step == "vacuum":
+                        # executescript steps the pragma to completion (execute(): one page)
+                        conn.executescript(vacuum)
+                    else:
+                        conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                except sqlite3.Error as exc:
+                    self._warn("outbox_reclaim_failed", logging.WARNING, step=step,
+                               error=str(exc))
 
 
 def delete_events(conn: sqlite3.Connection, event_ids: Sequence[str]) -> None:

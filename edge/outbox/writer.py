@@ -9,9 +9,11 @@ The writer never dies and never drops a receipt silently:
 
 * database not open (disk full at start, I/O error): receipts stay queued (pending, not failed)
   while the writer retries opening with backoff (0.5 s doubling to 30 s);
-* disk full: evict (``eviction.py``) while that makes progress; when even eviction cannot
-  commit and the batch holds a P1/P2 event, release the reserve (``reserve.py``) and go on;
-  otherwise fail the batch with ``StorageFullError`` (the alarm engine keeps and retries it);
+* disk full: first checkpoint, so the WAL file's existing blocks can be written again; then
+  evict (``eviction.py``) while that makes progress; when even eviction cannot commit and the
+  batch holds a P1/P2 event, release the reserve (``reserve.py``), checkpoint, and go on;
+  otherwise fail the batch with ``StorageFullError`` (the alarm engine keeps and retries it),
+  in slices of 32 so that whatever fits is stored;
 * other errors: retry once, then fail the batch with ``StorageError``.
 
 Storage records the writer owes (``STORAGE_DEGRADED``, an EVICTION record that did not fit)
@@ -51,6 +53,7 @@ log = logging.getLogger("edge.outbox")
 
 #: Most drafts committed in one transaction by the writer thread.
 BATCH_MAX = 1000
+_SLICE = 32  # batch slice when the disk cannot take a whole batch
 _STOP = object()
 _OPEN_BACKOFF = (0.5, 30.0)
 
@@ -80,6 +83,7 @@ class Writer:
         self.closed = False
         # Hooks set by the Outbox (kept as plain callables: no import cycle with eviction).
         self.evict_for_room: Callable[[int], bool] = lambda need: False
+        self.make_wal_reusable: Callable[[], bool] = lambda: False
         self.try_open: Callable[[], bool] = lambda: True
         self.periodic: Callable[[], None] = lambda: None
         self.thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
@@ -135,6 +139,7 @@ class Writer:
         """Commit ``items`` (after any owed storage records) with the disk-full policy of the
         module doc. Raises ``StorageFullError``/``StorageError``/``StorageUnavailable``."""
         retried_other = False
+        checkpointed = False
         while True:
             saved = (self.next_id, self.seq)
             try:
@@ -151,6 +156,12 @@ class Writer:
                 self.next_id, self.seq = saved
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if is_full_error(exc):
+                    if not checkpointed:
+                        checkpointed = True
+                        self.full_errors += 1
+                        self.last_full_mono = time.monotonic()
+                        if self.make_wal_reusable():
+                            continue
                     self._on_full(items, exc)
                     continue
                 if retried_other:
@@ -160,8 +171,6 @@ class Writer:
 
     def _on_full(self, items: Sequence[Pending], exc: BaseException) -> None:
         """Make room or raise ``StorageFullError`` (see the module doc)."""
-        self.full_errors += 1
-        self.last_full_mono = time.monotonic()
         self.rlog.log("outbox_disk_full", logging.WARNING, node_id=self.node_id,
                       pending=len(items))
         need = sum(len(str(i._draft.payload)) + 160 for i in items) * 2 + 65536
@@ -175,6 +184,7 @@ class Writer:
         if urgent and self.reserve.present:
             freed = self.reserve.release()
             if freed:
+                self.make_wal_reusable()  # the checkpoint may now grow the database file
                 self.owe(EventDraft("STORAGE_DEGRADED", 3, {
                     "reason": "disk_full", "reserve_released_bytes": freed,
                     "detail": "the write reserve was released so that P1/P2 events and "
@@ -183,18 +193,30 @@ class Writer:
         raise StorageFullError("disk full and nothing left to evict") from exc
 
     def commit_batch(self, batch: Sequence[Pending]) -> None:
-        """Commit one batch from the queue and resolve its receipts; never raises."""
+        """Commit one batch from the queue and resolve its receipts; never raises. A batch the
+        full disk cannot take whole is committed in small slices, in order, so that what fits
+        is stored (most urgent first is the claim's job, not the writer's)."""
         try:
             stored = self.commit(batch)
+        except StorageFullError as exc:
+            if len(batch) <= _SLICE:
+                self._fail(batch, exc)
+                return
+            for i in range(0, len(batch), _SLICE):
+                self.commit_batch(batch[i:i + _SLICE])
+            return
         except Exception as exc:
-            err = exc if isinstance(exc, StorageError) else StorageError(str(exc))
-            self.rlog.log("outbox_write_failed", logging.ERROR, node_id=self.node_id,
-                          count=len(batch), error=str(err),
-                          types=sorted({b._draft.type for b in batch}))
-            resolve(batch, None, err)
+            self._fail(batch, exc)
             return
         resolve(batch, stored)
         self.notify(stored)
+
+    def _fail(self, batch: Sequence[Pending], exc: BaseException) -> None:
+        err = exc if isinstance(exc, StorageError) else StorageError(str(exc))
+        self.rlog.log("outbox_write_failed", logging.ERROR, node_id=self.node_id,
+                      count=len(batch), error=str(err),
+                      types=sorted({b._draft.type for b in batch}))
+        resolve(batch, None, err)
 
     # ---------------------------------------------------------------- thread
 
