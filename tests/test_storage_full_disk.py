@@ -143,3 +143,20 @@ def test_full_disk_log_lines_are_rate_limited(disk: Path, caplog: pytest.LogCapt
         assert ob.rlog.suppressed_total > 0
     finally:
         ob.close()
+
+
+def test_unavailable_database_keeps_receipts_pending_and_close_is_prompt(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")  # the state dir cannot be created: the database cannot be opened
+    ob = Outbox(blocker / "outbox.db", "node-x", quota=QUOTA)
+    r = ob.submit(EventDraft("PANIC", 1))
+    time.sleep(0.3)
+    assert not r.done()  # pending, not failed: it would be stored if the disk came back
+    health = ob.storage_health()
+    assert health["state"] == "unavailable" and not health["db_open"]
+    assert ob.counts()["ready"] == 0 and ob.claim(10) == [] and ob.writer_alive()
+    t0 = time.monotonic()
+    ob.close()
+    assert time.monotonic() - t0 < 5
+    err = r.exception(0)
+    assert err is not None and "could not be opened" in str(err)

@@ -23,7 +23,7 @@ from sqlite_utils import Database
 
 from edge.errors import StorageError
 from edge.logs import log_event
-from edge.outbox.identity import Finding, ForeignDatabase, _found, adopt, inspect_files
+from edge.outbox.identity import Finding, ForeignDatabase, adopt, inspect_files, report
 from edge.outbox.schema import MIGRATIONS
 from edge.storage import SQLITE_HEADER, is_corruption, quarantine
 
@@ -156,7 +156,7 @@ class OutboxDB:
     def _quarantine(self, tag: str, detail: str, unacked: int | None, *,
                     reason: str | None = None) -> Finding:
         moved = quarantine(self.path, tag)
-        return _found(Finding(reason or tag, str(moved), unacked, detail))
+        return report(Finding(reason or tag, str(moved), unacked, detail))
 
     def _connect_migrated(self, findings: list[Finding]) -> sqlite3.Connection:
         conn = _connect(self.path)

@@ -36,7 +36,7 @@ from edge.logs import log_event
 from edge.outbox.schema import EVENT_COLUMNS
 from edge.storage import quarantine, write_atomic
 
-__all__ = ["Finding", "ForeignDatabase", "adopt", "inspect_files", "sidecar_path"]
+__all__ = ["Finding", "ForeignDatabase", "adopt", "inspect_files", "report", "sidecar_path"]
 
 log = logging.getLogger("edge.outbox")
 
@@ -130,13 +130,13 @@ def inspect_files(db: Path, node_id: str) -> list[Finding]:
     wal, shm = Path(str(db) + "-wal"), Path(str(db) + "-shm")
     if db.exists() and db.stat().st_size == 0:
         moved = quarantine(db, "zero-length")
-        return [_found(Finding("zero_length", str(moved), None,
+        return [report(Finding("zero_length", str(moved), None,
                                "the database file was empty"))]
     if not db.exists():
         if wal.exists():
             moved = quarantine(wal, "orphan", with_sidecars=False)
             shm.unlink(missing_ok=True)
-            return [_found(Finding("orphan_wal", str(moved), None,
+            return [report(Finding("orphan_wal", str(moved), None,
                                    "a -wal file without its database"))]
         return []
     if not wal.exists() or wal.stat().st_size <= _WAL_HEADER:
@@ -159,10 +159,10 @@ def inspect_files(db: Path, node_id: str) -> list[Finding]:
         return []
     moved = quarantine(wal, "foreign", with_sidecars=False)
     shm.unlink(missing_ok=True)  # our read-only look created it; it indexes the moved WAL
-    return [_found(Finding("foreign_wal", str(moved), None, why))]
+    return [report(Finding("foreign_wal", str(moved), None, why))]
 
 
-def _found(f: Finding) -> Finding:
+def report(f: Finding) -> Finding:
     log_event(log, "storage_quarantined", logging.ERROR, reason=f.reason, moved_to=f.moved_to,
               unacked_lost=f.unacked_lost, detail=f.detail)
     return f
@@ -192,7 +192,7 @@ def adopt(conn: sqlite3.Connection, db: Path, node_id: str, *,
     # A new database, or one from before 0003: make it this node's.
     has_rows = conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()[0]
     if side and side.get("db_uuid") and not has_rows and not fresh_expected:
-        findings.append(_found(Finding("database_missing", None, None,
+        findings.append(report(Finding("database_missing", None, None,
                                        f"database {side['db_uuid']} is gone")))
     db_uuid = str(uuid.uuid4())
     conn.execute("BEGIN IMMEDIATE")
@@ -219,7 +219,7 @@ def adopt(conn: sqlite3.Connection, db: Path, node_id: str, *,
             conn.execute("ROLLBACK")
         raise
     if moved:
-        findings.append(_found(Finding("foreign_rows", "foreign_events", int(unacked),
+        findings.append(report(Finding("foreign_rows", "foreign_events", int(unacked),
                                        "rows of another node id moved aside", rows=moved)))
     write_sidecar(db, node_id, db_uuid)
     return db_uuid, findings

@@ -81,6 +81,7 @@ class Writer:
         self.last_full_mono: float | None = None
         self.last_error: str | None = None
         self.closed = False
+        self._stopping = threading.Event()
         # Hooks set by the Outbox (kept as plain callables: no import cycle with eviction).
         self.evict_for_room: Callable[[int], bool] = lambda need: False
         self.make_wal_reusable: Callable[[], bool] = lambda: False
@@ -232,6 +233,7 @@ class Writer:
     def stop(self) -> list[Pending]:
         """Stop the thread; return what was still queued (the caller commits or fails it)."""
         self.closed = True
+        self._stopping.set()
         self.queue.put(_STOP)
         self.thread.join()
         left: list[Pending] = []
@@ -249,7 +251,8 @@ class Writer:
         while not self.closed:
             if self.try_open():
                 return True
-            time.sleep(delay)
+            if self._stopping.wait(delay):
+                return False
             delay = min(_OPEN_BACKOFF[1], delay * 2)
         return False
 
