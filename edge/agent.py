@@ -152,6 +152,8 @@ class Agent:
             w.close()
         if self.hw is not None:
             self.hw.close()
+        if self.engine is not None and (kept := self.engine.flush_retries()):
+            log_event(log, "kept_events_flushed", logging.WARNING, count=kept)
         if self.outbox is not None:
             await asyncio.to_thread(self.outbox.close)
         log_event(log, "agent_stopped")

@@ -287,6 +287,18 @@ class AlarmEngine:
         for k in pending:
             self.outbox.resubmit(k.receipt).add_done_callback(partial(self._hop_retry, k))
 
+    def flush_retries(self) -> int:
+        """Resubmit every kept event now (at shutdown, before the outbox closes and commits
+        what is queued); returns how many."""
+        with self._lock:
+            timer, self._retry_timer = self._retry_timer, None
+            pending, self._retry = self._retry, []
+        if timer is not None:
+            timer.cancel()
+        for k in pending:
+            self.outbox.resubmit(k.receipt)
+        return len(pending)
+
     def _hop_retry(self, kept: _Kept, fut: Receipt[StoredEvent]) -> None:
         self._hop(self._after_retry, fut, kept)
 

@@ -276,3 +276,31 @@ def test_failed_events_are_retried_by_one_timer_with_backoff(
             await agent.stop()
 
     asyncio.run(scenario())
+
+
+def test_kept_events_are_written_at_shutdown(tmp_path: Path) -> None:
+    cfg = parse_config({
+        "node": {"node_id": NODE, "kelurahan_code": "33.74.10.1005", "rw": 1, "rt": 2,
+                 "display_name": "Pos"},
+        "siren": {"pin": 18, "quiet_hours": {"enabled": False}},
+        "storage": {"state_dir": str(tmp_path / "state")}, "sync": {"enabled": False}})
+
+    async def scenario() -> None:
+        agent = Agent(cfg, simulate=True)
+        await agent.start()
+        assert agent.outbox is not None and agent.engine is not None
+        ob, engine = agent.outbox, agent.engine
+        await asyncio.to_thread(ob.record, EventDraft("PANIC", 1))
+        with ob.db.lock:
+            pages = ob.db.conn.execute("PRAGMA page_count").fetchone()[0]
+            ob.db.conn.execute(f"PRAGMA max_page_count={pages}").fetchall()
+        engine.record(EventDraft("KERIBUTAN", 2, {"pad": "k" * 20000}))
+        while engine.pending_retries() == 0:
+            await asyncio.sleep(0.02)
+        with ob.db.lock:  # room again, and SIGTERM before the retry timer fires
+            ob.db.conn.execute("PRAGMA max_page_count=1073741823").fetchall()
+        await agent.stop()
+
+    asyncio.run(scenario())
+    kinds = [e.type for e in _panics(tmp_path / "state")]
+    assert kinds.count("KERIBUTAN") == 1
