@@ -22,7 +22,7 @@ from edge.drivers.camera import capture_burst
 from edge.errors import ControlError, KentonganError
 from edge.hardware import Hardware, build_hardware
 from edge.incidents import Priority, SystemEvent
-from edge.logs import log_event, set_node_id
+from edge.logs import RateLimitedLog, log_event, set_node_id
 from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
 from edge.security_hooks import SecurityHooks, load_security_hooks
 from edge.snapshots import SnapshotStore
@@ -55,6 +55,7 @@ class Agent:
         # five minutes of uptime (and failed the test on a freshly booted machine).
         self._last_camera_fault: float | None = None
         self.started_mono = time.monotonic()
+        self._rlog = RateLimitedLog(log, interval_s=10.0)  # repeating failures, one line/10 s
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -191,8 +192,8 @@ class Agent:
                 snap = await asyncio.to_thread(self.snapshots.add, frame, event_id=event_id,
                                                priority=priority)
             except KentonganError as exc:
-                log_event(log, "snapshot_store_failed", logging.ERROR, event_id=event_id,
-                          error=str(exc))
+                self._rlog.log("snapshot_store_failed", logging.ERROR, event_id=event_id,
+                               error=str(exc))
                 continue
             stored += 1
             log_event(log, "snapshot_stored", event_id=event_id, snapshot_id=snap.snapshot_id,
@@ -200,7 +201,7 @@ class Agent:
         return stored
 
     def _camera_fault(self, detail: str, event_id: str | None) -> None:
-        log_event(log, "camera_fault", logging.WARNING, event_id=event_id, error=detail)
+        self._rlog.log("camera_fault", logging.WARNING, event_id=event_id, error=detail)
         now = time.monotonic()
         last = self._last_camera_fault
         if (last is None or now - last > 300) and self.engine is not None:

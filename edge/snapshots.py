@@ -5,9 +5,11 @@ its row is committed, so a row always has its file; orphan files and temp files 
 are removed at start. When a ``sealer`` is given (the security helper passes one that encrypts to
 central's public key) only sealed bytes ever reach the disk.
 
-Own upload lane: ``ready`` -> ``in_flight`` (``claim``) -> ``acked``. Snapshots are evicted before
-anything else under disk pressure (acked first, then lowest priority, then oldest), and deleted
-after ``retention_seconds`` (UU PDP retention); every deletion records an EVICTION event.
+No snapshot is stored while the outbox's write reserve is released (the disk ran full): that
+room belongs to events. Own upload lane: ``ready`` -> ``in_flight`` (``claim``) -> ``acked``.
+Snapshots are evicted before anything else under disk pressure (acked first, then lowest
+priority, then oldest), and deleted after ``retention_seconds`` (UU PDP retention); every
+deletion records an EVICTION event.
 Methods are blocking and thread-safe: they use the outbox's shared database object
 (``outbox.db``: its lock and transactions), never the outbox's internals.
 """
@@ -102,6 +104,11 @@ class SnapshotStore:
         size = len(blob)
         if size > self.quota_bytes:
             raise StorageFullError(f"snapshot of {size} bytes exceeds the snapshot quota")
+        reserve = self.outbox.reserve
+        if reserve.size and not reserve.present and not reserve.ensure(1 << 20):
+            # The disk ran full and the write reserve went to events: snapshots must never
+            # take the room events need, so none is stored until the reserve is back.
+            raise StorageFullError("disk full: snapshots wait until the write reserve is back")
         sid = str(uuid7())
         path = self.directory / f"{sid}{_SUFFIX}"
         when = time.time() if taken_at is None else taken_at
