@@ -15,6 +15,7 @@ import pytest
 from edge.clock import Clock
 from edge.errors import StorageFullError
 from edge.outbox import EventDraft, Outbox, StorageQuota
+from edge.snapshots import SnapshotStore
 from tests.fs_helpers import fill, small_fs
 
 RESERVE = 1 << 20
@@ -57,12 +58,17 @@ def test_p1_p2_land_on_a_full_disk_through_the_reserve(disk: Path) -> None:
         health = ob.storage_health()
         assert health["state"] == "degraded" and not health["reserve_present"]
         assert health["reserve_releases"] == 1 and health["disk_full_errors"] >= 1
+        store = SnapshotStore(ob, disk / "state" / "snaps", quota_bytes=1 << 30,
+                              retention_seconds=3600)
+        with pytest.raises(StorageFullError, match="reserve"):  # that room is for events
+            store.add(b"jpeg" * 100, event_id=None, priority=1)
         degraded = [e for e in ob.list(limit=1000) if e.type == "STORAGE_DEGRADED"]
         assert [e.payload["reason"] for e in degraded] == ["disk_full"]
         assert degraded[0].payload["reserve_released_bytes"] == RESERVE
         # Space comes back: the reserve is rebuilt by the writer's periodic check.
         filler.unlink()
         _wait(lambda: ob.reserve.present)
+        assert store.add(b"jpeg" * 100, event_id=None, priority=1).size == 400
     finally:
         ob.close()
     n = _rows(path, "SELECT COUNT(*) FROM events WHERE priority <= 2")[0][0]
