@@ -41,10 +41,10 @@ from edge.outbox import (
     BATCH_MAX,
     EventDraft,
     Outbox,
+    OutboxDB,
     StorageQuota,
     new_event_ids,
 )
-from edge.storage import open_database
 
 QUOTA = StorageQuota(disk_quota_bytes=1 << 40, snapshot_quota_bytes=1 << 40, min_free_bytes=0)
 PAYLOAD: dict[str, Any] = {"button": "b1", "trigger": "hold", "note": "x" * 200}
@@ -60,7 +60,9 @@ def _fresh(workdir: Path) -> Path:
 
 
 def _raw_conn(path: Path) -> sqlite3.Connection:
-    conn, _moved, _reason = open_database(path)  # same schema, WAL, synchronous=FULL
+    db = OutboxDB(path)  # same schema, WAL, synchronous=FULL
+    db.open("node-bench")
+    conn = db.conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     return conn
@@ -85,9 +87,8 @@ def _batched_insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> No
 
 def _check_durable(ob: Outbox, n: int) -> None:
     """Same sync policy as the raw baseline, and every event is really in the file."""
-    with ob._lock:
-        assert ob._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert ob._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert ob.db.query("PRAGMA journal_mode")[0][0] == "wal"
+    assert ob.db.query("PRAGMA synchronous")[0][0] == 2  # FULL
     with sqlite3.connect(ob.path) as c:
         got = c.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     assert got >= n, f"only {got} of {n} events in the file"
@@ -113,7 +114,7 @@ def bench_outbox_writer(workdir: Path, n: int) -> float:
     drafts = _drafts(n)
     ob = Outbox(_fresh(workdir), "node-bench", quota=QUOTA)
     try:
-        with ob._lock:
+        with ob.db.lock:
             receipts = [ob.submit(d) for d in drafts]
             t0 = time.perf_counter()
         for r in receipts:

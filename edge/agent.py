@@ -22,7 +22,7 @@ from edge.drivers.camera import capture_burst
 from edge.errors import ControlError, KentonganError
 from edge.hardware import Hardware, build_hardware
 from edge.incidents import Priority, SystemEvent
-from edge.logs import log_event, set_node_id
+from edge.logs import RateLimitedLog, log_event, set_node_id
 from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
 from edge.security_hooks import SecurityHooks, load_security_hooks
 from edge.snapshots import SnapshotStore
@@ -34,6 +34,7 @@ log = logging.getLogger("kentongan.agent")
 
 MAINTENANCE_SECONDS = 60.0
 STOP_TIMEOUT_S = 15.0
+SELFTEST_WAIT_S = 5.0
 
 
 class Agent:
@@ -53,8 +54,12 @@ class Agent:
         self._sync_task: asyncio.Task[None] | None = None
         self.security: SecurityHooks = SecurityHooks()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._last_camera_fault = 0.0
+        # None, not 0.0: time.monotonic() counts from boot, and a post starts its agent well
+        # within 300 s of booting, so a 0.0 sentinel silenced every camera fault of the first
+        # five minutes of uptime (and failed the test on a freshly booted machine).
+        self._last_camera_fault: float | None = None
         self.started_mono = time.monotonic()
+        self._rlog = RateLimitedLog(log, interval_s=10.0)  # repeating failures, one line/10 s
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -63,7 +68,11 @@ class Agent:
         set_node_id(cfg.node.node_id)
         self.loop = asyncio.get_running_loop()
         state = Path(cfg.storage.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a full or broken disk must not silence the post
+            log_event(log, "state_dir_unavailable", logging.ERROR, path=str(state),
+                      error=str(exc))
         self.security = load_security_hooks(cfg, self.clock)
         # The siren comes up before the database: a broken disk must not silence the post.
         self.hw = build_hardware(cfg, simulate=self.simulate, on_siren_change=self._on_siren_change)
@@ -176,6 +185,8 @@ class Agent:
             w.close()
         if self.hw is not None:
             self.hw.close()
+        if self.engine is not None and (kept := self.engine.flush_retries()):
+            log_event(log, "kept_events_flushed", logging.WARNING, count=kept)
         if self.outbox is not None:
             await asyncio.to_thread(self.outbox.close)
         log_event(log, "agent_stopped")
@@ -213,8 +224,8 @@ class Agent:
                 snap = await asyncio.to_thread(self.snapshots.add, frame, event_id=event_id,
                                                priority=priority)
             except KentonganError as exc:
-                log_event(log, "snapshot_store_failed", logging.ERROR, event_id=event_id,
-                          error=str(exc))
+                self._rlog.log("snapshot_store_failed", logging.ERROR, event_id=event_id,
+                               error=str(exc))
                 continue
             stored += 1
             log_event(log, "snapshot_stored", event_id=event_id, snapshot_id=snap.snapshot_id,
@@ -222,9 +233,10 @@ class Agent:
         return stored
 
     def _camera_fault(self, detail: str, event_id: str | None) -> None:
-        log_event(log, "camera_fault", logging.WARNING, event_id=event_id, error=detail)
+        self._rlog.log("camera_fault", logging.WARNING, event_id=event_id, error=detail)
         now = time.monotonic()
-        if now - self._last_camera_fault > 300 and self.engine is not None:
+        last = self._last_camera_fault
+        if (last is None or now - last > 300) and self.engine is not None:
             self._last_camera_fault = now
             self.engine.record(EventDraft(SystemEvent.CAMERA_FAULT.value, int(Priority.P3),
                                           {"error": detail[:200], "event_id": event_id}))
@@ -321,21 +333,52 @@ class Agent:
             "siren": self.siren_status(),
             "open_incidents": self.engine.status() if self.engine else {},
             "outbox": self.outbox.counts(),
+            "storage": self.storage_health(),
             "snapshots": self.snapshots.counts() if self.snapshots else {},
             "sync": sync,
         }
+
+    def storage_health(self) -> dict[str, Any]:
+        """``Outbox.storage_health()`` plus the events the alarm engine keeps for retry (for
+        status and the heartbeat's extra fields)."""
+        if self.outbox is None:
+            return {"state": "unavailable", "reasons": ["outbox not started"]}
+        health = self.outbox.storage_health()
+        health["pending_retries"] = self.engine.pending_retries() if self.engine else 0
+        if health["pending_retries"] and health["state"] == "ok":
+            health["state"] = "degraded"
+            health["reasons"].append("events kept in memory for retry")
+        return health
 
     async def _ctl_status(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "status": await asyncio.to_thread(self.status)}
 
     async def _ctl_record_selftest(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Record a SELFTEST event. The answer is always true: ``stored`` (with its id) once it
+        is committed, ``pending`` while the store cannot take it yet (it stays queued or kept
+        for retry and will be stored), ``failed`` only when it was given up."""
         payload = req.get("payload")
         if not isinstance(payload, dict) or self.engine is None:
             raise ControlError("record_selftest needs a payload object")
-        receipt = self.engine.record(
-            EventDraft(SystemEvent.SELFTEST.value, int(Priority.P4), payload))
-        ev = await asyncio.to_thread(receipt.result, 10)
-        return {"ok": True, "event_id": ev.event_id}
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[StoredEvent | None] = loop.create_future()
+
+        def done(ev: StoredEvent | None) -> None:  # on the loop (AlarmEngine._hop)
+            if not outcome.done():
+                outcome.set_result(ev)
+
+        self.engine.record(EventDraft(SystemEvent.SELFTEST.value, int(Priority.P4), payload),
+                           on_outcome=done)
+        try:
+            ev = await asyncio.wait_for(asyncio.shield(outcome), SELFTEST_WAIT_S)
+        except TimeoutError:
+            return {"ok": True, "status": "pending", "storage": self.storage_health(),
+                    "detail": "not stored yet: the event is kept and will be stored when the "
+                              "disk has room"}
+        if ev is None:
+            return {"ok": False, "status": "failed",
+                    "error": "the event was given up (retry memory full)"}
+        return {"ok": True, "status": "stored", "event_id": ev.event_id}
 
     async def _ctl_press(self, req: dict[str, Any]) -> dict[str, Any]:
         if self.hw is None or self.hw.simulated is None:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from uuid6 import uuid7
@@ -24,10 +25,27 @@ from edge.drivers.buttons import ButtonAction, ButtonSignal
 from edge.drivers.siren import Activation, SirenPlayer, Trigger
 from edge.errors import KentonganError
 from edge.incidents import INCIDENTS, IncidentType, Priority, SystemEvent
-from edge.logs import log_event
+from edge.logs import RateLimitedLog, log_event
 from edge.outbox import EventDraft, Outbox, Receipt, StoredEvent
 
 log = logging.getLogger("kentongan.alarm")
+
+#: Backoff of the ONE retry timer for events the store could not take (disk full).
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+#: Most failed events kept in memory; past it the least urgent (then newest) is given up,
+#: loudly. P1/P2 are given up only when everything kept is P1/P2.
+RETRY_KEEP = 10_000
+
+#: Called once with the stored event, or with None when the engine gave the event up.
+Outcome = Callable[[StoredEvent | None], None]
+
+
+@dataclass
+class _Kept:
+    receipt: Receipt[StoredEvent]
+    draft: EventDraft
+    on_outcome: Outcome | None
 
 
 @dataclass
@@ -62,7 +80,11 @@ class AlarmEngine:
         self.request_snapshot = request_snapshot
         self._lock = threading.Lock()
         self.open_incidents: dict[IncidentType, OpenIncident] = {}
-        self._retry: list[EventDraft] = []
+        self._retry: list[_Kept] = []
+        self._retry_timer: asyncio.TimerHandle | threading.Timer | None = None
+        self._retry_delay = RETRY_FIRST_S
+        self.given_up = 0
+        self.rlog = RateLimitedLog(log, interval_s=10.0)
 
     # -- entry points (any thread) -------------------------------------------------------------
 
@@ -120,11 +142,26 @@ class AlarmEngine:
         """Start (or stop, for AMAN) the siren for an incident type. Thread-safe, no I/O."""
         return self._sound(kind, trigger, priority)
 
-    def record(self, draft: EventDraft, *, snapshot: bool = False) -> Receipt[StoredEvent]:
-        """Hand an event to the outbox writer (non-blocking); follow-ups run on the loop."""
-        fut = self.outbox.submit(draft)
-        fut.add_done_callback(lambda f: self._hop(self._after_commit, f, draft, snapshot))
+    def record(self, draft: EventDraft, *, snapshot: bool = False,
+               on_outcome: Outcome | None = None) -> Receipt[StoredEvent]:
+        """Hand an event to the outbox writer (non-blocking); follow-ups run on the loop.
+
+        An event the store cannot take (disk full beyond the reserve) is kept in memory and
+        retried by one timer with backoff until it is stored; ``on_outcome(event)`` runs once
+        it is (``on_outcome(None)`` if it had to be given up, see ``RETRY_KEEP``). The
+        returned receipt is the first attempt's."""
+        return self._submit(self.outbox.submit(draft), draft, snapshot, on_outcome)
+
+    def _submit(self, fut: Receipt[StoredEvent], draft: EventDraft, snapshot: bool,
+                on_outcome: Outcome | None) -> Receipt[StoredEvent]:
+        fut.add_done_callback(
+            lambda f: self._hop(self._after_commit, f, draft, snapshot, on_outcome))
         return fut
+
+    def pending_retries(self) -> int:
+        """Events kept in memory because the store could not take them yet."""
+        with self._lock:
+            return len(self._retry)
 
     def acknowledge(self, incident_id: str | None, operator: str) -> bool:
         """Central acknowledged an incident: mark it (the caller plays the ack pattern)."""
@@ -180,17 +217,15 @@ class AlarmEngine:
                 pass
         fn(*args)
 
-    def _after_commit(self, fut: Receipt[StoredEvent], draft: EventDraft, snapshot: bool) -> None:
+    def _after_commit(self, fut: Receipt[StoredEvent], draft: EventDraft, snapshot: bool,
+                      on_outcome: Outcome | None = None) -> None:
         exc = fut.exception()
         if exc is not None:
-            # Never lose an event: keep it in memory and retry until the store takes it.
-            log_event(log, "event_record_failed", logging.ERROR, type=draft.type,
-                      priority=draft.priority, error=str(exc))
-            self._retry.append(draft)
-            if self.loop is not None and not self.loop.is_closed():
-                self.loop.call_later(1.0, self._retry_failed)
+            self._keep(_Kept(fut, draft, on_outcome), exc)
             return
         ev = fut.result()
+        if on_outcome is not None:
+            on_outcome(ev)
         if ev.incident_id:
             with self._lock:
                 for inc in self.open_incidents.values():
@@ -207,7 +242,70 @@ class AlarmEngine:
                 log_event(log, "snapshot_request_failed", logging.WARNING, event_id=ev.event_id,
                           error=str(err))
 
+    def _keep(self, kept: _Kept, exc: BaseException) -> None:
+        """Never lose an event: keep it and make sure the one retry timer is armed."""
+        dropped: _Kept | None = None
+        with self._lock:
+            self._retry.append(kept)
+            if len(self._retry) > RETRY_KEEP:
+                # least urgent first (highest priority number), newest among those
+                worst = max(range(len(self._retry)),
+                            key=lambda i: (self._retry[i].draft.priority, i))
+                dropped = self._retry.pop(worst)
+                self.given_up += 1
+            n = len(self._retry)
+        self.rlog.log("event_record_failed", logging.ERROR, type=kept.draft.type,
+                      priority=kept.draft.priority, error=str(exc), kept=n)
+        if dropped is not None:
+            self.rlog.log("event_given_up", logging.CRITICAL, type=dropped.draft.type,
+                          priority=dropped.draft.priority, kept=n, given_up=self.given_up)
+            if dropped.on_outcome is not None:
+                dropped.on_outcome(None)
+        self._arm_retry()
+
+    def _arm_retry(self) -> None:
+        with self._lock:
+            if self._retry_timer is not None or not self._retry:
+                return
+            delay = self._retry_delay
+            self._retry_delay = min(RETRY_MAX_S, delay * 2)
+            loop = self.loop
+            if loop is not None and not loop.is_closed():  # we run on the loop (see _hop)
+                self._retry_timer = loop.call_later(delay, self._retry_failed)
+                return
+            timer = threading.Timer(delay, self._retry_failed)
+            timer.daemon = True
+            self._retry_timer = timer
+        timer.start()
+
     def _retry_failed(self) -> None:
-        pending, self._retry = self._retry, []
-        for draft in pending:
-            self.record(draft, snapshot=False)
+        """The retry timer fired: resubmit everything kept, with its original clock readings,
+        in one go. The backoff resets once an event is stored again."""
+        with self._lock:
+            self._retry_timer = None
+            pending, self._retry = self._retry, []
+        for k in pending:
+            self.outbox.resubmit(k.receipt).add_done_callback(partial(self._hop_retry, k))
+
+    def flush_retries(self) -> int:
+        """Resubmit every kept event now (at shutdown, before the outbox closes and commits
+        what is queued); returns how many."""
+        with self._lock:
+            timer, self._retry_timer = self._retry_timer, None
+            pending, self._retry = self._retry, []
+        if timer is not None:
+            timer.cancel()
+        for k in pending:
+            self.outbox.resubmit(k.receipt)
+        return len(pending)
+
+    def _hop_retry(self, kept: _Kept, fut: Receipt[StoredEvent]) -> None:
+        self._hop(self._after_retry, fut, kept)
+
+    def _after_retry(self, fut: Receipt[StoredEvent], kept: _Kept) -> None:
+        if fut.exception() is not None:
+            self._keep(_Kept(fut, kept.draft, kept.on_outcome), fut.exception() or Exception())
+            return
+        with self._lock:
+            self._retry_delay = RETRY_FIRST_S
+        self._after_commit(fut, kept.draft, False, kept.on_outcome)

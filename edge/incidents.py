@@ -59,6 +59,7 @@ class SystemEvent(StrEnum):
     CAMERA_FAULT = "CAMERA_FAULT"
     MODEM_FAULT = "MODEM_FAULT"
     STORAGE_QUARANTINED = "STORAGE_QUARANTINED"
+    STORAGE_DEGRADED = "STORAGE_DEGRADED"
     EVICTION = "EVICTION"
     SMS_SENT = "SMS_SENT"
     COMMAND = "COMMAND"
@@ -119,7 +120,8 @@ def priority_of(kind: str) -> Priority:
         pass
     if kind in (SystemEvent.TAMPER, SystemEvent.SIREN_FAULT, SystemEvent.SECURITY):
         return Priority.P2
-    if kind in (SystemEvent.STORAGE_QUARANTINED, SystemEvent.CAMERA_FAULT,
+    if kind in (SystemEvent.STORAGE_QUARANTINED, SystemEvent.STORAGE_DEGRADED,
+                SystemEvent.CAMERA_FAULT,
                 SystemEvent.MODEM_FAULT, SystemEvent.SIREN_MAX_ON, SystemEvent.EVICTION,
                 SystemEvent.BUTTON_SILENT):
         return Priority.P3

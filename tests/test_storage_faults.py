@@ -18,13 +18,13 @@ BIG = StorageQuota(disk_quota_bytes=1 << 40, snapshot_quota_bytes=1 << 40, min_f
 
 def _set_max_pages(ob: Outbox, pages: int) -> None:
     """Cap the DB size: SQLite then answers SQLITE_FULL exactly like a full disk."""
-    with ob._lock:
-        ob._conn.execute(f"PRAGMA max_page_count={pages}").fetchall()
+    with ob.db.lock:
+        ob.db.conn.execute(f"PRAGMA max_page_count={pages}").fetchall()
 
 
 def _page_count(ob: Outbox) -> int:
-    with ob._lock:
-        return int(ob._conn.execute("PRAGMA page_count").fetchone()[0])
+    with ob.db.lock:
+        return int(ob.db.conn.execute("PRAGMA page_count").fetchone()[0])
 
 
 def _evictions(ob: Outbox) -> list[dict[str, object]]:
@@ -32,8 +32,8 @@ def _evictions(ob: Outbox) -> list[dict[str, object]]:
 
 
 def _by_priority(ob: Outbox) -> dict[int, int]:
-    with ob._lock:
-        rows = ob._conn.execute("SELECT priority, COUNT(*) FROM events"
+    with ob.db.lock:
+        rows = ob.db.conn.execute("SELECT priority, COUNT(*) FROM events"
                                 " WHERE type!='EVICTION' GROUP BY priority").fetchall()
     return dict(rows)
 
@@ -157,6 +157,7 @@ def test_byte_quota_prunes_acked_before_unacked(tmp_path: Path) -> None:
         acked = ob.record_many([EventDraft("PATROLI", 4, {"pad": pad}) for _ in range(400)])
         ob.ack(e.event_id for e in acked)
         unacked = ob.record_many([EventDraft("PATROLI", 4, {"pad": pad}) for _ in range(100)])
+        ob.evictor.reclaim()  # measure the database, not WAL blocks kept for reuse
         ob.quota = StorageQuota(disk_quota_bytes=ob.usage_bytes() // 2,
                                 snapshot_quota_bytes=1 << 40, min_free_bytes=0)
         recorded = ob.enforce_quota()
@@ -179,8 +180,8 @@ def test_io_error_in_writer_fails_futures_not_thread(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "outbox.db", "node-test", quota=BIG)
     blocker = sqlite3.connect(ob.path, isolation_level=None, timeout=0)
     try:
-        with ob._lock:
-            ob._conn.execute("PRAGMA busy_timeout=50")
+        with ob.db.lock:
+            ob.db.conn.execute("PRAGMA busy_timeout=50")
         blocker.execute("BEGIN IMMEDIATE")
         fut = ob.submit(EventDraft("PANIC", 1))
         err = fut.exception(30)

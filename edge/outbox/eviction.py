@@ -1,0 +1,279 @@
+"""Disk pressure: quota checks, eviction in a fixed order, pruning, giving pages back.
+
+Order (never reordered): snapshots (acked first, then lowest priority, oldest) -> acked events
+(oldest acknowledgement first) -> unacked P4+ -> unacked P3 (storage audit records excepted) ->
+never unacked P1/P2. Every step deletes and records its ``EVICTION`` event (P3) in ONE
+transaction, with exact figures: ``count``, ``unacked`` / ``acked`` removed, and the removed
+events as ``ranges`` of consecutive rowids (each: first and last event id, count), so central
+knows exactly which events it will never see. When even that record does not fit (disk full)
+the deletion is committed alone and the record is kept for the next commit that has room.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from edge.outbox.claims import Tally
+from edge.outbox.db import OutboxDB
+from edge.outbox.records import StoredEvent, chunks
+from edge.storage import StorageQuota, database_bytes, free_bytes, is_full_error
+
+__all__ = ["AUDIT_TYPES", "Evictor"]
+
+log = logging.getLogger("edge.outbox")
+
+ROW_OVERHEAD = 160  # rough bytes per event row besides its payload (eviction estimates)
+_EVICT_MIN_ROWS = 64
+_EVICT_MAX_ROWS = 5000
+#: On a full disk every deleted page is first written to the WAL, and the WAL can only grow
+#: into what the reserve gave back: evict in small transactions, checkpointing in between so
+#: the WAL is reused, and leave freed pages in the database for the pending inserts.
+_FULL_DISK_MAX_ROWS = 256
+_FULL_DISK_VACUUM_PAGES = 256
+_MAX_RANGES = 50
+#: Unacked records of these types are never evicted: they are the audit trail of storage.
+AUDIT_TYPES = ("EVICTION", "STORAGE_QUARANTINED", "STORAGE_DEGRADED")
+_AUDIT_SQL = ",".join(f"'{t}'" for t in AUDIT_TYPES)
+
+#: (label, WHERE, ORDER BY) of each event class, in eviction order. Each uses an index:
+#: events_acked for acked rows, events_unacked for the others (see schema.py).
+EVENT_CLASSES: tuple[tuple[str, str, str, str], ...] = (
+    ("acked_events", "events_acked", "status = 'acked'", "acked_at"),
+    ("events_p4", "events_unacked", "status != 'acked' AND priority >= 4", "priority, id"),
+    ("events_p3", "events_unacked",
+     f"status != 'acked' AND priority = 3 AND type NOT IN ({_AUDIT_SQL})", "id"),
+)
+
+RecordFn = Callable[[sqlite3.Connection, dict[str, Any]], StoredEvent]
+
+
+def describe(rows: Sequence[tuple[int, str, str, str, int]]) -> dict[str, Any]:
+    """Exact figures of removed event rows ``(id, event_id, status, type, payload bytes)``."""
+    ordered = sorted(rows)
+    ranges: list[dict[str, Any]] = []
+    for rid, eid, _st, _t, _n in ordered:
+        if ranges and ranges[-1]["_last"] == rid - 1:
+            r = ranges[-1]
+            r["last"], r["_last"], r["count"] = eid, rid, r["count"] + 1
+        else:
+            ranges.append({"first": eid, "last": eid, "count": 1, "_last": rid})
+    unacked = sum(1 for r in rows if r[2] != "acked")
+    out: dict[str, Any] = {
+        "count": len(rows), "unacked": unacked, "acked": len(rows) - unacked,
+        "ranges": [{k: v for k, v in r.items() if k != "_last"} for r in ranges[:_MAX_RANGES]],
+        "ranges_total": len(ranges),
+    }
+    if ordered:
+        out["rowids"] = [ordered[0][0], ordered[-1][0]]
+    return out
+
+
+class Evictor:
+    """Quota enforcement and eviction on the shared database object."""
+
+    def __init__(self, db: OutboxDB, tally: Tally, quota: StorageQuota, *,
+                 record: RecordFn, defer: Callable[[dict[str, Any]], None],
+                 notify: Callable[[Sequence[StoredEvent]], None], warn: Any) -> None:
+        self.db = db
+        self.tally = tally
+        self.quota = quota
+        self._record = record
+        self._defer = defer
+        self._notify = notify
+        self._warn = warn  # RateLimitedLog.log
+
+    # ---------------------------------------------------------------- sizes
+
+    def snapshot_bytes(self) -> int:
+        return int(self.db.query("SELECT COALESCE(SUM(size), 0) FROM snapshots")[0][0])
+
+    def usage_bytes(self) -> int:
+        """DB + WAL + snapshot files, as counted against ``quota.disk_quota_bytes``."""
+        return database_bytes(self.db.path) + self.snapshot_bytes()
+
+    def need_bytes(self) -> int:
+        over = self.usage_bytes() - self.quota.disk_quota_bytes
+        try:
+            short = self.quota.min_free_bytes - free_bytes(self.db.path.parent)
+        except OSError:
+            short = 0
+        return max(over, short)
+
+    # ---------------------------------------------------------------- policy
+
+    def enforce_quota(self) -> list[StoredEvent]:
+        """Evict until within quota and free-space limits; return the EVICTION events recorded."""
+        recorded: list[StoredEvent] = []
+        if not self.db.is_open:
+            return recorded
+        with self.db.lock:
+            if self.need_bytes() <= 0:
+                return recorded
+            self.reclaim()
+            for _ in range(1000):
+                need = self.need_bytes()
+                if need <= 0:
+                    break
+                try:
+                    progress = self.evict_step(need, "quota", recorded)
+                except sqlite3.Error as exc:
+                    if not is_full_error(exc):
+                        raise
+                    progress = False
+                if not progress:
+                    self._warn("storage_quota_exceeded", logging.ERROR, short_bytes=need)
+                    break
+        return recorded
+
+    def evict_step(self, need: int, reason: str, recorded: list[StoredEvent]) -> bool:
+        """Evict about ``need`` bytes from the first non-empty class. False when nothing may be
+        evicted. Raises the SQLite error when even the deletion cannot be committed."""
+        with self.db.lock:
+            conn = self.db.conn
+            snaps = conn.execute(
+                "SELECT snapshot_id, path, size FROM snapshots"
+                " ORDER BY (status='acked') DESC, priority DESC, taken_at, rowid LIMIT 1000"
+            ).fetchall()
+            if snaps:
+                chosen: list[tuple[str, str, int]] = []
+                total = 0
+                for snap in snaps:
+                    if total >= need and chosen:
+                        break
+                    chosen.append(snap)
+                    total += snap[2]
+                ev = self.delete_snapshots(chosen, {"what": "snapshots", "reason": reason},
+                                           full=reason == "disk_full")
+                if ev is not None:
+                    recorded.append(ev)
+                return True
+            limit = _FULL_DISK_MAX_ROWS if reason == "disk_full" else _EVICT_MAX_ROWS
+            for label, index, where, order in EVENT_CLASSES:
+                rows = conn.execute(
+                    f"SELECT id, event_id, status, type, length(payload) FROM events"
+                    f" INDEXED BY {index} WHERE {where} ORDER BY {order}"
+                    f" LIMIT {limit}").fetchall()
+                if not rows:
+                    continue
+                chosen_rows: list[tuple[int, str, str, str, int]] = []
+                freed = 0
+                for row in rows:
+                    if freed >= need and len(chosen_rows) >= _EVICT_MIN_ROWS:
+                        break
+                    chosen_rows.append(row)
+                    freed += row[4] + ROW_OVERHEAD
+                ids = [r[1] for r in chosen_rows]
+                payload = {"what": label, "reason": reason, "bytes": freed,
+                           **describe(chosen_rows)}
+
+                def delete(c: sqlite3.Connection, ids: list[str] = ids) -> None:
+                    delete_events(c, ids)
+
+                ev = self._delete_and_record(delete, payload, full=reason == "disk_full")
+                self.tally.remove((r[3], r[2]) for r in chosen_rows)
+                if ev is not None:
+                    recorded.append(ev)
+                return True
+            return False
+
+    def prune_acked(self, older_than_s: float, now: float) -> int:
+        """Delete events acknowledged more than ``older_than_s`` ago (and their flags)."""
+        if not self.db.is_open:
+            return 0
+        cutoff = now - older_than_s
+        with self.db.tx() as conn:
+            rows = conn.execute("SELECT event_id, type FROM events INDEXED BY events_acked"
+                                " WHERE status = 'acked' AND acked_at <= ?", (cutoff,)).fetchall()
+            delete_events(conn, [r[0] for r in rows])
+        self.tally.remove((t, "acked") for _e, t in rows)
+        if rows:
+            self.reclaim()
+        return len(rows)
+
+    def _delete_and_record(self, delete: Callable[[sqlite3.Connection], None],
+                           payload: dict[str, Any], *, full: bool = False) -> StoredEvent | None:
+        """Delete and record the EVICTION event in one transaction (see the module doc)."""
+        self._warn("storage_eviction", logging.WARNING, key=f"evict:{payload['what']}",
+                   **{k: v for k, v in payload.items() if k != "ranges"})
+        with self.db.lock:
+            try:
+                with self.db.tx() as conn:
+                    delete(conn)
+                    ev: StoredEvent | None = self._record(conn, payload)
+            except sqlite3.Error as exc:
+                if not is_full_error(exc):
+                    raise
+                with self.db.tx() as conn:
+                    delete(conn)
+                self._defer(payload)
+                ev = None
+            self.reclaim(_FULL_DISK_VACUUM_PAGES if full else None)
+        if ev is not None:
+            self._notify([ev])
+        return ev
+
+    def delete_snapshots(self, snaps: Sequence[tuple[str, str, int]],
+                         event_payload: dict[str, Any], *, full: bool = False
+                         ) -> StoredEvent | None:
+        """Delete snapshot rows and files, recording one EVICTION event (used by the store).
+        Returns the event (None when it is still waiting for room)."""
+        ids = [s[0] for s in snaps]
+        payload = {**event_payload, "count": len(snaps), "bytes": sum(s[2] for s in snaps),
+                   "snapshot_ids": ids[:20]}
+
+        def delete(conn: sqlite3.Connection) -> None:
+            for chunk in chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM snapshots WHERE snapshot_id IN ({marks})", chunk)
+
+        ev = self._delete_and_record(delete, payload, full=full)
+        for _sid, p, _size in snaps:
+            with suppress(OSError):
+                Path(p).unlink(missing_ok=True)
+        return ev
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database (PASSIVE) so its blocks can be written again; True
+        when that backfilled every frame and there were frames to backfill."""
+        with self.db.lock:
+            try:
+                _busy, log_frames, done = self.db.conn.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                self._warn("outbox_checkpoint_failed", logging.WARNING, error=str(exc))
+                return False
+        return bool(log_frames > 0 and done == log_frames)
+
+    def reclaim(self, vacuum_pages: int | None = None) -> None:
+        """Give freed pages back to the filesystem (all, or at most ``vacuum_pages``) and
+        truncate the WAL; each step best effort. The first checkpoint empties the WAL so the
+        vacuum's own WAL frames fit even on a full disk."""
+        vacuum = ("PRAGMA incremental_vacuum;" if vacuum_pages is None
+                  else f"PRAGMA incremental_vacuum({int(vacuum_pages)});")
+        # On a full disk keep the WAL file's blocks (PASSIVE): they are where the next commit
+        # goes; otherwise give them back too (TRUNCATE).
+        mode = "PASSIVE" if vacuum_pages is not None else "TRUNCATE"
+        with self.db.lock:
+            conn = self.db.conn
+            for step in ("checkpoint", "vacuum", "checkpoint"):
+                try:
+                    if step == "vacuum":
+                        # executescript steps the pragma to completion (execute(): one page)
+                        conn.executescript(vacuum)
+                    else:
+                        conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                except sqlite3.Error as exc:
+                    self._warn("outbox_reclaim_failed", logging.WARNING, step=step,
+                               error=str(exc))
+
+
+def delete_events(conn: sqlite3.Connection, event_ids: Sequence[str]) -> None:
+    for chunk in chunks(event_ids):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM events WHERE event_id IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM event_flags WHERE event_id IN ({marks})", chunk)
