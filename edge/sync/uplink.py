@@ -321,18 +321,8 @@ class EventUplink:
         return events
 
     async def _claim_p1(self, free: int) -> list[StoredEvent]:
-        """Claim only ready P1 events (claim orders by priority, so claiming exactly as many as
-        are ready takes P1s only)."""
-        def work() -> list[StoredEvent]:
-            ready = [e for e in self.outbox.oldest_unacked(1, -86400.0) if e.status == "ready"]
-            if not ready:
-                return []
-            got = self.outbox.claim(min(free, len(ready)))
-            extra = [e for e in got if e.priority > 1]
-            if extra:  # a P1 vanished in between (cannot happen with one claimer): give back
-                self.outbox.release([e.event_id for e in extra])
-            return [e for e in got if e.priority == 1]
-        return await asyncio.to_thread(work)
+        """Claim only ready P1 events, in one statement through the claim index (O(P1 rows))."""
+        return await asyncio.to_thread(self.outbox.claim, free, 1)
 
     async def _expire(self, now: float) -> None:
         limit = self.current_timeout_s
