@@ -30,6 +30,7 @@ class InstallOptions:
     nice: int = 10  # installs run niced (and ionice idle where available)
     timeout: float = 1800.0
     find_links: Path | None = None  # default: the layout's wheels/ directory
+    compile: bool = True  # byte-compile at install (the agent user cannot write __pycache__)
 
 
 def _lowprio() -> None:  # pragma: no cover - runs in the child
@@ -65,7 +66,8 @@ def install_release(layout: Layout, manifest: Manifest, opts: InstallOptions) ->
     py = target / "bin" / "python"
     _run([opts.pip_python, "-m", "pip", "--disable-pip-version-check", "--python", str(py),
           "install", "--no-index", "--find-links", str(opts.find_links or layout.wheels), "--no-cache-dir",
-          "--no-warn-script-location", f"{manifest.package}=={manifest.version}"],
+          "--no-warn-script-location", *([] if opts.compile else ["--no-compile"]),
+          f"{manifest.package}=={manifest.version}"],
          opts, f"pip install {manifest.package}=={manifest.version}")
     got = _run([str(py), "-c", "import importlib.metadata as m, sys; "
                 f"print(m.version({manifest.package!r}))"], opts, "version check").strip()

@@ -10,6 +10,8 @@ tests and the demo: ExecStart through the ``current`` link (resolved again at ev
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -48,14 +50,19 @@ class SystemdService:
 
 
 class Supervisor:
-    """Run ``argv`` forever like ``Restart=always``; see the module docstring."""
+    """Run ``argv`` forever like ``Restart=always``; see the module docstring.
+
+    With ``status_file`` it publishes ``{"pid", "starts", "restarts"}`` there (atomically) and
+    honours restart requests from other processes (``SupervisorClient``): a request file next to
+    it, like ``systemctl restart`` talking to systemd."""
 
     def __init__(self, argv: Sequence[str], *, restart_sec: float = 0.5,
                  stop_timeout: float = 15.0, log: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, status_file: Path | None = None) -> None:
         self.argv = list(argv)
         self.restart_sec, self.stop_timeout = restart_sec, stop_timeout
         self.log, self.env = log, env
+        self.status_file = status_file
         self.starts = 0
         self._restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -70,30 +77,58 @@ class Supervisor:
         return self
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        out = self.log.open("ab") if self.log is not None else subprocess.DEVNULL
+        out = self.log.open("ab") if self.log is not None else None
         try:
-            return subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                    env=self.env, start_new_session=True)
+            return subprocess.Popen(self.argv, stdout=out or subprocess.DEVNULL,
+                                    stderr=subprocess.STDOUT, env=self.env,
+                                    start_new_session=True)
         finally:
-            if self.log is not None and hasattr(out, "close"):
+            if out is not None:
                 out.close()
+
+    def _publish(self) -> None:
+        if self.status_file is None:
+            return
+        with self._lock:
+            data = {"pid": None if self._proc is None else self._proc.pid,
+                    "starts": self.starts, "restarts": self._restarts}
+        tmp = self.status_file.with_name(self.status_file.name + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.status_file)
+
+    def _restart_requested(self) -> bool:
+        if self.status_file is None:
+            return False
+        req = restart_request_path(self.status_file)
+        if req.exists():
+            req.unlink(missing_ok=True)
+            return True
+        return False
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                proc = self._spawn()
+                proc: subprocess.Popen[bytes] | None = self._spawn()
             except OSError:
                 proc = None
             with self._lock:
                 self._proc = proc
                 self.starts += 1
                 self._wanted_stop = False
-            if proc is not None:
-                proc.wait()
+            self._publish()
+            while proc is not None and proc.poll() is None:
+                if self._restart_requested():
+                    with self._lock:
+                        self._wanted_stop = True
+                    self._terminate(proc)
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(0.05)
             with self._lock:
                 wanted = self._wanted_stop
                 if not wanted and not self._stopping.is_set():
                     self._restarts += 1
+            self._publish()
             if not wanted:
                 self._stopping.wait(self.restart_sec)
 
@@ -138,3 +173,34 @@ class Supervisor:
             self._terminate(proc)
         if self._thread is not None:
             self._thread.join(self.stop_timeout + 5)
+
+
+def restart_request_path(status_file: Path) -> Path:
+    return status_file.with_name(status_file.name + ".restart")
+
+
+class SupervisorClient:
+    """``AgentService`` of a ``Supervisor`` in another process (through its status file)."""
+
+    def __init__(self, status_file: Path, timeout: float = 60.0) -> None:
+        self.status_file, self.timeout = status_file, timeout
+
+    def _status(self) -> dict[str, int]:
+        try:
+            return dict(json.loads(self.status_file.read_text()))
+        except (OSError, ValueError):
+            return {"starts": 0, "restarts": 0}
+
+    def restart(self) -> None:
+        if not self.status_file.exists():
+            return  # no supervisor yet: the agent starts on the new link when it comes up
+        before = self._status().get("starts", 0)
+        restart_request_path(self.status_file).write_text("restart")
+        deadline = time.monotonic() + self.timeout
+        while self._status().get("starts", 0) == before:
+            if time.monotonic() > deadline:
+                raise UpdateError("unhealthy", "the supervisor did not restart the agent")
+            time.sleep(0.02)
+
+    def restart_count(self) -> int:
+        return int(self._status().get("restarts", 0))

@@ -206,7 +206,7 @@ class Updater:
         o = self.install_opts
         return InstallOptions(python=o.python, pip_python=o.pip_python,
                               system_site_packages=o.system_site_packages, nice=o.nice,
-                              timeout=o.timeout, find_links=stage)
+                              timeout=o.timeout, find_links=stage, compile=o.compile)
 
     def _trial(self, st: UpdateState) -> str:
         assert st.target is not None
