@@ -109,8 +109,9 @@ def _trials(world: tuple[Pki, Path, Path], tmp_path: Path, n: int) -> Counter[st
             recover(post.layout)
             running = _check_bootable(post.layout)
             post.start_agent()
-            wait_for(lambda running=running: post.agent_version() == running
-                     or target == "1.2.0" == running, 60, f"agent boots {running}")
+            if running != "1.2.0":  # (a trial of the crashing release is cut short next)
+                wait_for(lambda running=running: post.agent_version() == running, 60,
+                         f"agent boots {running}")
             # The next updater pass finishes the job (continues a trial, or starts over).
             out = post.updater().check_once()
             want = "1.1.0" if target == "1.1.0" else "1.0.0"
