@@ -44,16 +44,22 @@ async def agent_health(agent: Any, req: dict[str, Any]) -> dict[str, Any]:
         act = siren.play(cfg.siren.pattern_for(IncidentType.TEST),
                          Trigger("test", "update-health", "TEST"), priority=3, max_seconds=limit)
         deadline = t0 + limit + 2.0
-        while siren.state().playing and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        read_on = False  # the relay pin read back high at least once during the chirp
+        while time.monotonic() < deadline:
+            st = siren.state()
+            read_on = read_on or st.relay_on
+            if not st.playing:
+                break
+            await asyncio.sleep(0.01)
         st = siren.state()
         toggled = [on for t, on in st.history if t >= t0]
         if act.suppressed:
             checks.append(CheckResult("siren", FAIL, f"chirp suppressed ({act.suppressed})"))
-        elif True in toggled and False in toggled and not st.relay_on:
-            checks.append(CheckResult("siren", PASS, "relay switched on and off"))
+        elif read_on and True in toggled and False in toggled and not st.relay_on:
+            checks.append(CheckResult("siren", PASS, "relay pin read back on, then off"))
         else:
-            checks.append(CheckResult("siren", FAIL, f"relay did not toggle ({toggled})"))
+            checks.append(CheckResult("siren", FAIL, f"relay pin never read back on "
+                                      f"(commanded {toggled}, now {st.relay_on})"))
     for name, w in agent.buttons.items():
         pressed = w.is_pressed
         if w.cfg.normally_closed and pressed:

@@ -69,7 +69,7 @@ def install_release(layout: Layout, manifest: Manifest, opts: InstallOptions) ->
           "--no-warn-script-location", *([] if opts.compile else ["--no-compile"]),
           f"{manifest.package}=={manifest.version}"],
          opts, f"pip install {manifest.package}=={manifest.version}")
-    got = _run([str(py), "-c", "import importlib.metadata as m, sys; "
+    got = _run([str(py), "-I", "-c", "import importlib.metadata as m, sys; "
                 f"print(m.version({manifest.package!r}))"], opts, "version check").strip()
     if got != manifest.version:
         raise UpdateError("install_failed", f"installed {manifest.package} reports {got!r}, "
