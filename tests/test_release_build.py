@@ -139,6 +139,15 @@ def test_real_release_installs_into_a_venv_on_a_post(built: tuple[Path, Path],
                           "import edge, sys; print(edge.__file__)"], capture_output=True,
                          text=True, timeout=60, cwd=tmp_path)
     assert out.stdout.startswith(str(layout.current / "lib"))  # its own copy, not this checkout
+    # The installed release carries the updater itself (what the units run from `good`).
+    upd = layout.good / "bin" / "kentongan-update"
+    out = subprocess.run([str(upd), "adopt", __version__, "--root", str(layout.root)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0 and "adopted" in out.stdout, out.stderr
+    out = subprocess.run([str(upd), "adopt", "9.9.9", "--root", str(layout.root)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 1 and "does not hold kentongan 9.9.9" in out.stderr
+    assert layout.link_target(layout.current) == __version__
 
 
 def test_version_flags() -> None:

@@ -70,6 +70,33 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adopt(args: argparse.Namespace) -> int:
+    """First installation by hand: releases/<version> was made with pip by a technician."""
+    import subprocess
+
+    from edge.update.switch import Layout
+
+    layout = Layout(_root_of(args))
+    layout.ensure()
+    py = layout.release(args.release) / "bin" / "python"
+    try:
+        res = subprocess.run([str(py), "-I", "-c", "import importlib.metadata as m; "
+                              "print(m.version('kentongan'))"], capture_output=True, text=True,
+                             timeout=60)
+        found = res.stdout.strip() if res.returncode == 0 else res.stderr.strip()[-200:]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        found = str(exc)
+    if found != args.release:
+        raise KentonganError(f"{py.parent.parent} does not hold kentongan {args.release} "
+                             f"({found})")
+    os.sync()
+    layout.mark_complete(args.release)
+    layout.set_link(layout.good, args.release)
+    layout.set_link(layout.current, args.release)
+    print(f"adopted {args.release}: current and good -> releases/{args.release}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -119,11 +146,15 @@ def _add_update_commands(sub: Any) -> None:
     for name, func, help in (("recover", _cmd_recover, "repair any half-done update (boot)"),
                              ("run", _cmd_run, "the updater service loop"),
                              ("check", _cmd_check, "one update pass now"),
-                             ("status", _cmd_status, "installed versions and update state")):
+                             ("status", _cmd_status, "installed versions and update state"),
+                             ("adopt", _cmd_adopt, "make a hand-installed releases/<version> "
+                              "current and good (first installation)")):
         p = sub.add_parser(name, help=help)
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"update config (default "
                        f"{DEFAULT_CONFIG})")
-        if name in ("recover", "status"):
+        if name == "adopt":
+            p.add_argument("release", help="version directory under releases/")
+        if name in ("recover", "status", "adopt"):
             p.add_argument("--root", help="update root (instead of reading --config)")
         if name == "status":
             p.add_argument("--json", action="store_true")
