@@ -79,6 +79,7 @@ def test_update_passes_health_check_then_bad_release_rolls_back(post: Post,
     assert lay.link_target(lay.current) == lay.link_target(lay.good) == "1.1.0"
     assert post.agent_version() == "1.1.0"
     assert lay.complete_versions() == ["1.1.0"]  # 1.0.0 pruned only after 1.1.0 passed
+    assert sorted(p.name for p in lay.wheels.iterdir()) == ["kfix-1.1.0-py3-none-any.whl"]
     node = {n["node_id"]: n for n in server.store.nodes()}[NODE]
     assert (node["report_version"], node["report_state"]) == ("1.1.0", "healthy")
 

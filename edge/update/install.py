@@ -21,6 +21,8 @@ from edge.update import UpdateError
 from edge.update.manifest import Manifest
 from edge.update.switch import Layout, remove_tree
 
+MANIFEST_COPY = "kentongan-manifest.json"
+
 
 @dataclass(frozen=True)
 class InstallOptions:
@@ -74,6 +76,7 @@ def install_release(layout: Layout, manifest: Manifest, opts: InstallOptions) ->
     if got != manifest.version:
         raise UpdateError("install_failed", f"installed {manifest.package} reports {got!r}, "
                           f"expected {manifest.version}")
+    (target / MANIFEST_COPY).write_bytes(manifest.to_bytes())  # which wheels it was made of
     os.sync()  # every file of the venv on disk before the marker says it is complete
     layout.mark_complete(manifest.version)
     return target

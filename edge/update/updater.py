@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -30,8 +31,14 @@ from edge.logs import log_event
 from edge.update import UpdateError
 from edge.update.fetch import ReleaseClient
 from edge.update.health import AgentService, HealthChecker, Request
-from edge.update.install import InstallOptions, install_release
-from edge.update.manifest import Manifest, check_upgrade, machine, verify_manifest
+from edge.update.install import MANIFEST_COPY, InstallOptions, install_release
+from edge.update.manifest import (
+    Manifest,
+    check_upgrade,
+    machine,
+    manifest_from_bytes,
+    verify_manifest,
+)
 from edge.update.switch import Layout, UpdateState, recover
 
 log = logging.getLogger("kentongan.update")
@@ -218,11 +225,25 @@ class Updater:
             st.phase, st.target, st.previous, st.trial_started = "idle", None, None, None
             self.layout.save_state(st)
             self.layout.prune({version})
+            self._prune_wheels(version)
             self._report(st, version, "healthy", result.reason)
             self.layout.save_state(st)
             log_event(log, "update_healthy", version=version, seconds=round(result.seconds, 1))
             return f"updated to {version}: {result.reason}"
         return self.rollback(st, result.reason)
+
+    def _prune_wheels(self, version: str) -> None:
+        """Keep only the wheels of the good release (the next app-only update reuses them)."""
+        try:
+            m = manifest_from_bytes((self.layout.release(version) / MANIFEST_COPY).read_bytes())
+            keep = set(m.files_for(self.platform))
+        except (OSError, UpdateError):
+            return
+        for p in self.layout.wheels.iterdir():
+            if p.is_dir() and p.name.startswith("release-"):
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.is_file() and p.name not in keep and not p.name.endswith(".part"):
+                p.unlink(missing_ok=True)
 
     def rollback(self, st: UpdateState, reason: str) -> str:
         version = st.target or "?"
