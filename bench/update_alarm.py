@@ -35,10 +35,10 @@ def prepare(work: Path) -> tuple[Path, str]:
     """CA, release key, a release of this tree, an enrolled post; returns (post dir, version)."""
     from test_release_build import copy_tree
     from update_helpers import Pki
-    from wheelhouse import build_wheelhouse
 
     from central_sync.release.build import BuildOptions, build_release
     from central_sync.release.manifest import load_release_key
+    from central_sync.release.wheelhouse import build_wheelhouse
 
     pki = Pki.create(work / "pki")
     wheelhouse = work / "wheelhouse"

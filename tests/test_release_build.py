@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from update_helpers import BASE_PYTHON, REPO, Pki, Server, fixture_project
-from wheelhouse import build_wheelhouse
 
 from central_sync.registry import Registry
+from central_sync.release.wheelhouse import build_wheelhouse
 from edge import __version__
 from edge.signing import load_verify_key
 from edge.update.fetch import ReleaseClient, ServerTls

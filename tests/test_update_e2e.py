@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from test_release_build import copy_tree
 from update_helpers import BASE_PYTHON, REPO, Pki, Server, wait_for
-from wheelhouse import build_wheelhouse
 
 from central_sync.broker import LocalMosquitto, production_broker
 from central_sync.pki import PkiFiles
 from central_sync.registry import Registry
+from central_sync.release.wheelhouse import build_wheelhouse
 from edge.demo import post_toml
 from edge.signing import load_verify_key
 from edge.update.fetch import ReleaseClient, ServerTls

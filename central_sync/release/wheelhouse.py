@@ -1,6 +1,8 @@
-"""A local wheelhouse for offline release builds in tests: every runtime dependency of the
-project, repacked as a wheel from the distribution installed in this virtualenv (files listed in
-its RECORD, its own WHEEL tags), so no test needs the network."""
+"""A local wheelhouse for offline builds for the BUILD MACHINE's platform (tests, the updates
+demo): every runtime dependency of the project, repacked as a wheel from the distribution
+installed in this virtualenv (the files its RECORD lists, its own WHEEL tags).
+``release build --wheelhouse DIR`` then needs no network. Releases for the Pi (aarch64) come from
+``pip download --platform`` (docs/updates.md)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import re
 import zipfile
 from pathlib import Path
 
-from packaging.requirements import Requirement
-
 SKIP = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
 
 
 def closure(package: str = "kentongan") -> list[md.Distribution]:
+    """Installed distributions ``package`` needs at run time (no extras), itself excluded."""
+    from packaging.requirements import Requirement  # with pip/setuptools tooling (dev extra)
+
     seen: dict[str, md.Distribution] = {}
     todo = [package]
     while todo:
