@@ -201,6 +201,10 @@ def recover(layout: Layout) -> list[str]:
         actions.append(f"current -> {good}")
         cur = good
     if st.phase == "rolling_back":
+        if st.target:  # central has not heard it yet: the next pass sends the report
+            st.last_result = {"version": st.target, "state": "rolled_back",
+                              "reason": st.failed.get(st.target, "rollback cut short"),
+                              "at": time.time(), "reported": False}
         st.phase, st.target, st.trial_started = "idle", None, None
         actions.append("rollback finished")
     elif st.phase == "installing":
@@ -212,6 +216,10 @@ def recover(layout: Layout) -> list[str]:
     elif st.phase == "trial":
         st.trial_started = time.time()  # the window restarts with the agent
         actions.append(f"trial of {cur} continues")
+    if st.phase == "idle" and cur is not None and good is not None and cur != good:
+        # current runs an unproven version and no record says why (state lost): prove it.
+        st.phase, st.target, st.previous, st.trial_started = "trial", cur, good, time.time()
+        actions.append(f"current {cur} differs from good {good}: trial of {cur}")
     # Half-built releases: never referenced by a link, rebuilt from the verified wheels.
     if layout.releases.is_dir():
         for d in layout.releases.iterdir():
