@@ -156,3 +156,21 @@ def test_version_flags() -> None:
         res = subprocess.run([PY, "-m", mod, "--version"], capture_output=True, text=True,
                              timeout=60, cwd=REPO)
         assert res.stdout.strip() == f"{name} {__version__}", res.stderr
+
+
+def test_rollout_cli_canary_rollout_status(built: tuple[Path, Path]) -> None:
+    cfg, _root = built
+    out = central("release", "canary", "pos-canary-01", "--config", str(cfg)).stdout
+    assert "pos-canary-01" in out
+    res = central("release", "rollout", __version__, "--ring", "all", "--config", str(cfg),
+                  check=False)
+    assert res.returncode == 2 and "start" in res.stderr and "canary first" in res.stderr
+    out = central("release", "rollout", __version__, "--ring", "canary", "--config",
+                  str(cfg)).stdout
+    assert f"rollout of {__version__} to ring canary started" in out
+    status = json.loads(central("release", "status", "--json", "--config", str(cfg)).stdout)
+    assert status["rollout"]["version"] == __version__ and status["rollout"]["ring"] == "canary"
+    assert status["rollout"]["status"] == "active"
+    res = central("release", "rollout", "9.9.9", "--ring", "canary", "--config", str(cfg),
+                  check=False)
+    assert res.returncode == 2 and "no release 9.9.9" in res.stderr

@@ -81,6 +81,7 @@ def _trials(world: tuple[Pki, Path, Path], tmp_path: Path, n: int) -> Counter[st
                 shutil.rmtree(post.layout.root)
                 shutil.copytree(pristine, post.layout.root, symlinks=True)
             post.start_agent()
+            print(f"trial {i + 1}/{n} ({target}) {dict(phases)}", flush=True)
             wait_for(lambda: post.agent_version() == "1.0.0", 60, "agent on 1.0.0")
             server.store.start(target, "all", force=True)
             proc = subprocess.Popen([sys.executable, str(HELPER), str(post.dir), server.url],
@@ -132,6 +133,7 @@ def test_random_kills_during_update_always_boot_a_working_version(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(not SOAK, reason="set KENTONGAN_SOAK=1 for the 100-trial soak")
 def test_soak_100_random_kills(world: tuple[Pki, Path, Path], tmp_path: Path) -> None:
     phases = _trials(world, tmp_path, 100)
