@@ -69,3 +69,19 @@ def test_trial_continues_and_unreadable_state_resets(tmp_path: Path) -> None:
     st = UpdateState(**json.loads(lay.state_file.read_text()))
     assert (st.phase, st.target, st.previous) == ("trial", "1.1.0", "1.0.0")
     assert (lay.releases / "1.0.0" / COMPLETE).exists()
+
+
+def test_update_config_names_the_bad_key_and_resolves_paths(tmp_path: Path) -> None:
+    import pytest
+
+    from edge.errors import ConfigError
+    from edge.update.updater import load_update_config
+
+    cfg = tmp_path / "update.toml"
+    cfg.write_text('server_url = "https://c:8443"\nroot = "opt"\nrate_bytes_per_sec = 1\n')
+    with pytest.raises(ConfigError) as exc:
+        load_update_config(cfg)
+    assert exc.value.key_path == "rate_bytes_per_sec"
+    cfg.write_text('server_url = "https://c:8443"\nroot = "opt"\n')
+    loaded = load_update_config(cfg)
+    assert loaded.root == tmp_path / "opt" and loaded.health_window_seconds == 300

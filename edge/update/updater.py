@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.config_io import read_toml
+from edge.config_io import errors_of, read_toml
 from edge.errors import ConfigError, ControlError, KentonganError
 from edge.logs import log_event
 from edge.update import UpdateError
@@ -80,8 +80,9 @@ def load_update_config(path: Path) -> UpdateConfig:
             data[key] = str(base / data[key])
     try:
         return UpdateConfig.model_validate(data)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    except ValidationError as exc:
+        key, reason = errors_of(exc)[0]
+        raise ConfigError(reason, key) from None
 
 
 def _sha256(path: Path) -> str:
