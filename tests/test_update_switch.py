@@ -85,3 +85,23 @@ def test_update_config_names_the_bad_key_and_resolves_paths(tmp_path: Path) -> N
     cfg.write_text('server_url = "https://c:8443"\nroot = "opt"\n')
     loaded = load_update_config(cfg)
     assert loaded.root == tmp_path / "opt" and loaded.health_window_seconds == 300
+
+
+def test_token_bucket_paces_reads_to_the_configured_rate() -> None:
+    from edge.update.fetch import CHUNK, TokenBucket
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    bucket = TokenBucket(32 * 1024, clock=lambda: now[0], sleep=sleep)
+    for _ in range(64):  # 1 MiB in CHUNK reads
+        bucket.consume(CHUNK)
+    # 1 MiB at 32 KiB/s with a one-second burst: 31 s of waiting, not less
+    assert abs(now[0] - (64 * CHUNK - 32 * 1024) / (32 * 1024)) < 0.01
+    waits = len(slept)
+    TokenBucket(0, clock=lambda: now[0], sleep=sleep).consume(10**9)  # 0 = unlimited
+    assert len(slept) == waits
