@@ -34,9 +34,10 @@ from central_sync.errors import CentralConfigError, CentralError
 from central_sync.ingest import IngestService
 from central_sync.registry import registry_status
 from central_sync.store import Store, open_store, redact_url
+from edge import __version__
 from edge.logs import log_event, set_node_id, setup_logging
 
-EXTENSIONS = ("central_sync.cli_pki", "central_sync.cli_web")
+EXTENSIONS = ("central_sync.cli_pki", "central_sync.cli_web", "central_sync.release.cli_release")
 WEB_APP_MODULE = "central_sync.web.app"
 
 log = logging.getLogger("central_sync.cli")
@@ -56,6 +57,7 @@ def _load_extension(name: str) -> Any | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kentongan-central", description="Kentongan central service.")
+    parser.add_argument("--version", action="version", version=f"kentongan-central {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -26,6 +26,7 @@ from edge.logs import RateLimitedLog, log_event, set_node_id
 from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
 from edge.security_hooks import SecurityHooks, load_security_hooks
 from edge.snapshots import SnapshotStore
+from edge.update import health as update_health
 
 if TYPE_CHECKING:
     from edge.sync.service import SyncService
@@ -95,7 +96,10 @@ class Agent:
             "quarantined": str(self.outbox.quarantined) if self.outbox.quarantined else None}))
         self.control = ControlServer(socket_path(state), {
             "status": self._ctl_status, "press": self._ctl_press,
-            "record_selftest": self._ctl_record_selftest})
+            "record_selftest": self._ctl_record_selftest,
+            # The updater's post-switch check (edge.update.health, docs/updates.md).
+            "update_health": lambda req: update_health.agent_health(self, req),
+            "event_status": lambda req: update_health.event_status(self, req)})
         await self.control.start()
         self._start_sync()
         self._spawn(self._maintenance(), "maintenance")

@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge import __version__
 from edge.config import config_errors, load_config, read_config_file
 from edge.control import request, socket_path
 from edge.errors import ConfigError, ControlError, KentonganError
 
 #: Optional modules that add subcommands with ``register(subparsers)``.
-EXTENSIONS = ("edge.bundle", "edge.selftest", "edge.install_files")
+EXTENSIONS = ("edge.bundle", "edge.selftest", "edge.install_files", "edge.update.cli_update")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -141,6 +142,7 @@ def _offline_status(cfg: Any) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kentongan-edge", description="Kentongan RT post agent.")
+    p.add_argument("--version", action="version", version=f"kentongan-edge {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate-config", help="check a node config file")
