@@ -21,7 +21,7 @@ from typing import Any
 __all__ = ["install_unit", "packaged", "render_unit"]
 
 UNIT_DIR = "etc/systemd/system"
-DEFAULT_EXEC = "/opt/kentongan/venv/bin/"
+DEFAULT_EXEC = "/opt/kentongan/current/bin/"
 
 
 def packaged(name: str) -> Traversable:

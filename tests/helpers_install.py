@@ -52,7 +52,7 @@ def service_cli() -> list[str] | None:
     """``kentongan-edge`` as the service user can run it, or None.
 
     The test interpreter may live where an unprivileged user cannot reach (pyenv under /root).
-    Then a venv is made from the system Python of the same version (like /opt/kentongan/venv in
+    Then a venv is made from the system Python of the same version (like /opt/kentongan/current in
     docs/install-pi.md) whose site path includes this environment's packages and checkout."""
     user = SERVICE_USER
     probe = [sys.executable, "-c", "import edge.cli"]

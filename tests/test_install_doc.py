@@ -56,7 +56,7 @@ def test_every_block_is_marked_and_the_doc_matches_the_tools() -> None:
 
 def _localise(body: str, prefix: Path, bundle: Path, fingerprint: str) -> str:
     body = re.sub(r"(^|;\s*|&&\s*)sudo ", r"\1", body, flags=re.M)
-    body = body.replace("/opt/kentongan/venv/bin/kentongan-edge", EDGE_CLI)
+    body = body.replace("/opt/kentongan/current/bin/kentongan-edge", EDGE_CLI)
     body = body.replace("install-bundle", f"install-bundle --prefix {prefix}")
     body = body.replace("install-unit", f"install-unit --prefix {prefix}")
     body = body.replace(EXAMPLE_BUNDLE, str(bundle)).replace(EXAMPLE_FP, fingerprint)

@@ -21,18 +21,23 @@ def closure(package: str = "kentongan") -> list[md.Distribution]:
     from packaging.requirements import Requirement  # with pip/setuptools tooling (dev extra)
 
     seen: dict[str, md.Distribution] = {}
-    todo = [package]
+    done: set[tuple[str, str]] = set()
+    todo: list[tuple[str, str]] = [(package, "")]  # (distribution, one extra it is asked with)
     while todo:
-        name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
-        if name in seen:
+        raw, extra = todo.pop()
+        name = re.sub(r"[-_.]+", "-", raw).lower()
+        if (name, extra) in done:
             continue
-        dist = md.distribution(name)
-        seen[name] = dist
+        done.add((name, extra))
+        dist = seen.setdefault(name, md.distribution(name))
         for req_text in dist.requires or []:
             req = Requirement(req_text)
-            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            if req.marker is not None and not req.marker.evaluate({"extra": extra}):
                 continue
-            todo.append(req.name)
+            if req.marker is None and extra:
+                continue  # already taken with the distribution itself
+            # Follow the extras a requirement asks for (``psycopg[binary]`` needs psycopg-binary).
+            todo.extend((req.name, e) for e in ("", *sorted(req.extras)))
     return [d for n, d in seen.items() if n != package]
 
 
