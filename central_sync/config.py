@@ -90,6 +90,17 @@ class IngestConfig(Strict):
                                          "many pending calls; raised so bulk acks do not log.")
     db_retry_max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap of the backoff "
                                         "when the database is locked or busy.")
+    max_queued_qos0: int = Field(5000, ge=100, description="QoS 0 messages (heartbeats) buffered "
+                                 "while ingest is busy; more are dropped and counted (QoS 1 ones "
+                                 "are held back by the broker instead: manual PUBACKs).")
+    shared_session_expiry_seconds: int = Field(60, ge=1, le=0xFFFFFFFF, description="Broker "
+                                               "session expiry of a shared-group member: after it, "
+                                               "a dead worker's share goes to the living ones.")
+    rejection_interval_s: float = Field(5.0, gt=0, le=3600, description="Rejected messages are "
+                                        "counted per node and written (and logged) as one "
+                                        "summary per node per interval.")
+    flood_threshold: int = Field(1000, ge=1, description="Rejected messages of one node within "
+                                 "one interval that flag it as flooding.")
 
     @model_validator(mode="after")
     def _workers(self) -> IngestConfig:

@@ -21,15 +21,18 @@ import asyncio
 import logging
 import random
 import ssl
-from typing import cast
+import time
+from collections.abc import Callable
+from typing import Literal, cast
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central_sync.config import CentralConfig
-from edge.sync.wire import Topics
+from edge.sync.wire import CentralState, Topics, encode
 
 MQTT_LOGGER = logging.getLogger("central_sync.mqtt")
 
@@ -71,7 +74,21 @@ def _tls_params(cfg: CentralConfig) -> aiomqtt.TLSParameters | None:
 
 
 class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
-    """aiomqtt's incoming queue, kept by us so that ``next_messages`` can drain it in bulk."""
+    """aiomqtt's incoming queue, kept by us so that ``next_messages`` can drain it in bulk.
+
+    QoS 1 deliveries are bounded by the broker (MQTT 5 receive maximum with manual PUBACKs);
+    QoS 0 ones (heartbeats, or a flood) are not, so past ``qos0_limit`` queued messages a QoS 0
+    message is dropped (``on_drop`` counts it): at most once is what QoS 0 promises."""
+
+    qos0_limit = 0
+    on_drop: Callable[[], None] | None = None
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        if item.qos == 0 and self.qos0_limit and self.qsize() >= self.qos0_limit:
+            if self.on_drop is not None:
+                self.on_drop()
+            return
+        super().put_nowait(item)
 
     def take(self, limit: int) -> list[aiomqtt.Message]:
         out: list[aiomqtt.Message] = []
@@ -90,17 +107,47 @@ async def next_messages(client: aiomqtt.Client, buffer: MessageBuffer, limit: in
     return [first, *buffer.take(limit - 1)]
 
 
-def make_client(cfg: CentralConfig, client_id: str) -> tuple[aiomqtt.Client, MessageBuffer]:
+def paho_of(client: aiomqtt.Client) -> paho.Client:
+    """The paho client inside an aiomqtt client. aiomqtt 2.x has no API for manual PUBACKs or for
+    a publish without an awaited future; ingest needs both (``central_sync.acks``)."""
+    return client._client
+
+
+def central_state_body(central_id: str, state: Literal["online", "offline"], at: float | None = None) -> bytes:
+    """Body of central's retained presence (``edge.sync.wire.CentralState``)."""
+    return encode(CentralState(central_id=central_id, state=state, at=time.time() if at is None else at))
+
+
+def central_state_will(cfg: CentralConfig, central_id: str) -> aiomqtt.Will:
+    """The last will of one ingest connection: its retained state turns ``offline``."""
+    return aiomqtt.Will(Topics(cfg.topic_prefix).central_state(central_id), central_state_body(central_id, "offline"),
+                        qos=1, retain=True)
+
+
+def session_expiry(cfg: CentralConfig) -> int:
+    """Broker session expiry of an ingest connection. A shared-group member gets a short one:
+    Mosquitto keeps handing an offline member its share of the messages until its session
+    expires, and the posts hold the data anyway (they resend what is not acknowledged)."""
+    if cfg.ingest.shared_group is None:
+        return cfg.broker.session_expiry_seconds
+    return min(cfg.broker.session_expiry_seconds, cfg.ingest.shared_session_expiry_seconds)
+
+
+def make_client(cfg: CentralConfig, client_id: str,
+                on_drop: Callable[[], None] | None = None) -> tuple[aiomqtt.Client, MessageBuffer]:
     """An aiomqtt client for a persistent MQTT 5 session under ``client_id`` (not yet connected),
-    and its incoming message buffer."""
+    with manual PUBACKs, central's retained-state last will, and its incoming message buffer."""
     buffers: list[MessageBuffer] = []
 
     def queue_factory(maxsize: int = 0) -> MessageBuffer:
-        buffers.append(MessageBuffer(maxsize))
-        return buffers[-1]
+        buffer = MessageBuffer(maxsize)
+        buffer.qos0_limit = cfg.ingest.max_queued_qos0
+        buffer.on_drop = on_drop
+        buffers.append(buffer)
+        return buffer
 
     props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = cfg.broker.session_expiry_seconds
+    props.SessionExpiryInterval = session_expiry(cfg)
     props.ReceiveMaximum = cfg.ingest.max_inflight
     client = aiomqtt.Client(
         cfg.broker.host,
@@ -113,15 +160,17 @@ def make_client(cfg: CentralConfig, client_id: str) -> tuple[aiomqtt.Client, Mes
         keepalive=cfg.broker.keepalive,
         properties=props,
         tls_params=_tls_params(cfg),
-        # Unbounded: aiomqtt DISCARDS messages past a full queue after paho already PUBACKed
-        # them. Back-pressure is applied by IngestService instead (max_pending_events).
+        # aiomqtt would DISCARD past a full queue after paho had PUBACKed: with manual PUBACKs
+        # the broker bounds QoS 1 (receive maximum) and MessageBuffer bounds QoS 0.
         max_queued_incoming_messages=0,
+        will=central_state_will(cfg, client_id),
         queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", queue_factory),
         max_inflight_messages=cfg.ingest.max_inflight,
         logger=MQTT_LOGGER,
         timeout=10,
     )
     client.pending_calls_threshold = cfg.ingest.pending_calls_threshold
+    paho_of(client).manual_ack_set(True)
     return client, buffers[0]
 
 

@@ -1,0 +1,134 @@
+"""Central's outgoing acknowledgements: end-to-end ``Ack`` messages to the nodes, and the MQTT
+PUBACKs of the broker's deliveries to central (manual acknowledgement).
+
+``AckBook`` collects, during one commit batch, what each node is told: committed and duplicate
+event ids, permanent rejections (with reasons) and stored snapshot ids. ``publish_all`` then
+sends ONE ``Ack`` per node (split only past the wire limit of 5,000 ids) with paho's
+``publish`` called directly: no asyncio future, Task or aiomqtt pending-call entry per Ack (the
+profile of issue 8 put a third of central's CPU there). An Ack is fire-and-forget QoS 1: paho
+retries it while the connection lives; if it is lost the node resends the events and gets the
+duplicates acknowledged again.
+
+``Link`` is one live broker connection. A ``Delivery`` (link, mid, qos) is the broker's copy of
+one message to central; with paho's ``manual_ack`` central answers the PUBACK only once the
+message is handled (committed, coalesced into a written node update, or rejected). The broker
+holds at most ``ReceiveMaximum`` unacknowledged QoS 1 deliveries, so that is the bound on what
+central has in memory: backpressure reaches the broker instead of growing a queue (aiomqtt
+would otherwise buffer without limit, or discard past its limit after paho had acknowledged).
+A delivery from a connection that has since dropped is not acknowledged: the broker redelivers
+it on the next session, and it is a duplicate then.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as paho
+
+from edge.errors import WireError
+from edge.logs import log_event
+from edge.sync.wire import Ack, Rejection, Topics, encode
+
+log = logging.getLogger("central_sync.acks")
+
+#: Most ids of one kind in one Ack (``edge.sync.wire.Ack``'s limits).
+ACK_IDS_MAX = 5000
+ACK_SNAPSHOTS_MAX = 1000
+
+
+@dataclass(eq=False)
+class Link:
+    """One broker connection of ingest (``alive`` until it drops)."""
+
+    client_id: str
+    paho: paho.Client
+    alive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    link: Link
+    mid: int
+    qos: int
+
+    def puback(self) -> bool:
+        """Acknowledge this delivery to the broker (no-op for QoS 0 or a dropped link)."""
+        if self.qos == 0 or not self.link.alive:
+            return False
+        self.link.paho.ack(self.mid, self.qos)
+        return True
+
+
+@dataclass
+class _NodeAck:
+    event_ids: list[str] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    snapshot_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AckCounters:
+    published: int = 0
+    unsent: int = 0
+    event_ids: int = 0
+
+
+class AckBook:
+    """What to tell each node after one commit batch."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, _NodeAck] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._nodes)
+
+    def _of(self, node_id: str) -> _NodeAck:
+        found = self._nodes.get(node_id)
+        if found is None:
+            found = self._nodes[node_id] = _NodeAck()
+        return found
+
+    def stored(self, node_id: str, event_id: str) -> None:
+        self._of(node_id).event_ids.append(event_id)
+
+    def reject(self, node_id: str, event_id: str, reason: str) -> None:
+        self._of(node_id).rejected.append(Rejection(event_id=event_id, reason=reason[:200]))
+
+    def snapshot(self, node_id: str, snapshot_id: str) -> None:
+        self._of(node_id).snapshot_ids.append(snapshot_id)
+
+    def acks(self, central_time: float) -> list[Ack]:
+        out: list[Ack] = []
+        for node_id, n in self._nodes.items():
+            ids = list(dict.fromkeys(n.event_ids))
+            rounds = max(-(-len(ids) // ACK_IDS_MAX), -(-len(n.rejected) // ACK_IDS_MAX),
+                         -(-len(n.snapshot_ids) // ACK_SNAPSHOTS_MAX), 1)
+            for r in range(rounds):
+                out.append(Ack.model_construct(
+                    v=1, sig=None, kind="ack", node_id=node_id, central_time=central_time,
+                    event_ids=ids[r * ACK_IDS_MAX:(r + 1) * ACK_IDS_MAX],
+                    rejected=n.rejected[r * ACK_IDS_MAX:(r + 1) * ACK_IDS_MAX],
+                    snapshot_ids=n.snapshot_ids[r * ACK_SNAPSHOTS_MAX:(r + 1) * ACK_SNAPSHOTS_MAX]))
+        return out
+
+
+def publish_all(book: AckBook, link: Link | None, topics: Topics, central_time: float,
+                counters: AckCounters) -> None:
+    """Publish one Ack per node of ``book`` on ``link`` (QoS 1, no future per call)."""
+    for ack in book.acks(central_time):
+        counters.event_ids += len(ack.event_ids)
+        if link is None or not link.alive:
+            counters.unsent += 1
+            continue
+        try:
+            body = encode(ack)
+        except (WireError, UnicodeEncodeError) as exc:  # ids were checked before: a bug, not input
+            counters.unsent += 1
+            log_event(log, "ack_not_encoded", logging.ERROR, node_id=ack.node_id, error=str(exc)[:200])
+            continue
+        info = link.paho.publish(topics.down(ack.node_id, "ack"), body, qos=1)
+        if info.rc == paho.MQTT_ERR_SUCCESS:
+            counters.published += 1
+        else:
+            counters.unsent += 1
