@@ -11,6 +11,7 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from central_sync.broker import LocalMosquitto
+from central_sync.store import CentralStore, Store
 
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 
@@ -40,3 +41,13 @@ def mosquitto(tmp_path: Path) -> Iterator[LocalMosquitto]:
     """A real Mosquitto on a free loopback port with the project's dev config."""
     with LocalMosquitto(tmp_path / "mosquitto") as broker:
         yield broker
+
+
+@pytest.fixture(params=["sqlite"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The store contract fixture: every backend, fresh and empty."""
+    store: Store = CentralStore(tmp_path / "central.db")
+    try:
+        yield store
+    finally:
+        store.close()

@@ -35,12 +35,13 @@ def test_durability_pragmas_and_migrations(tmp_path: Path) -> None:
     conn = s.connection()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert [m.name for m in migrations.applied(s.database())] == ["m001_initial"]
+    assert [m.name for m in migrations.applied(s.database())] == ["m001_initial",
+                                                                 "m002_node_scoped_dedup_and_change_seq"]
     s.insert_events([ev()], 1.0)
     s.close()
     again = CentralStore(tmp_path / "c.db")  # reopening applies nothing twice and keeps the data
     assert again.count_events() == 1
-    assert len(migrations.applied(again.database())) == 1
+    assert len(migrations.applied(again.database())) == 2
     again.close()
 
 
