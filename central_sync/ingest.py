@@ -61,7 +61,7 @@ from central_sync.mqtt_central import (
     worker_client_ids,
 )
 from central_sync.rejections import RejectionAggregator
-from central_sync.store import CentralStore, is_transient
+from central_sync.store import Store, is_transient
 from edge.errors import SecurityError, WireError
 from edge.logs import log_event
 from edge.sync.wire import (
@@ -132,7 +132,7 @@ class IngestService:
     def __init__(
         self,
         cfg: CentralConfig,
-        store: CentralStore,
+        store: Store,
         *,
         verify_event: BatchVerifier | Callable[[EventEnvelope], None] | None = None,
         sign_command: Callable[[Command], Command] | None = None,

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from central_sync.acks import Delivery
 from central_sync.ingest_decode import GoodEnvelope
-from central_sync.store import CentralStore
+from central_sync.store import Store
 from edge.errors import SecurityError
 from edge.logs import log_event
 from edge.sync.wire import CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope
@@ -94,7 +94,7 @@ class BatchOutcome:
 
 
 class BatchWriter:
-    def __init__(self, store: CentralStore, verifier: BatchVerifier | None,
+    def __init__(self, store: Store, verifier: BatchVerifier | None,
                  on_events: Callable[[list[dict[str, Any]]], None] | None) -> None:
         self.store = store
         self.verifier = verifier
