@@ -53,7 +53,8 @@ from central_sync.ingest_commit import (
 from central_sync.ingest_decode import decode_events, unstorable
 from central_sync.mqtt_central import (
     Backoff,
-    central_state_body,
+    MessageBuffer,
+    central_presence,
     make_client,
     next_messages,
     paho_of,
@@ -205,22 +206,15 @@ class IngestService:
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:  # e.g. an ACL that does not grant central the uplink tree
                         log_event(log, "subscription_refused", logging.ERROR, client_id=client_id, reasons=refused)
-                    # Sparkplug-style STATE: posts resend at once when a central comes online.
-                    link.paho.publish(self.topics.central_state(client_id),
-                                      central_state_body(client_id, "online"), qos=1, retain=True)
                     self._links[client_id] = link
                     self._clients[client_id] = client
                     self.connected.set()
                     backoff.reset()
                     log_event(log, "central_connected", client_id=client_id, host=self.cfg.broker.host,
                               port=self.cfg.broker.port, shared_group=self.cfg.ingest.shared_group)
-                    while True:
-                        for message in await next_messages(client, buffer, _READ_BURST):
-                            payload = message.payload
-                            body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
-                            self.handle(message.topic.value, bytes(body), Delivery(link, message.mid, message.qos))
-                        if not self._room.is_set():
-                            await self._room.wait()  # backpressure: the broker holds the rest
+                    # Retained "online" now that we are subscribed (posts resend at once), "offline" on exit.
+                    async with central_presence(client, self.cfg, client_id):
+                        await self._consume(client, buffer, link)
             except aiomqtt.MqttError as exc:
                 log_event(log, "central_disconnected", logging.WARNING, client_id=client_id, error=str(exc)[:200])
             finally:
@@ -231,6 +225,15 @@ class IngestService:
                 if not self._links:
                     self.connected.clear()
             await asyncio.sleep(backoff.next_delay())
+
+    async def _consume(self, client: aiomqtt.Client, buffer: MessageBuffer, link: Link) -> None:
+        while True:
+            for message in await next_messages(client, buffer, _READ_BURST):
+                payload = message.payload
+                body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+                self.handle(message.topic.value, bytes(body), Delivery(link, message.mid, message.qos))
+            if not self._room.is_set():
+                await self._room.wait()  # backpressure: unacknowledged deliveries wait at the broker
 
     def _count_drop(self) -> None:
         self.stats.dropped_qos0 += 1

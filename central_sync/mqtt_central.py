@@ -10,7 +10,9 @@ Shared subscriptions: with ``ingest.shared_group`` every worker subscribes to
 heartbeat, cmd_result) so the broker hands each message to ONE worker. Each worker needs its own
 fixed client id (``<client_id>-w<N>`` inside one process, or a different ``broker.client_id`` per
 process): Mosquitto may queue shared messages in an offline worker's session, and they are only
-delivered when that same client id reconnects. ``presence`` is always an ordinary subscription
+delivered when that same client id reconnects, so a shared-group member gets a SHORT session
+expiry (``ingest.shared_session_expiry_seconds``): a dead worker's share returns to the living
+ones soon, and the posts resend whatever was not acknowledged. ``presence`` is always an ordinary subscription
 (shared subscriptions do not receive retained messages), so every worker sees it; the upsert is
 idempotent.
 """
@@ -18,20 +20,21 @@ idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-import ssl
+import re
 import time
-from collections.abc import Callable
-from typing import Literal, cast
+from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import aiomqtt
 import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central_sync.config import CentralConfig
+from edge.sync import transport
+from edge.sync.transport import ConnectSpec, TlsFiles
 from edge.sync.wire import CentralState, Topics, encode
 
 MQTT_LOGGER = logging.getLogger("central_sync.mqtt")
@@ -60,17 +63,94 @@ def subscriptions(cfg: CentralConfig) -> list[tuple[str, SubscribeOptions]]:
     return out
 
 
-def _tls_params(cfg: CentralConfig) -> aiomqtt.TLSParameters | None:
+def connect_spec(cfg: CentralConfig, client_id: str, *, will: aiomqtt.Will | None = None) -> ConnectSpec:
+    """Central's connection parameters for the project's one client factory
+    (``edge.sync.transport``): persistent MQTT 5 session, keys through systemd credentials."""
     tls = cfg.broker.tls
-    if tls is None:
-        return None
-    return aiomqtt.TLSParameters(
-        ca_certs=str(tls.ca_file),
-        certfile=str(tls.cert_file) if tls.cert_file else None,
-        keyfile=str(tls.key_file) if tls.key_file else None,
-        cert_reqs=ssl.CERT_REQUIRED,
-        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    files = None if tls is None else TlsFiles(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
+    return ConnectSpec(
+        host=cfg.broker.host,
+        port=cfg.broker.port,
+        client_id=client_id,
+        tls=files,
+        username=cfg.broker.username,
+        password=cfg.broker.password,
+        keepalive=cfg.broker.keepalive,
+        session_expiry_s=session_expiry(cfg),
+        clean_start=False,
+        will=will,
+        receive_maximum=cfg.ingest.max_inflight,
+        max_inflight=cfg.ingest.max_inflight,
+        timeout=10,
     )
+
+
+# -- central presence (Sparkplug B "primary host STATE" style; docs/protocol.md) ----------------
+
+
+def central_id_for(client_id: str) -> str:
+    """The ``central_id`` a connection announces itself as: its MQTT client id, with characters
+    the wire does not allow in an id replaced by ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", client_id)[:64] or "central"
+
+
+def central_state_message(cfg: CentralConfig, central_id: str, state: str) -> tuple[str, bytes]:
+    """Topic and payload of one retained ``CentralState``."""
+    cid = central_id_for(central_id)
+    msg = CentralState(central_id=cid, state="online" if state == "online" else "offline", at=time.time())
+    return Topics(cfg.topic_prefix).central_state(cid), encode(msg)
+
+
+def central_state_will(cfg: CentralConfig, central_id: str) -> aiomqtt.Will:
+    """The retained QoS 1 ``offline`` last will of a central connection: when the connection
+    dies without a clean DISCONNECT the broker publishes it and the posts stop resending."""
+    topic, payload = central_state_message(cfg, central_id, "offline")
+    return aiomqtt.Will(topic, payload, qos=1, retain=True)
+
+
+async def publish_central_online(client: aiomqtt.Client, cfg: CentralConfig, central_id: str) -> None:
+    """Announce this connection ``online`` (retained, QoS 1). Call it right AFTER the uplink
+    subscriptions were granted: a post resends everything unacknowledged the moment it reads it."""
+    topic, payload = central_state_message(cfg, central_id, "online")
+    await client.publish(topic, payload, qos=1, retain=True)
+
+
+async def publish_central_offline(client: aiomqtt.Client, cfg: CentralConfig, central_id: str,
+                                  timeout: float = 2.0) -> bool:
+    """Announce ``offline`` before a clean disconnect (the will is not sent then). Best effort:
+    False when it could not be published within ``timeout``."""
+    topic, payload = central_state_message(cfg, central_id, "offline")
+    try:
+        async with asyncio.timeout(timeout):
+            await client.publish(topic, payload, qos=1, retain=True)
+    except (aiomqtt.MqttError, TimeoutError):
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def central_presence(client: aiomqtt.Client, cfg: CentralConfig, central_id: str) -> AsyncIterator[None]:
+    """``online`` on entry (after subscribing), ``offline`` on any exit, the will for a crash."""
+    await publish_central_online(client, cfg, central_id)
+    try:
+        yield
+    finally:
+        await publish_central_offline(client, cfg, central_id)
+
+
+def session_expiry(cfg: CentralConfig) -> int:
+    """Broker session expiry of an ingest connection. A shared-group member gets a short one:
+    Mosquitto keeps handing an offline member its share of the messages until its session
+    expires, and the posts hold the data anyway (they resend what is not acknowledged)."""
+    if cfg.ingest.shared_group is None:
+        return cfg.broker.session_expiry_seconds
+    return min(cfg.broker.session_expiry_seconds, cfg.ingest.shared_session_expiry_seconds)
+
+
+def paho_of(client: aiomqtt.Client) -> paho.Client:
+    """The paho client inside an aiomqtt client. aiomqtt 2.x has no API for manual PUBACKs nor a
+    publish without an awaited future; ingest needs both (``central_sync.acks``)."""
+    return client._client
 
 
 class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
@@ -107,36 +187,11 @@ async def next_messages(client: aiomqtt.Client, buffer: MessageBuffer, limit: in
     return [first, *buffer.take(limit - 1)]
 
 
-def paho_of(client: aiomqtt.Client) -> paho.Client:
-    """The paho client inside an aiomqtt client. aiomqtt 2.x has no API for manual PUBACKs or for
-    a publish without an awaited future; ingest needs both (``central_sync.acks``)."""
-    return client._client
-
-
-def central_state_body(central_id: str, state: Literal["online", "offline"], at: float | None = None) -> bytes:
-    """Body of central's retained presence (``edge.sync.wire.CentralState``)."""
-    return encode(CentralState(central_id=central_id, state=state, at=time.time() if at is None else at))
-
-
-def central_state_will(cfg: CentralConfig, central_id: str) -> aiomqtt.Will:
-    """The last will of one ingest connection: its retained state turns ``offline``."""
-    return aiomqtt.Will(Topics(cfg.topic_prefix).central_state(central_id), central_state_body(central_id, "offline"),
-                        qos=1, retain=True)
-
-
-def session_expiry(cfg: CentralConfig) -> int:
-    """Broker session expiry of an ingest connection. A shared-group member gets a short one:
-    Mosquitto keeps handing an offline member its share of the messages until its session
-    expires, and the posts hold the data anyway (they resend what is not acknowledged)."""
-    if cfg.ingest.shared_group is None:
-        return cfg.broker.session_expiry_seconds
-    return min(cfg.broker.session_expiry_seconds, cfg.ingest.shared_session_expiry_seconds)
-
-
 def make_client(cfg: CentralConfig, client_id: str,
                 on_drop: Callable[[], None] | None = None) -> tuple[aiomqtt.Client, MessageBuffer]:
     """An aiomqtt client for a persistent MQTT 5 session under ``client_id`` (not yet connected),
-    with manual PUBACKs, central's retained-state last will, and its incoming message buffer."""
+    with manual PUBACKs (``central_sync.acks``), central's retained-state last will, and its
+    incoming message buffer."""
     buffers: list[MessageBuffer] = []
 
     def queue_factory(maxsize: int = 0) -> MessageBuffer:
@@ -146,30 +201,17 @@ def make_client(cfg: CentralConfig, client_id: str,
         buffers.append(buffer)
         return buffer
 
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = session_expiry(cfg)
-    props.ReceiveMaximum = cfg.ingest.max_inflight
-    client = aiomqtt.Client(
-        cfg.broker.host,
-        cfg.broker.port,
-        identifier=client_id,
-        username=cfg.broker.username,
-        password=cfg.broker.password,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        keepalive=cfg.broker.keepalive,
-        properties=props,
-        tls_params=_tls_params(cfg),
+    # Every central connection registers its retained "offline" presence as its last will.
+    spec = connect_spec(cfg, client_id, will=central_state_will(cfg, client_id))
+    client = transport.make_client(
+        spec,
+        logger=MQTT_LOGGER,
         # aiomqtt would DISCARD past a full queue after paho had PUBACKed: with manual PUBACKs
         # the broker bounds QoS 1 (receive maximum) and MessageBuffer bounds QoS 0.
-        max_queued_incoming_messages=0,
-        will=central_state_will(cfg, client_id),
+        max_queued_incoming=0,
         queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", queue_factory),
-        max_inflight_messages=cfg.ingest.max_inflight,
-        logger=MQTT_LOGGER,
-        timeout=10,
+        pending_calls_threshold=cfg.ingest.pending_calls_threshold,
     )
-    client.pending_calls_threshold = cfg.ingest.pending_calls_threshold
     paho_of(client).manual_ack_set(True)
     return client, buffers[0]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from central_sync.config import CentralConfig
 from central_sync.pki import PkiFiles
 from central_sync.registry import Registry
-from edge.bundle import credential_path
+from edge.credentials import credential_path
 from edge.signing import CommandSigner, EventVerifier, MemoryDigestLog, NodeKey
 from edge.sync.wire import Command, EventEnvelope
 
