@@ -33,14 +33,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
 
 from central_sync.acks import AckBook, AckCounters, Delivery, Link, publish_all
 from central_sync.config import CentralConfig
-from central_sync.errors import CentralError
 from central_sync.ingest_commit import (
     Batch,
     BatchOutcome,
@@ -51,6 +49,7 @@ from central_sync.ingest_commit import (
     as_batch_verifier,
 )
 from central_sync.ingest_decode import decode_events, unstorable
+from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import (
     Backoff,
     MessageBuffer,
@@ -61,6 +60,7 @@ from central_sync.mqtt_central import (
     subscriptions,
     worker_client_ids,
 )
+from central_sync.processes import publish_command
 from central_sync.rejections import RejectionAggregator
 from central_sync.store import Store, is_transient
 from edge.errors import SecurityError, WireError
@@ -74,7 +74,6 @@ from edge.sync.wire import (
     SnapshotEnvelope,
     Topics,
     decode_on_topic,
-    encode,
 )
 
 log = logging.getLogger("central_sync.ingest")
@@ -83,40 +82,6 @@ log = logging.getLogger("central_sync.ingest")
 _PERMANENT_WIRE_REASONS = frozenset({"bad_field"})
 #: Messages taken from the client's buffer per wake-up.
 _READ_BURST = 1000
-
-
-@dataclass
-class IngestStats:
-    """Counters of one ``IngestService`` (read from any thread; written on its loop)."""
-
-    received: int = 0  # messages
-    event_batches: int = 0  # well-formed event_batch messages among them
-    batched_events: int = 0  # envelopes inside those (each is inserted, a duplicate or rejected)
-    inserted: int = 0
-    duplicates: int = 0
-    acked: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    batches: int = 0
-    snapshots: int = 0
-    updates: int = 0
-    acks_published: int = 0
-    acks_unsent: int = 0
-    store_retries: int = 0
-    dropped_qos0: int = 0  # QoS 0 messages (heartbeats) dropped while the buffer was full
-    pubacks: int = 0
-    floods: int = 0  # intervals in which one node sent flood_threshold or more rejected messages
-    flooding: dict[str, float] = field(default_factory=dict)  # node -> last flagged (epoch s)
-
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    def outcomes_expected(self) -> int:
-        """How many outcomes (inserted + duplicates + rejected + snapshots + updates) the received
-        messages account for once flushed: one per message, one per envelope of a batch."""
-        return self.received - self.event_batches + self.batched_events
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()}
 
 
 class IngestService:
@@ -439,21 +404,7 @@ class IngestService:
     async def send_command(self, cmd: Command, *, issued_by: str) -> None:
         """Sign (if configured), record and publish a command (QoS 1); ``CentralError`` if offline."""
         client = next(iter(self._clients.values()), None)
-        if client is None:
-            raise CentralError(f"cannot send command {cmd.command_id}: not connected to the broker")
-        if self.sign_command is not None:
-            cmd = self.sign_command(cmd)
-        try:
-            body = encode(cmd)
-        except WireError as exc:
-            raise CentralError(f"command {cmd.command_id} is invalid: {exc}") from None
-        await self._with_store(self.store.record_command, cmd, issued_by=issued_by)
-        try:
-            await client.publish(self.topics.down(cmd.node_id, "cmd"), body, qos=1)
-        except aiomqtt.MqttError as exc:
-            raise CentralError(f"command {cmd.command_id} not published: {exc}") from None
-        log_event(log, "command_published", node_id=cmd.node_id, command_id=cmd.command_id, action=cmd.action,
-                  issued_by=issued_by)
+        await publish_command(client, self.store, self.topics, self.sign_command, cmd, issued_by=issued_by)
 
     # -- store access ----------------------------------------------------------------------------
     async def _with_store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from central_sync.config import CentralConfig
 from central_sync.pki import PkiFiles
 from central_sync.registry import Registry
+from central_sync.verify_cache import CachedEventVerifier, KeyCache
 from edge.credentials import credential_path
-from edge.signing import CommandSigner, EventVerifier, MemoryDigestLog, NodeKey
+from edge.signing import CommandSigner, MemoryDigestLog, NodeKey
 from edge.sync.wire import Command, EventEnvelope
 
 
 @dataclass
 class CentralHooks:
-    verify_event: Callable[[EventEnvelope], None] | None = None
+    verify_event: CachedEventVerifier | Callable[[EventEnvelope], None] | None = None
     sign_command: Callable[[Command], Command] | None = None
 
 
@@ -34,6 +35,13 @@ class _LockedRegistryLookup:
         with self._lock:
             return self._registry.lookup(node_id)
 
+    def generation(self) -> tuple[object, ...]:
+        """Changes whenever a node is enrolled, re-enrolled or revoked (``KeyCache`` token)."""
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*), MAX(enrolled_at), MAX(revoked_at), "
+                                     "SUM(status = 'revoked') FROM node_registry").fetchone()
+        return tuple(row)
+
 
 def central_hooks(cfg: CentralConfig) -> CentralHooks:
     """Hooks for ``IngestService``; none when central has no PKI (development)."""
@@ -43,6 +51,8 @@ def central_hooks(cfg: CentralConfig) -> CentralHooks:
     signer = CommandSigner.from_file(credential_path(files.command_key))
     # Identical re-sends are plain duplicates (INSERT OR IGNORE keeps the first copy); the digest
     # log only tells a *different* envelope reusing an event id apart, to record it as a replay.
-    verifier = EventVerifier(_LockedRegistryLookup(str(cfg.database)), require_signed=True,
-                             digests=MemoryDigestLog())
+    # Keys are cached per node and dropped whenever the registry changes (checked once a second).
+    lookup = _LockedRegistryLookup(str(cfg.database))
+    verifier = CachedEventVerifier(KeyCache(lookup, lookup.generation), require_signed=True,
+                                   digests=MemoryDigestLog(100_000))
     return CentralHooks(verify_event=verifier, sign_command=signer.sign)
