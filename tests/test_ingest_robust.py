@@ -1,0 +1,214 @@
+"""Central never dies from one message and one row never sinks a batch (issue 8 item 4), wrong-node
+events get a permanent rejection (issue 9 item 3), revocation bites through the key cache.
+
+Real Mosquitto, real SQLite store, raw paho publishers standing in for nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from central_sync.acks import AckBook
+from central_sync.broker import LocalMosquitto
+from central_sync.config import CentralConfig
+from central_sync.ingest import IngestService
+from central_sync.ingest_decode import unstorable
+from central_sync.store import CentralStore
+from central_sync.verify_cache import CachedEventVerifier, KeyCache
+from edge.errors import SecurityError
+from edge.signing import EventSigner, NodeKey
+from edge.sync.wire import encode
+from tests.test_ingest import Node, ServiceThread, batch, ev, make_cfg, up, wait_until
+
+
+@pytest.fixture
+def central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[tuple[CentralConfig, CentralStore]]:
+    # A long batch wait so that the messages below land in ONE commit batch.
+    cfg = make_cfg(tmp_path, mosquitto.port, batch_wait_ms=400)
+    store = CentralStore(cfg.database)
+    yield cfg, store
+    store.close()
+
+
+def _raw(env_kw: dict[str, Any]) -> bytes:
+    """An event body with fields pydantic accepts but no database can hold."""
+    data = json.loads(encode(ev("node-a")))
+    data.update(env_kw)
+    return json.dumps(data).encode()  # ensure_ascii: a lone surrogate travels as "\\ud800"
+
+
+def test_poison_rows_never_stop_central_nor_sink_other_nodes_events(
+        central: tuple[CentralConfig, CentralStore], mosquitto: LocalMosquitto) -> None:
+    cfg, store = central
+    svc = ServiceThread(cfg, store).start()
+    nodes = {n: Node(mosquitto.port, n, db=cfg.database) for n in ("node-a", "node-b", "node-c")}
+    try:
+        big_seq = json.loads(_raw({"seq": 2**63}))
+        surrogate_payload = json.loads(_raw({"payload": {"note": "\ud800"}}))
+        good_b, good_c, good_a = ev("node-b"), ev("node-c"), ev("node-a")
+        nodes["node-b"].publish(up("node-b"), encode(good_b))
+        nodes["node-a"].publish(up("node-a"), _raw({"event_id": "lone-\ud800-surrogate-id"}))
+        nodes["node-a"].publish(up("node-a"), json.dumps(big_seq).encode())
+        nodes["node-a"].publish(up("node-a"), json.dumps(surrogate_payload).encode())
+        nodes["node-a"].publish(up("node-a"), batch("node-a", [good_a, {**big_seq, "event_id": "f" * 32}]))
+        nodes["node-c"].publish(up("node-c"), encode(good_c))
+        wait_until(lambda: good_b.event_id in nodes["node-b"].acked_ids()
+                   and good_c.event_id in nodes["node-c"].acked_ids()
+                   and good_a.event_id in nodes["node-a"].acked_ids(), what="other nodes' events acked")
+        wait_until(lambda: {big_seq["event_id"], surrogate_payload["event_id"], "f" * 32}
+                   <= set(nodes["node-a"].rejected()), what="permanent rejections")
+        rejected = nodes["node-a"].rejected()
+        assert rejected[big_seq["event_id"]] == "out_of_range"
+        assert rejected["f" * 32] == "out_of_range"
+        assert rejected[surrogate_payload["event_id"]] == "bad_text"
+        assert all(all(n.committed_at_ack) for n in nodes.values())
+        assert store.count_events() == 3
+        s = svc.service.stats
+        # The lone-surrogate event id is refused while decoding (pydantic), the others by value checks.
+        assert s.rejected == {"bad_field": 1, "bad_text": 1, "out_of_range": 2}
+        # Still alive and ingesting.
+        again = ev("node-b", seq=5)
+        nodes["node-b"].publish(up("node-b"), encode(again))
+        wait_until(lambda: again.event_id in nodes["node-b"].acked_ids(), what="ingest continues")
+        assert svc.task is not None and not svc.task.done()
+    finally:
+        for n in nodes.values():
+            n.close()
+        svc.stop()
+
+
+def test_wrong_node_events_get_a_permanent_rejection_in_the_topic_nodes_ack(
+        central: tuple[CentralConfig, CentralStore], mosquitto: LocalMosquitto) -> None:
+    cfg, store = central
+    svc = ServiceThread(cfg, store).start()
+    post = Node(mosquitto.port, "node-b", db=cfg.database)
+    try:
+        foreign_single = ev("node-a", seq=1)  # e.g. rows of a cloned SD card's former node id
+        foreign_in_batch, own = ev("node-a", seq=2), ev("node-b", seq=3)
+        foreign_batch = [ev("node-x", seq=i) for i in range(3)]
+        post.publish(up("node-b"), encode(foreign_single))
+        post.publish(up("node-b"), batch("node-b", [own, foreign_in_batch]))
+        post.publish(up("node-b"), batch("node-x", foreign_batch))  # batch-level node id is foreign
+        expected = {foreign_single.event_id, foreign_in_batch.event_id, *(e.event_id for e in foreign_batch)}
+        wait_until(lambda: expected <= set(post.rejected()) and own.event_id in post.acked_ids(),
+                   what="wrong_node rejections")
+        assert {post.rejected()[i] for i in expected} == {"wrong_node"}
+        assert store.count_events() == 1 and store.get_event(foreign_single.event_id) is None
+        assert svc.service.stats.rejected["wrong_node"] == 5
+    finally:
+        post.close()
+        svc.stop()
+
+
+def test_hostile_bodies_of_every_kind_are_rejected_as_counted_rejections(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, 1)
+    store = CentralStore(cfg.database)
+    svc = IngestService(cfg, store)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    bodies = [
+        (up("node-a"), deep),
+        (up("node-a", "heartbeat"), json.dumps({"v": 1, "kind": "heartbeat", "node_id": "node-a", "boot_id": "b",
+                                                "at": 1.0, "version": "1", "time_quality": "synced",
+                                                "outbox": {"ready": 2**70}}).encode()),
+        (up("node-a", "presence"), json.dumps({"v": 1, "kind": "presence", "node_id": "node-a",
+                                               "state": "online", "display_name": "\ud800"}).encode()),
+        (up("node-a", "presence"), b'{"v": 1, "kind": "presence", "node_id": "node-a", "state": "online", '
+                                   b'"at": Infinity}'),
+        ("kentongan/v1/up/\ud800/event", encode(ev())),
+    ]
+
+    async def feed() -> None:
+        for topic, body in bodies:
+            await svc.handle_message(topic, body)
+        good = ev()
+        await svc.handle_message(up("node-a"), encode(good))
+        await svc.flush()
+        assert store.get_event(good.event_id) is not None
+
+    asyncio.run(feed())
+    assert svc.stats.rejected_total() == len(bodies)
+    assert sum(store.rejection_counts().values()) == len(bodies)
+    assert store.list_nodes() == [] or all(n["display_name"] is None for n in store.list_nodes())
+    store.close()
+
+
+def test_unstorable_detects_what_no_backend_can_hold() -> None:
+    assert unstorable({"a": [1, "ok", {"b": 2**63 - 1}]}) is None
+    assert unstorable({"a": [2**63]}) == ("out_of_range", "integer outside the signed 64-bit range")
+    assert unstorable({"\udc80": 1})[0] == "bad_text"  # type: ignore[index]
+    assert unstorable(float("nan"))[0] == "out_of_range"  # type: ignore[index]
+    nested: Any = 1
+    for _ in range(50_000):
+        nested = [nested]
+    assert unstorable(nested) is None  # iterative: no RecursionError
+
+
+def test_one_ack_per_node_per_batch_even_for_many_ids() -> None:
+    book = AckBook()
+    for i in range(12_000):
+        book.stored("node-a", f"id-{i}")
+    book.reject("node-a", "bad-1", "wrong_node")
+    book.stored("node-b", "id-b")
+    acks = book.acks(1.0)
+    assert [a.node_id for a in acks] == ["node-a", "node-a", "node-a", "node-b"]  # split only at 5,000 ids
+    assert sum(len(a.event_ids) for a in acks if a.node_id == "node-a") == 12_000
+
+
+def test_key_cache_reads_the_registry_once_and_drops_keys_on_revocation() -> None:
+    key = Ed25519PrivateKey.generate()
+    registry: dict[str, NodeKey] = {"node-a": NodeKey("node-a", key.public_key(), "enrolled")}
+    lookups: list[str] = []
+    generation = [1]
+
+    def lookup(node_id: str) -> NodeKey | None:
+        lookups.append(node_id)
+        return registry.get(node_id)
+
+    now = [0.0]
+    cache = KeyCache(lookup, lambda: generation[0], check_every_s=1.0, clock=lambda: now[0])
+    verifier = CachedEventVerifier(cache)
+    signer = EventSigner(key)
+    for i in range(50):
+        verifier.refresh()
+        verifier.verify(signer.sign(ev("node-a", seq=i)))
+    assert lookups == ["node-a"]
+    with pytest.raises(SecurityError) as unknown:
+        verifier.verify(signer.sign(ev("node-z")))
+    assert unknown.value.reason == "unknown_node"
+    registry["node-a"] = NodeKey("node-a", key.public_key(), "revoked")
+    generation[0] = 2
+    now[0] = 0.5
+    verifier.refresh()  # within check_every_s: not yet re-read
+    verifier.verify(signer.sign(ev("node-a", seq=99)))
+    now[0] = 1.5
+    verifier.refresh()
+    with pytest.raises(SecurityError) as revoked:
+        verifier.verify(signer.sign(ev("node-a", seq=100)))
+    assert revoked.value.reason == "revoked" and cache.invalidations == 1
+
+
+def test_signature_checked_over_the_received_bytes(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    cache = KeyCache(lambda n: NodeKey(n, key.public_key(), "enrolled"), lambda: 1)
+    cfg = make_cfg(tmp_path, 1)
+    store = CentralStore(cfg.database)
+    svc = IngestService(cfg, store, verify_event=CachedEventVerifier(cache))
+    signed = EventSigner(key).sign(ev("node-a"))
+    tampered = json.loads(encode(EventSigner(key).sign(ev("node-a", seq=1))))
+    tampered["priority"] = 4
+
+    async def feed() -> None:
+        await svc.handle_message(up("node-a"), encode(signed))
+        await svc.handle_message(up("node-a"), json.dumps(tampered).encode())
+        await svc.flush()
+
+    asyncio.run(feed())
+    assert store.get_event(signed.event_id) is not None and store.get_event(tampered["event_id"]) is None
+    assert svc.stats.rejected == {"bad_signature": 1}
+    store.close()
