@@ -133,7 +133,7 @@ class Setup:
 
     def __init__(self, work: Path, posts: int, seed: str) -> None:
         self.work = work
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.broker = LocalMosquitto(work / "mosquitto", extra_conf="set_tcp_nodelay true\n"
                                      "max_queued_messages 1000000\n").start()
@@ -267,7 +267,7 @@ def start_fleet(setup: Setup, args: argparse.Namespace, tag: str) -> list[tuple[
 
 
 def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list[subprocess.Popen[str]],
-              dashboards: Dashboards | None) -> PhaseResult:
+              dashboards: Dashboards | None, web: subprocess.Popen[str] | None = None) -> PhaseResult:
     fleet = start_fleet(setup, args, name)
     time.sleep(args.heartbeat and 1.0)
     cpu0 = sum(cpu_seconds(p.pid) for p in receivers)
@@ -301,7 +301,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     res.p50_ms, res.p99_ms = pct(lat, 50) * 1000, pct(lat, 99) * 1000
     res.p1_p99_ms = pct(p1, 99) * 1000 if p1 else float("nan")
     res.cpu_ms_per_event = cpu * 1000 / max(committed, 1)
-    res.rss_mib = sum(peak_rss_mib(p.pid) for p in receivers)
+    res.rss_mib = max((peak_rss_mib(p.pid) for p in receivers), default=0.0)
     if dashboards is not None and dashboards.latencies:
         res.get_p50_ms = pct(dashboards.latencies, 50) * 1000
         res.get_p99_ms = pct(dashboards.latencies, 99) * 1000
@@ -309,13 +309,19 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     res.duplicated = setup.duplicated() if name != "echo" else 0
     res.extra = {"acked_total": acked, "rejected": sum(r["rejected"] for r in results),
                  "resent": sum(r["resent"] for r in results), "window_s": round(window, 1),
-                 "dashboard_errors": dashboards.errors if dashboards else 0, "stored": setup.events()}
+                 "dashboard_errors": dashboards.errors if dashboards else 0, "stored": setup.events(),
+                 "rss_per_receiver_mib": [round(peak_rss_mib(p.pid)) for p in receivers],
+                 "web_rss_mib": round(peak_rss_mib(web.pid)) if web is not None else None,
+                 }
     return res
 
 
-def start_central(setup: Setup, args: argparse.Namespace) -> list[subprocess.Popen[str]]:
+def start_central(setup: Setup, args: argparse.Namespace
+                  ) -> tuple[list[subprocess.Popen[str]], subprocess.Popen[str] | None]:
+    """The receiving processes (ingest workers, or the all-in-one) and the web process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs: list[subprocess.Popen[str]] = []
+    web: subprocess.Popen[str] | None = None
     log = (setup.work / "central.log").open("a")
     if args.ingest == 0:
         procs.append(subprocess.Popen([*CLI, "run", "--config", str(setup.cfg)], cwd=ROOT, env=env,
@@ -324,8 +330,8 @@ def start_central(setup: Setup, args: argparse.Namespace) -> list[subprocess.Pop
         for i in range(args.ingest):
             procs.append(subprocess.Popen([*CLI, "ingest", "--config", str(setup.cfg), "--worker-id", str(i + 1)],
                                           cwd=ROOT, env=env, stdout=log, stderr=log, text=True))
-        procs.append(subprocess.Popen([*CLI, "web", "--config", str(setup.cfg)], cwd=ROOT, env=env,
-                                      stdout=log, stderr=log, text=True))
+        web = subprocess.Popen([*CLI, "web", "--config", str(setup.cfg)], cwd=ROOT, env=env,
+                               stdout=log, stderr=log, text=True)
     deadline = time.monotonic() + 120
     import socket
 
@@ -336,7 +342,7 @@ def start_central(setup: Setup, args: argparse.Namespace) -> list[subprocess.Pop
         except OSError:
             time.sleep(0.2)
     time.sleep(2.0)  # the ingest workers' subscriptions (their STATE is retained; good enough here)
-    return procs
+    return procs, web
 
 
 def stop(procs: list[subprocess.Popen[str]]) -> None:
@@ -381,12 +387,12 @@ def main() -> None:
                         rows.setdefault("echo", []).append(run_phase(setup, args, "echo", [echo], None))
                     finally:
                         stop([echo])
-                central = start_central(setup, args)
+                central, web = start_central(setup, args)
                 try:
                     dash = Dashboards(setup.web_port, args.dashboards) if args.dashboards else None
-                    rows.setdefault("central", []).append(run_phase(setup, args, "central", central, dash))
+                    rows.setdefault("central", []).append(run_phase(setup, args, "central", central, dash, web))
                 finally:
-                    stop(central)
+                    stop([*central, *([web] if web else [])])
         finally:
             setup.close()
     print_table(args, rows)
@@ -407,9 +413,10 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
                     f"{cpu:.3f}", f"{cpu / echo_cpu:.2f}x" if echo_cpu == echo_cpu and echo_cpu > 0 else "-",
                     f"{med(name, 'rss_mib'):.0f}", f"{med(name, 'get_p50_ms'):.1f}", f"{med(name, 'get_p99_ms'):.1f}",
                     f"{med(name, 'lost'):.0f}", f"{med(name, 'duplicated'):.0f}"])
-    print(f"fleet: {args.posts} posts in {args.procs} processes, {args.rate:.0f} ev/s offered"
-          f"{' + %.0f P1/s' % args.p1_rate if args.p1_rate else ''}, heartbeat {args.heartbeat:g} s, backlog "
-          f"{args.backlog}/post, {'unsigned' if args.unsigned else 'signed'}, {args.duration:g} s x {args.repeat}, "
+    p1 = f" + {args.p1_rate:.0f} P1/s" if args.p1_rate else ""
+    print(f"fleet: {args.posts} posts in {args.procs} processes, {args.rate:.0f} ev/s offered{p1}, "
+          f"heartbeat {args.heartbeat:g} s, backlog {args.backlog}/post, "
+          f"{'unsigned' if args.unsigned else 'signed'}, {args.duration:g} s x {args.repeat}, "
           f"ingest {'all-in-one run' if args.ingest == 0 else f'{args.ingest} worker(s) + web'}")
     print(table(["system", "offered/s", "committed/s", "acked/s", "Ack p50 ms", "Ack p99 ms", "P1 p99 ms",
                  "CPU ms/ev", "vs echo", "RSS MiB", "GET p50 ms", "GET p99 ms", "lost", "dup"], out))
