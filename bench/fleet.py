@@ -330,12 +330,13 @@ def start_central(setup: Setup, args: argparse.Namespace
         for i in range(args.ingest):
             procs.append(subprocess.Popen([*CLI, "ingest", "--config", str(setup.cfg), "--worker-id", str(i + 1)],
                                           cwd=ROOT, env=env, stdout=log, stderr=log, text=True))
-        web = subprocess.Popen([*CLI, "web", "--config", str(setup.cfg)], cwd=ROOT, env=env,
-                               stdout=log, stderr=log, text=True)
+        if not args.no_web:
+            web = subprocess.Popen([*CLI, "web", "--config", str(setup.cfg)], cwd=ROOT, env=env,
+                                   stdout=log, stderr=log, text=True)
     deadline = time.monotonic() + 120
     import socket
 
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not args.no_web:
         try:
             with socket.create_connection(("127.0.0.1", setup.web_port), timeout=0.5):
                 break
@@ -368,6 +369,7 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4, help="processes of simulated posts")
     ap.add_argument("--ingest", type=int, default=1, help="ingest workers (0: all-in-one 'run')")
     ap.add_argument("--dashboards", type=int, default=2)
+    ap.add_argument("--no-web", action="store_true", help="ingest workers only (no web process, no dashboards)")
     ap.add_argument("--unsigned", action="store_true")
     ap.add_argument("--no-echo", action="store_true")
     ap.add_argument("--repeat", type=int, default=1)
@@ -389,7 +391,7 @@ def main() -> None:
                         stop([echo])
                 central, web = start_central(setup, args)
                 try:
-                    dash = Dashboards(setup.web_port, args.dashboards) if args.dashboards else None
+                    dash = Dashboards(setup.web_port, args.dashboards) if args.dashboards and not args.no_web else None
                     rows.setdefault("central", []).append(run_phase(setup, args, "central", central, dash, web))
                 finally:
                     stop([*central, *([web] if web else [])])

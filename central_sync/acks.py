@@ -21,6 +21,7 @@ it on the next session, and it is a duplicate then.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -98,6 +99,19 @@ class AckBook:
     def snapshot(self, node_id: str, snapshot_id: str) -> None:
         self._of(node_id).snapshot_ids.append(snapshot_id)
 
+    def bodies(self, central_time: float) -> list[tuple[str, int, bytes]]:
+        """(node id, event ids acknowledged, JSON body) per Ack: the bytes ``encode(Ack(...))``
+        writes, built without a pydantic round trip (every id and reason was validated when it
+        arrived)."""
+        out: list[tuple[str, int, bytes]] = []
+        for ack in self.acks(central_time):
+            body = json.dumps({"v": 1, "kind": "ack", "node_id": ack.node_id, "event_ids": ack.event_ids,
+                               "snapshot_ids": ack.snapshot_ids,
+                               "rejected": [{"event_id": r.event_id, "reason": r.reason} for r in ack.rejected],
+                               "central_time": ack.central_time}, separators=(",", ":"), ensure_ascii=False)
+            out.append((ack.node_id, len(ack.event_ids), body.encode()))
+        return out
+
     def acks(self, central_time: float) -> list[Ack]:
         out: list[Ack] = []
         for node_id, n in self._nodes.items():
@@ -116,19 +130,27 @@ class AckBook:
 def publish_all(book: AckBook, link: Link | None, topics: Topics, central_time: float,
                 counters: AckCounters) -> None:
     """Publish one Ack per node of ``book`` on ``link`` (QoS 1, no future per call)."""
-    for ack in book.acks(central_time):
-        counters.event_ids += len(ack.event_ids)
+    try:
+        bodies = book.bodies(central_time)
+    except UnicodeEncodeError as exc:  # ids were checked when they arrived: a bug, not input
+        log_event(log, "ack_not_encoded", logging.ERROR, error=str(exc)[:200])
+        bodies = [(a.node_id, len(a.event_ids), encode(a)) for a in book.acks(central_time)
+                  if _encodable(a)]
+    for node_id, n_ids, body in bodies:
+        counters.event_ids += n_ids
         if link is None or not link.alive:
             counters.unsent += 1
             continue
-        try:
-            body = encode(ack)
-        except (WireError, UnicodeEncodeError) as exc:  # ids were checked before: a bug, not input
-            counters.unsent += 1
-            log_event(log, "ack_not_encoded", logging.ERROR, node_id=ack.node_id, error=str(exc)[:200])
-            continue
-        info = link.paho.publish(topics.down(ack.node_id, "ack"), body, qos=1)
+        info = link.paho.publish(topics.down(node_id, "ack"), body, qos=1)
         if info.rc == paho.MQTT_ERR_SUCCESS:
             counters.published += 1
         else:
             counters.unsent += 1
+
+
+def _encodable(ack: Ack) -> bool:
+    try:
+        encode(ack)
+    except (WireError, UnicodeEncodeError):
+        return False
+    return True

@@ -48,7 +48,7 @@ from central_sync.ingest_commit import (
     RowRejection,
     as_batch_verifier,
 )
-from central_sync.ingest_decode import decode_events, unstorable
+from central_sync.ingest_decode import decode_events, payload_suspect, unstorable
 from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import (
     Backoff,
@@ -240,7 +240,7 @@ class IngestService:
             self._handle_events(topic, payload, delivery)
             return
         node_id, msg = decode_on_topic(self.topics, topic, payload)
-        problem = unstorable(msg.model_dump(mode="python"))
+        problem = unstorable(msg.model_dump(mode="python")) if payload_suspect(payload) else None
         if problem is not None:
             raise WireError(*problem)
         if isinstance(msg, SnapshotEnvelope):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,9 @@ from edge.errors import WireError
 from edge.sync.wire import EventEnvelope, Topics, canonical_bytes, decode_event_message
 
 _INT64 = (-(2**63), 2**63 - 1)
+#: What the JSON text of an unstorable value must contain: a surrogate escape, a run of 19+
+#: digits, NaN/Infinity, or a 3-digit exponent. A body without any is storable as a whole.
+_SUSPECT = re.compile(rb"\\u[dD][89a-fA-F]|[0-9]{19}|NaN|Infinity|[eE][+-]?[0-9]{3}")
 #: Fields of an envelope besides ``sig``: a received object with all of them is canonical as is.
 _FIELDS = len(EventEnvelope.model_fields) - 1
 
@@ -91,6 +95,7 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
             raise
         return DecodedEvents(node, [], named, True)
     items = _items(payload)
+    suspect = _SUSPECT.search(payload) is not None
     bad_index = {b.index for b in bad}
     good_items = [item for i, item in enumerate(items) if i not in bad_index]
     if len(good_items) != len(envs):  # cannot happen for what decode_event_message accepted
@@ -98,7 +103,7 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
     good: list[GoodEnvelope] = []
     out_bad: list[BadItem] = []
     for env, item in zip(envs, good_items, strict=True):
-        problem = unstorable(item if item is not None else env.model_dump(mode="python"))
+        problem = unstorable(item if item is not None else env.model_dump(mode="python")) if suspect else None
         if problem is not None:
             reason, detail = problem
             out_bad.append(BadItem(_named_id(item) if item is not None else None, reason, detail, True))
@@ -113,6 +118,11 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
                                    b.reason, f"events[{b.index}]: {b.detail}",
                                    b.reason in PERMANENT_ENVELOPE_REASONS))
     return DecodedEvents(node_id, good, out_bad, is_batch)
+
+
+def payload_suspect(payload: bytes) -> bool:
+    """False when the JSON text cannot hold an unstorable value (fast pre-check of ``unstorable``)."""
+    return _SUSPECT.search(payload) is not None
 
 
 def unstorable(value: Any) -> tuple[str, str] | None:
