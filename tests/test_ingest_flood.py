@@ -119,6 +119,7 @@ def test_garbage_flood_is_aggregated_flagged_and_memory_stays_flat(tmp_path: Pat
         _wait(lambda: recorded() >= TOTAL, 120, "every rejection counted in the store")
         assert central.poll() is None, "central exited"
         growth = rss_mib(central.pid) - rss_before
+        print(f"flood of {TOTAL}: central RSS {rss_before:.0f} -> {rss_before + growth:.0f} MiB")
         assert growth < 50, f"RSS grew {growth:.0f} MiB"
         conn = sqlite3.connect(db)
         rows = conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]

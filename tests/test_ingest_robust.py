@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from central_sync.acks import AckBook
 from central_sync.broker import LocalMosquitto
@@ -24,7 +26,7 @@ from central_sync.verify_cache import CachedEventVerifier, KeyCache
 from edge.errors import SecurityError
 from edge.signing import EventSigner, NodeKey
 from edge.sync.wire import encode
-from tests.test_ingest import Node, ServiceThread, batch, ev, make_cfg, up, wait_until
+from tests.test_ingest import Node, ServiceThread, _payloads, _topics, batch, ev, make_cfg, up, wait_until
 
 
 @pytest.fixture
@@ -212,3 +214,41 @@ def test_signature_checked_over_the_received_bytes(tmp_path: Path) -> None:
     assert store.get_event(signed.event_id) is not None and store.get_event(tampered["event_id"]) is None
     assert svc.stats.rejected == {"bad_signature": 1}
     store.close()
+
+
+_surrogate_text = st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)
+_poison = st.fixed_dictionaries({"seq": st.integers(min_value=2**63, max_value=2**80)}) | st.fixed_dictionaries(
+    {"payload": st.dictionaries(st.text(max_size=5) | _surrogate_text, st.integers(min_value=-(2**70), max_value=2**70)
+                                | _surrogate_text | st.floats(allow_nan=True, allow_infinity=True), max_size=3)})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(garbage=st.lists(st.tuples(_topics, _payloads), min_size=1, max_size=6), poison=st.lists(_poison, max_size=3))
+def test_generated_bodies_never_sink_other_nodes_events_in_the_same_batch(
+        tmp_path: Path, garbage: list[tuple[str, bytes]], poison: list[dict[str, Any]]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+        cfg = make_cfg(Path(tmp), 1)
+        store = CentralStore(cfg.database)
+        svc = IngestService(cfg, store)
+        others = [ev("node-b", seq=1), ev("node-c", seq=2)]
+
+        async def feed() -> None:
+            svc.handle(up("node-b"), encode(others[0]), None)
+            for topic, body in garbage:
+                svc.handle(topic, body, None)
+            for fields in poison:
+                data = json.loads(encode(ev("node-a")))
+                data.update(fields)
+                svc.handle(up("node-a"), json.dumps(data).encode(), None)
+            svc.handle(up("node-c"), encode(others[1]), None)
+            await svc.flush()  # ONE commit batch holds all of the above
+
+        asyncio.run(feed())
+        assert all(store.get_event(e.event_id) is not None for e in others)
+        s = svc.stats
+        assert s.batches == 1 and s.acked >= 2
+        assert s.inserted + s.duplicates + s.rejected_total() + s.snapshots + s.updates == s.outcomes_expected()
+        store.close()
