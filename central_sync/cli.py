@@ -37,7 +37,7 @@ from central_sync.errors import CentralConfigError, CentralError
 from central_sync.ingest import IngestService
 from central_sync.processes import DEFAULT_SHARED_GROUP, CommandPublisher, feed_changes
 from central_sync.registry import registry_status
-from central_sync.store import CentralStore
+from central_sync.store import Store, open_store, redact_url
 from edge.logs import log_event, set_node_id, setup_logging
 
 EXTENSIONS = ("central_sync.cli_pki", "central_sync.cli_web")
@@ -116,15 +116,15 @@ def _fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _open(path: Path) -> tuple[CentralConfig, CentralStore]:
+def _open(path: Path) -> tuple[CentralConfig, Store]:
     cfg = load_central_config(path)
-    return cfg, CentralStore(cfg.database)
+    return cfg, open_store(cfg.store_url)
 
 
 # -- subcommands ---------------------------------------------------------------------------------
 def cmd_validate_config(args: argparse.Namespace) -> int:
     cfg = load_central_config(args.path)
-    print(f"ok: {args.path} (database {cfg.database}, broker {cfg.broker.host}:{cfg.broker.port})")
+    print(f"ok: {args.path} (store {redact_url(cfg.store_url)}, broker {cfg.broker.host}:{cfg.broker.port})")
     return 0
 
 
@@ -151,8 +151,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     _cfg, store = _open(args.config)
     try:
         rows = store.list_nodes()
-        with store.lock:
-            enrolment = registry_status(store.connection())
+        enrolment = registry_status(store.registry_tables())
     finally:
         store.close()
     seen = {r["node_id"] for r in rows}
@@ -192,9 +191,9 @@ def _web_serve(cfg: CentralConfig) -> Callable[..., Coroutine[Any, Any, None]] |
 async def _systemd_watchdog() -> None:
     """READY=1 and watchdog pings for the Type=notify unit (no-op outside systemd). The loop
     being able to run this task is the health signal; a lost broker is retried, not fatal."""
-    from edge.watchdog import HealthWatchdog
+    from central_sync.systemd_notify import run_watchdog
 
-    await HealthWatchdog({"event_loop": lambda: True}).run()
+    await run_watchdog()
 
 
 async def _serve(tasks: list[asyncio.Task[Any]]) -> None:
@@ -212,7 +211,7 @@ async def _serve(tasks: list[asyncio.Task[Any]]) -> None:
                 await task
 
 
-async def serve_central(cfg: CentralConfig, store: CentralStore, *, worker_id: str | None = None,
+async def serve_central(cfg: CentralConfig, store: Store, *, worker_id: str | None = None,
                         with_web: bool = True) -> None:
     """Run ingest (and the web app hook) until cancelled or until one of them fails. With
     ``worker_id`` this is one worker of a shared-subscription group (``kentongan-central ingest``)."""
@@ -231,7 +230,7 @@ async def serve_central(cfg: CentralConfig, store: CentralStore, *, worker_id: s
     await _serve(tasks)
 
 
-async def serve_web(cfg: CentralConfig, store: CentralStore) -> None:
+async def serve_web(cfg: CentralConfig, store: Store) -> None:
     """The dashboard alone: commands over its own broker connection, events from the change feed."""
     from central_sync.security_wiring import central_hooks
 
@@ -256,12 +255,12 @@ async def _run_until_signal(main_coro: Coroutine[Any, Any, None]) -> None:
 
 
 def _run_process(args: argparse.Namespace, role: str,
-                 main: Callable[[CentralConfig, CentralStore], Coroutine[Any, Any, None]]) -> int:
+                 main: Callable[[CentralConfig, Store], Coroutine[Any, Any, None]]) -> int:
     cfg = load_central_config(args.config)
     setup_logging(cfg.log_level)
     set_node_id("central")
-    store = CentralStore(cfg.database)
-    log_event(log, "central_starting", role=role, database=str(cfg.database),
+    store = open_store(cfg.store_url)
+    log_event(log, "central_starting", role=role, store=redact_url(cfg.store_url),
               broker=f"{cfg.broker.host}:{cfg.broker.port}")
     try:
         asyncio.run(_run_until_signal(main(cfg, store)))

@@ -19,7 +19,7 @@ from central_sync.store.base import (
     Store,
     TransientStoreError,
 )
-from central_sync.store.factory import is_transient, open_store
+from central_sync.store.factory import is_transient, open_store, redact_url
 from central_sync.store.sqlite import CentralStore, migrations
 
 __all__ = [
@@ -34,4 +34,5 @@ __all__ = [
     "is_transient",
     "migrations",
     "open_store",
+    "redact_url",
 ]

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from central_sync.errors import StoreError
 from central_sync.store_types import EventCommit, RejectionSummary
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope
+
+if TYPE_CHECKING:
+    from central_sync.store.desk_tables import DeskTables
+    from central_sync.store.registry_tables import RegistryTables
 
 #: One stored row, column name -> value (JSON columns already decoded).
 Row = dict[str, Any]
@@ -46,10 +50,17 @@ class Changes:
     events: list[Row] = field(default_factory=list)
     nodes: list[Row] = field(default_factory=list)
     mark: ChangeMark = field(default_factory=ChangeMark)
+    #: True when ``nodes`` is the complete node table (first read, or after a lost connection):
+    #: the reader replaces its copy instead of updating it.
+    resync: bool = False
 
 
 class ChangeFeed(Protocol):
     """Commits made by any process, for the desk: PostgreSQL LISTEN/NOTIFY, SQLite polling."""
+
+    def head(self) -> ChangeMark:
+        """The mark of what is committed now (follow from here to skip history)."""
+        ...
 
     def wait(self, mark: ChangeMark, timeout: float) -> Changes:
         """Block up to ``timeout`` s until something newer than ``mark`` is committed; return it
@@ -122,6 +133,14 @@ class Store(EventStore, SnapshotStore, NodeStore, RejectionStore, CommandStore, 
     url: str
 
     def change_feed(self) -> ChangeFeed: ...
+
+    def desk(self) -> DeskTables:
+        """The desk's tables (incidents, users, sessions, access log, ...) in this store."""
+        ...
+
+    def registry_tables(self) -> RegistryTables:
+        """The node registry's tables in this store."""
+        ...
 
     def close(self) -> None: ...
 

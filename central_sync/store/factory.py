@@ -24,6 +24,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(rest)
 
 
+def redact_url(url: str) -> str:
+    """The URL without a password (for logs and messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
 def is_postgres_url(url: str) -> bool:
     return urlsplit(url).scheme in ("postgresql", "postgres")
 

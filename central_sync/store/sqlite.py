@@ -35,7 +35,12 @@ from central_sync.store.base import (
     node_status,
 )
 from central_sync.store.checks import ValueRefused, check_event, safe_text
+from central_sync.store.desk_tables import DeskTables
 from central_sync.store.locking import apply_locked
+from central_sync.store.registry_tables import RegistryTables
+from central_sync.store.sql import SqliteRunner
+from central_sync.store.sqlite_desk_schema import desk_migrations
+from central_sync.store.sqlite_registry_schema import MIGRATIONS as registry_migrations
 from central_sync.store.sqlite_schema import migrations
 from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
@@ -84,7 +89,10 @@ class CentralStore:
             self._conn = conn
             self._db = Database(conn)
             with self.lock:
-                apply_locked(conn, migrations)
+                apply_locked(conn, migrations, desk_migrations, registry_migrations)
+            runner = SqliteRunner(conn, self.lock)
+            self._desk = DeskTables(runner)
+            self._registry = RegistryTables(runner)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open central database {self.path}: {exc}") from exc
         self._closed = False
@@ -134,6 +142,14 @@ class CentralStore:
         """Next change sequence number (inside a write transaction: commit-ordered)."""
         conn.execute("UPDATE change_counter SET seq = seq + 1 WHERE id = 1")
         return int(conn.execute("SELECT seq FROM change_counter WHERE id = 1").fetchone()[0])
+
+    def desk(self) -> DeskTables:
+        """The desk's tables (incidents, users, sessions, ...) in this file."""
+        return self._desk
+
+    def registry_tables(self) -> RegistryTables:
+        """The node registry's tables in this file."""
+        return self._registry
 
     def change_feed(self) -> SqliteChangeFeed:
         """Polls this file for commits of any process (see ``SqliteChangeFeed``)."""
