@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from bench._common import median, pct, table  # noqa: E402
 from bench.fleet_sim import node_ids, node_key  # noqa: E402
 from central_sync.broker import LocalMosquitto, free_port  # noqa: E402
-from central_sync.registry import migrate  # noqa: E402
+from central_sync.store import open_store  # noqa: E402
 from edge.signing import public_key_pem  # noqa: E402
 
 PY = sys.executable
@@ -128,20 +128,67 @@ def wait_line(proc: subprocess.Popen[str], text: str, timeout: float) -> None:
     raise RuntimeError(f"timed out waiting for {text!r}")
 
 
+class Database:
+    """Counting queries on central's store (SQLite file or PostgreSQL URL), and bulk key
+    registration (one transaction for the whole fleet)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+    def query(self, sql: str, rows: list[tuple[Any, ...]] | None = None) -> Any:
+        if self.path is not None:
+            conn = sqlite3.connect(self.path, timeout=30)
+            try:
+                with conn:
+                    if rows is not None:
+                        conn.executemany(sql, rows)
+                        return None
+                    return conn.execute(sql).fetchone()
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.url) as pg:
+            if rows is not None:
+                with pg.cursor() as cur:
+                    cur.executemany(sql.replace("?", "%s"), rows)
+                return None
+            return pg.execute(sql).fetchone()
+
+
+def start_postgres(work: Path) -> tuple[Any, str]:
+    """A throwaway PostgreSQL cluster (tests/pg_cluster.py: initdb in a temp dir, free loopback
+    port) with fsync ON, as a production server would run; returns (cluster, database URL)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import psycopg
+    from pg_cluster import PgCluster
+
+    cluster = PgCluster().start()
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET fsync = on")
+        conn.execute("ALTER SYSTEM SET synchronous_commit = on")
+        conn.execute("SELECT pg_reload_conf()")
+    return cluster, cluster.new_database()
+
+
 class Setup:
     """Broker, central config, CA, registered keys and a dashboard user in a temp dir."""
 
-    def __init__(self, work: Path, posts: int, seed: str) -> None:
+    def __init__(self, work: Path, posts: int, seed: str, postgres: bool = False) -> None:
         self.work = work
+        self.pg: Any = None
+        url = f"sqlite:///{work / 'central.db'}"
+        if postgres:
+            self.pg, url = start_postgres(work)
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.broker = LocalMosquitto(work / "mosquitto", extra_conf="set_tcp_nodelay true\n"
                                      "max_queued_messages 1000000\n").start()
         self.web_port = free_port()
-        self.db = work / "central.db"
+        self.db = Database(url)
         self.cfg = work / "central.toml"
-        self.cfg.write_text(f'''database = "{self.db}"
-log_level = "WARNING"
+        self.cfg.write_text(f'''log_level = "WARNING"
 [broker]
 port = {self.broker.port}
 client_id = "central"
@@ -151,41 +198,32 @@ shared_group = "bench"
 dir = "{work / 'pki'}"
 [web]
 port = {self.web_port}
+[store]
+url = "{url}"
 ''')
         subprocess.run([*CLI, "ca", "init", "--config", str(self.cfg)], check=True, capture_output=True, cwd=ROOT)
         self.nodes = node_ids("post", 0, posts)
-        conn = sqlite3.connect(self.db)
-        migrate(conn)
+        open_store(url).close()  # creates (migrates) every table
         now = time.time()
-        with conn:
-            conn.executemany("INSERT INTO node_registry VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
-                             [(n, public_key_pem(node_key(seed, n)), "33.74.10.1001", 1 + i // 500, 1 + i % 500,
-                               f"Pos {n}", "enrolled", f"{i:x}", now + 86400 * 365, now)
-                              for i, n in enumerate(self.nodes)])
-        conn.close()
+        self.db.query("INSERT INTO node_registry VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
+                      [(n, public_key_pem(node_key(seed, n)), "33.74.10.1001", 1 + i // 500, 1 + i % 500,
+                        f"Pos {n}", "enrolled", f"{i:x}", now + 86400 * 365, now)
+                       for i, n in enumerate(self.nodes)])
         pw = work / "pw"
         pw.write_text("bench-password-123\n")
         subprocess.run([*CLI, "user", "add", "bench", "--role", "admin", "--password-file", str(pw), "--config",
                         str(self.cfg)], check=True, capture_output=True, cwd=ROOT)
 
     def events(self) -> int:
-        conn = sqlite3.connect(self.db, timeout=30)
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0
-        finally:
-            conn.close()
+        return int(self.db.query("SELECT COUNT(*) FROM events")[0])
 
     def duplicated(self) -> int:
-        conn = sqlite3.connect(self.db, timeout=30)
-        try:
-            return int(conn.execute("SELECT COUNT(*) - COUNT(DISTINCT event_id) FROM events").fetchone()[0])
-        finally:
-            conn.close()
+        return int(self.db.query("SELECT COUNT(*) - COUNT(DISTINCT event_id) FROM events")[0])
 
     def close(self) -> None:
         self.broker.stop()
+        if self.pg is not None:
+            self.pg.close()
 
 
 class Dashboards:
@@ -371,6 +409,7 @@ def main() -> None:
     ap.add_argument("--dashboards", type=int, default=2)
     ap.add_argument("--no-web", action="store_true", help="ingest workers only (no web process, no dashboards)")
     ap.add_argument("--unsigned", action="store_true")
+    ap.add_argument("--postgres", action="store_true", help="central on a throwaway PostgreSQL cluster (fsync on)")
     ap.add_argument("--no-echo", action="store_true")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--seed", default="fleet")
@@ -378,7 +417,7 @@ def main() -> None:
     args = ap.parse_args()
     rows: dict[str, list[PhaseResult]] = {}
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
-        setup = Setup(Path(tmp), args.posts, args.seed)
+        setup = Setup(Path(tmp), args.posts, args.seed, postgres=args.postgres)
         try:
             for _ in range(args.repeat):
                 if not args.no_echo:
@@ -419,7 +458,8 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
     print(f"fleet: {args.posts} posts in {args.procs} processes, {args.rate:.0f} ev/s offered{p1}, "
           f"heartbeat {args.heartbeat:g} s, backlog {args.backlog}/post, "
           f"{'unsigned' if args.unsigned else 'signed'}, {args.duration:g} s x {args.repeat}, "
-          f"ingest {'all-in-one run' if args.ingest == 0 else f'{args.ingest} worker(s) + web'}")
+          f"ingest {'all-in-one run' if args.ingest == 0 else f'{args.ingest} worker(s)'}"
+          f"{'' if args.no_web else ' + web'}, store {'PostgreSQL' if args.postgres else 'SQLite'}")
     print(table(["system", "offered/s", "committed/s", "acked/s", "Ack p50 ms", "Ack p99 ms", "P1 p99 ms",
                  "CPU ms/ev", "vs echo", "RSS MiB", "GET p50 ms", "GET p99 ms", "lost", "dup"], out))
     for name, rs in rows.items():
