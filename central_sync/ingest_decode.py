@@ -19,8 +19,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from edge.errors import WireError
-from edge.sync.wire import EventEnvelope, Topics, canonical_bytes, decode_event_message
+from edge.sync.wire import MAX_EVENT_BYTES, EventEnvelope, Topics, canonical_bytes, decode_event_message
 
 _INT64 = (-(2**63), 2**63 - 1)
 #: What the JSON text of an unstorable value must contain: a surrogate escape, a run of 19+
@@ -80,9 +82,32 @@ def _canonical(item: Any) -> bytes | None:
     return canonical_bytes(item)
 
 
+def _single_fast(node_id: str, payload: bytes) -> DecodedEvents | None:
+    """The common case, one well-formed envelope for the topic's node, with ONE JSON parse;
+    None when anything is off (the full path then says exactly what)."""
+    if len(payload) > MAX_EVENT_BYTES:
+        return None
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if type(data) is not dict or data.get("v") != 1 or data.get("kind") != "event" or data.get("node_id") != node_id:
+        return None
+    try:
+        env = EventEnvelope.model_validate(data)
+    except ValidationError:
+        return None
+    if _SUSPECT.search(payload) is not None and unstorable(data) is not None:
+        return None
+    return DecodedEvents(node_id, [GoodEnvelope(env, _canonical(data))], [], False)
+
+
 def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
     """Decode one message of an ``event`` topic. A malformed message raises ``WireError``; a whole
     message for another node (single envelope or batch) becomes ``wrong_node`` items."""
+    fast = _single_fast(topics.parse(topic)[1], payload)
+    if fast is not None:
+        return fast
     try:
         node_id, envs, bad, is_batch = decode_event_message(topics, topic, payload)
     except WireError as exc:
