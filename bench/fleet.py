@@ -59,7 +59,7 @@ CLI = [PY, "-m", "central_sync.cli"]
 ECHO = r'''
 import json, sys, time
 import paho.mqtt.client as paho
-port, prefix, qos = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, prefix = int(sys.argv[1]), sys.argv[2]
 c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-echo", protocol=paho.MQTTv5)
 c.max_inflight_messages_set(65535)
 def on_connect(client, u, f, rc, p=None):
@@ -71,7 +71,7 @@ def on_message(client, u, msg):
     ids = [e["event_id"] for e in data["events"]] if data.get("kind") == "event_batch" else [data["event_id"]]
     body = json.dumps({"v": 1, "kind": "ack", "node_id": node, "event_ids": ids, "snapshot_ids": [],
                        "rejected": [], "central_time": time.time()}, separators=(",", ":"))
-    client.publish(prefix + "/down/" + node + "/ack", body, qos=qos)
+    client.publish(prefix + "/down/" + node + "/ack", body, qos=1)
 c.on_connect, c.on_message = on_connect, on_message
 c.connect("127.0.0.1", port)
 c.loop_forever()
@@ -175,7 +175,7 @@ def start_postgres(work: Path) -> tuple[Any, str]:
 class Setup:
     """Broker, central config, CA, registered keys and a dashboard user in a temp dir."""
 
-    def __init__(self, work: Path, posts: int, seed: str, postgres: bool = False, args_ack_qos: int = 1) -> None:
+    def __init__(self, work: Path, posts: int, seed: str, postgres: bool = False) -> None:
         self.work = work
         self.pg: Any = None
         url = f"sqlite:///{work / 'central.db'}"
@@ -194,7 +194,6 @@ port = {self.broker.port}
 client_id = "central"
 [ingest]
 shared_group = "bench"
-ack_qos = {args_ack_qos}
 [pki]
 dir = "{work / 'pki'}"
 [web]
@@ -412,7 +411,6 @@ def main() -> None:
     ap.add_argument("--dashboards", type=int, default=2)
     ap.add_argument("--no-web", action="store_true", help="ingest workers only (no web process, no dashboards)")
     ap.add_argument("--unsigned", action="store_true")
-    ap.add_argument("--ack-qos", type=int, choices=(0, 1), default=1, help="central's ingest.ack_qos")
     ap.add_argument("--postgres", action="store_true", help="central on a throwaway PostgreSQL cluster (fsync on)")
     ap.add_argument("--no-echo", action="store_true")
     ap.add_argument("--repeat", type=int, default=1)
@@ -422,11 +420,11 @@ def main() -> None:
     args = ap.parse_args()
     rows: dict[str, list[PhaseResult]] = {}
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
-        setup = Setup(Path(tmp), args.posts, args.seed, postgres=args.postgres, args_ack_qos=args.ack_qos)
+        setup = Setup(Path(tmp), args.posts, args.seed, postgres=args.postgres)
         try:
             for _ in range(args.repeat):
                 if not args.no_echo:
-                    echo = subprocess.Popen([PY, "-c", ECHO, str(setup.broker.port), "kentongan/v1", str(args.ack_qos)],
+                    echo = subprocess.Popen([PY, "-c", ECHO, str(setup.broker.port), "kentongan/v1"],
                                             stdout=subprocess.PIPE, text=True)
                     wait_line(echo, "ready", 30)
                     try:

@@ -128,8 +128,8 @@ class AckBook:
 
 
 def publish_all(book: AckBook, link: Link | None, topics: Topics, central_time: float,
-                counters: AckCounters, qos: int = 1) -> None:
-    """Publish one Ack per node of ``book`` on ``link`` (no future per call)."""
+                counters: AckCounters) -> None:
+    """Publish one Ack per node of ``book`` on ``link`` (QoS 1, no future per call)."""
     try:
         bodies = book.bodies(central_time)
     except UnicodeEncodeError as exc:  # ids were checked when they arrived: a bug, not input
@@ -141,7 +141,7 @@ def publish_all(book: AckBook, link: Link | None, topics: Topics, central_time: 
         if link is None or not link.alive:
             counters.unsent += 1
             continue
-        info = link.paho.publish(topics.down(node_id, "ack"), body, qos=qos)
+        info = link.paho.publish(topics.down(node_id, "ack"), body, qos=1)
         if info.rc == paho.MQTT_ERR_SUCCESS:
             counters.published += 1
         else:

@@ -90,10 +90,6 @@ class IngestConfig(Strict):
                                          "many pending calls; raised so bulk acks do not log.")
     db_retry_max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap of the backoff "
                                         "when the database is locked or busy.")
-    ack_qos: Literal[0, 1] = Field(1, description="QoS of the Acks to the posts. 1: the broker keeps "
-                                   "an Ack for a post that is briefly offline. 0: cheaper for central "
-                                   "(no PUBACK bookkeeping per Ack); a lost Ack only makes the post "
-                                   "resend, and the duplicate is acknowledged again.")
     max_queued_qos0: int = Field(5000, ge=100, description="QoS 0 messages (heartbeats) buffered "
                                  "while ingest is busy; more are dropped and counted (QoS 1 ones "
                                  "are held back by the broker instead: manual PUBACKs).")

@@ -376,7 +376,7 @@ class IngestService:
                 if r.event_id is not None:
                     acks.reject(r.node_id, r.event_id, r.reason)
             before = self._acks.event_ids
-            publish_all(acks, self._link(), self.topics, time.time(), self._acks, self.cfg.ingest.ack_qos)
+            publish_all(acks, self._link(), self.topics, time.time(), self._acks)
             self.stats.acked += self._acks.event_ids - before
             self.stats.acks_published, self.stats.acks_unsent = self._acks.published, self._acks.unsent
             for delivery in settle:
