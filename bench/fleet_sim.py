@@ -85,6 +85,7 @@ class SimResult:
     p1_latencies: list[float] = field(default_factory=list)
     backlog_left: int = 0
     unacked: int = 0
+    drained_s: float | None = None  # start -> nothing left unacknowledged (checked once a second)
 
 
 class Post:
@@ -314,12 +315,18 @@ class Fleet:
                 for post in self.posts:
                     post.resend(now)
                 next_resend = now + 1.0
+                self._check_drained(now)
             if now >= next_misc:
                 self._misc()
                 next_misc = now + 1.0
         self.result.end = time.monotonic()
         self.result.backlog_left = sum(len(p.backlog) for p in self.posts)
         self.result.unacked = sum(len(p.unacked) for p in self.posts)
+
+    def _check_drained(self, now: float) -> None:
+        if self.result.drained_s is None and self.spec.backlog and not any(p.unacked or p.backlog
+                                                                           for p in self.posts):
+            self.result.drained_s = now - self.result.start
 
     def _misc(self) -> None:
         for post in self.posts:
@@ -340,6 +347,8 @@ class Fleet:
                     post.resend(now)
                 self._misc()
                 next_resend = now + 1.0
+                self._check_drained(now)
+        self._check_drained(time.monotonic())
         self.result.backlog_left = sum(len(p.backlog) for p in self.posts)
         self.result.unacked = sum(len(p.unacked) for p in self.posts)
 
