@@ -346,7 +346,8 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     res.lost = sum(r["unacked"] + r["backlog_left"] for r in results)
     res.duplicated = setup.duplicated() if name != "echo" else 0
     drained = [r["drained_s"] for r in results]
-    res.extra = {"drained_s": max(drained) if drained and None not in drained else None, "acked_total": acked, "rejected": sum(r["rejected"] for r in results),
+    res.extra = {"drained_s": max(drained) if drained and None not in drained else None,
+                 "acked_total": acked, "rejected": sum(r["rejected"] for r in results),
                  "resent": sum(r["resent"] for r in results), "window_s": round(window, 1),
                  "dashboard_errors": dashboards.errors if dashboards else 0, "stored": setup.events(),
                  "rss_per_receiver_mib": [round(peak_rss_mib(p.pid)) for p in receivers],
