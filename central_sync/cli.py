@@ -35,7 +35,7 @@ from typing import Any
 from central_sync.config import CentralConfig, load_central_config
 from central_sync.errors import CentralConfigError, CentralError
 from central_sync.ingest import IngestService
-from central_sync.processes import DEFAULT_SHARED_GROUP, CommandPublisher, feed_changes
+from central_sync.processes import DEFAULT_SHARED_GROUP, CommandPublisher
 from central_sync.registry import registry_status
 from central_sync.store import Store, open_store, redact_url
 from edge.logs import log_event, set_node_id, setup_logging
@@ -231,7 +231,8 @@ async def serve_central(cfg: CentralConfig, store: Store, *, worker_id: str | No
 
 
 async def serve_web(cfg: CentralConfig, store: Store) -> None:
-    """The dashboard alone: commands over its own broker connection, events from the change feed."""
+    """The dashboard alone: commands over its own broker connection; the desk follows the
+    store's change feed by itself."""
     from central_sync.security_wiring import central_hooks
 
     serve = _web_serve(cfg)
@@ -241,7 +242,6 @@ async def serve_web(cfg: CentralConfig, store: Store) -> None:
                                  client_id=f"{cfg.broker.client_id}-web")
     await _serve([asyncio.create_task(publisher.run(), name="web-broker"),
                   asyncio.create_task(serve(cfg, store, publisher), name="web"),
-                  asyncio.create_task(feed_changes(store, publisher), name="change-feed"),
                   asyncio.create_task(_systemd_watchdog(), name="systemd-watchdog")])
 
 

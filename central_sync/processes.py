@@ -4,27 +4,25 @@
 * ``kentongan-central ingest --worker-id N``: one ingest worker, any number of them, each with
   its own MQTT client id ``<broker.client_id>-<N>``, all in ONE MQTT 5 shared-subscription group
   (``ingest.shared_group``, default ``kentongan-ingest``), so the broker splits the posts' load;
-* ``kentongan-central web``: the dashboard, reading the database. It sees what the ingest
-  workers commit through the store's change feed (PostgreSQL LISTEN/NOTIFY, SQLite polling) and
-  publishes the desk's commands over its own broker connection (``CommandPublisher``), which
-  subscribes to nothing.
+* ``kentongan-central web``: the dashboard, reading the database. The desk follows what the
+  ingest workers commit through the store's change feed (PostgreSQL LISTEN/NOTIFY, SQLite
+  polling) and publishes its commands over its own broker connection (``CommandPublisher``),
+  which subscribes to nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import aiomqtt
 
 from central_sync.config import CentralConfig
 from central_sync.errors import CentralError
 from central_sync.mqtt_central import Backoff, connect_spec
-from central_sync.store import ChangeMark, Store
+from central_sync.store import Store
 from edge.errors import WireError
 from edge.logs import log_event
 from edge.sync import transport
@@ -34,9 +32,6 @@ log = logging.getLogger("central_sync.processes")
 
 #: Shared-subscription group of ``kentongan-central ingest`` when the config names none.
 DEFAULT_SHARED_GROUP = "kentongan-ingest"
-
-OnEvents = Callable[[list[dict[str, Any]]], None]
-
 
 async def publish_command(client: aiomqtt.Client | None, store: Store, topics: Topics,
                           sign: Callable[[Command], Command] | None, cmd: Command, *, issued_by: str) -> None:
@@ -59,15 +54,13 @@ async def publish_command(client: aiomqtt.Client | None, store: Store, topics: T
 
 
 class CommandPublisher:
-    """The web process's broker connection: ``send_command`` like ``IngestService``'s, and the
-    ``on_events`` hook the web app sets, fed from the store's change feed by ``feed_changes``."""
+    """The web process's broker connection: ``send_command`` like ``IngestService``'s."""
 
     def __init__(self, cfg: CentralConfig, store: Store, *, sign_command: Callable[[Command], Command] | None,
                  client_id: str) -> None:
         self.cfg, self.store, self.sign_command = cfg, store, sign_command
         self.topics = Topics(cfg.topic_prefix)
         self.client_id = client_id
-        self.on_events: OnEvents | None = None
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
 
@@ -92,23 +85,3 @@ class CommandPublisher:
 
     async def send_command(self, cmd: Command, *, issued_by: str) -> None:
         await publish_command(self._client, self.store, self.topics, self.sign_command, cmd, issued_by=issued_by)
-
-
-async def feed_changes(store: Store, sink: CommandPublisher, poll_s: float = 1.0) -> None:
-    """Hand the events other processes commit to ``sink.on_events`` (the desk), newest first
-    seen at start-up: earlier ones were grouped by the desk's own catch-up."""
-    latest = await asyncio.to_thread(store.latest_events, limit=1)
-    mark = ChangeMark(event_rowid=int(latest[-1]["rowid"]) if latest else 0)
-    feed = await asyncio.to_thread(store.change_feed)
-    try:
-        while True:
-            changes = await asyncio.to_thread(feed.wait, mark, poll_s)
-            mark = changes.mark
-            if changes.events and sink.on_events is not None:
-                try:
-                    await asyncio.to_thread(sink.on_events, changes.events)
-                except Exception:  # the desk logs its own failures; never stop the feed
-                    log.exception("desk_feed_failed")
-    finally:
-        with contextlib.suppress(Exception):
-            feed.close()
