@@ -81,3 +81,60 @@ def test_two_ingest_processes_share_load_and_survive_a_sigkill(tmp_path: Path, m
                 w.terminate()
                 w.wait(30)
         watcher.close()
+
+
+def test_web_process_shows_what_an_ingest_worker_commits(tmp_path: Path, mosquitto: LocalMosquitto) -> None:
+    """``kentongan-central web`` runs apart from ingest: it reads the database (change feed) and
+    an incident opened from a worker's commit appears on its API."""
+    import urllib.request
+    from http.cookiejar import CookieJar
+
+    from central_sync.broker import free_port
+    from edge.sync.wire import encode
+    from tests.test_ingest import Node, ev, up
+
+    web_port = free_port()
+    cfg = write_config(tmp_path / "central.toml", mosquitto.port, shared_group="scale")
+    with cfg.open("a") as fh:
+        fh.write(f"[web]\nport = {web_port}\n")
+    pw = tmp_path / "pw"
+    pw.write_text("operator-password-1\n")
+    subprocess.run([sys.executable, "-m", "central_sync.cli", "user", "add", "op", "--role", "operator",
+                    "--password-file", str(pw), "--config", str(cfg)], check=True, cwd=ROOT, capture_output=True)
+    log = tmp_path / "central.log"
+    watcher = StateWatcher(mosquitto.port)
+    worker = start(["ingest", "--config", str(cfg), "--worker-id", "a"], log)
+    web = start(["web", "--config", str(cfg)], log)
+    node = Node(mosquitto.port, "post-web")
+    try:
+        watcher.wait_online({"central-a"})
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+
+        def login() -> bool:
+            body = b'{"username": "op", "password": "operator-password-1"}'
+            req = urllib.request.Request(f"http://127.0.0.1:{web_port}/api/login", body,
+                                         {"Content-Type": "application/json"})
+            try:
+                opener.open(req, timeout=5).read()
+            except OSError:
+                return False
+            return True
+
+        _wait(login, 60, "the web process answering")
+        panic = ev("post-web", type="PANIC", priority=1)
+        node.publish(up("post-web"), encode(panic))
+        _wait(lambda: panic.event_id in node.acked_ids(), 30, "the worker's Ack")
+
+        def incidents() -> list[dict[str, object]]:
+            data: list[dict[str, object]] = json.loads(
+                opener.open(f"http://127.0.0.1:{web_port}/api/incidents", timeout=5).read())
+            return data
+
+        _wait(lambda: any(i.get("node_id") == "post-web" for i in incidents()), 30, "the incident on the web API")
+        assert worker.poll() is None and web.poll() is None
+    finally:
+        node.close()
+        for p in (worker, web):
+            p.terminate()
+            p.wait(30)
+        watcher.close()
