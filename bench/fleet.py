@@ -175,7 +175,7 @@ def start_postgres(work: Path) -> tuple[Any, str]:
 class Setup:
     """Broker, central config, CA, registered keys and a dashboard user in a temp dir."""
 
-    def __init__(self, work: Path, posts: int, seed: str, postgres: bool = False) -> None:
+    def __init__(self, work: Path, posts: int, seed: str, postgres: bool = False, signed: bool = True) -> None:
         self.work = work
         self.pg: Any = None
         url = f"sqlite:///{work / 'central.db'}"
@@ -188,20 +188,11 @@ class Setup:
         self.web_port = free_port()
         self.db = Database(url)
         self.cfg = work / "central.toml"
-        self.cfg.write_text(f'''log_level = "WARNING"
-[broker]
-port = {self.broker.port}
-client_id = "central"
-[ingest]
-shared_group = "bench"
-[pki]
-dir = "{work / 'pki'}"
-[web]
-port = {self.web_port}
-[store]
-url = "{url}"
-''')
+        self.url, self.signed = url, signed
+        self.configure(0)
         subprocess.run([*CLI, "ca", "init", "--config", str(self.cfg)], check=True, capture_output=True, cwd=ROOT)
+        if not signed:  # the CA is still needed for "user add"; central verifies only with [pki]
+            self.configure(0, pki=False)
         self.nodes = node_ids("post", 0, posts)
         open_store(url).close()  # creates (migrates) every table
         now = time.time()
@@ -213,6 +204,23 @@ url = "{url}"
         pw.write_text("bench-password-123\n")
         subprocess.run([*CLI, "user", "add", "bench", "--role", "admin", "--password-file", str(pw), "--config",
                         str(self.cfg)], check=True, capture_output=True, cwd=ROOT)
+
+    def configure(self, repeat: int, pki: bool | None = None) -> None:
+        """(Re)write central's config; each repeat gets its own shared group, so a stopped
+        worker's session (expiring after 5 s) does not collect the next phase's messages."""
+        with_pki = self.signed if pki is None else pki
+        self.cfg.write_text(f'''log_level = "WARNING"
+[broker]
+port = {self.broker.port}
+client_id = "central"
+[ingest]
+shared_group = "bench-r{repeat}"
+shared_session_expiry_seconds = 5
+[web]
+port = {self.web_port}
+[store]
+url = "{self.url}"
+''' + (f'[pki]\ndir = "{self.work / "pki"}"\n' if with_pki else ""))
 
     def events(self) -> int:
         return int(self.db.query("SELECT COUNT(*) FROM events")[0])
@@ -418,13 +426,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--seed", default="fleet")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, databases)")
     ap.add_argument("--profile", type=Path, help="write cProfile output of each ingest worker into this directory")
     args = ap.parse_args()
     rows: dict[str, list[PhaseResult]] = {}
-    with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
-        setup = Setup(Path(tmp), args.posts, args.seed, postgres=args.postgres)
+    with tempfile.TemporaryDirectory(prefix="fleet-") as tmp_dir:
+        tmp = str(args.keep) if args.keep else tmp_dir
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+        setup = Setup(Path(tmp), args.posts, args.seed, postgres=args.postgres, signed=not args.unsigned)
         try:
-            for _ in range(args.repeat):
+            for repeat in range(args.repeat):
+                setup.configure(repeat)
                 if not args.no_echo:
                     echo = subprocess.Popen([PY, "-c", ECHO, str(setup.broker.port), "kentongan/v1"],
                                             stdout=subprocess.PIPE, text=True)
