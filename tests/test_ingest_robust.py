@@ -252,3 +252,44 @@ def test_generated_bodies_never_sink_other_nodes_events_in_the_same_batch(
         assert s.batches == 1 and s.acked >= 2
         assert s.inserted + s.duplicates + s.rejected_total() + s.snapshots + s.updates == s.outcomes_expected()
         store.close()
+
+
+def test_message_buffer_bounds_qos0_and_keeps_every_qos1() -> None:
+    import aiomqtt
+
+    from central_sync.mqtt_central import MessageBuffer
+
+    dropped: list[int] = []
+
+    async def fill() -> MessageBuffer:
+        buf = MessageBuffer()
+        buf.qos0_limit = 100
+        buf.on_drop = lambda: dropped.append(1)
+        for i in range(300):
+            buf.put_nowait(aiomqtt.Message(up("node-a", "heartbeat"), b"{}", qos=0, retain=False, mid=0,
+                                           properties=None))
+            buf.put_nowait(aiomqtt.Message(up("node-a"), b"{}", qos=1, retain=False, mid=i + 1, properties=None))
+        return buf
+
+    buf = asyncio.run(fill())
+    messages = buf.take(10_000)
+    assert sum(m.qos == 1 for m in messages) == 300  # held back by the broker's receive maximum instead
+    assert sum(m.qos == 0 for m in messages) <= 100 and len(dropped) >= 200
+
+
+def test_reader_pauses_past_max_pending_events(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, 1, max_pending_events=50, batch_max=20)
+    store = CentralStore(cfg.database)
+    svc = IngestService(cfg, store)
+
+    async def scenario() -> None:
+        for i in range(60):
+            svc.handle(up("node-a"), encode(ev(seq=i)), None)
+        assert not svc._room.is_set()  # the broker connection stops reading (backpressure)
+        await svc._commit_once()
+        assert svc._room.is_set()
+        await svc.flush()
+
+    asyncio.run(scenario())
+    assert store.count_events() == 60
+    store.close()
