@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
@@ -38,41 +39,25 @@ ACK_IDS_MAX = 5000
 ACK_SNAPSHOTS_MAX = 1000
 
 
-@dataclass(eq=False)
-class Link:
-    """One broker connection of ingest (``alive`` until it drops)."""
+class AckWindow:
+    """Bounds the QoS 1 Acks not yet confirmed by the broker. paho keeps every QoS 1 publish past
+    its in-flight limit in an unbounded queue and rescans it on each PUBACK; under overload that
+    queue (and the cost of each PUBACK) would grow without end. Past ``size`` unconfirmed Acks,
+    an Ack goes at QoS 0 instead: a lost one only makes the post resend, and the duplicate is
+    acknowledged again."""
 
-    client_id: str
-    paho: paho.Client
-    alive: bool = True
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._infos: deque[paho.MQTTMessageInfo] = deque()
 
+    def qos(self) -> int:
+        while self._infos and self._infos[0].is_published():
+            self._infos.popleft()
+        return 1 if len(self._infos) < self.size else 0
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    link: Link
-    mid: int
-    qos: int
-
-    def puback(self) -> bool:
-        """Acknowledge this delivery to the broker (no-op for QoS 0 or a dropped link)."""
-        if self.qos == 0 or not self.link.alive:
-            return False
-        self.link.paho.ack(self.mid, self.qos)
-        return True
-
-
-@dataclass
-class _NodeAck:
-    event_ids: list[str] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    snapshot_ids: list[str] = field(default_factory=list)
-
-
-@dataclass
-class AckCounters:
-    published: int = 0
-    unsent: int = 0
-    event_ids: int = 0
+    def sent(self, info: paho.MQTTMessageInfo, qos: int) -> None:
+        if qos == 1:
+            self._infos.append(info)
 
 
 class AckBook:
@@ -127,9 +112,49 @@ class AckBook:
         return out
 
 
+@dataclass(eq=False)
+class Link:
+    """One broker connection of ingest (``alive`` until it drops)."""
+
+    client_id: str
+    paho: paho.Client
+    window: AckWindow
+    alive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    link: Link
+    mid: int
+    qos: int
+
+    def puback(self) -> bool:
+        """Acknowledge this delivery to the broker (no-op for QoS 0 or a dropped link)."""
+        if self.qos == 0 or not self.link.alive:
+            return False
+        self.link.paho.ack(self.mid, self.qos)
+        return True
+
+
+@dataclass
+class _NodeAck:
+    event_ids: list[str] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    snapshot_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AckCounters:
+    published: int = 0
+    unsent: int = 0
+    event_ids: int = 0
+    qos0: int = 0  # Acks sent at QoS 0 because the QoS 1 window was full
+
+
 def publish_all(book: AckBook, link: Link | None, topics: Topics, central_time: float,
                 counters: AckCounters) -> None:
-    """Publish one Ack per node of ``book`` on ``link`` (QoS 1, no future per call)."""
+    """Publish one Ack per node of ``book`` on ``link`` (QoS 1 within the link's ``AckWindow``,
+    no future per call)."""
     try:
         bodies = book.bodies(central_time)
     except UnicodeEncodeError as exc:  # ids were checked when they arrived: a bug, not input
@@ -141,7 +166,10 @@ def publish_all(book: AckBook, link: Link | None, topics: Topics, central_time: 
         if link is None or not link.alive:
             counters.unsent += 1
             continue
-        info = link.paho.publish(topics.down(node_id, "ack"), body, qos=1)
+        qos = link.window.qos()
+        info = link.paho.publish(topics.down(node_id, "ack"), body, qos=qos)
+        link.window.sent(info, qos)
+        counters.qos0 += 1 - qos
         if info.rc == paho.MQTT_ERR_SUCCESS:
             counters.published += 1
         else:

@@ -37,7 +37,7 @@ from typing import Any
 
 import aiomqtt
 
-from central_sync.acks import AckBook, AckCounters, Delivery, Link, publish_all
+from central_sync.acks import AckBook, AckCounters, AckWindow, Delivery, Link, publish_all
 from central_sync.config import CentralConfig
 from central_sync.ingest_commit import (
     Batch,
@@ -53,6 +53,7 @@ from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import (
     Backoff,
     MessageBuffer,
+    ReadGate,
     central_presence,
     make_client,
     next_messages,
@@ -132,6 +133,7 @@ class IngestService:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self._gates: set[ReadGate] = set()
         self._commit_lock = asyncio.Lock()
 
     @property
@@ -166,7 +168,7 @@ class IngestService:
             try:
                 client, buffer = make_client(self.cfg, client_id, on_drop=self._count_drop)
                 async with client:
-                    link = Link(client_id, paho_of(client))
+                    link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.max_inflight))
                     granted = await client.subscribe(subscriptions(self.cfg))
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:  # e.g. an ACL that does not grant central the uplink tree
@@ -192,13 +194,22 @@ class IngestService:
             await asyncio.sleep(backoff.next_delay())
 
     async def _consume(self, client: aiomqtt.Client, buffer: MessageBuffer, link: Link) -> None:
-        while True:
-            for message in await next_messages(client, buffer, _READ_BURST):
-                payload = message.payload
-                body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
-                self.handle(message.topic.value, bytes(body), Delivery(link, message.mid, message.qos))
-            if not self._room.is_set():
-                await self._room.wait()  # backpressure: unacknowledged deliveries wait at the broker
+        limit = self.cfg.ingest.max_buffered_messages
+        gate = ReadGate(client, lambda: buffer.qsize() >= limit or not self._room.is_set())
+        gate.install()
+        self._gates.add(gate)
+        try:
+            while True:
+                for message in await next_messages(client, buffer, _READ_BURST):
+                    payload = message.payload
+                    body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+                    self.handle(message.topic.value, bytes(body), Delivery(link, message.mid, message.qos))
+                if not self._room.is_set():
+                    await self._room.wait()  # backpressure: the gate stopped reading the socket
+                gate.poke()
+        finally:
+            self._gates.discard(gate)
+            self.stats.read_pauses += gate.pauses
 
     def _count_drop(self) -> None:
         self.stats.dropped_qos0 += 1
@@ -340,6 +351,8 @@ class IngestService:
         self._pending_events -= n
         if self._pending_events < self.cfg.ingest.max_pending_events:
             self._room.set()
+            for gate in self._gates:
+                gate.poke()
         batch = Batch(events, list(self._presences.values()), list(self._heartbeats.values()), self._snapshots,
                       self._results)
         settle = self._settle + [m.delivery for m in events if m.delivery is not None]
@@ -379,6 +392,7 @@ class IngestService:
             publish_all(acks, self._link(), self.topics, time.time(), self._acks)
             self.stats.acked += self._acks.event_ids - before
             self.stats.acks_published, self.stats.acks_unsent = self._acks.published, self._acks.unsent
+            self.stats.acks_qos0 = self._acks.qos0
             for delivery in settle:
                 self._settle_now(delivery)
 

@@ -22,9 +22,11 @@ class IngestStats:
     updates: int = 0
     acks_published: int = 0
     acks_unsent: int = 0
+    acks_qos0: int = 0  # Acks sent at QoS 0 because too many QoS 1 Acks were unconfirmed
     store_retries: int = 0
     dropped_qos0: int = 0  # QoS 0 messages (heartbeats) dropped while the buffer was full
     pubacks: int = 0
+    read_pauses: int = 0  # times the broker socket was not read because too much was pending
     floods: int = 0  # intervals in which one node sent flood_threshold or more rejected messages
     flooding: dict[str, float] = field(default_factory=dict)  # node -> last flagged (epoch s)
 

@@ -24,6 +24,8 @@ import contextlib
 import logging
 import random
 import re
+import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import cast
@@ -151,6 +153,83 @@ def paho_of(client: aiomqtt.Client) -> paho.Client:
     """The paho client inside an aiomqtt client. aiomqtt 2.x has no API for manual PUBACKs nor a
     publish without an awaited future; ingest needs both (``central_sync.acks``)."""
     return client._client
+
+
+class ReadGate:
+    """Reads one broker connection's socket only while ingest has room: TCP backpressure.
+
+    Manual PUBACKs and the MQTT 5 receive maximum alone do not bound what the broker sends:
+    Mosquitto 2.0.11 exceeds a client's receive maximum once the client PUBACKs at all
+    (measured; docs/scale.md). So ``install`` puts this gate's reader in place of aiomqtt's (the
+    same public paho ``loop_read``, on the event loop's public ``add_reader``): while ``full()``
+    it stops reading (the kernel buffers fill, then the broker keeps the rest in central's
+    session), and ``poke()`` reads again once there is room. aiomqtt removes the reader by file
+    descriptor when the socket closes, so that path is unchanged. A paused connection reads no
+    PINGRESP either: a pause longer than the keepalive ends in a reconnect, which loses nothing
+    (unacknowledged deliveries come again, the posts resend)."""
+
+    def __init__(self, client: aiomqtt.Client, full: Callable[[], bool]) -> None:
+        self._paho = paho_of(client)
+        self._full = full
+        self._loop = asyncio.get_running_loop()
+        self._fd: int | None = None
+        self._reading = False
+        self.pauses = 0
+
+    def install(self) -> None:
+        sock = self._paho.socket()
+        if sock is None:
+            return
+        self._fd = sock.fileno()
+        self._loop.remove_reader(self._fd)
+        self._loop.add_reader(self._fd, self._read)
+        self._reading = True
+
+    def poke(self) -> None:
+        """Read again if paused and no longer full."""
+        if self._reading or self._fd is None or self._full():
+            return
+        sock = self._paho.socket()
+        if sock is None or sock.fileno() != self._fd:
+            return
+        self._loop.add_reader(self._fd, self._read)
+        self._reading = True
+
+    def _read(self) -> None:
+        """Read packets while there is room and data (at most ``READ_PACKETS`` per wake-up):
+        paho's ``loop_read`` alone reads one packet per call when nothing is in flight."""
+        try:
+            for _ in range(READ_PACKETS):
+                if self._full():
+                    if self._fd is not None:
+                        self._loop.remove_reader(self._fd)
+                    self._reading = False
+                    self.pauses += 1
+                    return
+                self._paho.loop_read()
+                if not _more_to_read(self._paho.socket()):
+                    return
+        except Exception:  # a broken socket: end the session, the connection loop reconnects
+            self._paho.disconnect()
+
+
+#: Packets one wake-up of ``ReadGate`` reads at most (then other tasks run).
+READ_PACKETS = 200
+
+
+def _more_to_read(sock: object) -> bool:
+    """Whether the socket has bytes (or decrypted TLS records) waiting, without blocking."""
+    pending = getattr(sock, "pending", None)
+    if isinstance(sock, ssl.SSLSocket):
+        return callable(pending) and pending() > 0
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True  # let paho see (and handle) the error
 
 
 class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
