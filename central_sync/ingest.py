@@ -207,9 +207,12 @@ class IngestService:
                 if not self._room.is_set():
                     await self._room.wait()  # backpressure: the gate stopped reading the socket
                 gate.poke()
+                self.stats.buffer_peak = max(self.stats.buffer_peak, buffer.peak)
+                self.stats.read_pauses_live = gate.pauses
         finally:
             self._gates.discard(gate)
             self.stats.read_pauses += gate.pauses
+            self.stats.buffer_peak = max(self.stats.buffer_peak, buffer.peak)
 
     def _count_drop(self) -> None:
         self.stats.dropped_qos0 += 1

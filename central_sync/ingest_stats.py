@@ -26,7 +26,9 @@ class IngestStats:
     store_retries: int = 0
     dropped_qos0: int = 0  # QoS 0 messages (heartbeats) dropped while the buffer was full
     pubacks: int = 0
-    read_pauses: int = 0  # times the broker socket was not read because too much was pending
+    read_pauses: int = 0  # times a closed connection's socket was not read because ingest was full
+    read_pauses_live: int = 0  # the same for the current connection
+    buffer_peak: int = 0  # most received messages ever waiting to be decoded
     floods: int = 0  # intervals in which one node sent flood_threshold or more rejected messages
     flooding: dict[str, float] = field(default_factory=dict)  # node -> last flagged (epoch s)
 

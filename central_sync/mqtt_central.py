@@ -241,6 +241,7 @@ class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
 
     qos0_limit = 0
     on_drop: Callable[[], None] | None = None
+    peak = 0  # most messages ever waiting (for the stats and the tests)
 
     def put_nowait(self, item: aiomqtt.Message) -> None:
         if item.qos == 0 and self.qos0_limit and self.qsize() >= self.qos0_limit:
@@ -248,6 +249,7 @@ class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
                 self.on_drop()
             return
         super().put_nowait(item)
+        self.peak = max(self.peak, self.qsize())
 
     def take(self, limit: int) -> list[aiomqtt.Message]:
         out: list[aiomqtt.Message] = []

@@ -293,3 +293,38 @@ def test_reader_pauses_past_max_pending_events(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert store.count_events() == 60
     store.close()
+
+
+def test_overload_stops_reading_the_socket_and_memory_stays_bounded(tmp_path: Path,
+                                                                    mosquitto: LocalMosquitto) -> None:
+    """A publisher far faster than the commits: ingest stops reading (TCP backpressure), its
+    buffers stay within their limits, and every event is still committed and acknowledged."""
+    import paho.mqtt.client as paho
+
+    from central_sync.mqtt_central import READ_PACKETS
+
+    cfg = make_cfg(tmp_path, mosquitto.port, max_pending_events=300, max_buffered_messages=100, batch_max=50,
+                   batch_wait_ms=50)
+    store = CentralStore(cfg.database)
+    svc = ServiceThread(cfg, store).start()
+    acks: set[str] = set()
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-fast-post", protocol=paho.MQTTv5)
+    pub.max_inflight_messages_set(5000)
+    pub.on_message = lambda _c, _u, m: acks.update(json.loads(m.payload)["event_ids"])
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.subscribe("kentongan/v1/down/node-a/ack", qos=1)
+    pub.loop_start()
+    try:
+        envs = [ev(seq=i) for i in range(4000)]
+        for e in envs:
+            pub.publish(up("node-a"), encode(e), qos=1)
+        wait_until(lambda: len(acks) >= len(envs), timeout=120, what="every event acked")
+        s = svc.service.stats
+        assert s.read_pauses_live > 0
+        assert s.buffer_peak <= 100 + READ_PACKETS
+        assert store.count_events() == 4000
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        svc.stop()
+        store.close()
