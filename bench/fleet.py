@@ -128,6 +128,25 @@ def wait_line(proc: subprocess.Popen[str], text: str, timeout: float) -> None:
     raise RuntimeError(f"timed out waiting for {text!r}")
 
 
+def port_outside_ephemeral_range() -> int:
+    """A free loopback port below the kernel's ephemeral range: 10,000 simulated posts take
+    10,000 ephemeral ports, and one of them may take a port picked earlier by ``free_port``
+    before the web process binds it."""
+    import random
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(10_000, max(low, 10_001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 class Database:
     """Counting queries on central's store (SQLite file or PostgreSQL URL), and bulk key
     registration (one transaction for the whole fleet)."""
@@ -185,7 +204,7 @@ class Setup:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.broker = LocalMosquitto(work / "mosquitto", extra_conf="set_tcp_nodelay true\n"
                                      "max_queued_messages 1000000\n").start()
-        self.web_port = free_port()
+        self.web_port = port_outside_ephemeral_range()
         self.db = Database(url)
         self.cfg = work / "central.toml"
         self.url, self.signed = url, signed
