@@ -13,9 +13,10 @@ no I/O and never raises:
 The batcher commits up to ``ingest.batch_max`` events (or after ``ingest.batch_wait_ms``): verify
 (``CachedEventVerifier`` over the received canonical bytes), ``store.commit_events`` (which
 rejects only the rows it cannot hold), the coalesced node updates, then ONE ``Ack`` per node
-(``central_sync.acks``) and the MQTT PUBACKs of the deliveries the batch settled. The broker
-keeps at most ``ingest.max_inflight`` unacknowledged deliveries, and the reader stops reading
-past ``ingest.max_pending_events``: memory stays bounded whatever is offered.
+(``central_sync.acks``) and the MQTT PUBACKs of the deliveries the batch settled. Past
+``ingest.max_pending_events`` decoded events or ``ingest.max_buffered_messages`` undecoded
+messages, ``mqtt_central.ReadGate`` stops reading the broker socket (the broker's own receive
+maximum is not enough, docs/scale.md): memory stays bounded whatever is offered.
 
 Anything malformed, unstorable, unverifiable or raising while handled is rejected: counted in
 ``stats.rejected`` by reason (``internal`` for an unexpected exception), aggregated per node
