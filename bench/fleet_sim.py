@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import selectors
 import signal
 import socket
@@ -91,6 +92,7 @@ class SimResult:
 class Post:
     __slots__ = (
         "backlog",
+        "backoff",
         "boot",
         "client",
         "key",
@@ -116,6 +118,7 @@ class Post:
         self.urgent: deque[tuple[str, bytes]] = deque()
         self.prefix_bytes = batch_prefix(node)
         self.next_hb = 0.0
+        self.backoff = spec.ack_timeout
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sim-{node}", protocol=paho.MQTTv5)
         c.max_inflight_messages_set(65535)
         c.on_message = self._on_message
@@ -164,6 +167,7 @@ class Post:
                     res.latencies.append(now - entry[0])
                     if entry[3] == 1:
                         res.p1_latencies.append(now - entry[0])
+        self.backoff = self.spec.ack_timeout  # progress: back to the base ack timeout
         if self.backlog:
             self.sim.active.add(self)
 
@@ -195,11 +199,15 @@ class Post:
             self.sim.active.discard(self)
 
     def resend(self, now: float) -> None:
-        due = [(i, e) for i, e in self.unacked.items() if now - e[1] > self.spec.ack_timeout]
+        """Resend what has no Ack after the ack timeout; without progress the timeout doubles
+        (with jitter, up to 8x), as a real post backs off."""
+        due = [(i, e) for i, e in self.unacked.items() if now - e[1] > self.backoff]
         for event_id, (first, _last, body, prio) in due[: self.spec.window]:
             self.unacked[event_id] = (first, now, body, prio)
             self.client.publish(self.topics.up(self.node, "event"), body, qos=1)
             self.sim.result.resent += 1
+        if due:
+            self.backoff = min(self.backoff * 2, self.spec.ack_timeout * 8) * random.uniform(0.8, 1.2)
 
     def heartbeat(self) -> None:
         hb = Heartbeat(node_id=self.node, boot_id=self.boot, at=time.time(), version="bench",

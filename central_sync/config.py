@@ -92,6 +92,9 @@ class IngestConfig(Strict):
                                         "when the database is locked or busy.")
     max_buffered_messages: int = Field(2000, ge=10, description="Received messages waiting to be "
                                        "decoded before ingest stops reading the broker socket.")
+    max_buffered_bytes: int = Field(8 * 1024 * 1024, ge=65536, description="Payload bytes of the "
+                                    "received messages waiting to be decoded before ingest "
+                                    "stops reading the broker socket.")
     max_queued_qos0: int = Field(5000, ge=100, description="QoS 0 messages (heartbeats) buffered "
                                  "while ingest is busy; more are dropped and counted (QoS 1 ones "
                                  "are held back by the broker instead: manual PUBACKs).")

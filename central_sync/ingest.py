@@ -195,8 +195,9 @@ class IngestService:
             await asyncio.sleep(backoff.next_delay())
 
     async def _consume(self, client: aiomqtt.Client, buffer: MessageBuffer, link: Link) -> None:
-        limit = self.cfg.ingest.max_buffered_messages
-        gate = ReadGate(client, lambda: buffer.qsize() >= limit or not self._room.is_set())
+        limit, byte_limit = self.cfg.ingest.max_buffered_messages, self.cfg.ingest.max_buffered_bytes
+        gate = ReadGate(client, lambda: (buffer.qsize() >= limit or buffer.nbytes >= byte_limit
+                                         or not self._room.is_set()))
         gate.install()
         self._gates.add(gate)
         try:

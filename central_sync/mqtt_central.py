@@ -242,6 +242,7 @@ class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
     qos0_limit = 0
     on_drop: Callable[[], None] | None = None
     peak = 0  # most messages ever waiting (for the stats and the tests)
+    nbytes = 0  # payload bytes waiting
 
     def put_nowait(self, item: aiomqtt.Message) -> None:
         if item.qos == 0 and self.qos0_limit and self.qsize() >= self.qos0_limit:
@@ -249,7 +250,13 @@ class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
                 self.on_drop()
             return
         super().put_nowait(item)
+        self.nbytes += _size(item)
         self.peak = max(self.peak, self.qsize())
+
+    def get_nowait(self) -> aiomqtt.Message:
+        item = super().get_nowait()
+        self.nbytes -= _size(item)
+        return item
 
     def take(self, limit: int) -> list[aiomqtt.Message]:
         out: list[aiomqtt.Message] = []
@@ -259,6 +266,11 @@ class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
             except asyncio.QueueEmpty:
                 break
         return out
+
+
+def _size(item: aiomqtt.Message) -> int:
+    payload = item.payload
+    return len(payload) if isinstance(payload, bytes | bytearray | str) else 0
 
 
 async def next_messages(client: aiomqtt.Client, buffer: MessageBuffer, limit: int) -> list[aiomqtt.Message]:
