@@ -1,6 +1,8 @@
 """``kentongan-central``: central's command line (the only place with user-facing wording).
 
-Subcommands here: ``run``, ``events``, ``nodes``, ``validate-config``. Other modules extend the
+Subcommands here: ``run`` (all-in-one), ``ingest`` (one worker of a shared-subscription group),
+``web`` (the dashboard alone; see central_sync.processes and docs/scale.md), ``events``,
+``nodes``, ``validate-config``. Other modules extend the
 parser: each module named in ``EXTENSIONS`` that exists must expose
 ``register(subparsers: argparse._SubParsersAction) -> None`` and set ``func`` (taking the parsed
 ``argparse.Namespace`` and returning an exit code) on the subparsers it adds. A missing extension
@@ -22,6 +24,7 @@ import contextlib
 import importlib
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -32,6 +35,7 @@ from typing import Any
 from central_sync.config import CentralConfig, load_central_config
 from central_sync.errors import CentralConfigError, CentralError
 from central_sync.ingest import IngestService
+from central_sync.processes import DEFAULT_SHARED_GROUP, CommandPublisher
 from central_sync.registry import registry_status
 from central_sync.store import Store, open_store, redact_url
 from edge import __version__
@@ -65,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("ingest", help="one ingest worker of a scaled-out central (shared subscription)")
+    p.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
+    p.add_argument("--worker-id", required=True, type=_worker_id,
+                   help="this worker's fixed id (client id '<broker.client_id>-<ID>'; systemd: %%i)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("web", help="the command-centre web app alone (reads the database)")
+    p.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
+    p.set_defaults(func=cmd_web)
+
     p = sub.add_parser("events", help="list stored events, oldest first")
     p.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -86,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         if module is not None:
             module.register(sub)
     return parser
+
+
+def _worker_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", text):
+        raise argparse.ArgumentTypeError("1-32 letters, digits, '.', '_' or '-'")
+    return text
 
 
 def _err(message: str) -> None:
@@ -170,7 +190,7 @@ def _web_serve(cfg: CentralConfig) -> Callable[..., Coroutine[Any, Any, None]] |
     return serve if callable(serve) else None
 
 
-async def _systemd_watchdog(ingest: IngestService) -> None:
+async def _systemd_watchdog() -> None:
     """READY=1 and watchdog pings for the Type=notify unit (no-op outside systemd). The loop
     being able to run this task is the health signal; a lost broker is retried, not fatal."""
     from central_sync.systemd_notify import run_watchdog
@@ -178,18 +198,8 @@ async def _systemd_watchdog(ingest: IngestService) -> None:
     await run_watchdog()
 
 
-async def serve_central(cfg: CentralConfig, store: Store) -> None:
-    """Run ingest (and the web app hook) until cancelled or until one of them fails."""
-    from central_sync.security_wiring import central_hooks
-
-    hooks = central_hooks(cfg)
-    ingest = IngestService(cfg, store, verify_event=hooks.verify_event,
-                           sign_command=hooks.sign_command)
-    tasks = [asyncio.create_task(ingest.run(), name="ingest"),
-             asyncio.create_task(_systemd_watchdog(ingest), name="systemd-watchdog")]
-    serve = _web_serve(cfg)
-    if serve is not None:
-        tasks.append(asyncio.create_task(serve(cfg, store, ingest), name="web"))
+async def _serve(tasks: list[asyncio.Task[Any]]) -> None:
+    """Run until cancelled or until one task ends (its error, or ``CentralError``)."""
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -203,27 +213,76 @@ async def serve_central(cfg: CentralConfig, store: Store) -> None:
                 await task
 
 
-async def _run_until_signal(cfg: CentralConfig, store: Store) -> None:
+async def serve_central(cfg: CentralConfig, store: Store, *, worker_id: str | None = None,
+                        with_web: bool = True) -> None:
+    """Run ingest (and the web app hook) until cancelled or until one of them fails. With
+    ``worker_id`` this is one worker of a shared-subscription group (``kentongan-central ingest``)."""
+    from central_sync.security_wiring import central_hooks
+
+    hooks = central_hooks(cfg)
+    client_id = None if worker_id is None else f"{cfg.broker.client_id}-{worker_id}"
+    group = None if worker_id is None else (cfg.ingest.shared_group or DEFAULT_SHARED_GROUP)
+    ingest = IngestService(cfg, store, verify_event=hooks.verify_event, sign_command=hooks.sign_command,
+                           client_id=client_id, shared_group=group)
+    tasks = [asyncio.create_task(ingest.run(), name="ingest"),
+             asyncio.create_task(_systemd_watchdog(), name="systemd-watchdog")]
+    serve = _web_serve(cfg) if with_web else None
+    if serve is not None:
+        tasks.append(asyncio.create_task(serve(cfg, store, ingest), name="web"))
+    await _serve(tasks)
+
+
+async def serve_web(cfg: CentralConfig, store: Store) -> None:
+    """The dashboard alone: commands over its own broker connection; the desk follows the
+    store's change feed by itself."""
+    from central_sync.security_wiring import central_hooks
+
+    serve = _web_serve(cfg)
+    if serve is None:
+        raise CentralConfigError("the web app is not configured (add a [web] section)", "web")
+    publisher = CommandPublisher(cfg, store, sign_command=central_hooks(cfg).sign_command,
+                                 client_id=f"{cfg.broker.client_id}-web")
+    await _serve([asyncio.create_task(publisher.run(), name="web-broker"),
+                  asyncio.create_task(serve(cfg, store, publisher), name="web"),
+                  asyncio.create_task(_systemd_watchdog(), name="systemd-watchdog")])
+
+
+async def _run_until_signal(main_coro: Coroutine[Any, Any, None]) -> None:
     loop = asyncio.get_running_loop()
-    main = asyncio.create_task(serve_central(cfg, store))
+    main = asyncio.create_task(main_coro)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, main.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await main
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _run_process(args: argparse.Namespace, role: str,
+                 main: Callable[[CentralConfig, Store], Coroutine[Any, Any, None]]) -> int:
     cfg = load_central_config(args.config)
     setup_logging(cfg.log_level)
     set_node_id("central")
     store = open_store(cfg.store_url)
-    log_event(log, "central_starting", store=redact_url(cfg.store_url), broker=f"{cfg.broker.host}:{cfg.broker.port}")
+    log_event(log, "central_starting", role=role, store=redact_url(cfg.store_url),
+              broker=f"{cfg.broker.host}:{cfg.broker.port}")
     try:
-        asyncio.run(_run_until_signal(cfg, store))
+        asyncio.run(_run_until_signal(main(cfg, store)))
     finally:
         store.close()
-    log_event(log, "central_stopped")
+    log_event(log, "central_stopped", role=role)
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_process(args, "all-in-one", serve_central)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    return _run_process(args, f"ingest-{args.worker_id}",
+                        lambda cfg, store: serve_central(cfg, store, worker_id=args.worker_id, with_web=False))
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    return _run_process(args, "web", serve_web)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -83,13 +83,29 @@ class IngestConfig(Strict):
                          "than 1 needs shared_group).")
     max_inflight: int = Field(1000, ge=1, le=65535, description="QoS 1 messages in flight from "
                               "the broker to central (MQTT 5 receive maximum).")
-    max_pending_events: int = Field(20_000, ge=1, description="Decoded events waiting for a "
-                                    "commit before the reader pauses (back-pressure; the rest "
-                                    "wait in the MQTT client's queue and the broker session).")
+    max_pending_events: int = Field(10_000, ge=1, description="Decoded events waiting for a "
+                                    "commit before ingest stops reading the broker socket "
+                                    "(backpressure; the rest waits in the broker session).")
     pending_calls_threshold: int = Field(100_000, ge=10, description="aiomqtt warns past this "
                                          "many pending calls; raised so bulk acks do not log.")
     db_retry_max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap of the backoff "
                                         "when the database is locked or busy.")
+    max_buffered_messages: int = Field(2000, ge=10, description="Received messages waiting to be "
+                                       "decoded before ingest stops reading the broker socket.")
+    max_buffered_bytes: int = Field(8 * 1024 * 1024, ge=65536, description="Payload bytes of the "
+                                    "received messages waiting to be decoded before ingest "
+                                    "stops reading the broker socket.")
+    max_queued_qos0: int = Field(5000, ge=100, description="QoS 0 messages (heartbeats) buffered "
+                                 "while ingest is busy; more are dropped and counted (QoS 1 ones "
+                                 "are held back by the broker instead: manual PUBACKs).")
+    shared_session_expiry_seconds: int = Field(60, ge=1, le=0xFFFFFFFF, description="Broker "
+                                               "session expiry of a shared-group member: after it, "
+                                               "a dead worker's share goes to the living ones.")
+    rejection_interval_s: float = Field(5.0, gt=0, le=3600, description="Rejected messages are "
+                                        "counted per node and written (and logged) as one "
+                                        "summary per node per interval.")
+    flood_threshold: int = Field(1000, ge=1, description="Rejected messages of one node within "
+                                 "one interval that flag it as flooding.")
 
     @model_validator(mode="after")
     def _workers(self) -> IngestConfig:

@@ -10,7 +10,9 @@ Shared subscriptions: with ``ingest.shared_group`` every worker subscribes to
 heartbeat, cmd_result) so the broker hands each message to ONE worker. Each worker needs its own
 fixed client id (``<client_id>-w<N>`` inside one process, or a different ``broker.client_id`` per
 process): Mosquitto may queue shared messages in an offline worker's session, and they are only
-delivered when that same client id reconnects. ``presence`` is always an ordinary subscription
+delivered when that same client id reconnects, so a shared-group member gets a SHORT session
+expiry (``ingest.shared_session_expiry_seconds``): a dead worker's share returns to the living
+ones soon, and the posts resend whatever was not acknowledged. ``presence`` is always an ordinary subscription
 (shared subscriptions do not receive retained messages), so every worker sees it; the upsert is
 idempotent.
 """
@@ -22,11 +24,14 @@ import contextlib
 import logging
 import random
 import re
+import socket
+import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central_sync.config import CentralConfig
@@ -73,7 +78,7 @@ def connect_spec(cfg: CentralConfig, client_id: str, *, will: aiomqtt.Will | Non
         username=cfg.broker.username,
         password=cfg.broker.password,
         keepalive=cfg.broker.keepalive,
-        session_expiry_s=cfg.broker.session_expiry_seconds,
+        session_expiry_s=session_expiry(cfg),
         clean_start=False,
         will=will,
         receive_maximum=cfg.ingest.max_inflight,
@@ -135,8 +140,123 @@ async def central_presence(client: aiomqtt.Client, cfg: CentralConfig, central_i
         await publish_central_offline(client, cfg, central_id)
 
 
+def session_expiry(cfg: CentralConfig) -> int:
+    """Broker session expiry of an ingest connection. A shared-group member gets a short one:
+    Mosquitto keeps handing an offline member its share of the messages until its session
+    expires, and the posts hold the data anyway (they resend what is not acknowledged)."""
+    if cfg.ingest.shared_group is None:
+        return cfg.broker.session_expiry_seconds
+    return min(cfg.broker.session_expiry_seconds, cfg.ingest.shared_session_expiry_seconds)
+
+
+def paho_of(client: aiomqtt.Client) -> paho.Client:
+    """The paho client inside an aiomqtt client. aiomqtt 2.x has no API for manual PUBACKs nor a
+    publish without an awaited future; ingest needs both (``central_sync.acks``)."""
+    return client._client
+
+
+class ReadGate:
+    """Reads one broker connection's socket only while ingest has room: TCP backpressure.
+
+    Manual PUBACKs and the MQTT 5 receive maximum alone do not bound what the broker sends:
+    Mosquitto 2.0.11 exceeds a client's receive maximum once the client PUBACKs at all
+    (measured; docs/scale.md). So ``install`` puts this gate's reader in place of aiomqtt's (the
+    same public paho ``loop_read``, on the event loop's public ``add_reader``): while ``full()``
+    it stops reading (the kernel buffers fill, then the broker keeps the rest in central's
+    session), and ``poke()`` reads again once there is room. aiomqtt removes the reader by file
+    descriptor when the socket closes, so that path is unchanged. A paused connection reads no
+    PINGRESP either: a pause longer than the keepalive ends in a reconnect, which loses nothing
+    (unacknowledged deliveries come again, the posts resend)."""
+
+    def __init__(self, client: aiomqtt.Client, full: Callable[[], bool]) -> None:
+        self._paho = paho_of(client)
+        self._full = full
+        self._loop = asyncio.get_running_loop()
+        self._fd: int | None = None
+        self._reading = False
+        self.pauses = 0
+
+    def install(self) -> None:
+        sock = self._paho.socket()
+        if sock is None:
+            return
+        self._fd = sock.fileno()
+        self._loop.remove_reader(self._fd)
+        self._loop.add_reader(self._fd, self._read)
+        self._reading = True
+
+    def poke(self) -> None:
+        """Read again if paused and no longer full."""
+        if self._reading or self._fd is None or self._full():
+            return
+        sock = self._paho.socket()
+        if sock is None or sock.fileno() != self._fd:
+            return
+        self._loop.add_reader(self._fd, self._read)
+        self._reading = True
+
+    def _read(self) -> None:
+        """Read packets while there is room and data (at most ``READ_PACKETS`` per wake-up):
+        paho's ``loop_read`` alone reads one packet per call when nothing is in flight."""
+        try:
+            for _ in range(READ_PACKETS):
+                if self._full():
+                    if self._fd is not None:
+                        self._loop.remove_reader(self._fd)
+                    self._reading = False
+                    self.pauses += 1
+                    return
+                self._paho.loop_read()
+                if not _more_to_read(self._paho.socket()):
+                    return
+        except Exception:  # a broken socket: end the session, the connection loop reconnects
+            self._paho.disconnect()
+
+
+#: Packets one wake-up of ``ReadGate`` reads at most (then other tasks run).
+READ_PACKETS = 200
+
+
+def _more_to_read(sock: object) -> bool:
+    """Whether the socket has bytes (or decrypted TLS records) waiting, without blocking."""
+    pending = getattr(sock, "pending", None)
+    if isinstance(sock, ssl.SSLSocket):
+        return callable(pending) and pending() > 0
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True  # let paho see (and handle) the error
+
+
 class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
-    """aiomqtt's incoming queue, kept by us so that ``next_messages`` can drain it in bulk."""
+    """aiomqtt's incoming queue, kept by us so that ``next_messages`` can drain it in bulk.
+
+    QoS 1 deliveries are bounded by the broker (MQTT 5 receive maximum with manual PUBACKs);
+    QoS 0 ones (heartbeats, or a flood) are not, so past ``qos0_limit`` queued messages a QoS 0
+    message is dropped (``on_drop`` counts it): at most once is what QoS 0 promises."""
+
+    qos0_limit = 0
+    on_drop: Callable[[], None] | None = None
+    peak = 0  # most messages ever waiting (for the stats and the tests)
+    nbytes = 0  # payload bytes waiting
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        if item.qos == 0 and self.qos0_limit and self.qsize() >= self.qos0_limit:
+            if self.on_drop is not None:
+                self.on_drop()
+            return
+        super().put_nowait(item)
+        self.nbytes += _size(item)
+        self.peak = max(self.peak, self.qsize())
+
+    def get_nowait(self) -> aiomqtt.Message:
+        item = super().get_nowait()
+        self.nbytes -= _size(item)
+        return item
 
     def take(self, limit: int) -> list[aiomqtt.Message]:
         out: list[aiomqtt.Message] = []
@@ -148,6 +268,11 @@ class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
         return out
 
 
+def _size(item: aiomqtt.Message) -> int:
+    payload = item.payload
+    return len(payload) if isinstance(payload, bytes | bytearray | str) else 0
+
+
 async def next_messages(client: aiomqtt.Client, buffer: MessageBuffer, limit: int) -> list[aiomqtt.Message]:
     """Wait for the next message (``MqttError`` on disconnect), then take up to ``limit`` - 1 more
     that are already buffered: one wake-up per burst instead of one per message."""
@@ -155,26 +280,32 @@ async def next_messages(client: aiomqtt.Client, buffer: MessageBuffer, limit: in
     return [first, *buffer.take(limit - 1)]
 
 
-def make_client(cfg: CentralConfig, client_id: str) -> tuple[aiomqtt.Client, MessageBuffer]:
+def make_client(cfg: CentralConfig, client_id: str,
+                on_drop: Callable[[], None] | None = None) -> tuple[aiomqtt.Client, MessageBuffer]:
     """An aiomqtt client for a persistent MQTT 5 session under ``client_id`` (not yet connected),
-    and its incoming message buffer."""
+    with manual PUBACKs (``central_sync.acks``), central's retained-state last will, and its
+    incoming message buffer."""
     buffers: list[MessageBuffer] = []
 
     def queue_factory(maxsize: int = 0) -> MessageBuffer:
-        buffers.append(MessageBuffer(maxsize))
-        return buffers[-1]
+        buffer = MessageBuffer(maxsize)
+        buffer.qos0_limit = cfg.ingest.max_queued_qos0
+        buffer.on_drop = on_drop
+        buffers.append(buffer)
+        return buffer
 
     # Every central connection registers its retained "offline" presence as its last will.
     spec = connect_spec(cfg, client_id, will=central_state_will(cfg, client_id))
     client = transport.make_client(
         spec,
         logger=MQTT_LOGGER,
-        # Unbounded: aiomqtt DISCARDS messages past a full queue after paho already PUBACKed
-        # them. Back-pressure is applied by IngestService instead (max_pending_events).
+        # aiomqtt would DISCARD past a full queue after paho had PUBACKed: with manual PUBACKs
+        # the broker bounds QoS 1 (receive maximum) and MessageBuffer bounds QoS 0.
         max_queued_incoming=0,
         queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", queue_factory),
         pending_calls_threshold=cfg.ingest.pending_calls_threshold,
     )
+    paho_of(client).manual_ack_set(True)
     return client, buffers[0]
 
 

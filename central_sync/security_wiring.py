@@ -12,14 +12,15 @@ from central_sync.pki import PkiFiles
 from central_sync.registry import Registry
 from central_sync.store import open_store
 from central_sync.store.registry_tables import RegistryTables
+from central_sync.verify_cache import CachedEventVerifier, KeyCache
 from edge.credentials import credential_path
-from edge.signing import CommandSigner, EventVerifier, MemoryDigestLog, NodeKey
+from edge.signing import CommandSigner, MemoryDigestLog, NodeKey
 from edge.sync.wire import Command, EventEnvelope
 
 
 @dataclass
 class CentralHooks:
-    verify_event: Callable[[EventEnvelope], None] | None = None
+    verify_event: CachedEventVerifier | Callable[[EventEnvelope], None] | None = None
     sign_command: Callable[[Command], Command] | None = None
 
 
@@ -47,7 +48,9 @@ def central_hooks(cfg: CentralConfig) -> CentralHooks:
     signer = CommandSigner.from_file(credential_path(files.command_key))
     # Identical re-sends are plain duplicates (INSERT OR IGNORE keeps the first copy); the digest
     # log only tells a *different* envelope reusing an event id apart, to record it as a replay.
-    # The registry is read through a store of its own (one more SQLite connection or pool).
-    verifier = EventVerifier(_LockedRegistryLookup(open_store(cfg.store_url).registry_tables()), require_signed=True,
-                             digests=MemoryDigestLog())
+    # The registry is read through a store of its own (one more SQLite connection or pool); keys
+    # are cached per node and dropped whenever the registry changes (checked once a second).
+    lookup = _LockedRegistryLookup(open_store(cfg.store_url).registry_tables())
+    verifier = CachedEventVerifier(KeyCache(lookup, lookup.generation), require_signed=True,
+                                   digests=MemoryDigestLog(100_000))
     return CentralHooks(verify_event=verifier, sign_command=signer.sign)

@@ -285,9 +285,10 @@ def test_bad_messages_rejected_counted_recorded_and_ingest_continues(
         node.publish(up("node-a"), encode(good))
         wait_until(lambda: good.event_id in node.acked_ids(), what="ack of the good event")
         wait_until(lambda: svc.service.stats.rejected_total() == len(cases), what="rejections")
-        expected = {"not_json": 2, "oversized": 1, "unknown_version": 1, "wrong_topic": 2, "wrong_kind": 1,
-                    "bad_field": 1, "not_object": 1}
+        expected = {"not_json": 2, "oversized": 1, "unknown_version": 1, "wrong_topic": 1, "wrong_node": 1,
+                    "wrong_kind": 1, "bad_field": 1, "not_object": 1}
         assert svc.service.stats.rejected == expected
+        svc.call(svc.service.flush_rejections())
         assert store.rejection_counts() == expected
         assert store.count_events() == 1
         # The permanently bad event is named in an Ack so the node stops resending it.
@@ -314,6 +315,7 @@ def test_verify_hook_rejects_permanently(setup: tuple[CentralConfig, CentralStor
                    what="ack and rejection")
         assert node.rejected()[unsigned.event_id] == "unsigned"
         assert store.get_event(unsigned.event_id) is None and store.get_event(signed.event_id) is not None
+        svc.call(svc.service.flush_rejections())
         assert store.rejection_counts() == {"unsigned": 1}
     finally:
         svc.stop()
@@ -348,6 +350,7 @@ def test_batch_with_forged_and_malformed_envelopes_stores_the_rest(
         assert store.get_event(forged.event_id) is None and store.get_event(malformed["event_id"]) is None
         s = svc.service.stats
         assert (s.event_batches, s.batched_events, s.inserted) == (1, 7, 5)
+        svc.call(svc.service.flush_rejections())
         assert store.rejection_counts() == {"bad_signature": 1, "bad_field": 1}
         # The same batch again: duplicates acked again, nothing stored twice.
         node.publish(up("node-a"), body)
@@ -374,7 +377,7 @@ def test_malformed_and_oversized_batches_rejected_with_reason(tmp_path: Path) ->
         ],
         "bad_field": json.dumps({"v": 1, "kind": "event_batch", "node_id": "node-a",
                                  "events": [json.loads(encode(small))], "extra": 1}).encode(),
-        "wrong_topic": batch("node-b", [small]),
+        "wrong_node": batch("node-b", [small]),
         "unknown_version": json.dumps({"v": 2, "kind": "event_batch", "node_id": "node-a",
                                        "events": [json.loads(encode(small))]}).encode(),
     }
@@ -393,7 +396,7 @@ def test_malformed_and_oversized_batches_rejected_with_reason(tmp_path: Path) ->
         assert store.get_event(small.event_id) is not None and store.get_event(huge.event_id) is None
 
     asyncio.run(feed())
-    assert svc.stats.rejected == {"oversized": 2, "bad_batch": 4, "bad_field": 1, "wrong_topic": 1,
+    assert svc.stats.rejected == {"oversized": 2, "bad_batch": 4, "bad_field": 1, "wrong_node": 1,
                                   "unknown_version": 1, "wrong_kind": 1}
     assert svc.stats.inserted == 1
     store.close()

@@ -1,0 +1,380 @@
+"""Simulated posts for bench/fleet.py and the scale-out tests: many posts per process.
+
+Each post is its own paho MQTT 5 client (its own connection, topics and Ed25519 key) speaking
+the real wire protocol: retained presence on connect, QoS 0 heartbeats, QoS 1 signed events (one
+envelope per message, or ``event_batch`` messages for a backlog), Acks on ``down/<node>/ack``,
+and the post's at-least-once rule: whatever has no Ack after ``ack_timeout`` is sent again. All
+sockets of a process are driven by ONE ``selectors.DefaultSelector`` (epoll on Linux: paho's own
+``loop()`` uses ``select()``, which stops at 1,024 descriptors).
+
+Keys are derived from ``seed`` and the node id (``node_key``) so the parent can register the
+public keys in central's registry without passing private keys around.
+
+Run as a worker: ``python bench/fleet_sim.py SPEC.json OUT.json`` (spec: see ``SimSpec``); it
+prints ``ready`` once every post is connected, starts offering load on SIGUSR1 (or at once with
+``start_now``), stops on SIGTERM and writes its counters and latencies to OUT.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import selectors
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.signing import sign_bytes
+from edge.sync.wire import Heartbeat, Presence, Topics, batch_prefix, canonical_bytes, encode, join_batch
+
+
+def node_key(seed: str, node_id: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"{seed}/{node_id}".encode()).digest())
+
+
+def node_ids(prefix: str, start: int, count: int) -> list[str]:
+    return [f"{prefix}-{i:05d}" for i in range(start, start + count)]
+
+
+@dataclass
+class SimSpec:
+    port: int
+    nodes: list[str]
+    seed: str = "fleet"
+    prefix: str = "kentongan/v1"
+    rate: float = 0.0  # events/s offered by this process (spread over its posts)
+    p1_rate: float = 0.0  # extra P1 events/s (single messages, ahead of any backlog)
+    heartbeat_s: float = 20.0
+    backlog: int = 0  # events queued per post before the start (sent as event_batch)
+    batch_events: int = 100
+    window: int = 500  # events in flight per post
+    ack_timeout: float = 10.0
+    signed: bool = True
+    start_now: bool = False
+    payload_bytes: int = 40
+    drain_s: float = 30.0  # after the stop: keep collecting Acks (and resending) this long
+
+
+@dataclass
+class SimResult:
+    nodes: int = 0
+    connected: int = 0
+    offered: int = 0  # distinct events handed to the broker
+    sent_msgs: int = 0
+    resent: int = 0
+    acked: int = 0
+    rejected: int = 0
+    duplicate_acks: int = 0
+    heartbeats: int = 0
+    start: float = 0.0
+    end: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # first publish -> Ack, seconds
+    p1_latencies: list[float] = field(default_factory=list)
+    backlog_left: int = 0
+    unacked: int = 0
+    drained_s: float | None = None  # start -> nothing left unacknowledged (checked once a second)
+
+
+class Post:
+    __slots__ = (
+        "backlog",
+        "backoff",
+        "boot",
+        "client",
+        "key",
+        "next_hb",
+        "node",
+        "prefix_bytes",
+        "seq",
+        "sim",
+        "spec",
+        "topics",
+        "unacked",
+        "urgent",
+    )
+
+    def __init__(self, sim: Fleet, node: str, spec: SimSpec) -> None:
+        self.sim, self.node, self.spec = sim, node, spec
+        self.key = node_key(spec.seed, node)
+        self.topics = Topics(spec.prefix)
+        self.seq = 0
+        self.boot = uuid.uuid4().hex[:16]
+        self.unacked: dict[str, tuple[float, float, bytes, int]] = {}  # id -> (first, last, body, prio)
+        self.backlog: deque[tuple[str, bytes]] = deque()
+        self.urgent: deque[tuple[str, bytes]] = deque()
+        self.prefix_bytes = batch_prefix(node)
+        self.next_hb = 0.0
+        self.backoff = spec.ack_timeout
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sim-{node}", protocol=paho.MQTTv5)
+        c.max_inflight_messages_set(65535)
+        c.on_message = self._on_message
+        c.on_connect = self._on_connect
+        c.on_socket_register_write = sim.want_write
+        c.on_socket_unregister_write = sim.no_write
+        self.client = c
+
+    def envelope(self, priority: int, etype: str) -> tuple[str, bytes]:
+        self.seq += 1
+        event_id = uuid.uuid4().hex
+        data: dict[str, Any] = {"v": 1, "kind": "event", "event_id": event_id, "node_id": self.node,
+                                "boot_id": self.boot, "seq": self.seq, "mono_ns": time.monotonic_ns(),
+                                "wall_time": time.time(), "time_quality": "synced", "type": etype,
+                                "priority": priority, "incident_id": None,
+                                "payload": {"note": "x" * self.spec.payload_bytes}}
+        if self.spec.signed:
+            data["sig"] = sign_bytes(self.key, canonical_bytes(data))
+        return event_id, json.dumps(data, separators=(",", ":")).encode()
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+        if rc.is_failure:
+            return
+        client.subscribe(self.topics.down(self.node, "ack"), qos=1)
+        client.publish(self.topics.up(self.node, "presence"),
+                       encode(Presence(node_id=self.node, state="online", boot_id=self.boot, version="bench")),
+                       qos=1, retain=True)
+        self.sim.result.connected += 1
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        now = time.monotonic()
+        data = json.loads(msg.payload)
+        res = self.sim.result
+        for kind, ids in (("ok", data.get("event_ids", ())),
+                          ("rej", [r["event_id"] for r in data.get("rejected", ())])):
+            for event_id in ids:
+                entry = self.unacked.pop(event_id, None)
+                if entry is None:
+                    res.duplicate_acks += 1
+                    continue
+                if kind == "ok":
+                    res.acked += 1
+                else:
+                    res.rejected += 1
+                if self.sim.measuring:
+                    res.latencies.append(now - entry[0])
+                    if entry[3] == 1:
+                        res.p1_latencies.append(now - entry[0])
+        self.backoff = self.spec.ack_timeout  # progress: back to the base ack timeout
+        if self.backlog:
+            self.sim.active.add(self)
+
+    def publish(self, event_id: str, body: bytes, prio: int, now: float) -> None:
+        self.unacked[event_id] = (now, now, body, prio)
+        self.client.publish(self.topics.up(self.node, "event"), body, qos=1)
+        self.sim.result.offered += 1
+        self.sim.result.sent_msgs += 1
+
+    def pump(self, now: float) -> None:
+        """Urgent first, then backlog batches within the window; resends; heartbeat."""
+        while self.urgent:
+            event_id, body = self.urgent.popleft()
+            self.publish(event_id, body, 1, now)
+        while self.backlog and len(self.unacked) < self.spec.window:
+            chunk: list[tuple[str, bytes]] = []
+            size = 0
+            while self.backlog and len(chunk) < self.spec.batch_events and size < 48_000:
+                item = self.backlog.popleft()
+                chunk.append(item)
+                size += len(item[1]) + 1
+            for event_id, body in chunk:
+                self.unacked[event_id] = (now, now, body, 3)
+            self.client.publish(self.topics.up(self.node, "event"),
+                                join_batch(self.prefix_bytes, [b for _i, b in chunk]), qos=1)
+            self.sim.result.offered += len(chunk)
+            self.sim.result.sent_msgs += 1
+        if not self.backlog or len(self.unacked) >= self.spec.window:
+            self.sim.active.discard(self)
+
+    def resend(self, now: float) -> None:
+        """Resend what has no Ack after the ack timeout; without progress the timeout doubles
+        (with jitter, up to 8x), as a real post backs off."""
+        due = [(i, e) for i, e in self.unacked.items() if now - e[1] > self.backoff]
+        for event_id, (first, _last, body, prio) in due[: self.spec.window]:
+            self.unacked[event_id] = (first, now, body, prio)
+            self.client.publish(self.topics.up(self.node, "event"), body, qos=1)
+            self.sim.result.resent += 1
+        if due:
+            self.backoff = min(self.backoff * 2, self.spec.ack_timeout * 8) * random.uniform(0.8, 1.2)
+
+    def heartbeat(self) -> None:
+        hb = Heartbeat(node_id=self.node, boot_id=self.boot, at=time.time(), version="bench",
+                       time_quality="synced", outbox={"ready": len(self.backlog), "in_flight": len(self.unacked)})
+        self.client.publish(self.topics.up(self.node, "heartbeat"), encode(hb), qos=0)
+        self.sim.result.heartbeats += 1
+
+
+class Fleet:
+    def __init__(self, spec: SimSpec) -> None:
+        self.spec = spec
+        self.sel = selectors.DefaultSelector()
+        self.result = SimResult(nodes=len(spec.nodes))
+        self.measuring = False
+        self.running = True
+        self.posts = [Post(self, n, spec) for n in spec.nodes]
+        self.active: set[Post] = set()  # posts with something to send now
+        self._by_sock: dict[int, Post] = {}
+
+    def want_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+
+    def no_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._modify(sock, selectors.EVENT_READ)
+
+    def _modify(self, sock: Any, events: int) -> None:
+        fd = sock.fileno()
+        if fd in self._by_sock:
+            self.sel.modify(sock, events, self._by_sock[fd])
+
+    def connect_all(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        for post in self.posts:
+            for attempt in range(50):
+                try:
+                    post.client.connect("127.0.0.1", self.spec.port, keepalive=120, clean_start=True,
+                                        properties=props)
+                    break
+                except OSError:
+                    time.sleep(0.05 * (attempt + 1))
+            sock = post.client.socket()
+            assert isinstance(sock, socket.socket)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._by_sock[sock.fileno()] = post
+            self.sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, post)
+        deadline = time.monotonic() + 300
+        while self.result.connected < len(self.posts) and time.monotonic() < deadline:
+            self.poll(0.05)
+
+    def poll(self, timeout: float) -> None:
+        for key, events in self.sel.select(timeout):
+            post: Post = key.data
+            if events & selectors.EVENT_READ:
+                post.client.loop_read(100)
+            if events & selectors.EVENT_WRITE:
+                post.client.loop_write()
+
+    def run(self, start_signal: bool) -> None:
+        spec = self.spec
+        for post in self.posts:
+            for _ in range(spec.backlog):
+                post.backlog.append(post.envelope(3, "STATUS"))
+            if post.backlog:
+                self.active.add(post)
+        started = spec.start_now or not start_signal
+        if not started:
+            def go(*_a: Any) -> None:
+                nonlocal started
+                started = True
+            signal.signal(signal.SIGUSR1, go)
+        print("ready", flush=True)
+        while not started and self.running:
+            self.poll(0.05)
+            self._misc()
+        self.measuring = True
+        self.result.start = time.monotonic()
+        n = len(self.posts)
+        hb_every = spec.heartbeat_s / max(n, 1)
+        now = time.monotonic()
+        next_resend = now + 1.0
+        owed = owed_p1 = 0.0
+        rr = hb_rr = 0
+        last = now
+        next_hb = now
+        next_misc = now + 1.0
+        while self.running:
+            self.poll(0.005)
+            now = time.monotonic()
+            dt, last = now - last, now
+            owed += spec.rate * dt
+            owed_p1 += spec.p1_rate * dt
+            while owed >= 1:
+                owed -= 1
+                post = self.posts[rr % n]
+                rr += 1
+                event_id, body = post.envelope(2, "PANIC" if rr % 50 == 0 else "STATUS")
+                post.publish(event_id, body, 2, now)
+            while owed_p1 >= 1:
+                owed_p1 -= 1
+                post = self.posts[rr % n]
+                rr += 1
+                post.urgent.append(post.envelope(1, "PANIC"))
+                self.active.add(post)
+            for post in list(self.active):
+                post.pump(now)
+            if spec.heartbeat_s > 0:
+                while next_hb <= now:
+                    self.posts[hb_rr % n].heartbeat()
+                    hb_rr += 1
+                    next_hb += hb_every
+            if now >= next_resend:
+                for post in self.posts:
+                    post.resend(now)
+                next_resend = now + 1.0
+                self._check_drained(now)
+            if now >= next_misc:
+                self._misc()
+                next_misc = now + 1.0
+        self.result.end = time.monotonic()
+        self.result.backlog_left = sum(len(p.backlog) for p in self.posts)
+        self.result.unacked = sum(len(p.unacked) for p in self.posts)
+
+    def _check_drained(self, now: float) -> None:
+        if self.result.drained_s is None and self.spec.backlog and not any(p.unacked or p.backlog
+                                                                           for p in self.posts):
+            self.result.drained_s = now - self.result.start
+
+    def _misc(self) -> None:
+        for post in self.posts:
+            post.client.loop_misc()
+
+    def drain(self, seconds: float) -> None:
+        """No new load; keep sending backlog, resending and counting Acks until all are acked
+        or ``seconds`` pass."""
+        end = time.monotonic() + seconds
+        next_resend = time.monotonic() + 1.0
+        while time.monotonic() < end and any(p.unacked or p.backlog for p in self.posts):
+            self.poll(0.01)
+            now = time.monotonic()
+            for post in list(self.active):
+                post.pump(now)
+            if now >= next_resend:
+                for post in self.posts:
+                    post.resend(now)
+                self._misc()
+                next_resend = now + 1.0
+                self._check_drained(now)
+        self._check_drained(time.monotonic())
+        self.result.backlog_left = sum(len(p.backlog) for p in self.posts)
+        self.result.unacked = sum(len(p.unacked) for p in self.posts)
+
+
+def main() -> None:
+    spec = SimSpec(**json.loads(Path(sys.argv[1]).read_text()))
+    out = Path(sys.argv[2])
+    fleet = Fleet(spec)
+
+    def stop(*_a: Any) -> None:
+        fleet.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    fleet.connect_all()
+    fleet.run(start_signal=True)
+    fleet.drain(spec.drain_s)
+    out.write_text(json.dumps(asdict(fleet.result)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""One commit batch of ingest, written in a worker thread (``BatchWriter.write``).
+
+Order inside a batch: refresh the key cache (revocations bite), verify every envelope over its
+received canonical bytes, ``store.commit_events`` (one transaction; the store rejects only the
+rows it cannot hold), the coalesced presence/heartbeat state (``store.apply_node_updates``, one
+transaction), snapshots and command results. The outcome says what each node is told; nothing
+is acknowledged by this module. ``write`` is idempotent, so a transient store error retries the
+whole batch (already committed events come back as duplicates and are acknowledged then).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from central_sync.acks import Delivery
+from central_sync.ingest_decode import GoodEnvelope
+from central_sync.store import Store
+from edge.errors import SecurityError
+from edge.logs import log_event
+from edge.sync.wire import CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope
+
+log = logging.getLogger("central_sync.ingest")
+
+
+class BatchVerifier(Protocol):
+    """What ingest needs from event verification (``CachedEventVerifier`` is one)."""
+
+    def refresh(self) -> None: ...
+
+    def verify(self, env: EventEnvelope, canonical: bytes | None) -> None: ...
+
+
+class CallableVerifier:
+    """A plain ``verify(env)`` callable (tests, simple hooks) as a ``BatchVerifier``."""
+
+    def __init__(self, fn: Callable[[EventEnvelope], None]) -> None:
+        self._fn = fn
+
+    def refresh(self) -> None:
+        return None
+
+    def verify(self, env: EventEnvelope, canonical: bytes | None) -> None:
+        self._fn(env)
+
+
+def as_batch_verifier(hook: BatchVerifier | Callable[[EventEnvelope], None] | None) -> BatchVerifier | None:
+    if hook is None:
+        return None
+    if isinstance(hook, CallableVerifier) or (hasattr(hook, "refresh") and hasattr(hook, "verify")):
+        return hook
+    return CallableVerifier(hook)
+
+
+@dataclass(slots=True)
+class EventMsg:
+    """The good envelopes of one received event message, settled together."""
+
+    topic: str
+    node_id: str
+    envs: list[GoodEnvelope]
+    delivery: Delivery | None
+
+
+@dataclass
+class Batch:
+    events: list[EventMsg]
+    presences: list[Presence]
+    heartbeats: list[Heartbeat]
+    snapshots: list[SnapshotEnvelope]
+    results: list[CommandResult]
+
+
+@dataclass(frozen=True, slots=True)
+class RowRejection:
+    topic: str
+    node_id: str
+    reason: str
+    detail: str
+    event_id: str | None  # named in the node's Ack (permanent) when set
+
+
+@dataclass
+class BatchOutcome:
+    stored: list[tuple[str, str]] = field(default_factory=list)  # (node, event id): new or duplicate
+    rejections: list[RowRejection] = field(default_factory=list)
+    snapshots: list[tuple[str, str]] = field(default_factory=list)  # (node, snapshot id)
+    inserted: int = 0
+    duplicates: int = 0
+    updates: int = 0
+
+
+class BatchWriter:
+    def __init__(self, store: Store, verifier: BatchVerifier | None,
+                 on_events: Callable[[list[dict[str, Any]]], None] | None) -> None:
+        self.store = store
+        self.verifier = verifier
+        self.on_events = on_events
+
+    def write(self, batch: Batch) -> BatchOutcome:
+        out = BatchOutcome()
+        now = time.time()
+        good: list[EventEnvelope] = []
+        by_id: dict[str, EventMsg] = {}
+        if self.verifier is not None and batch.events:
+            self.verifier.refresh()
+        for msg in batch.events:
+            for g in msg.envs:
+                if self.verifier is not None:
+                    try:
+                        self.verifier.verify(g.env, g.canonical)
+                    except SecurityError as exc:
+                        out.rejections.append(RowRejection(msg.topic, msg.node_id, exc.reason, exc.detail,
+                                                           g.env.event_id))
+                        continue
+                    except Exception as exc:  # not the sender's fault: it resends later
+                        out.rejections.append(RowRejection(msg.topic, msg.node_id, "internal",
+                                                           f"verify: {type(exc).__name__}: {exc}", None))
+                        continue
+                good.append(g.env)
+                by_id[g.env.event_id] = msg
+        if good:
+            result = self.store.commit_events(good, now)
+            out.stored = [(by_id[i].node_id, i) for i in (*result.inserted, *result.duplicates)]
+            for row in result.rejected:
+                msg = by_id[row.event_id]
+                out.rejections.append(RowRejection(msg.topic, msg.node_id, row.reason, row.detail,
+                                                   None if row.reason == "internal" else row.event_id))
+            out.inserted, out.duplicates = len(result.inserted), len(result.duplicates)
+            if result.inserted and self.on_events is not None:
+                try:
+                    self.on_events(self.store.get_events(result.inserted))
+                except Exception:
+                    log.exception("on_events_failed")
+        if batch.presences or batch.heartbeats:
+            self.store.apply_node_updates(batch.presences, batch.heartbeats, now)
+            out.updates += len(batch.presences) + len(batch.heartbeats)
+        for snap in batch.snapshots:
+            self.store.insert_snapshot(snap, now)
+            out.snapshots.append((snap.node_id, snap.snapshot_id))
+        for res in batch.results:
+            self.store.record_command_result(res, now)
+            out.updates += 1
+            log_event(log, "command_result", node_id=res.node_id, command_id=res.command_id, ok=res.ok)
+        return out

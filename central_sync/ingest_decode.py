@@ -1,0 +1,177 @@
+"""Decoding of uplink event messages for ingest, keeping what verification and Acks need.
+
+``edge.sync.wire.decode_event_message`` validates; on top of it ``decode_events`` keeps, for
+every good envelope, the canonical bytes built from the RECEIVED JSON object (signature checks
+need no re-serialisation of the model), and turns envelopes naming another node than their
+topic's into ``wrong_node`` rejections that carry the event id, so the topic's node gets a
+PERMANENT rejection in its Ack and stops resending them (issue 9 item 3).
+
+``unstorable(value)`` tells whether a decoded value can be held by every store backend: integers
+within signed 64 bits, finite floats, text without lone UTF-16 surrogates (JSON's ``\\ud800``
+escapes decode to such strings, which UTF-8 databases and our log lines cannot encode).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge.errors import WireError
+from edge.sync.wire import MAX_EVENT_BYTES, EventEnvelope, Topics, canonical_bytes, decode_event_message
+
+_INT64 = (-(2**63), 2**63 - 1)
+#: What the JSON text of an unstorable value must contain: a surrogate escape, a run of 19+
+#: digits, NaN/Infinity, or a 3-digit exponent. A body without any is storable as a whole.
+_SUSPECT = re.compile(rb"\\u[dD][89a-fA-F]|[0-9]{19}|NaN|Infinity|[eE][+-]?[0-9]{3}")
+#: Fields of an envelope besides ``sig``: a received object with all of them is canonical as is.
+_FIELDS = len(EventEnvelope.model_fields) - 1
+
+
+@dataclass(frozen=True)
+class GoodEnvelope:
+    env: EventEnvelope
+    canonical: bytes | None  # None: build from the model (sender omitted default fields)
+
+
+@dataclass(frozen=True)
+class BadItem:
+    event_id: str | None  # set when it can be named in the topic node's Ack
+    reason: str
+    detail: str
+    permanent: bool
+
+
+@dataclass
+class DecodedEvents:
+    node_id: str
+    good: list[GoodEnvelope]
+    bad: list[BadItem]
+    is_batch: bool
+
+
+#: Wire reasons of one envelope after which resending the same bytes can never succeed.
+PERMANENT_ENVELOPE_REASONS = frozenset({"bad_field", "oversized", "wrong_node", "bad_text", "out_of_range"})
+
+
+def _items(payload: bytes) -> list[Any]:
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return []
+    if isinstance(data, dict) and data.get("kind") == "event_batch":
+        items = data.get("events")
+        return items if isinstance(items, list) else []
+    return [data]
+
+
+def _named_id(item: Any) -> str | None:
+    event_id = item.get("event_id") if isinstance(item, dict) else None
+    if isinstance(event_id, str) and 0 < len(event_id) <= 64 and unstorable(event_id) is None:
+        return event_id
+    return None
+
+
+def _canonical(item: Any) -> bytes | None:
+    if not isinstance(item, dict) or len(item) - ("sig" in item) != _FIELDS:
+        return None
+    return canonical_bytes(item)
+
+
+def _single_fast(node_id: str, payload: bytes) -> DecodedEvents | None:
+    """The common case, one well-formed envelope for the topic's node, with ONE JSON parse;
+    None when anything is off (the full path then says exactly what)."""
+    if len(payload) > MAX_EVENT_BYTES:
+        return None
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if type(data) is not dict or data.get("v") != 1 or data.get("kind") != "event" or data.get("node_id") != node_id:
+        return None
+    try:
+        env = EventEnvelope.model_validate(data)
+    except ValidationError:
+        return None
+    if _SUSPECT.search(payload) is not None and unstorable(data) is not None:
+        return None
+    return DecodedEvents(node_id, [GoodEnvelope(env, _canonical(data))], [], False)
+
+
+def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
+    """Decode one message of an ``event`` topic. A malformed message raises ``WireError``; a whole
+    message for another node (single envelope or batch) becomes ``wrong_node`` items."""
+    fast = _single_fast(topics.parse(topic)[1], payload)
+    if fast is not None:
+        return fast
+    try:
+        node_id, envs, bad, is_batch = decode_event_message(topics, topic, payload)
+    except WireError as exc:
+        if exc.reason != "wrong_topic":
+            raise
+        node = topics.parse(topic)[1]
+        named = [BadItem(eid, "wrong_node", exc.detail[:200], True)
+                 for eid in dict.fromkeys(_named_id(i) for i in _items(payload)) if eid]
+        if not named:
+            raise
+        return DecodedEvents(node, [], named, True)
+    items = _items(payload)
+    suspect = _SUSPECT.search(payload) is not None
+    bad_index = {b.index for b in bad}
+    good_items = [item for i, item in enumerate(items) if i not in bad_index]
+    if len(good_items) != len(envs):  # cannot happen for what decode_event_message accepted
+        good_items = [None] * len(envs)
+    good: list[GoodEnvelope] = []
+    out_bad: list[BadItem] = []
+    for env, item in zip(envs, good_items, strict=True):
+        problem = unstorable(item if item is not None else env.model_dump(mode="python")) if suspect else None
+        if problem is not None:
+            reason, detail = problem
+            out_bad.append(BadItem(_named_id(item) if item is not None else None, reason, detail, True))
+            continue
+        good.append(GoodEnvelope(env, _canonical(item)))
+    for b in bad:
+        if b.reason == "wrong_topic":
+            item = items[b.index] if b.index < len(items) else None
+            out_bad.append(BadItem(_named_id(item), "wrong_node", b.detail, True))
+        else:
+            out_bad.append(BadItem(b.event_id if b.event_id and unstorable(b.event_id) is None else None,
+                                   b.reason, f"events[{b.index}]: {b.detail}",
+                                   b.reason in PERMANENT_ENVELOPE_REASONS))
+    return DecodedEvents(node_id, good, out_bad, is_batch)
+
+
+def payload_suspect(payload: bytes) -> bool:
+    """False when the JSON text cannot hold an unstorable value (fast pre-check of ``unstorable``)."""
+    return _SUSPECT.search(payload) is not None
+
+
+def unstorable(value: Any) -> tuple[str, str] | None:
+    """(reason, detail) when ``value`` holds something no store backend can keep, else None.
+    Iterative, so a deeply nested value cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return "bad_text", "text with a lone UTF-16 surrogate"
+        elif isinstance(v, bool) or v is None:
+            continue
+        elif isinstance(v, int):
+            if not _INT64[0] <= v <= _INT64[1]:
+                return "out_of_range", "integer outside the signed 64-bit range"
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                return "out_of_range", "number that is not finite"
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return None
