@@ -20,9 +20,21 @@ from fastapi.staticfiles import StaticFiles
 
 from central_sync.errors import AuthError, CentralError
 from central_sync.retention import Retention
-from central_sync.web import routes_api, routes_auth, routes_cap, routes_pages
+from central_sync.web import (
+    i18n,
+    present,
+    routes_api,
+    routes_auth,
+    routes_cap,
+    routes_live,
+    routes_map,
+    routes_ops,
+    routes_pages,
+)
 from central_sync.web.context import HERE, WebContext, build_context
 from central_sync.web.desk import CommandSender
+from central_sync.web.metrics import registry_for
+from central_sync.web.places import Places
 from central_sync.web.settings import WebSettings
 from edge.logs import log_event
 
@@ -51,10 +63,20 @@ def create_app(cfg: Any, store: Any, commands: CommandSender | None,
         await ctx.desk.aclose()
 
     app = FastAPI(title="Kentongan command centre", version="1", lifespan=lifespan,
-                  docs_url="/api/docs", redoc_url=None, openapi_url="/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = ctx
+    # Desk presentation (issue 11): languages, readable words, places, metrics, live stream.
+    app.state.places = Places.load(ctx.settings.places_file)
+    app.state.metrics = registry_for(ctx)
+    i18n.install(ctx.templates.env)
+    present.install(ctx.templates.env, ctx.settings, app.state.places)
+    app.add_middleware(i18n.LanguageMiddleware, default=ctx.settings.language,
+                       secure=ctx.settings.cookie_secure)
     app.include_router(routes_auth.router)
+    app.include_router(routes_live.router)
     app.include_router(routes_api.router)
+    app.include_router(routes_map.router)
+    app.include_router(routes_ops.router)
     app.include_router(routes_cap.router)
     app.include_router(routes_pages.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

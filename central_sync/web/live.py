@@ -1,7 +1,20 @@
-"""Live updates: a hub that fans incident changes out to server-sent-event subscribers.
+"""Live updates: a hub that fans incident changes out to server-sent-event subscribers and keeps
+a bounded replay ring so a browser that reconnects gets what it missed.
+
+Every change gets a stream id (``seq``) that only ever increases, also across a restart of the
+web process: ids are microseconds of the wall clock at the change, bumped by one when two
+changes fall in the same microsecond. A process therefore starts above every id an earlier
+process handed out (unless the clock is set back, which only causes a resync). A caller with a
+durable change sequence of its own (the store's change feed) may pass it as ``seq``; the hub
+keeps ids strictly increasing either way.
+
+A subscriber names the last id it saw (``Last-Event-ID``). When that id lies inside the ring the
+hub replays the changes after it; when it is older than the ring (evicted, or from before this
+process started), or not one of ours, the subscriber is told to resync: re-read the queue.
 
 ``publish`` may be called from any thread (the ingest callback); each subscriber has its own
-bounded queue on the web app's event loop, and a slow browser only loses its own updates.
+bounded queue on the web app's event loop, and a slow browser only loses its own updates (it is
+then told to resync).
 """
 
 from __future__ import annotations
@@ -9,40 +22,129 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class LiveChange:
+    """Incident ``incident_id`` changed; ``seq`` is its stream id."""
+
+    seq: int
+    incident_id: str
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One browser's stream: what to replay first (``None``: resync) and then live changes."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[LiveChange]
+    replay: list[LiveChange] | None
+    head: int
+    lost: bool = field(default=False)
+
+    async def next(self, timeout: float) -> LiveChange | None:
+        """The next change, or ``None`` after ``timeout`` seconds without one."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    def take_lost(self) -> bool:
+        """True once after this subscriber's queue overflowed (it must resync)."""
+        lost, self.lost = self.lost, False
+        return lost
+
+
+def parse_event_id(value: str | None) -> int | None:
+    """A ``Last-Event-ID`` as the hub's integer id; ``None`` when absent or not ours."""
+    if not value:
+        return None
+    value = value.strip()
+    if not value.isdigit() or len(value) > 20:
+        return None
+    return int(value)
 
 
 class LiveHub:
-    def __init__(self, max_queue: int = 256) -> None:
-        self._subs: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str]]] = set()
+    def __init__(self, max_queue: int = 256, replay: int = 1024,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._subs: set[Subscription] = set()
         self._lock = threading.Lock()
+        self._clock = clock
         self.max_queue = max_queue
+        self._ring: deque[LiveChange] = deque(maxlen=replay)
+        self._seq = self._now_us()
+        #: Changes with an id up to this one can no longer be replayed.
+        self._floor = self._seq
+        self.published = 0
 
-    def publish(self, incident_id: str) -> None:
+    def _now_us(self) -> int:
+        return int(self._clock() * 1_000_000)
+
+    @property
+    def head(self) -> int:
+        """The id of the latest change (or of the hub's start when there was none)."""
         with self._lock:
+            return self._seq
+
+    def publish(self, incident_id: str, seq: int | None = None) -> int:
+        """Record that ``incident_id`` changed and tell every subscriber; returns the id."""
+        with self._lock:
+            wanted = self._now_us() if seq is None else seq
+            self._seq = max(self._seq + 1, wanted)
+            change = LiveChange(self._seq, incident_id)
+            if len(self._ring) == self._ring.maxlen and self._ring:
+                self._floor = self._ring[0].seq
+            self._ring.append(change)
+            self.published += 1
             subs = list(self._subs)
-        for loop, queue in subs:
+        for sub in subs:
             with contextlib.suppress(RuntimeError):  # loop closed
-                loop.call_soon_threadsafe(self._put, queue, incident_id)
+                sub.loop.call_soon_threadsafe(self._put, sub, change)
+        return change.seq
 
     @staticmethod
-    def _put(queue: asyncio.Queue[str], item: str) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(item)
+    def _put(sub: Subscription, change: LiveChange) -> None:
+        try:
+            sub.queue.put_nowait(change)
+        except asyncio.QueueFull:
+            sub.lost = True
+
+    def missed_since(self, last_id: int | None) -> list[LiveChange] | None:
+        """Changes after ``last_id`` (latest per incident, in id order), or ``None`` when they
+        cannot be known from the ring and the subscriber must resync."""
+        with self._lock:
+            return self._missed(last_id)
+
+    def _missed(self, last_id: int | None) -> list[LiveChange] | None:
+        if last_id is None or last_id < self._floor or last_id > self._seq:
+            return None
+        latest: dict[str, LiveChange] = {}
+        for change in self._ring:
+            if change.seq > last_id:
+                latest[change.incident_id] = change
+        return sorted(latest.values(), key=lambda c: c.seq)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[str]]:
-        entry = (asyncio.get_running_loop(), asyncio.Queue[str](self.max_queue))
+    async def subscribe(self, last_id: int | None = None) -> AsyncIterator[Subscription]:
+        """Register a subscriber; what it missed since ``last_id`` and its live changes join
+        without a gap (both are taken under one lock)."""
+        loop = asyncio.get_running_loop()
         with self._lock:
-            self._subs.add(entry)
+            sub = Subscription(loop, asyncio.Queue(self.max_queue), self._missed(last_id),
+                               self._seq)
+            self._subs.add(sub)
         try:
-            yield entry[1]
+            yield sub
         finally:
             with self._lock:
-                self._subs.discard(entry)
+                self._subs.discard(sub)
 
     @property
     def subscribers(self) -> int:
         with self._lock:
             return len(self._subs)
-
