@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from central_sync.incidents import Incident
 from central_sync.web.auth import COOKIE, Principal, principal
 from central_sync.web.context import WebContext, ctx_of
 from central_sync.web.live import LiveChange, Subscription, parse_event_id
@@ -43,13 +45,40 @@ def heartbeat() -> ServerSentEvent:
     return ServerSentEvent(event="heartbeat", data=json.dumps({"t": time.time()}))
 
 
-def incident_event(ctx: WebContext, who: Principal, change: LiveChange) -> ServerSentEvent | None:
+class ChangeResolver:
+    """Reads each change's incident and post once for all subscribers of this app (the node
+    table is read per change, not per change and browser)."""
+
+    def __init__(self, ctx: WebContext, size: int = 256) -> None:
+        self.ctx = ctx
+        self._cache: OrderedDict[int, tuple[Incident | None, dict[str, Any] | None]] = (
+            OrderedDict())
+        self.size = size
+
+    def resolve(self, change: LiveChange) -> tuple[Incident | None, dict[str, Any] | None]:
+        hit = self._cache.get(change.seq)
+        if hit is None:
+            incident = self.ctx.desk.book.get(change.incident_id)
+            node = self.ctx.desk.nodes().get(incident.node_id) if incident else None
+            hit = self._cache[change.seq] = (incident, node)
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return hit
+
+
+def resolver_of(ctx: WebContext, state: Any) -> ChangeResolver:
+    found = getattr(state, "live_resolver", None)
+    if not isinstance(found, ChangeResolver) or found.ctx is not ctx:
+        found = ChangeResolver(ctx)
+        state.live_resolver = found
+    return found
+
+
+def incident_event(ctx: WebContext, who: Principal, change: LiveChange,
+                   resolver: ChangeResolver | None = None) -> ServerSentEvent | None:
     """The ``incident`` event for one change, or ``None`` when ``who`` may not see it."""
-    incident = ctx.desk.book.get(change.incident_id)
-    if incident is None:
-        return None
-    node = ctx.desk.nodes().get(incident.node_id)
-    if not can_see_incident(who.user, incident, node):
+    incident, node = (resolver or ChangeResolver(ctx)).resolve(change)
+    if incident is None or not can_see_incident(who.user, incident, node):
         return None
     summary: dict[str, Any] = ctx.desk.summary(incident, node)
     return ServerSentEvent(event="incident", id=str(change.seq),
@@ -62,9 +91,11 @@ def resync_event(head: int) -> ServerSentEvent:
 
 async def events_for(ctx: WebContext, who: Principal, sub: Subscription,
                      still_allowed: Any = None, wait_s: float = HEARTBEAT_S,
+                     resolver: ChangeResolver | None = None,
                      ) -> AsyncIterator[ServerSentEvent]:
     """Replay (or resync), then live changes, for one subscriber; ends when ``still_allowed()``
     turns false (logged out or session expired)."""
+    resolver = resolver or ChangeResolver(ctx)
     yield ServerSentEvent(retry=RETRY_MS, event="hello",
                           data=json.dumps({"head": sub.head, "replayed": len(sub.replay or []),
                                            "resync": sub.replay is None}))
@@ -72,7 +103,7 @@ async def events_for(ctx: WebContext, who: Principal, sub: Subscription,
         yield resync_event(sub.head)
     else:
         for missed in sub.replay:
-            event = incident_event(ctx, who, missed)
+            event = incident_event(ctx, who, missed, resolver)
             if event is not None:
                 yield event
     while still_allowed is None or still_allowed():
@@ -82,7 +113,7 @@ async def events_for(ctx: WebContext, who: Principal, sub: Subscription,
             continue
         if change is None:
             continue
-        event = incident_event(ctx, who, change)
+        event = incident_event(ctx, who, change, resolver)
         if event is not None:
             yield event
 
@@ -105,7 +136,8 @@ async def stream(request: Request, who: Annotated[Principal, Depends(principal)]
             log_event(log, "stream_opened", user=who.user.name, last_event_id=last,
                       replayed=-1 if sub.replay is None else len(sub.replay))
             try:
-                async for event in events_for(ctx, who, sub, still_allowed):
+                async for event in events_for(ctx, who, sub, still_allowed,
+                                              resolver=resolver_of(ctx, request.app.state)):
                     yield event
             finally:
                 log_event(log, "stream_closed", user=who.user.name)
