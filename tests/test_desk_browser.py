@@ -175,7 +175,7 @@ class Posts:
 
 def _no_sideways_scroll(page: Any) -> None:
     width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
-    assert width[0] <= width[1], f"page is {width[0]} px wide in a {width[1]} px window"
+    assert width[0] <= width[1], f"{page.url} is {width[0]} px wide in a {width[1]} px window"
 
 
 def _shot(page: Any, name: str) -> None:
@@ -317,6 +317,10 @@ def test_desk_attention_resync_after_restart_and_phone_layout(
                 expect(phone.locator("main")).to_contain_text("Ditekan selama")
                 _no_sideways_scroll(phone)
                 _shot(phone, "desk-375-incident.png")
+                for path in ("/posts", "/map", "/?lang=en"):
+                    phone.goto(f"{base}{path}")
+                    _no_sideways_scroll(phone)
+                phone.goto(f"{base}/?lang=id")
 
                 # The desk's first tab follows: banner gone, sound stopped, title restored.
                 expect(banner).to_be_hidden(timeout=10_000)

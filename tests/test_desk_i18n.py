@@ -139,3 +139,26 @@ def test_places_name_only_what_the_table_knows() -> None:
     b = places.post_position("33.74.10.1005", 5, 4)
     assert a and b and (a.lat, a.lon) != (b.lat, b.lon) and a.approx
     assert abs(a.lat - -7.053) < 0.02 and abs(a.lon - 110.438) < 0.02
+
+
+def test_unknown_language_and_bad_cookie_fall_back_to_indonesian(env: WebEnv) -> None:
+    r = env.anon.get("/login?lang=xx", headers={"Cookie": 'lang="; bad'})
+    assert r.status_code == 200 and 'lang="id"' in r.text and "Kata sandi" in r.text
+    assert "lang=" not in r.headers.get("set-cookie", "")
+
+
+def test_age_against_the_response_target(tmp_path: Path) -> None:
+    e = WebEnv(tmp_path / "central.db", {"response_target_s": {1: 60}})
+    try:
+        e.node("pos-a", "33.74.10.1005/5/3")
+        e.node("pos-b", "33.74.10.1005/5/4")
+        e.user("op", "operator")
+        op, _ = e.client("op")
+        e.events(event("pos-a", "PANIC", at=time.time() - 600),
+                 event("pos-b", "PANIC"))
+        rows = op.get("/fragments/queue").text.split("<tr ")[1:]
+        late = [r for r in rows if 'class="age late"' in r]
+        assert len(rows) == 2 and len(late) == 1 and "pos-a" in late[0]
+        assert 'data-target="60.0"' in late[0] and "10 mnt / target 1 mnt" in late[0]
+    finally:
+        e.close()
