@@ -31,6 +31,7 @@ from central_sync.store import CentralStore
 from central_sync.users import UserStore
 from central_sync.web.app import context_of, create_app
 from central_sync.web.db import WebDB
+from central_sync.web.server import DeskServer
 from central_sync.web.testing import event, presence
 from edge.sync.wire import Topics, encode
 
@@ -88,9 +89,9 @@ class Central:
         async def go() -> None:
             app = create_app(self.cfg, self.store, self.ingest)
             self.ingest.on_events = context_of(app).desk.on_events
-            self.server = uvicorn.Server(uvicorn.Config(
+            self.server = DeskServer(uvicorn.Config(
                 app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=1, lifespan="on"))
+                timeout_graceful_shutdown=2, lifespan="on"), context_of(app).hub)
             self.web = asyncio.ensure_future(self.server.serve())
 
         self._call(go)

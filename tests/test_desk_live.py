@@ -243,3 +243,26 @@ def test_queue_fragment_carries_the_stream_head(served: tuple[WebEnv, httpx.Clie
     r = http.get("/fragments/queue")
     assert r.status_code == 200 and int(r.headers["X-Stream-Head"]) == env.ctx.hub.head
     assert r.text.count("<tr ") == 1 and 'data-state="new"' in r.text
+
+
+def test_closing_the_hub_ends_open_streams_at_once(served: tuple[WebEnv, httpx.Client]) -> None:
+    """Server shutdown (DeskServer) closes the hub: streams end instead of holding shutdown."""
+    env, http = served
+
+    def close_soon() -> None:
+        _wait_for(lambda: env.ctx.hub.subscribers == 1)
+        env.ctx.hub.close()
+
+    threading.Thread(target=close_soon, daemon=True).start()
+    started = time.monotonic()
+    got = _read_events(http, {"Last-Event-ID": str(env.ctx.hub.head)}, lambda evs: False)
+    assert [e.get("event") for e in got] == ["hello"]          # then the stream ended
+    assert time.monotonic() - started < 8                      # well before a heartbeat wait
+    _wait_for(lambda: env.ctx.hub.subscribers == 0)
+
+
+def _wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -35,6 +35,7 @@ from central_sync.web.context import HERE, WebContext, build_context
 from central_sync.web.desk import CommandSender
 from central_sync.web.metrics import registry_for
 from central_sync.web.places import Places
+from central_sync.web.server import DeskServer
 from central_sync.web.settings import WebSettings
 from edge.logs import log_event
 
@@ -125,9 +126,9 @@ async def serve(cfg: Any, store: Any, ingest: Any) -> None:
                 _first(rows)
                 ctx.desk.on_events(rows)
             ingest.on_events = both
-    server = uvicorn.Server(uvicorn.Config(
+    server = DeskServer(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=2, lifespan="on"))
+        timeout_graceful_shutdown=2, lifespan="on"), ctx.hub)
     retention = Retention(ctx.db, store, settings)
     task = asyncio.create_task(retention.run_forever(), name="retention")
     try:

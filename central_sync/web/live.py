@@ -45,13 +45,16 @@ class Subscription:
     replay: list[LiveChange] | None
     head: int
     lost: bool = field(default=False)
+    #: The hub closed (the server is shutting down): the stream should end now.
+    closed: bool = field(default=False)
 
     async def next(self, timeout: float) -> LiveChange | None:
-        """The next change, or ``None`` after ``timeout`` seconds without one."""
+        """The next change, or ``None`` after ``timeout`` seconds without one or once closed."""
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            change = await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:
             return None
+        return None if self.closed else change
 
     def take_lost(self) -> bool:
         """True once after this subscriber's queue overflowed (it must resync)."""
@@ -81,6 +84,7 @@ class LiveHub:
         #: Changes with an id up to this one can no longer be replayed.
         self._floor = self._seq
         self.published = 0
+        self._closed = False
 
     def _now_us(self) -> int:
         return int(self._clock() * 1_000_000)
@@ -106,6 +110,22 @@ class LiveHub:
             with contextlib.suppress(RuntimeError):  # loop closed
                 sub.loop.call_soon_threadsafe(self._put, sub, change)
         return change.seq
+
+    def close(self) -> None:
+        """End every stream now (server shutdown), so browsers reconnect at once instead of the
+        server waiting out its graceful-shutdown timeout; later subscribers end at once too."""
+        with self._lock:
+            self._closed = True
+            subs = list(self._subs)
+        for sub in subs:
+            with contextlib.suppress(RuntimeError):
+                sub.loop.call_soon_threadsafe(self._end, sub)
+
+    @staticmethod
+    def _end(sub: Subscription) -> None:
+        sub.closed = True
+        with contextlib.suppress(asyncio.QueueFull):
+            sub.queue.put_nowait(LiveChange(-1, ""))     # wake a waiting ``next``
 
     @staticmethod
     def _put(sub: Subscription, change: LiveChange) -> None:
@@ -136,7 +156,7 @@ class LiveHub:
         loop = asyncio.get_running_loop()
         with self._lock:
             sub = Subscription(loop, asyncio.Queue(self.max_queue), self._missed(last_id),
-                               self._seq)
+                               self._seq, closed=self._closed)
             self._subs.add(sub)
         try:
             yield sub

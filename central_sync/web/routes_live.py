@@ -106,7 +106,7 @@ async def events_for(ctx: WebContext, who: Principal, sub: Subscription,
             event = incident_event(ctx, who, missed, resolver)
             if event is not None:
                 yield event
-    while still_allowed is None or still_allowed():
+    while not sub.closed and (still_allowed is None or still_allowed()):
         change = await sub.next(wait_s)
         if sub.take_lost():
             yield resync_event(ctx.hub.head)
