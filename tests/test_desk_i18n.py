@@ -3,6 +3,7 @@ sirens, events, steps, places and times in readable words (never a dict or JSON)
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from babel.messages.pofile import read_po
 from central_sync.web import i18n, present
 from central_sync.web.places import Places
 from central_sync.web.testing import WebEnv, event
-from edge.sync.wire import Heartbeat
+from edge.sync.wire import Heartbeat, SnapshotEnvelope
 
 WEB = Path(i18n.__file__).resolve().parent
 ROOT = WEB.parent.parent
@@ -162,3 +163,16 @@ def test_age_against_the_response_target(tmp_path: Path) -> None:
         assert 'data-target="60.0"' in late[0] and "10 mnt / target 1 mnt" in late[0]
     finally:
         e.close()
+
+
+def test_a_sealed_photo_without_a_key_is_explained_not_broken(env: WebEnv) -> None:
+    ids = env.events(event("pos-a", "PANIC"))
+    for sid, sealed in (("snap-sealed-00000001", True), ("snap-plain-000000001", False)):
+        env.store.insert_snapshot(SnapshotEnvelope(
+            snapshot_id=sid, event_id=ids[0], node_id="pos-a", taken_at=time.time(),
+            sealed=sealed, data=base64.b64encode(b"\xff\xd8jpeg").decode()), time.time())
+    op, _ = env.client("op")
+    page = op.get(f"/incidents/{env.incident_of(ids[0])}").text
+    assert "Foto tersegel" in page
+    assert "/api/snapshots/snap-sealed-00000001" not in page       # no broken image
+    assert '<img src="/api/snapshots/snap-plain-000000001"' in page

@@ -19,7 +19,11 @@
     });
   }
   window.kentongan.live.on("incident", (inc) => {
-    if (stateEl && id && inc.incident_id === id && inc.state !== stateEl.dataset.state) location.reload();
+    // Reload when this incident's state or its events changed (and no note is being typed).
+    const note = form && form.querySelector("input.note");
+    if (stateEl && inc.incident_id === stateEl.dataset.incidentId &&
+        (inc.state !== stateEl.dataset.state || String(inc.event_count) !== stateEl.dataset.events) &&
+        !(note && note.value && inc.state === stateEl.dataset.state)) location.reload();
   });
   function ages() {
     for (const span of document.querySelectorAll("span.age[data-running='1']")) {
