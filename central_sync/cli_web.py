@@ -15,11 +15,9 @@ from central_sync.cap import incident_messages, to_xml
 from central_sync.config import load_central_config
 from central_sync.errors import AuthError, CentralConfigError
 from central_sync.incidents import IncidentBook
-from central_sync.store import CentralStore
+from central_sync.store import open_store
 from central_sync.users import RtRef, UserStore
-from central_sync.web.db import WebDB
-from central_sync.web.desk import as_dict
-from central_sync.web.settings import WebSettings
+from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 
 log = logging.getLogger("central_sync.cli_web")
@@ -65,9 +63,9 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     cfg = load_central_config(args.config)
     rts = [RtRef.parse(r) for r in args.rt]
     password = _read_password(args.password_file)
-    store = CentralStore(cfg.database)
+    store = open_store(cfg.store_url)
     try:
-        user = UserStore(WebDB.on_store(store)).add(args.name, args.role, password, rts)
+        user = UserStore(store.desk()).add(args.name, args.role, password, rts)
     finally:
         store.close()
     log_event(log, "user_added", user=user.name, role=user.role.value,
@@ -80,10 +78,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 def cmd_export_cap(args: argparse.Namespace) -> int:
     cfg = load_central_config(args.config)
     settings = WebSettings.from_config(cfg)
-    store = CentralStore(cfg.database)
+    store = open_store(cfg.store_url)
     try:
-        book = IncidentBook(WebDB.on_store(store), settings.group_window_s)
-        nodes = {n["node_id"]: as_dict(n) for n in store.list_nodes()}
+        book = IncidentBook(store.desk(), settings.group_window_s)
+        nodes = {n["node_id"]: dict(n) for n in store.list_nodes()}
         incidents = book.incidents()
         if args.incident:
             incidents = [i for i in incidents if i.incident_id == args.incident]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from central_sync.errors import CentralConfigError
-from central_sync.web.settings import WebSettings
+from central_sync.web_settings import WebSettings
 from edge.config_io import errors_of, read_toml
 
 
@@ -117,11 +117,31 @@ class PkiConfig(Strict):
                      "the CA certificate.")
 
 
+class StoreConfig(Strict):
+    """Where central keeps its data (docs/central-store.md)."""
+
+    url: str = Field(min_length=8, max_length=1000, description="Store URL: 'sqlite:///central.db' "
+                     "(relative to the config file; 'sqlite:////abs/path.db' for an absolute path) or "
+                     "'postgresql://user@host:5432/kentongan' (PostgreSQL 15+; password from "
+                     "~/.pgpass or PGPASSWORD, not from this file).")
+    pool_size: int = Field(8, ge=1, le=200, description="Most PostgreSQL connections one process "
+                           "opens (ignored for SQLite).")
+
+    @model_validator(mode="after")
+    def _scheme(self) -> StoreConfig:
+        if not self.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("store.url: must start with sqlite:///, postgresql:// or postgres://")
+        return self
+
+
 class CentralConfig(Strict):
     """Complete configuration of central."""
 
     config_version: Literal[1] = Field(1, description="Version of this file format.")
-    database: Path = Field(description="Central's SQLite database file.")
+    database: Path | None = Field(None, description="Central's SQLite database file (shorthand for "
+                                  "[store] url = 'sqlite:///<file>'; give one of the two).")
+    store: StoreConfig | None = Field(None, description="Central's store; absent = the SQLite file "
+                                      "named by 'database'.")
     topic_prefix: str = Field("kentongan/v1", pattern=r"^[a-z0-9_/-]+$", description="Root of the "
                               "topic tree (must match the nodes').")
     broker: BrokerConfig = Field(default_factory=BrokerConfig, description="MQTT broker.")
@@ -129,9 +149,30 @@ class CentralConfig(Strict):
                                  "acknowledgement.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     web: WebSettings | None = Field(None, description="Command-centre web app "
-                                    "(central_sync.web.settings); absent = not served.")
+                                    "(central_sync.web_settings); absent = not served.")
     pki: PkiConfig | None = Field(None, description="Certificate authority for enrolment "
                                   "(kentongan-central ca/enrol/revoke/renew); absent = no CA here.")
+
+    @model_validator(mode="after")
+    def _one_store(self) -> CentralConfig:
+        if (self.database is None) == (self.store is None):
+            raise ValueError("store.url: give [store] url = ... or the SQLite shorthand database = ... (one)")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        """The store URL, whichever way the file gave it (relative SQLite paths already resolved)."""
+        if self.store is not None:
+            return self.store.url
+        return f"sqlite:///{self.database}"
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite file when central runs on SQLite (None on PostgreSQL)."""
+        if self.store is None:
+            return self.database
+        url = self.store.url
+        return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
 def _resolve_paths(data: Any, base: Path) -> Any:
@@ -141,6 +182,11 @@ def _resolve_paths(data: Any, base: Path) -> Any:
     out = dict(data)
     if isinstance(out.get("database"), str) and not Path(out["database"]).is_absolute():
         out["database"] = str((base / out["database"]).resolve())
+    store = out.get("store")
+    if isinstance(store, dict) and isinstance(store.get("url"), str) and store["url"].startswith("sqlite:///"):
+        rest = store["url"][len("sqlite:///"):]
+        if rest and not Path(rest).is_absolute():
+            out["store"] = {**store, "url": f"sqlite:///{(base / rest).resolve()}"}
     broker = out.get("broker")
     if isinstance(broker, dict) and isinstance(broker.get("tls"), dict):
         tls = dict(broker["tls"])

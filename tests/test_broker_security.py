@@ -286,3 +286,24 @@ def test_revocation_takes_effect_on_broker_reload(world: World) -> None:
     ok = Probe(world, "rt01-a")
     assert ok.connect()
     ok.close()
+
+
+def test_central_state_nodes_read_only_central_writes(world: World, probes: dict[str, Probe]) -> None:
+    """Central presence topics: every node may read them, only central may write them (a stolen
+    post cannot fake 'central online' or 'offline' for the other posts)."""
+    a, b, central = probes["rt01-a"], probes["rt02-b"], probes["central"]
+    state = "kentongan/v1/central/state"
+    a.subscribe(f"{state}/+")
+    rc = b.publish(f"{state}/central", b"forged-online")
+    assert rc.is_failure and rc.value == 0x87
+    assert b.publish(f"{state}/rt02-b", b"forged-own").value == 0x87
+    assert not central.publish(f"{state}/central-w0", b"real-online").is_failure
+    assert a.wait_for(b"real-online")
+    assert b"forged-online" not in a.payloads() and b"forged-own" not in a.payloads()
+
+
+def test_both_broker_configs_set_tcp_nodelay() -> None:
+    from central_sync.broker import DEV_CONF
+
+    for path in (PROD_CONF, DEV_CONF):
+        assert _conf_values(path.read_text()).get("set_tcp_nodelay") == ["true"], path

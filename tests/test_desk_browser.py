@@ -30,7 +30,6 @@ from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
 from central_sync.users import UserStore
 from central_sync.web.app import context_of, create_app
-from central_sync.web.db import WebDB
 from central_sync.web.server import DeskServer
 from central_sync.web.testing import event, presence
 from edge.sync.wire import Topics, encode
@@ -87,8 +86,8 @@ class Central:
     def start_web(self) -> None:
         """A fresh web app (new live hub, new desk) on the same port and database."""
         async def go() -> None:
+            # The app learns of ingest's commits from the store's change feed.
             app = create_app(self.cfg, self.store, self.ingest)
-            self.ingest.on_events = context_of(app).desk.on_events
             self.server = DeskServer(uvicorn.Config(
                 app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=2, lifespan="on"), context_of(app).hub)
@@ -99,7 +98,6 @@ class Central:
 
     def stop_web(self) -> None:
         async def go() -> None:
-            self.ingest.on_events = None          # events still reach the store meanwhile
             assert self.server is not None and self.web is not None
             self.server.should_exit = True
             await asyncio.wait_for(self.web, 20)
@@ -134,7 +132,7 @@ def central(mosquitto: LocalMosquitto, tmp_path: Path) -> Iterator[Central]:
         "web": {"host": "127.0.0.1", "port": port},
     })
     store = CentralStore(cfg.database)
-    UserStore(WebDB.on_store(store)).add("op", "operator", PASSWORD)
+    UserStore(store.desk()).add("op", "operator", PASSWORD)
     c = Central(cfg, store, port)
     c.start()
     try:

@@ -25,7 +25,7 @@ def env(tmp_path: Path) -> Iterator[WebEnv]:
 
 
 def test_passwords_are_argon2_and_wrong_ones_fail(env: WebEnv) -> None:
-    row = env.ctx.db.one("SELECT password_hash FROM web_users WHERE name = 'op'")
+    row = env.ctx.tables.user("op")
     assert row is not None and row["password_hash"].startswith("$argon2")
     assert env.ctx.users.verify("op", WebEnv.PASSWORD).role is Role.OPERATOR
     with pytest.raises(AuthError):
@@ -42,8 +42,7 @@ def test_session_cookie_flags_and_logout(env: WebEnv, tmp_path: Path) -> None:
     assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie
     assert env.anon.get("/api/me").json()["name"] == "op"
     token = env.anon.cookies.get(COOKIE)
-    assert token and env.ctx.db.one("SELECT 1 FROM web_sessions WHERE token_hash = ?",
-                                    (token,)) is None   # only a digest is stored
+    assert token and env.ctx.tables.session(token) is None   # only a digest is stored
     csrf = r.json()["csrf_token"]
     assert env.anon.post("/logout", data={"csrf_token": csrf},
                          follow_redirects=False).status_code == 303
@@ -111,7 +110,6 @@ def test_cli_user_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     from central_sync.cli import main
     from central_sync.store import CentralStore
     from central_sync.users import RtRef, UserStore
-    from central_sync.web.db import WebDB
 
     cfg = tmp_path / "central.toml"
     cfg.write_text('database = "central.db"\n[web]\nport = 0\n')
@@ -127,7 +125,7 @@ def test_cli_user_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                  "--password-file", str(pw), "--config", str(cfg)]) == 1
     store = CentralStore(tmp_path / "central.db")
     try:
-        users = UserStore(WebDB.on_store(store))
+        users = UserStore(store.desk())
         rt = users.verify("ketua-rt3", "a long rt password")
         assert rt.rts == {RtRef("33.74.01.1001", 5, 3), RtRef("33.74.01.1001", 5, 4)}
         assert users.verify("op", "operator password").role is Role.OPERATOR

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from fastapi import HTTPException, Request
 
 from central_sync.errors import AuthError
+from central_sync.store.desk_tables import DeskTables
 from central_sync.users import Role, User, UserStore
-from central_sync.web.db import WebDB
-from central_sync.web.settings import WebSettings
+from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 
 log = logging.getLogger("central.web.auth")
@@ -56,27 +56,21 @@ def client_address(request: Request) -> str:
 
 
 class SessionManager:
-    def __init__(self, db: WebDB, users: UserStore, settings: WebSettings) -> None:
-        self.db, self.users, self.settings = db, users, settings
+    def __init__(self, tables: DeskTables, users: UserStore, settings: WebSettings) -> None:
+        self.tables, self.users, self.settings = tables, users, settings
 
     def create(self, user: User, client: str) -> tuple[str, str]:
         """Start a session; return (cookie token, CSRF token)."""
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = time.time()
-        with self.db.tx() as conn:
-            conn.execute("DELETE FROM web_sessions WHERE expires_at < ?", (now,))
-            conn.execute(
-                "INSERT INTO web_sessions(token_hash, name, csrf, created_at, expires_at, client) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (_digest(token), user.name, csrf, now, now + self.settings.session_hours * 3600,
-                 client))
+        self.tables.create_session(_digest(token), user.name, csrf, now,
+                                   now + self.settings.session_hours * 3600, client)
         return token, csrf
 
     def lookup(self, token: str | None, client: str) -> Principal | None:
         if not token or len(token) > 200:
             return None
-        row = self.db.one("SELECT name, csrf, expires_at FROM web_sessions WHERE token_hash = ?",
-                          (_digest(token),))
+        row = self.tables.session(_digest(token))
         if row is None or row["expires_at"] < time.time():
             return None
         user = self.users.get(row["name"])
@@ -84,14 +78,14 @@ class SessionManager:
 
     def destroy(self, token: str | None) -> None:
         if token:
-            self.db.execute("DELETE FROM web_sessions WHERE token_hash = ?", (_digest(token),))
+            self.tables.delete_session(_digest(token))
 
 
 class LoginLimiter:
     """At most ``login_limit`` failed attempts per user name and per client in the window."""
 
-    def __init__(self, db: WebDB, settings: WebSettings) -> None:
-        self.db, self.settings = db, settings
+    def __init__(self, tables: DeskTables, settings: WebSettings) -> None:
+        self.tables, self.settings = tables, settings
 
     def _keys(self, name: str, client: str) -> tuple[str, str]:
         return f"user:{name.lower()[:64]}", f"ip:{client}"
@@ -100,44 +94,36 @@ class LoginLimiter:
         now = time.time()
         since = now - self.settings.login_window_s
         for key in self._keys(name, client):
-            rows = self.db.query("SELECT at FROM web_login_attempts WHERE key = ? AND at > ? "
-                                 "ORDER BY at", (key, since))
-            if len(rows) >= self.settings.login_limit:
-                retry = rows[0]["at"] + self.settings.login_window_s - now
+            times = self.tables.login_attempts(key, since)
+            if len(times) >= self.settings.login_limit:
+                retry = times[0] + self.settings.login_window_s - now
                 log_event(log, "login_rate_limited", logging.WARNING, key=key)
                 raise RateLimited(max(1.0, retry))
 
     def failed(self, name: str, client: str) -> None:
         now = time.time()
-        with self.db.tx() as conn:
-            conn.execute("DELETE FROM web_login_attempts WHERE at < ?",
-                         (now - self.settings.login_window_s,))
-            conn.executemany("INSERT INTO web_login_attempts(key, at) VALUES (?, ?)",
-                             [(k, now) for k in self._keys(name, client)])
+        self.tables.record_failed_login(self._keys(name, client), now,
+                                        now - self.settings.login_window_s)
 
     def succeeded(self, name: str) -> None:
-        self.db.execute("DELETE FROM web_login_attempts WHERE key = ?",
-                        (self._keys(name, "")[0],))
+        self.tables.clear_login_attempts(self._keys(name, "")[0])
 
 
 class AccessLog:
     """Who viewed which snapshot or report, when and from where (UU PDP breach reporting)."""
 
-    def __init__(self, db: WebDB) -> None:
-        self.db = db
+    def __init__(self, tables: DeskTables) -> None:
+        self.tables = tables
 
     def record(self, principal: Principal, action: str, object_kind: str, object_id: str,
                allowed: bool = True) -> None:
-        self.db.execute(
-            "INSERT INTO access_log(at, user, role, action, object_kind, object_id, client, "
-            "allowed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), principal.user.name, principal.user.role.value, action, object_kind,
-             object_id, principal.client, int(allowed)))
+        self.tables.log_access(time.time(), principal.user.name, principal.user.role.value, action,
+                               object_kind, object_id, principal.client, allowed)
         log_event(log, "access", user=principal.user.name, action=action, object_kind=object_kind,
                   object_id=object_id, client=principal.client, allowed=allowed)
 
     def recent(self, limit: int = 200) -> list[dict[str, object]]:
-        return self.db.query("SELECT * FROM access_log ORDER BY id DESC LIMIT ?", (limit,))
+        return self.tables.access_log(limit)
 
 
 def _sessions(request: Request) -> SessionManager:

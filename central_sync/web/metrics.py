@@ -89,17 +89,12 @@ class DeskCollector(Collector):
         rejections = CounterMetricFamily("kentongan_ingest_rejections",
                                          "Messages rejected by ingest, by reason.",
                                          labels=["reason"])
-        counts_fn = getattr(ctx.store, "rejection_counts", None)
-        if callable(counts_fn):
-            for reason, count in sorted(dict(counts_fn()).items()):
-                rejections.add_metric([str(reason)], int(count))
+        for reason, count in sorted(ctx.store.rejection_counts().items()):
+            rejections.add_metric([str(reason)], int(count))
         yield rejections
 
     def _latest_event(self) -> dict[str, Any] | None:
-        latest_fn = getattr(self.ctx.store, "latest_events", None)
-        if not callable(latest_fn):
-            return None
-        rows = list(latest_fn(limit=1))
+        rows = self.ctx.store.latest_events(limit=1)
         return as_dict(rows[-1]) if rows else None
 
 

@@ -21,7 +21,7 @@ from central_sync.errors import CentralConfigError
 from central_sync.web import i18n
 from central_sync.web.i18n import _
 from central_sync.web.places import Places
-from central_sync.web.settings import WebSettings
+from central_sync.web_settings import WebSettings
 
 #: Indonesia's three zones have well-known labels; elsewhere the zone's own abbreviation.
 ZONE_LABELS = {"Asia/Jakarta": "WIB", "Asia/Pontianak": "WIB", "Asia/Makassar": "WITA",

@@ -161,9 +161,8 @@ def get_snapshot(request: Request, who: Who,
     row = as_dict(ctx.store.get_snapshot(snapshot_id))
     incident = None
     if row:
-        inc_row = ctx.db.one("SELECT incident_id FROM incident_events WHERE event_id = ?",
-                             (row.get("event_id"),))
-        incident = ctx.desk.book.get(inc_row["incident_id"]) if inc_row else None
+        inc_id = ctx.desk.book.incident_of_event(str(row.get("event_id")), str(row.get("node_id")))
+        incident = ctx.desk.book.get(inc_id) if inc_id else None
     node = ctx.desk.nodes().get(str(row.get("node_id"))) if row else None
     allowed = bool(row) and (
         who.user.is_staff if incident is None
