@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 
 from central_sync.broker import free_port
+from central_sync.web.app import create_app
 from central_sync.web.live import LiveHub, parse_event_id
 from central_sync.web.routes_live import events_for
 from central_sync.web.testing import WebEnv, event
@@ -122,9 +123,9 @@ def _principal(env: WebEnv, client: Any) -> Any:
 # -- over HTTP ----------------------------------------------------------------------------------
 
 class Served:
-    def __init__(self, env: WebEnv) -> None:
+    def __init__(self, env: WebEnv, app: Any = None) -> None:
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=self.port,
+        self.server = uvicorn.Server(uvicorn.Config(app or env.app, host="127.0.0.1", port=self.port,
                                                     log_config=None, access_log=False,
                                                     lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -209,14 +210,59 @@ def test_stream_query_parameter_works_like_the_header(
     assert any(e.get("event") == "incident" for e in got)
 
 
-def test_stale_or_foreign_last_event_id_gets_resync(served: tuple[WebEnv, httpx.Client]) -> None:
+def test_foreign_last_event_id_gets_resync(served: tuple[WebEnv, httpx.Client]) -> None:
     env, http = served
     env.events(event("pos-a", "PANIC"))
-    for stale in ("1", "not-an-id"):
+    for stale in (str(env.ctx.hub.head + 1000), "not-an-id"):
         got = _read_events(http, {"Last-Event-ID": stale},
                            lambda evs: any(e.get("event") == "resync" for e in evs))
         resync = next(e for e in got if e.get("event") == "resync")
         assert int(resync["id"]) == env.ctx.hub.head      # the page continues from the head
+
+
+def test_more_than_the_replay_limit_gets_resync(tmp_path: Path) -> None:
+    env = WebEnv(tmp_path / "central.db", web={"stream_replay": 16})
+    try:
+        env.node("pos-a", "33.74.10.1005/5/3")
+        env.user("op", "operator")
+        for i in range(17):
+            env.events(event("pos-a", "PANIC", at=time.time() - 10_000 * (17 - i)))
+        with Served(env) as srv, httpx.Client(base_url=f"http://127.0.0.1:{srv.port}",
+                                              timeout=20) as http:
+            assert http.post("/api/login", json={"username": "op",
+                                                 "password": WebEnv.PASSWORD}).status_code == 200
+            got = _read_events(http, {"Last-Event-ID": "0"},
+                               lambda evs: any(e.get("event") == "resync" for e in evs))
+            assert json.loads(got[0]["data"])["resync"] is True
+    finally:
+        env.close()
+
+
+def test_a_restarted_web_process_replays_from_the_store(tmp_path: Path) -> None:
+    """Stream ids are the store's change numbers: a browser that saw id N on a web process
+    gets what changed after N from a new process (a restart, or another one) on the same store,
+    under the same ids, instead of a resync."""
+    env = WebEnv(tmp_path / "central.db")
+    try:
+        env.node("pos-a", "33.74.10.1005/5/3")
+        env.node("pos-b", "33.74.10.1005/5/4")
+        env.user("op", "operator")
+        env.events(event("pos-a", "PANIC"))
+        seen = env.ctx.hub.head
+        missed = env.incident_of(env.events(event("pos-b", "KEBAKARAN"))[0])
+        missed_id = env.ctx.hub.head
+        app = create_app({"web": {}}, env.store, env.sender, follow_changes=False)
+        with Served(env, app) as srv, httpx.Client(base_url=f"http://127.0.0.1:{srv.port}",
+                                                   timeout=20) as http:
+            assert http.post("/api/login", json={"username": "op",
+                                                 "password": WebEnv.PASSWORD}).status_code == 200
+            got = _read_events(http, {"Last-Event-ID": str(seen)},
+                               lambda evs: any(e.get("event") == "incident" for e in evs))
+        assert json.loads(got[0]["data"]) == {"head": missed_id, "replayed": 1, "resync": False}
+        (inc,) = [e for e in got if e.get("event") == "incident"]
+        assert json.loads(inc["data"])["incident_id"] == missed and int(inc["id"]) == missed_id
+    finally:
+        env.close()
 
 
 def test_live_changes_follow_the_replay(served: tuple[WebEnv, httpx.Client]) -> None:

@@ -1,18 +1,20 @@
 """Live updates: a hub that fans incident changes out to server-sent-event subscribers and keeps
 a bounded replay ring so a browser that reconnects gets what it missed.
 
-Every change gets a stream id (``seq``) that only ever increases, also across a restart of the
-web process: ids are microseconds of the wall clock at the change, bumped by one when two
-changes fall in the same microsecond. A process therefore starts above every id an earlier
-process handed out (unless the clock is set back, which only causes a resync). A caller with a
-durable change sequence of its own (the store's change feed) may pass it as ``seq``; the hub
-keeps ids strictly increasing either way.
+Every change gets a stream id (``seq``) that only ever increases. The web app runs the hub on
+the store's durable incident change numbers (``start=``, then ``publish(incident_id, seq=...)``
+with ``DeskTables.incident_changes``): the same change has the same id in every web process and
+after a restart, so a browser moving to another process, or back after a restart, gets what it
+missed from the store (``subscribe(..., backlog=...)``) instead of a resync. Without ``start``
+(a hub on its own) ids are microseconds of the wall clock, bumped by one when two changes fall
+in the same microsecond, so a restarted hub starts above every earlier id.
 
 A subscriber names the last id it saw (``Last-Event-ID``). When that id lies inside the ring the
-hub replays the changes after it; when it is older than the ring (evicted, or from before this
-process started), or not one of ours, the subscriber is told to resync: re-read the queue.
+hub replays the changes after it; when it is older than the ring the caller may pass what the
+store knows (a durable hub); otherwise, or when even that is too much or the id is not one of
+ours, the subscriber is told to resync: re-read the queue.
 
-``publish`` may be called from any thread (the ingest callback); each subscriber has its own
+``publish`` may be called from any thread (the change-feed follower); each subscriber has its own
 bounded queue on the web app's event loop, and a slow browser only loses its own updates (it is
 then told to resync).
 """
@@ -72,15 +74,25 @@ def parse_event_id(value: str | None) -> int | None:
     return int(value)
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What the store says changed after a subscriber's id, up to ``top`` (latest per incident)."""
+
+    changes: list[LiveChange]
+    top: int
+
+
 class LiveHub:
     def __init__(self, max_queue: int = 256, replay: int = 1024,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, start: int | None = None) -> None:
         self._subs: set[Subscription] = set()
         self._lock = threading.Lock()
         self._clock = clock
         self.max_queue = max_queue
         self._ring: deque[LiveChange] = deque(maxlen=replay)
-        self._seq = self._now_us()
+        #: Ids are the store's durable change numbers (every publish names its ``seq``).
+        self.durable = start is not None
+        self._seq = start if start is not None else self._now_us()
         #: Changes with an id up to this one can no longer be replayed.
         self._floor = self._seq
         self.published = 0
@@ -98,6 +110,11 @@ class LiveHub:
     def publish(self, incident_id: str, seq: int | None = None) -> int:
         """Record that ``incident_id`` changed and tell every subscriber; returns the id."""
         with self._lock:
+            if self.durable:
+                if seq is None:
+                    raise ValueError("a durable hub publishes the store's change number")
+                if seq <= self._seq:            # already published (or older): nothing new
+                    return seq
             wanted = self._now_us() if seq is None else seq
             self._seq = max(self._seq + 1, wanted)
             change = LiveChange(self._seq, incident_id)
@@ -134,28 +151,42 @@ class LiveHub:
         except asyncio.QueueFull:
             sub.lost = True
 
-    def missed_since(self, last_id: int | None) -> list[LiveChange] | None:
-        """Changes after ``last_id`` (latest per incident, in id order), or ``None`` when they
-        cannot be known from the ring and the subscriber must resync."""
+    def can_replay(self, last_id: int | None) -> bool:
+        """True when the ring alone holds everything after ``last_id``."""
         with self._lock:
-            return self._missed(last_id)
+            return last_id is not None and self._floor <= last_id <= self._seq
 
-    def _missed(self, last_id: int | None) -> list[LiveChange] | None:
-        if last_id is None or last_id < self._floor or last_id > self._seq:
+    def missed_since(self, last_id: int | None,
+                     backlog: Backlog | None = None) -> list[LiveChange] | None:
+        """Changes after ``last_id`` (latest per incident, in id order), or ``None`` when they
+        cannot be known from the ring (nor from ``backlog``) and the subscriber must resync."""
+        with self._lock:
+            return self._missed(last_id, backlog)
+
+    def _missed(self, last_id: int | None,
+                backlog: Backlog | None = None) -> list[LiveChange] | None:
+        if last_id is not None and self._floor <= last_id <= self._seq:
+            after, latest = last_id, {}
+        elif backlog is not None and backlog.top >= self._floor:
+            # The store's changes up to ``top``, then the ring's after it (nothing in between
+            # is lost: the ring still holds everything above its floor).
+            after, latest = backlog.top, {c.incident_id: c for c in backlog.changes}
+        else:
             return None
-        latest: dict[str, LiveChange] = {}
         for change in self._ring:
-            if change.seq > last_id:
+            if change.seq > after:
                 latest[change.incident_id] = change
         return sorted(latest.values(), key=lambda c: c.seq)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, last_id: int | None = None) -> AsyncIterator[Subscription]:
-        """Register a subscriber; what it missed since ``last_id`` and its live changes join
-        without a gap (both are taken under one lock)."""
+    async def subscribe(self, last_id: int | None = None,
+                        backlog: Backlog | None = None) -> AsyncIterator[Subscription]:
+        """Register a subscriber; what it missed since ``last_id`` (from the ring, or from
+        ``backlog`` read from the store when the ring no longer reaches back that far) and its
+        live changes join without a gap (both are taken under one lock)."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            sub = Subscription(loop, asyncio.Queue(self.max_queue), self._missed(last_id),
+            sub = Subscription(loop, asyncio.Queue(self.max_queue), self._missed(last_id, backlog),
                                self._seq, closed=self._closed)
             self._subs.add(sub)
         try:

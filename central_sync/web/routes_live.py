@@ -3,20 +3,23 @@
 Events, all with ``data`` as JSON:
 
 - ``incident`` (with an ``id``): an incident visible to you changed; ``data`` is its summary.
-- ``resync`` (with an ``id``): what you missed cannot be replayed (the web process restarted,
-  you were away longer than the replay ring, or your queue overflowed): re-read the queue.
+- ``resync`` (with an ``id``): what you missed cannot be replayed (more changes than
+  ``web.stream_replay``, an id that is not ours, or your queue overflowed): re-read the queue.
 - ``heartbeat`` (no ``id``): every ``HEARTBEAT_S`` seconds with the server's time. A named event
   rather than an SSE comment because comments never reach the page's script, and the page must
   notice a stream that has silently died.
 
 A reconnecting browser sends ``Last-Event-ID`` (or ``?last_event_id=`` on a fresh
-``EventSource``) and first receives the changes it missed, then live ones.
+``EventSource``) and first receives the changes it missed, then live ones Ids are the store's
+durable incident change numbers, so this also works on another web process or after a restart
+(from the process's ring when it reaches back far enough, else from the store).
 sse-starlette does the framing, the heartbeat timer and client-disconnect handling; we only
 decide what to send.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -132,7 +135,13 @@ async def stream(request: Request, who: Annotated[Principal, Depends(principal)]
         return ctx.sessions.lookup(cookie, who.client) is not None
 
     async def body() -> AsyncIterator[ServerSentEvent]:
-        async with ctx.hub.subscribe(last) as sub:
+        backlog = None
+        if last is not None and ctx.hub.durable and not ctx.hub.can_replay(last):
+            # Older than this process's ring (another process, or before a restart): the store
+            # knows what changed since, under the same durable ids.
+            backlog = await asyncio.to_thread(ctx.desk.backlog_since, last,
+                                              ctx.settings.stream_replay)
+        async with ctx.hub.subscribe(last, backlog) as sub:
             log_event(log, "stream_opened", user=who.user.name, last_event_id=last,
                       replayed=-1 if sub.replay is None else len(sub.replay))
             try:
