@@ -8,7 +8,7 @@
   const C = JSON.parse(document.getElementById("desk-config").textContent);
   const badge = document.getElementById("live");
   const handlers = {incident: [], resync: [], open: []};
-  let es = null, lastId = String(C.stream_head || ""), lastMsg = 0, state = "connecting";
+  let es = null, lastId = C.stream_head == null ? "" : String(C.stream_head), lastMsg = 0, state = "connecting";
   let retryTimer = null, failures = 0, everOpen = false;
 
   function show(next) {
