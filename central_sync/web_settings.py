@@ -53,6 +53,26 @@ class WebSettings(BaseModel):
     unseal_key_file: str | None = Field(None, description="Central's X25519 private key for "
                                         "sealed snapshots; without it they are not shown.")
 
+    # -- desk presentation (issue 11) ----------------------------------------------------
+    language: str = Field("id", pattern=r"^(id|en)$", description="Default language of the "
+                          "desk (each user may switch; Bahasa Indonesia unless set).")
+    timezone: str = Field("Asia/Jakarta", min_length=1, description="IANA zone the desk shows "
+                          "times in; labelled WIB / WITA / WIT for Indonesia's zones.")
+    response_target_s: dict[int, float] = Field(
+        default_factory=lambda: {1: 120.0, 2: 600.0, 3: 1800.0, 4: 3600.0},
+        description="Seconds within which a new incident of each priority should be "
+                    "acknowledged; the queue shows each incident's age against it.")
+    places_file: str | None = Field(None, description="CSV of kelurahan names and centroids "
+                                    "(code,name,kecamatan_code,kecamatan,lat,lon); default: "
+                                    "the bundled Kota Semarang table.")
+    map_tile_url: str | None = Field(None, description="Leaflet tile URL template such as "
+                                     "https://tile.example/{z}/{x}/{y}.png; without it the map "
+                                     "is a plain background with markers and a list.")
+    map_attribution: str = Field("", max_length=300, description="Attribution shown for the "
+                                 "tiles.")
+    stream_replay: int = Field(1024, ge=16, le=100_000, description="Changes kept in memory "
+                               "to replay to a reconnecting browser (Last-Event-ID).")
+
     @classmethod
     def from_config(cls, cfg: Any) -> WebSettings:
         """From ``cfg.web`` (a WebSettings, a dict or absent) or a whole config dict."""

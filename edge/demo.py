@@ -311,8 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         demo.scenario()
         say("Dashboard")
         print(f"  http://127.0.0.1:{demo.web_port}/   login: {OPERATOR[0]} / {OPERATOR[1]}")
+        print(f"  map: http://127.0.0.1:{demo.web_port}/map   API: /api/docs   metrics: /metrics"
+              "   (Bahasa Indonesia; English: add ?lang=en)")
         print(f"  logs and databases under {demo.state}")
-        if not args.once:
+        if args.once:
+            print("  --once: the dashboard stops now with the demo; run scripts/demo without "
+                  "--once to keep it open")
+        else:
             print("  press Ctrl-C to stop")
             signal.signal(signal.SIGTERM, signal.default_int_handler)
             while True:

@@ -147,7 +147,7 @@ def test_panic_appears_live_and_is_acknowledged(mosquitto: LocalMosquitto,
                 page = browser.new_page(viewport={"width": 1280, "height": 720})
                 base = f"http://127.0.0.1:{port}"
                 _login(page, base, "op", PASSWORD)
-                expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+                expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10_000)
                 assert page.locator("#queue tbody tr").count() == 0
                 page.evaluate("window.__notReloaded = true")
 
@@ -156,18 +156,19 @@ def test_panic_appears_live_and_is_acknowledged(mosquitto: LocalMosquitto,
                               payload={"button": "panic-1", "hold_ms": 2100})
                 node.publish(topics.up("pos-melati-01", "event"), encode(panic), qos=1)
 
-                row = page.locator("#queue tbody tr", has_text="PANIC")
+                row = page.locator("#queue tbody tr", has_text="Pos Ronda Melati")
                 expect(row).to_be_visible(timeout=15_000)
                 assert page.evaluate("window.__notReloaded") is True   # live, no reload
-                expect(row.locator("td.state")).to_have_text("new")
+                expect(row).to_have_attribute("data-state", "new")
+                expect(row.locator("td.type")).to_contain_text("Panik")
                 expect(row).to_contain_text("Pos Ronda Melati")
                 expect(row).to_contain_text("RW 5")
                 incident_id = row.get_attribute("data-incident-id")
                 assert incident_id
 
                 row.locator("input.note").fill("unit 3 on the way")
-                row.get_by_role("button", name="Acknowledge").click()
-                expect(row.locator("td.state")).to_have_text("acknowledged", timeout=10_000)
+                row.locator("button[data-act=ack]").click()
+                expect(row).to_have_attribute("data-state", "acknowledged", timeout=10_000)
                 page.screenshot(path=str(ARTIFACTS / "dashboard-ingest.png"), full_page=True)
             finally:
                 browser.close()
@@ -212,18 +213,18 @@ def test_simulated_post_panic_is_acknowledged_and_the_post_records_it(tmp_path: 
                 _wait(lambda: demo._ok(lambda: page.goto(f"{base}/login")), timeout=30,
                       what="dashboard up")
                 _login(page, base, *OPERATOR, goto=False)
-                expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+                expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10_000)
                 page.evaluate("window.__notReloaded = true")
 
                 demo.edge("sim", "press", "panic", "--hold", "2.3", "--config", post_cfg)
-                row = page.locator("#queue tbody tr", has_text="PANIC")
+                row = page.locator("#queue tbody tr", has_text="Pos Ronda Melati")
                 expect(row).to_be_visible(timeout=20_000)
                 assert page.evaluate("window.__notReloaded") is True
                 expect(row).to_contain_text("Pos Ronda Melati")
                 incident_id = row.get_attribute("data-incident-id")
                 row.locator("input.note").fill("patroli Polsek menuju lokasi")
-                row.get_by_role("button", name="Acknowledge").click()
-                expect(row.locator("td.state")).to_have_text("acknowledged", timeout=10_000)
+                row.locator("button[data-act=ack]").click()
+                expect(row).to_have_attribute("data-state", "acknowledged", timeout=10_000)
                 page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             finally:
                 browser.close()

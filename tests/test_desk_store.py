@@ -1,15 +1,19 @@
 """The desk on every store backend: its tables (users, sessions, login attempts, access log,
-warnings, state) and a web app that learns of incidents committed by another process."""
+warnings, state), a web app that learns of incidents committed by another process, and live-stream
+ids that are the store's durable incident change numbers."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from central_sync.store import Store, open_store
+from central_sync.incidents import State
+from central_sync.store import CentralStore, Store, open_store
 from central_sync.users import Role, RtRef, UserStore
 from central_sync.web.app import context_of, create_app
+from central_sync.web.live import LiveChange
 from central_sync.web.testing import RecordingSender, event, presence
 
 
@@ -67,3 +71,55 @@ def test_web_app_follows_commits_of_another_process(store_url: str) -> None:
     finally:
         web_store.close()
         ingest_store.close()
+
+
+def test_stream_ids_are_the_stores_change_numbers_in_every_web_process(store_url: str) -> None:
+    """Two web processes on one store hand out the same live-stream id for the same incident
+    change (the store's durable change number), each learns of the other's changes, and a
+    process started later (a restart) replays from the store what a browser missed."""
+    stores = [open_store(store_url) for _ in range(3)]
+    a, b = (context_of(create_app({"web": {}}, s, RecordingSender(), follow_changes=False))
+            for s in stores[:2])
+    try:
+        stores[0].apply_node_updates([presence("pos-a")], [], time.time())
+        panic = event("pos-a", "PANIC")
+        stores[0].commit_events([panic], time.time())
+        a.desk.on_events(stores[0].get_events([panic.event_id]))       # process A groups it
+        incident_id = a.desk.book.incident_of_event(panic.event_id)
+        assert incident_id is not None
+        opened = a.hub.head
+        assert b.desk.publish_changes() == 1 and b.hub.head == opened  # same id in process B
+        b.desk.on_events(stores[1].get_events([panic.event_id]))       # already grouped by A
+        assert b.hub.head == opened
+        a.desk.book.step(incident_id, State.ACKNOWLEDGED, "op", "on my way")
+        a.desk.publish_changes()
+        acked = a.hub.head
+        assert acked > opened
+        b.desk.publish_changes()
+        assert b.hub.head == acked and b.hub.missed_since(opened) == [LiveChange(acked, incident_id)]
+
+        c = context_of(create_app({"web": {}}, stores[2], RecordingSender(), follow_changes=False))
+        assert c.hub.head == acked and not c.hub.can_replay(opened)    # a fresh ring
+        backlog = c.desk.backlog_since(opened, 100)
+        assert backlog is not None
+        assert c.hub.missed_since(opened, backlog) == [LiveChange(acked, incident_id)]
+        assert c.hub.missed_since(opened) is None                      # without the store: resync
+        assert c.desk.backlog_since(acked + 1000, 100) is None         # not an id we handed out
+        assert c.desk.backlog_since(0, 0) is None                      # more than the limit
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_incident_change_reads_use_their_index(tmp_path: Path) -> None:
+    """Publishing runs after every incident change and once a second per web process: its
+    reads (and the number taken in each incident transaction) are index look-ups (SQLite)."""
+    store = CentralStore(tmp_path / "central.db")
+    try:
+        for sql in ("SELECT change_seq, incident_id FROM incidents WHERE change_seq > 0 "
+                    "ORDER BY change_seq LIMIT 10",
+                    "SELECT COALESCE(MAX(change_seq), 0) AS seq FROM incidents"):
+            plan = " ".join(str(r[3]) for r in store.connection().execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "incidents_change_seq" in plan, plan
+    finally:
+        store.close()

@@ -22,7 +22,13 @@ INCIDENT_LOCK = 0x6B656E746F6E68
 
 
 class IncidentTx:
-    """Incident statements inside one transaction."""
+    """Incident statements inside one transaction.
+
+    Every change to an incident also gives it the next ``change_seq`` (the highest in the table
+    plus one). Incident transactions are serialised across processes (``incident_tx``), so these
+    numbers grow in commit order: a reader that remembers the highest it has seen misses nothing.
+    They are the ids of the desk's live stream (``DeskTables.incident_changes``).
+    """
 
     def __init__(self, tx: SqlTx, order: str) -> None:
         self._tx = tx
@@ -37,11 +43,16 @@ class IncidentTx:
                   "AND last_event_at >= ? ORDER BY last_event_at DESC LIMIT 1", (node_id, kind, since))
         return str(row["incident_id"]) if row else None
 
+    def _changed(self, incident_id: str) -> None:
+        self._tx.run("UPDATE incidents SET change_seq = (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents) "
+                     "WHERE incident_id = ?", (incident_id,))
+
     def extend_incident(self, incident_id: str, at: float, priority: int, now: float, quality: str | None) -> None:
         self._tx.run("UPDATE incidents SET last_event_at = CASE WHEN last_event_at > ? THEN last_event_at ELSE ? END, "
                      "priority = CASE WHEN priority < ? THEN priority ELSE ? END, updated_at = ?, time_quality = ?, "
                      "event_count = event_count + 1 WHERE incident_id = ?",
                      (at, at, priority, priority, now, quality, incident_id))
+        self._changed(incident_id)
 
     def exists(self, incident_id: str) -> bool:
         return one(self._tx, "SELECT 1 AS x FROM incidents WHERE incident_id = ?", (incident_id,)) is not None
@@ -51,6 +62,7 @@ class IncidentTx:
         self._tx.run("INSERT INTO incidents(incident_id, node_id, type, priority, state, opened_at, last_event_at, "
                      "updated_at, time_quality, event_count) VALUES (?, ?, ?, ?, 'new', ?, ?, ?, ?, 1)",
                      (incident_id, node_id, kind, priority, at, at, now, quality))
+        self._changed(incident_id)
 
     def log_step(self, incident_id: str, at: float, step: str, actor: str, note: str) -> None:
         self._tx.run("INSERT INTO incident_log(incident_id, at, step, actor, note) VALUES (?, ?, ?, ?, ?)",
@@ -72,6 +84,7 @@ class IncidentTx:
     def set_state(self, incident_id: str, state: str, updated_at: float, closed_at: float | None) -> None:
         self._tx.run("UPDATE incidents SET state = ?, updated_at = ?, closed_at = ? WHERE incident_id = ?",
                      (state, updated_at, closed_at, incident_id))
+        self._changed(incident_id)
 
 
 class RetentionTx:
@@ -134,6 +147,18 @@ class DeskTables:
             if self.runner.dialect.name == "postgres":
                 tx.rows("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(?)) AS l", (INCIDENT_LOCK,))
             yield IncidentTx(tx, self._order)
+
+    def incident_changes(self, since: int, limit: int) -> list[tuple[int, str]]:
+        """``(change_seq, incident_id)`` of incidents changed after ``since``, in commit order
+        (an incident changed twice appears once, at its latest number)."""
+        return [(int(r["change_seq"]), str(r["incident_id"])) for r in self._rows(
+            "SELECT change_seq, incident_id FROM incidents WHERE change_seq > ? ORDER BY change_seq LIMIT ?",
+            (since, limit))]
+
+    def incident_change_head(self) -> int:
+        """The highest incident ``change_seq`` committed (0: none)."""
+        row = self._one("SELECT COALESCE(MAX(change_seq), 0) AS seq FROM incidents")
+        return int(row["seq"]) if row else 0
 
     def incident(self, incident_id: str) -> Row | None:
         return self._one("SELECT * FROM incidents WHERE incident_id = ?", (incident_id,))

@@ -241,6 +241,9 @@ MIGRATIONS: list[tuple[str, str]] = [
             seen_at double precision NOT NULL,
             PRIMARY KEY (node_id, event_id)
         );
+    """),    ("0004_incident_change_seq", """
+        ALTER TABLE incidents ADD COLUMN change_seq bigint NOT NULL DEFAULT 0;
+        CREATE INDEX incidents_change_seq ON incidents(change_seq);
     """),
 ]
 

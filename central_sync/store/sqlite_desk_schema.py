@@ -121,3 +121,15 @@ def m002_incident_events_per_node(db: Database) -> None:
         CREATE INDEX incident_events_event ON incident_events(event_id);
         """
     )
+
+
+@desk_migrations()
+def m003_incident_change_seq(db: Database) -> None:
+    """A durable, commit-ordered change number per incident (the desk's live-stream ids, the
+    same in every web process and across restarts; see ``IncidentTx``)."""
+    db.executescript(
+        """
+        ALTER TABLE incidents ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX incidents_change_seq ON incidents(change_seq);
+        """
+    )

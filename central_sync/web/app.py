@@ -21,9 +21,22 @@ from fastapi.staticfiles import StaticFiles
 from central_sync.errors import AuthError, CentralError
 from central_sync.retention import Retention
 from central_sync.store import Store
-from central_sync.web import routes_api, routes_auth, routes_cap, routes_pages
+from central_sync.web import (
+    i18n,
+    present,
+    routes_api,
+    routes_auth,
+    routes_cap,
+    routes_live,
+    routes_map,
+    routes_ops,
+    routes_pages,
+)
 from central_sync.web.context import HERE, ConfigSource, WebContext, build_context
 from central_sync.web.desk import CommandSender
+from central_sync.web.metrics import registry_for
+from central_sync.web.places import Places
+from central_sync.web.server import DeskServer
 from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 
@@ -66,10 +79,20 @@ def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
             await ctx.desk.aclose()
 
     app = FastAPI(title="Kentongan command centre", version="1", lifespan=lifespan,
-                  docs_url="/api/docs", redoc_url=None, openapi_url="/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = ctx
+    # Desk presentation (issue 11): languages, readable words, places, metrics, live stream.
+    app.state.places = Places.load(ctx.settings.places_file)
+    app.state.metrics = registry_for(ctx)
+    i18n.install(ctx.templates.env)
+    present.install(ctx.templates.env, ctx.settings, app.state.places)
+    app.add_middleware(i18n.LanguageMiddleware, default=ctx.settings.language,
+                       secure=ctx.settings.cookie_secure)
     app.include_router(routes_auth.router)
+    app.include_router(routes_live.router)
     app.include_router(routes_api.router)
+    app.include_router(routes_map.router)
+    app.include_router(routes_ops.router)
     app.include_router(routes_cap.router)
     app.include_router(routes_pages.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -106,9 +129,9 @@ async def serve(cfg: ConfigSource, store: Store, commands: CommandSender | None)
         return
     app = create_app(cfg, store, commands, settings)
     ctx = context_of(app)
-    server = uvicorn.Server(uvicorn.Config(
+    server = DeskServer(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=2, lifespan="on"))
+        timeout_graceful_shutdown=2, lifespan="on"), ctx.hub)
     retention = Retention(ctx.tables, settings)
     task = asyncio.create_task(retention.run_forever(), name="retention")
     try:

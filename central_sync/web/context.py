@@ -63,7 +63,8 @@ def build_context(cfg: ConfigSource, store: Store, commands: CommandSender | Non
     settings = settings or WebSettings.from_config(cfg)
     tables = store.desk()
     users = UserStore(tables)
-    hub = LiveHub()
+    # Stream ids are the store's durable incident change numbers (live.py).
+    hub = LiveHub(replay=settings.stream_replay, start=tables.incident_change_head())
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["fmt_time"] = fmt_time
     return WebContext(

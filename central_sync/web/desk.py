@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ from central_sync.incidents import Change, Incident, IncidentBook, State, event_
 from central_sync.routing import Router, make_command
 from central_sync.store import ChangeFeed, ChangeMark, Changes, Store
 from central_sync.web.auth import Principal
-from central_sync.web.live import LiveHub
+from central_sync.web.live import Backlog, LiveChange, LiveHub
 from central_sync.web.policy import can_see_incident, node_location, redact
 from central_sync.web.post_table import PostTable
 from central_sync.web_settings import WebSettings
@@ -58,6 +59,42 @@ class Desk:
                              ttl_s=settings.command_ttl_s)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
+        #: The highest incident change number handed to the hub (see ``publish_changes``).
+        self._published = hub.head if hub.durable else self.tables.incident_change_head()
+        self._publish_lock = threading.Lock()
+
+    # -- live stream ------------------------------------------------------------------------
+    def publish_changes(self, batch: int = 500) -> int:
+        """Hand the hub every incident change committed since the last call, by any process
+        (this one's grouping and lifecycle steps, another web process's), with the store's
+        durable change number as its stream id. Any thread; returns how many."""
+        count = 0
+        with self._publish_lock:
+            while True:
+                rows = self.tables.incident_changes(self._published, batch)
+                for seq, incident_id in rows:
+                    if self.hub.durable:
+                        self.hub.publish(incident_id, seq=seq)
+                    else:
+                        self.hub.publish(incident_id)
+                    self._published = seq
+                count += len(rows)
+                if len(rows) < batch:
+                    return count
+
+    def backlog_since(self, last_id: int, limit: int) -> Backlog | None:
+        """What changed after stream id ``last_id`` according to the store (latest per
+        incident), for a browser the hub's ring cannot serve (it was on another web process, or
+        on this one before a restart); ``None`` (resync) when that is more than ``limit``
+        incidents or the id is beyond anything the store has handed out."""
+        head = self.tables.incident_change_head()
+        if not self.hub.durable or last_id < 0 or last_id > head:
+            return None
+        rows = self.tables.incident_changes(last_id, limit + 1)
+        if len(rows) > limit:
+            return None
+        return Backlog([LiveChange(seq, incident_id) for seq, incident_id in rows],
+                       max([head, *(seq for seq, _ in rows)]))
 
     # -- nodes ------------------------------------------------------------------------------
     def nodes(self) -> Mapping[str, dict[str, Any]]:
@@ -98,6 +135,14 @@ class Desk:
             mark = changes.mark
             if changes.events or changes.nodes or changes.resync:
                 await asyncio.to_thread(self.apply_changes, changes)
+            # Incident changes made by other web processes (acknowledgements, grouping) reach
+            # this process's browsers within one poll.
+            try:
+                await asyncio.to_thread(self.publish_changes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log_event(log, "publish_changes_failed", logging.WARNING, error=str(exc)[:200])
 
     def catch_up(self, batch: int = 1000) -> int:
         """Group events already in the store (at start-up; no routing: they are old news)."""
@@ -131,7 +176,8 @@ class Desk:
                 if route:
                     for cmd in self.router.rw_warnings(incident, self._rw_posts(incident.node_id)):
                         self.spawn(self._send(cmd, "central:routing"))
-            self.hub.publish(change.incident_id)
+        if changes:
+            self.publish_changes()
         return changes
 
     def _rw_posts(self, node_id: str) -> list[dict[str, Any]]:
@@ -186,7 +232,7 @@ class Desk:
     # -- lifecycle --------------------------------------------------------------------------
     async def acknowledge(self, who: Principal, incident_id: str, note: str) -> dict[str, Any]:
         incident = self.book.step(incident_id, State.ACKNOWLEDGED, who.user.name, note)
-        self.hub.publish(incident_id)
+        self.publish_changes()
         result = await self.send(who, incident.node_id, "incident_ack",
                                  {"incident_id": incident_id, "operator": who.user.name,
                                   "note": note})
@@ -195,7 +241,7 @@ class Desk:
     async def close(self, who: Principal, incident_id: str, to: State,
                     note: str) -> dict[str, Any]:
         incident = self.book.step(incident_id, to, who.user.name, note)
-        self.hub.publish(incident_id)
+        self.publish_changes()
         out: dict[str, Any] = {"incident": incident.as_dict(), "warning": None, "command": None}
         if to is State.FALSE_ALARM:
             out.update(await self._false_alarm_check(who, incident))

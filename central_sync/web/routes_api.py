@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from central_sync.incidents import Incident, IncidentError, State
 from central_sync.routing import RT_NOTICE_TYPES
 from central_sync.users import Role
-from central_sync.web.auth import COOKIE, Principal, check_csrf, principal, require_roles
+from central_sync.web.auth import Principal, check_csrf, principal, require_roles
 from central_sync.web.context import WebContext, ctx_of
 from central_sync.web.desk import as_dict
 from central_sync.web.policy import can_command_posts, can_see_incident, can_see_node
@@ -210,31 +207,4 @@ def access_log(request: Request, who: Who,
     return ctx_of(request).access.recent(limit)
 
 
-@router.get("/stream", include_in_schema=False)
-async def stream(request: Request, who: Who) -> StreamingResponse:
-    """Server-sent events: one ``incident`` event per change visible to you."""
-    ctx = ctx_of(request)
-
-    async def events() -> AsyncIterator[str]:
-        yield "retry: 2000\n\n"
-        async with ctx.hub.subscribe() as queue:
-            while not await request.is_disconnected():
-                if ctx.sessions.lookup(request.cookies.get(COOKIE), who.client) is None:
-                    break   # logged out or expired: stop streaming
-                try:
-                    incident_id = await asyncio.wait_for(queue.get(), 10)
-                except TimeoutError:
-                    yield ": ping\n\n"
-                    continue
-                incident = ctx.desk.book.get(incident_id)
-                if incident is None:
-                    continue
-                node = ctx.desk.nodes().get(incident.node_id)
-                if not can_see_incident(who.user, incident, node):
-                    continue
-                data = json.dumps(ctx.desk.summary(incident, node), default=str)
-                yield f"event: incident\ndata: {data}\n\n"
-        log_event(log, "stream_closed", user=who.user.name)
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+# GET /api/stream (the live stream with replay) is in routes_live.py.

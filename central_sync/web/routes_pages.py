@@ -1,25 +1,31 @@
-"""Server-rendered pages: the live incident queue, one incident, the post overview."""
+"""Server-rendered pages: the live incident queue, one incident, the post overview, the map,
+and the fragments the live scripts fetch (one queue row, the whole queue)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from central_sync.web.auth import Principal, optional_principal
 from central_sync.web.context import ctx_of
 from central_sync.web.policy import can_command_posts, can_see_incident
 from central_sync.web.posts import post_rows
+from central_sync.web.present import POST_STATUS, post_status, type_name
 
 router = APIRouter(include_in_schema=False)
 
 
-def _page(request: Request, who: Principal, name: str, **extra: object) -> Response:
+def page(request: Request, who: Principal, name: str, **extra: object) -> Response:
     ctx = ctx_of(request)
+    settings = ctx.settings
+    config = {"stream_head": ctx.hub.head,
+              "targets": {str(k): v for k, v in settings.response_target_s.items()},
+              "post_status": {k: post_status(k) for k in POST_STATUS}}
     return ctx.templates.TemplateResponse(request, name, {
         "user": who.user, "csrf": who.csrf, "can_command": can_command_posts(who.user),
-        **extra})
+        "desk_config": config, **extra})
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -28,9 +34,10 @@ def dashboard(request: Request) -> Response:
     if who is None:
         return RedirectResponse("/login", status_code=303)
     ctx = ctx_of(request)
+    head = ctx.hub.head          # before reading: a change after it is replayed, not lost
     nodes = ctx.desk.nodes()
     incidents = [ctx.desk.summary(i, nodes.get(i.node_id)) for i in ctx.desk.visible(who, nodes)]
-    return _page(request, who, "dashboard.html", incidents=incidents,
+    return page(request, who, "dashboard.html", incidents=incidents, stream_head=head,
                  warnings=ctx.desk.warnings() if who.user.is_staff else [])
 
 
@@ -54,7 +61,8 @@ def incident_page(request: Request,
             ctx.access.record(who, "view_report", "incident", incident_id, allowed=False)
         return HTMLResponse("Not found", status_code=404)
     ctx.access.record(who, "view_report", "incident", incident_id)
-    return _page(request, who, "incident.html", inc=ctx.desk.detail(who, incident, node))
+    return page(request, who, "incident.html", inc=ctx.desk.detail(who, incident, node),
+                 can_unseal=ctx.unsealer is not None)
 
 
 @router.get("/posts", response_class=HTMLResponse)
@@ -62,7 +70,7 @@ def posts_page(request: Request) -> Response:
     who = optional_principal(request)
     if who is None:
         return RedirectResponse("/login", status_code=303)
-    return _page(request, who, "posts.html", posts=post_rows(ctx_of(request), who))
+    return page(request, who, "posts.html", posts=post_rows(ctx_of(request), who))
 
 
 @router.get("/fragments/incidents/{incident_id}", response_class=HTMLResponse)
@@ -78,3 +86,41 @@ def incident_row(request: Request,
         return HTMLResponse("Not found", status_code=404)
     return ctx.templates.TemplateResponse(request, "row_fragment.html",
                                           {"i": ctx.desk.summary(incident, node)})
+
+
+@router.get("/fragments/queue", response_class=HTMLResponse)
+def queue_rows(request: Request) -> Response:
+    """Every queue row, server-rendered: what the page re-reads after a gap in its stream.
+    ``X-Stream-Head`` is the stream id the rows are at least as new as."""
+    who = optional_principal(request)
+    if who is None:
+        return HTMLResponse("login required", status_code=401)
+    ctx = ctx_of(request)
+    head = ctx.hub.head
+    nodes = ctx.desk.nodes()
+    incidents = [ctx.desk.summary(i, nodes.get(i.node_id)) for i in ctx.desk.visible(who, nodes)]
+    response = ctx.templates.TemplateResponse(request, "queue_fragment.html",
+                                              {"incidents": incidents})
+    response.headers["X-Stream-Head"] = str(head)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get("/fragments/attention")
+def attention(request: Request) -> Response:
+    """Unacknowledged P1 incidents visible to you, oldest first, in words for the banner."""
+    who = optional_principal(request)
+    if who is None:
+        return JSONResponse({"detail": "login required"}, status_code=401)
+    ctx = ctx_of(request)
+    nodes = ctx.desk.nodes()
+    out = []
+    for incident in ctx.desk.visible(who, nodes, open_only=True):
+        if incident.priority != 1 or incident.state.value != "new":
+            continue
+        summary = ctx.desk.summary(incident, nodes.get(incident.node_id))
+        out.append({key: summary.get(key) for key in (
+            "incident_id", "type", "priority", "state", "opened_at", "post_name", "rt", "rw")}
+            | {"type_name": type_name(incident.type)})
+    out.sort(key=lambda i: float(i["opened_at"] or 0))
+    return JSONResponse(out, headers={"Cache-Control": "no-store"})

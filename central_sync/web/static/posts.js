@@ -12,9 +12,10 @@ document.addEventListener("click", async (ev) => {
   btn.disabled = true;
   try {
     const out = await window.kentongan.post(`/api/nodes/${encodeURIComponent(node)}/${cmd}`, body);
-    result.textContent = `${out.action} -> ${node}: ${out.sent ? "sent" : "NOT sent"} (${out.command_id})`;
+    const S = window.kentongan.strings || {};
+    result.textContent = `${out.action} -> ${node}: ${out.sent ? S.sent : S.not_sent} (${out.command_id})`;
   } catch (e) {
-    result.textContent = `failed: ${e.message}`;
+    result.textContent = `${(window.kentongan.strings || {}).failed}: ${e.message}`;
   } finally {
     btn.disabled = false;
   }
