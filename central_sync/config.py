@@ -92,6 +92,11 @@ class IngestConfig(Strict):
                                         "when the database is locked or busy.")
     max_buffered_messages: int = Field(2000, ge=10, description="Received messages waiting to be "
                                        "decoded before ingest stops reading the broker socket.")
+    ack_window: int = Field(100, ge=1, le=65535, description="QoS 1 Acks not yet confirmed by the "
+                            "broker; past it Acks go at QoS 0 (a lost one only makes the post "
+                            "resend). Small on purpose: paho reads as many packets per call as it "
+                            "has messages in flight, which is how far ingest can overshoot its "
+                            "read limits.")
     max_buffered_bytes: int = Field(8 * 1024 * 1024, ge=65536, description="Payload bytes of the "
                                     "received messages waiting to be decoded before ingest "
                                     "stops reading the broker socket.")

@@ -169,7 +169,7 @@ class IngestService:
             try:
                 client, buffer = make_client(self.cfg, client_id, on_drop=self._count_drop)
                 async with client:
-                    link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.max_inflight))
+                    link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
                     granted = await client.subscribe(subscriptions(self.cfg))
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:  # e.g. an ACL that does not grant central the uplink tree
