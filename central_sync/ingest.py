@@ -67,6 +67,7 @@ from central_sync.rejections import RejectionAggregator
 from central_sync.store import Store, is_transient
 from edge.errors import SecurityError, WireError
 from edge.logs import log_event
+from edge.sync.transport import raise_if_cancelling
 from edge.sync.wire import (
     Command,
     CommandResult,
@@ -184,6 +185,7 @@ class IngestService:
                     async with central_presence(client, self.cfg, client_id):
                         await self._consume(client, buffer, link)
             except aiomqtt.MqttError as exc:
+                raise_if_cancelling(exc)
                 log_event(log, "central_disconnected", logging.WARNING, client_id=client_id, error=str(exc)[:200])
             finally:
                 if link is not None:

@@ -85,17 +85,6 @@ def open_client(cfg: SyncConfig, client_id: str, *, will_topic: str, will_payloa
 DISCONNECT_TIMEOUT_S = 5.0
 
 
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation that was swallowed on the way.
-
-    Python 3.11's ``asyncio.wait_for`` (which aiomqtt uses for every publish) returns the result
-    and drops the cancellation when both happen at once. A loop that goes on after that keeps its
-    TaskGroup (and the whole sync session) from ever finishing: call this after such awaits."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 @contextlib.asynccontextmanager
 async def session(client: aiomqtt.Client,
                   disconnect_timeout: float = DISCONNECT_TIMEOUT_S) -> AsyncIterator[aiomqtt.Client]:

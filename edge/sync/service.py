@@ -37,9 +37,10 @@ from edge.outbox import Outbox, StoredEvent
 from edge.snapshots import SnapshotStore
 from edge.sync.downlink import CommandHandler, CommandProcessor
 from edge.sync.health import RateLimitedLog, SyncHealth, classify
-from edge.sync.mqtt import Reconnector, TransportError, open_client, publish_nowait, raise_if_cancelling, session
+from edge.sync.mqtt import Reconnector, TransportError, open_client, publish_nowait, session
 from edge.sync.presence import CentralPresence
 from edge.sync.sms_fallback import SmsFallback
+from edge.sync.transport import raise_if_cancelling
 from edge.sync.uplink import EventUplink, SnapshotUplink, UplinkStats
 from edge.sync.wire import (
     Ack,

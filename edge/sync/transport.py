@@ -19,6 +19,7 @@ The caller owns the reconnect loop (aiomqtt 2.x has none).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -42,6 +43,7 @@ __all__ = [
     "TransportError",
     "make_client",
     "make_paho_client",
+    "raise_if_cancelling",
     "tls_context",
 ]
 
@@ -92,6 +94,19 @@ class ConnectSpec:
     #: Bound on the CONNACK wait (a broker dying mid-handshake otherwise hangs the attempt).
     timeout: float = 5.0
     socket_options: tuple[tuple[int, int, int], ...] = field(default=NODELAY)
+
+
+def raise_if_cancelling(cause: BaseException | None = None) -> None:
+    """Re-raise a cancellation that was swallowed on the way (post and central alike).
+
+    Python 3.11's ``asyncio.wait_for`` (which aiomqtt uses for every publish) returns the result
+    and drops the cancellation when both happen at once; and leaving ``async with client`` while
+    cancelled, aiomqtt's disconnect can raise ``MqttError`` over the ``CancelledError``. A loop
+    that goes on after that (reconnecting, claiming) never lets its task finish: call this after
+    such awaits and in ``except MqttError`` of a reconnect loop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from cause
 
 
 def _read_error(reason: str, path: Path, exc: OSError) -> TransportError:

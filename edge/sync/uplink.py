@@ -44,7 +44,7 @@ from edge.errors import KentonganError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.snapshots import SnapshotStore, StoredSnapshot
-from edge.sync.mqtt import raise_if_cancelling
+from edge.sync.transport import raise_if_cancelling
 from edge.sync.wire import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
