@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import os
 import shutil
 import threading
 import time
@@ -180,8 +181,9 @@ def _no_sideways_scroll(page: Any) -> None:
 def _shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ARTIFACTS / name, DOCS_IMG / name)
+    if os.environ.get("KENTONGAN_UPDATE_DOC_IMAGES") == "1":  # refresh the copies in docs/img
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ARTIFACTS / name, DOCS_IMG / name)
 
 
 # Records desktop notifications the page raises (the real constructor still runs).
