@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import os
+import re
 import shutil
 import threading
 import time
