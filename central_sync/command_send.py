@@ -16,8 +16,9 @@ from edge.bundle import credential_path
 from edge.sync.wire import Command, Topics, encode
 
 
-def publish_command(cfg: CentralConfig, cmd: Command, timeout: float = 15.0) -> None:
-    """Publish ``cmd`` QoS 1 to the node's downlink and wait for the broker's PUBACK."""
+def cli_client(cfg: CentralConfig) -> paho.Client:
+    """A short-lived paho MQTT 5 client with central's broker identity and a clean client id
+    (command-line tools: this module and ``central_sync.dynsec``). Not yet connected."""
     b = cfg.broker
     client = paho.Client(paho.CallbackAPIVersion.VERSION2,
                          client_id=f"{b.client_id}-cli-{uuid.uuid4().hex[:8]}",
@@ -29,6 +30,13 @@ def publish_command(cfg: CentralConfig, cmd: Command, timeout: float = 15.0) -> 
         client.tls_set_context(ctx)
     if b.username:
         client.username_pw_set(b.username, b.password)
+    return client
+
+
+def publish_command(cfg: CentralConfig, cmd: Command, timeout: float = 15.0) -> None:
+    """Publish ``cmd`` QoS 1 to the node's downlink and wait for the broker's PUBACK."""
+    b = cfg.broker
+    client = cli_client(cfg)
     done = threading.Event()
     outcome: list[str] = []
 
