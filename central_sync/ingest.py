@@ -36,6 +36,7 @@ import aiomqtt
 from central_sync.config import CentralConfig
 from central_sync.errors import CentralError
 from central_sync.mqtt_central import Backoff, make_client, next_messages, subscriptions, worker_client_ids
+from central_sync.snapshot_policy import check_snapshot_envelope
 from central_sync.store import CentralStore, is_transient
 from edge.errors import SecurityError, WireError
 from edge.logs import log_event
@@ -248,6 +249,7 @@ class IngestService:
                                event_id=b.event_id)
 
     async def _handle_snapshot(self, env: SnapshotEnvelope) -> None:
+        check_snapshot_envelope(env)  # images or nothing (SecurityError -> counted rejection)
         await self._with_store(self.store.insert_snapshot, env, time.time())
         self.stats.snapshots += 1
         ack = Ack(node_id=env.node_id, snapshot_ids=[env.snapshot_id], central_time=time.time())
