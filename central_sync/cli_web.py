@@ -72,6 +72,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         store.close()
     log_event(log, "user_added", user=user.name, role=user.role.value,
               rts=[str(r) for r in user.rts])
+    from central_sync.audit import AuditLog, cli_actor
+
+    AuditLog.open(cfg.database).record(cli_actor(), "user_add", user.name, {
+        "role": user.role.value, "rts": sorted(str(r) for r in user.rts)})
     print(f"ok: {user.name} ({user.role.value}"
           + (f"; RTs {', '.join(sorted(str(r) for r in user.rts))}" if user.rts else "") + ")")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
+from central_sync.audit import AuditLog
 from central_sync.cap import WIB
 from central_sync.errors import CentralConfigError
 from central_sync.users import UserStore
@@ -38,6 +40,7 @@ class WebContext:
     templates: Jinja2Templates
     unsealer: Any = None
     cap_sender: str = "kentongan-central@localhost"
+    audit: AuditLog | None = None
 
 
 def fmt_time(ts: float | None) -> str:
@@ -80,7 +83,17 @@ def build_context(cfg: Any, store: Any, commands: CommandSender | None,
         settings=settings, db=db, store=store, users=users,
         sessions=SessionManager(db, users, settings), limiter=LoginLimiter(db, settings),
         access=AccessLog(db), hub=hub, desk=Desk(db, store, commands, settings, hub),
-        templates=templates, unsealer=load_unsealer(settings), cap_sender=settings.cap_sender)
+        templates=templates, unsealer=load_unsealer(settings), cap_sender=settings.cap_sender,
+        audit=_audit_log(cfg, store))
+
+
+def _audit_log(cfg: Any, store: Any) -> AuditLog | None:
+    """The audit table beside the store's tables (SQLite); None when the store has no file."""
+    try:
+        return AuditLog.open(store_path(cfg, store))
+    except (CentralConfigError, OSError, sqlite3.Error) as exc:
+        log.warning("audit log unavailable: %s", exc)
+        return None
 
 
 def ctx_of(request: Request) -> WebContext:

@@ -140,8 +140,10 @@ async def send_notice(request: Request, who: Writer, node_id: NodeId,
     require_roles(who, Role.RT_ADMIN, Role.ADMIN)
     _visible_node(ctx, who, node_id)
     assert body.incident_type in RT_NOTICE_TYPES
-    return await ctx.desk.send(who, node_id, "sound", {"incident_type": body.incident_type,
-                                                       "operator": who.user.name})
+    result = await ctx.desk.send(who, node_id, "sound", {"incident_type": body.incident_type,
+                                                         "operator": who.user.name})
+    _audit(ctx, who, "command_sound", node_id, incident_type=body.incident_type)
+    return result
 
 
 @router.post("/nodes/{node_id}/{action}", responses={403: {"description": "not allowed"},
@@ -153,7 +155,16 @@ async def node_command(request: Request, who: Writer, node_id: NodeId,
     if not can_command_posts(who.user):
         raise HTTPException(403, "only operators and admins")
     _visible_node(ctx, who, node_id)
-    return await ctx.desk.send(who, node_id, action, {"operator": who.user.name})
+    result = await ctx.desk.send(who, node_id, action, {"operator": who.user.name})
+    _audit(ctx, who, f"command_{action}", node_id)
+    return result
+
+
+def _audit(ctx: WebContext, who: Principal, action: str, target: str, **detail: Any) -> None:
+    """Record a command sent from the desk in the admin audit log (central_sync.audit)."""
+    if ctx.audit is not None:
+        ctx.audit.record(who.user.name, action, target, {"role": who.user.role.value, **detail},
+                         who.client)
 
 
 @router.get("/snapshots/{snapshot_id}", response_class=Response,
