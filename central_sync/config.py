@@ -2,8 +2,9 @@
 
 Every section except ``database`` has defaults, so a minimal file is one line. Other central
 modules add their own optional section by adding one field to ``CentralConfig`` (for example
-``web`` or ``pki``); a section they do not need stays absent. Relative paths in the file are
-resolved against the directory of the config file.
+``web`` or ``pki``); a section they do not need stays absent. Every relative path in the file
+(``database``, ``broker.tls.*``, ``pki.dir``, ``web.unseal_key_file``...) is resolved against the
+directory of the config file, never the working directory (``edge.config_io.resolve_paths``).
 
 Errors name the bad key, exactly like ``edge.config``: ``CentralConfigError("unknown key",
 "ingest.batch_maxx")``.
@@ -14,17 +15,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from central_sync.errors import CentralConfigError
 from central_sync.web.settings import WebSettings
-from edge.config_io import errors_of, read_toml
+from edge.config_io import check_path_value, errors_of, read_toml, resolve_paths
 
 
 class Strict(BaseModel):
     """Base of every central config model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _usable_paths(cls, value: Any) -> Any:
+        return check_path_value(value)
 
 
 class BrokerTls(Strict):
@@ -121,7 +127,8 @@ class CentralConfig(Strict):
     """Complete configuration of central."""
 
     config_version: Literal[1] = Field(1, description="Version of this file format.")
-    database: Path = Field(description="Central's SQLite database file.")
+    database: Path = Field(description="Central's SQLite database file (relative: to the config "
+                           "file).")
     topic_prefix: str = Field("kentongan/v1", pattern=r"^[a-z0-9_/-]+$", description="Root of the "
                               "topic tree (must match the nodes').")
     broker: BrokerConfig = Field(default_factory=BrokerConfig, description="MQTT broker.")
@@ -134,32 +141,16 @@ class CentralConfig(Strict):
                                   "(kentongan-central ca/enrol/revoke/renew); absent = no CA here.")
 
 
-def _resolve_paths(data: Any, base: Path) -> Any:
-    """Make the known relative path keys absolute against ``base``."""
-    if not isinstance(data, dict):
-        return data
-    out = dict(data)
-    if isinstance(out.get("database"), str) and not Path(out["database"]).is_absolute():
-        out["database"] = str((base / out["database"]).resolve())
-    broker = out.get("broker")
-    if isinstance(broker, dict) and isinstance(broker.get("tls"), dict):
-        tls = dict(broker["tls"])
-        for key in ("ca_file", "cert_file", "key_file"):
-            if isinstance(tls.get(key), str) and not Path(tls[key]).is_absolute():
-                tls[key] = str((base / tls[key]).resolve())
-        out["broker"] = {**broker, "tls": tls}
-    return out
-
-
 def parse_central_config(data: dict[str, Any], base_dir: Path | None = None) -> CentralConfig:
     """Validate a config mapping; raise ``CentralConfigError`` naming the first bad key."""
-    if base_dir is not None:
-        data = _resolve_paths(data, base_dir)
     try:
-        return CentralConfig.model_validate(data)
+        cfg = CentralConfig.model_validate(data)
     except ValidationError as exc:
         key, reason = errors_of(exc)[0]
         raise CentralConfigError(reason, key) from None
+    except RecursionError:
+        raise CentralConfigError("nested too deeply", "<root>") from None
+    return cfg if base_dir is None else resolve_paths(cfg, base_dir)
 
 
 def load_central_config(path: str | Path) -> CentralConfig:
