@@ -1,7 +1,9 @@
 """Live revocation at the broker through Mosquitto's dynamic-security plugin.
 
-Mosquitto 2.0 does not re-check a certificate login against anything but the CRL, and it only
-re-reads the CRL on a reload; an open session survives even that. The dynamic-security plugin
+Mosquitto 2.0 does not re-check a certificate login against anything but the CRL (no plugin is
+asked: a disabled dynamic-security client still connects with its certificate, upstream issue
+eclipse-mosquitto/mosquitto#2999), and it only re-reads the CRL on a reload; an open session
+survives even that. The dynamic-security plugin
 (``broker/mosquitto.conf``: ``plugin ... mosquitto_dynamic_security.so``) closes both gaps while
 the broker runs:
 
