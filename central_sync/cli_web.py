@@ -38,6 +38,17 @@ def register(sub: Any) -> None:
     a.add_argument("--password-file", type=Path, help="file whose first line is the password")
     a.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
     a.set_defaults(func=cmd_user_add)
+    r = usub.add_parser("remove", help="delete an account (its sessions end at once)")
+    r.add_argument("name", help="user name")
+    r.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
+    r.set_defaults(func=cmd_user_remove)
+    sr = usub.add_parser("set-role", help="change an account's role (and RTs)")
+    sr.add_argument("name", help="user name")
+    sr.add_argument("--role", required=True, choices=("operator", "rt_admin", "admin"))
+    sr.add_argument("--rt", action="append", default=[], metavar="KEL/RW/RT",
+                    help="an RT of an rt_admin (repeatable)")
+    sr.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
+    sr.set_defaults(func=cmd_user_set_role)
 
     e = sub.add_parser("export-cap", help="export incidents as CAP 1.2 (Atom feed of alerts)")
     e.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
@@ -72,12 +83,44 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         store.close()
     log_event(log, "user_added", user=user.name, role=user.role.value,
               rts=[str(r) for r in user.rts])
-    from central_sync.audit import AuditLog, cli_actor
-
-    AuditLog.open(cfg.database).record(cli_actor(), "user_add", user.name, {
-        "role": user.role.value, "rts": sorted(str(r) for r in user.rts)})
+    _audit_cli(cfg, "user_add", user.name, {"role": user.role.value,
+                                            "rts": sorted(str(r) for r in user.rts)})
     print(f"ok: {user.name} ({user.role.value}"
           + (f"; RTs {', '.join(sorted(str(r) for r in user.rts))}" if user.rts else "") + ")")
+    return 0
+
+
+def _audit_cli(cfg: Any, action: str, target: str, detail: dict[str, Any]) -> None:
+    from central_sync.audit import AuditLog, cli_actor
+
+    AuditLog.open(cfg.database).record(cli_actor(), action, target, detail)
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    cfg = load_central_config(args.config)
+    store = CentralStore(cfg.database)
+    try:
+        UserStore(WebDB.on_store(store)).remove(args.name)
+    finally:
+        store.close()
+    log_event(log, "user_removed", user=args.name)
+    _audit_cli(cfg, "user_remove", args.name, {})
+    print(f"ok: {args.name} removed")
+    return 0
+
+
+def cmd_user_set_role(args: argparse.Namespace) -> int:
+    cfg = load_central_config(args.config)
+    rts = [RtRef.parse(r) for r in args.rt]
+    store = CentralStore(cfg.database)
+    try:
+        user = UserStore(WebDB.on_store(store)).set_role(args.name, args.role, rts)
+    finally:
+        store.close()
+    log_event(log, "user_role_changed", user=user.name, role=user.role.value)
+    _audit_cli(cfg, "user_role", user.name, {"role": user.role.value,
+                                             "rts": sorted(str(r) for r in user.rts)})
+    print(f"ok: {user.name} is now {user.role.value}")
     return 0
 
 

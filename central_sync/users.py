@@ -78,26 +78,55 @@ class UserStore:
     def __init__(self, db: WebDB) -> None:
         self.db = db
 
-    def add(self, name: str, role: Role | str, password: str,
-            rts: list[RtRef] | tuple[RtRef, ...] = ()) -> User:
-        if not NAME_RE.match(name):
-            raise AuthError("user name must be 2-64 letters, digits or _.@-")
+    @staticmethod
+    def _role_and_rts(role: Role | str, rts: list[RtRef] | tuple[RtRef, ...]) -> Role:
         try:
             role = Role(role)
         except ValueError:
             raise AuthError(f"unknown role {role!r} (operator, rt_admin, admin)") from None
-        if len(password) < MIN_PASSWORD:
-            raise AuthError(f"password must have at least {MIN_PASSWORD} characters")
         if role is Role.RT_ADMIN and not rts:
             raise AuthError("an rt_admin needs at least one --rt KELURAHAN/RW/RT")
         if role is not Role.RT_ADMIN and rts:
             raise AuthError("only an rt_admin has RTs")
+        return role
+
+    def add(self, name: str, role: Role | str, password: str,
+            rts: list[RtRef] | tuple[RtRef, ...] = ()) -> User:
+        if not NAME_RE.match(name):
+            raise AuthError("user name must be 2-64 letters, digits or _.@-")
+        role = self._role_and_rts(role, rts)
+        if len(password) < MIN_PASSWORD:
+            raise AuthError(f"password must have at least {MIN_PASSWORD} characters")
         digest = _hasher.hash(password)
         with self.db.tx() as conn:
             if conn.execute("SELECT 1 FROM web_users WHERE name = ?", (name,)).fetchone():
                 raise AuthError(f"user {name!r} exists")
             conn.execute("INSERT INTO web_users(name, role, password_hash, created_at) "
                          "VALUES (?, ?, ?, ?)", (name, role.value, digest, time.time()))
+            conn.executemany(
+                "INSERT OR IGNORE INTO web_user_rts(name, kelurahan_code, rw, rt) "
+                "VALUES (?, ?, ?, ?)",
+                [(name, r.kelurahan_code, r.rw, r.rt) for r in rts])
+        return User(name, role, frozenset(rts))
+
+    def remove(self, name: str) -> None:
+        """Delete the account, its RTs and its sessions (logged out at once)."""
+        with self.db.tx() as conn:
+            if conn.execute("SELECT 1 FROM web_users WHERE name = ?", (name,)).fetchone() is None:
+                raise AuthError(f"no user {name!r}")
+            conn.execute("DELETE FROM web_sessions WHERE name = ?", (name,))
+            conn.execute("DELETE FROM web_user_rts WHERE name = ?", (name,))
+            conn.execute("DELETE FROM web_users WHERE name = ?", (name,))
+
+    def set_role(self, name: str, role: Role | str,
+                 rts: list[RtRef] | tuple[RtRef, ...] = ()) -> User:
+        """Change role (and RTs); effective on the user's next request."""
+        role = self._role_and_rts(role, rts)
+        with self.db.tx() as conn:
+            if conn.execute("UPDATE web_users SET role = ? WHERE name = ?",
+                            (role.value, name)).rowcount == 0:
+                raise AuthError(f"no user {name!r}")
+            conn.execute("DELETE FROM web_user_rts WHERE name = ?", (name,))
             conn.executemany(
                 "INSERT OR IGNORE INTO web_user_rts(name, kelurahan_code, rw, rt) "
                 "VALUES (?, ?, ?, ?)",

@@ -241,3 +241,38 @@ def test_cli_user_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         assert users.get("bad") is None
     finally:
         store.close()
+
+
+def test_cli_user_remove_and_set_role_are_audited_and_take_effect(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from central_sync.audit import AuditLog
+    from central_sync.cli import main
+
+    cfg = tmp_path / "central.toml"
+    cfg.write_text('database = "central.db"\n[web]\nport = 0\n')
+    env = WebEnv(tmp_path / "central.db")
+    try:
+        env.user("op", "operator")
+        env.user("boss", "admin")
+        op, _ = env.client("op")
+        boss, _ = env.client("boss")
+        assert op.get("/api/audit-log").status_code == 403
+        assert main(["user", "set-role", "op", "--role", "admin", "--config", str(cfg)]) == 0
+        assert op.get("/api/me").json()["role"] == "admin"            # next request
+        assert op.get("/api/audit-log").status_code == 200
+        assert main(["user", "remove", "op", "--config", str(cfg)]) == 0
+        assert op.get("/api/me").status_code == 401                   # session ended
+        assert env.anon.post("/api/login", json={"username": "op", "password": WebEnv.PASSWORD}
+                             ).status_code == 401
+        assert main(["user", "remove", "op", "--config", str(cfg)]) == 1
+        assert main(["user", "set-role", "boss", "--role", "rt_admin", "--config", str(cfg)]) == 1
+        monkeypatch.setattr("sys.stdin", io.StringIO("another long password\n"))
+        assert main(["user", "add", "op", "--role", "operator", "--config", str(cfg)]) == 0
+        rows = [(r["action"], r["target"]) for r in AuditLog.open(tmp_path / "central.db").recent()]
+        assert rows[:3] == [("user_add", "op"), ("user_remove", "op"), ("user_role", "op")]
+        assert [r["action"] for r in boss.get("/api/audit-log").json()][:3] == \
+            ["user_add", "user_remove", "user_role"]
+    finally:
+        env.close()
