@@ -132,7 +132,7 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     if args.install_crl_to:
         install_crl(settings, Path(args.install_crl_to))
         print(f"CRL installed as {args.install_crl_to}")
-    print(f"revoked {args.node_id} in the registry (central drops its messages); CRL lists "
+    print(f"revoked {args.node_id} in the registry (central rejects its events); CRL lists "
           f"{len(list(crl))} certificate(s), valid until {crl.next_update_utc}")
     cfg = load_central_config(args.config)
     if args.no_broker or cfg.broker.tls is None:
