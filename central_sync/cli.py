@@ -33,7 +33,7 @@ from central_sync.config import CentralConfig, load_central_config
 from central_sync.errors import CentralConfigError, CentralError
 from central_sync.ingest import IngestService
 from central_sync.registry import registry_status
-from central_sync.store import CentralStore
+from central_sync.store import Store, open_store, redact_url
 from edge.logs import log_event, set_node_id, setup_logging
 
 EXTENSIONS = ("central_sync.cli_pki", "central_sync.cli_web")
@@ -96,15 +96,15 @@ def _fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _open(path: Path) -> tuple[CentralConfig, CentralStore]:
+def _open(path: Path) -> tuple[CentralConfig, Store]:
     cfg = load_central_config(path)
-    return cfg, CentralStore(cfg.database)
+    return cfg, open_store(cfg.store_url)
 
 
 # -- subcommands ---------------------------------------------------------------------------------
 def cmd_validate_config(args: argparse.Namespace) -> int:
     cfg = load_central_config(args.path)
-    print(f"ok: {args.path} (database {cfg.database}, broker {cfg.broker.host}:{cfg.broker.port})")
+    print(f"ok: {args.path} (store {redact_url(cfg.store_url)}, broker {cfg.broker.host}:{cfg.broker.port})")
     return 0
 
 
@@ -131,8 +131,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     _cfg, store = _open(args.config)
     try:
         rows = store.list_nodes()
-        with store.lock:
-            enrolment = registry_status(store.connection())
+        enrolment = registry_status(store.registry_tables())
     finally:
         store.close()
     seen = {r["node_id"] for r in rows}
@@ -172,12 +171,12 @@ def _web_serve(cfg: CentralConfig) -> Callable[..., Coroutine[Any, Any, None]] |
 async def _systemd_watchdog(ingest: IngestService) -> None:
     """READY=1 and watchdog pings for the Type=notify unit (no-op outside systemd). The loop
     being able to run this task is the health signal; a lost broker is retried, not fatal."""
-    from edge.watchdog import HealthWatchdog
+    from central_sync.systemd_notify import run_watchdog
 
-    await HealthWatchdog({"event_loop": lambda: True}).run()
+    await run_watchdog()
 
 
-async def serve_central(cfg: CentralConfig, store: CentralStore) -> None:
+async def serve_central(cfg: CentralConfig, store: Store) -> None:
     """Run ingest (and the web app hook) until cancelled or until one of them fails."""
     from central_sync.security_wiring import central_hooks
 
@@ -202,7 +201,7 @@ async def serve_central(cfg: CentralConfig, store: CentralStore) -> None:
                 await task
 
 
-async def _run_until_signal(cfg: CentralConfig, store: CentralStore) -> None:
+async def _run_until_signal(cfg: CentralConfig, store: Store) -> None:
     loop = asyncio.get_running_loop()
     main = asyncio.create_task(serve_central(cfg, store))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -215,8 +214,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_central_config(args.config)
     setup_logging(cfg.log_level)
     set_node_id("central")
-    store = CentralStore(cfg.database)
-    log_event(log, "central_starting", database=str(cfg.database), broker=f"{cfg.broker.host}:{cfg.broker.port}")
+    store = open_store(cfg.store_url)
+    log_event(log, "central_starting", store=redact_url(cfg.store_url), broker=f"{cfg.broker.host}:{cfg.broker.port}")
     try:
         asyncio.run(_run_until_signal(cfg, store))
     finally:

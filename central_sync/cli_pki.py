@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,27 +36,26 @@ from central_sync.enrol import (
 from central_sync.errors import CentralError, PkiError
 from central_sync.pki import PkiFiles, PkiSettings, init_ca, load_private_key
 from central_sync.registry import Registry
+from central_sync.store import open_store
 from edge.errors import KentonganError
 from edge.signing import key_fingerprint
 from edge.sync.wire import encode
 
 
-def load_settings(path: str) -> tuple[PkiSettings, Path]:
-    """PKI settings and the registry database (central's own ``database``) from central's
-    config file (``[pki]`` section, ``central_sync.config.PkiConfig``)."""
+def load_settings(path: str) -> tuple[PkiSettings, str]:
+    """PKI settings and the store URL holding the registry from central's config file
+    (``[pki]`` section, ``central_sync.config.PkiConfig``)."""
     cfg = load_central_config(path)
     if cfg.pki is None:
         raise PkiError(f"{path}: no [pki] section")
     data = cfg.pki.model_dump()
     data["dir"] = str(data["dir"])
-    return settings_from_mapping(data, Path(path).resolve().parent), cfg.database
+    return settings_from_mapping(data, Path(path).resolve().parent), cfg.store_url
 
 
-def open_registry(db_path: Path) -> Registry:
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(db_path, timeout=10)
-    conn.execute("PRAGMA journal_mode=WAL")
-    return Registry(conn)
+def open_registry(store_url: str) -> Registry:
+    """The registry in central's store (either backend; the process exits after the command)."""
+    return Registry(open_store(store_url).registry_tables())
 
 
 def _fingerprint(settings: PkiSettings) -> str:
@@ -119,10 +117,15 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit(db: Path, action: str, target: str, **detail: Any) -> None:
+def _audit(store_url: str, action: str, target: str, **detail: Any) -> None:
+    """One row in central's audit log (``central_sync.audit``), in the same store."""
     from central_sync.audit import AuditLog, cli_actor
 
-    AuditLog.open(db).record(cli_actor(), action, target, detail)
+    store = open_store(store_url)
+    try:
+        AuditLog(store.audit_tables()).record(cli_actor(), action, target, detail)
+    finally:
+        store.close()
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:

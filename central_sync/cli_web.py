@@ -1,4 +1,5 @@
-"""``kentongan-central user add`` and ``kentongan-central export-cap`` (registered by cli.py)."""
+"""``kentongan-central user add|remove|set-role`` (audited) and ``kentongan-central export-cap``
+(registered by cli.py)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from central_sync.audit import AuditLog, cli_actor
 from central_sync.cap import incident_messages, to_xml
 from central_sync.config import load_central_config
 from central_sync.errors import AuthError, CentralConfigError
 from central_sync.incidents import IncidentBook
-from central_sync.store import CentralStore
+from central_sync.store import Store, open_store
 from central_sync.users import RtRef, UserStore
-from central_sync.web.db import WebDB
-from central_sync.web.desk import as_dict
-from central_sync.web.settings import WebSettings
+from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 
 log = logging.getLogger("central_sync.cli_web")
@@ -76,35 +76,33 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     cfg = load_central_config(args.config)
     rts = [RtRef.parse(r) for r in args.rt]
     password = _read_password(args.password_file)
-    store = CentralStore(cfg.database)
+    store = open_store(cfg.store_url)
     try:
-        user = UserStore(WebDB.on_store(store)).add(args.name, args.role, password, rts)
+        user = UserStore(store.desk()).add(args.name, args.role, password, rts)
+        _audit_cli(store, "user_add", user.name, {"role": user.role.value,
+                                                  "rts": sorted(str(r) for r in user.rts)})
     finally:
         store.close()
     log_event(log, "user_added", user=user.name, role=user.role.value,
               rts=[str(r) for r in user.rts])
-    _audit_cli(cfg, "user_add", user.name, {"role": user.role.value,
-                                            "rts": sorted(str(r) for r in user.rts)})
     print(f"ok: {user.name} ({user.role.value}"
           + (f"; RTs {', '.join(sorted(str(r) for r in user.rts))}" if user.rts else "") + ")")
     return 0
 
 
-def _audit_cli(cfg: Any, action: str, target: str, detail: dict[str, Any]) -> None:
-    from central_sync.audit import AuditLog, cli_actor
-
-    AuditLog.open(cfg.database).record(cli_actor(), action, target, detail)
+def _audit_cli(store: Store, action: str, target: str, detail: dict[str, Any]) -> None:
+    AuditLog(store.audit_tables()).record(cli_actor(), action, target, detail)
 
 
 def cmd_user_remove(args: argparse.Namespace) -> int:
     cfg = load_central_config(args.config)
-    store = CentralStore(cfg.database)
+    store = open_store(cfg.store_url)
     try:
-        UserStore(WebDB.on_store(store)).remove(args.name)
+        UserStore(store.desk()).remove(args.name)
+        _audit_cli(store, "user_remove", args.name, {})
     finally:
         store.close()
     log_event(log, "user_removed", user=args.name)
-    _audit_cli(cfg, "user_remove", args.name, {})
     print(f"ok: {args.name} removed")
     return 0
 
@@ -112,14 +110,14 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
 def cmd_user_set_role(args: argparse.Namespace) -> int:
     cfg = load_central_config(args.config)
     rts = [RtRef.parse(r) for r in args.rt]
-    store = CentralStore(cfg.database)
+    store = open_store(cfg.store_url)
     try:
-        user = UserStore(WebDB.on_store(store)).set_role(args.name, args.role, rts)
+        user = UserStore(store.desk()).set_role(args.name, args.role, rts)
+        _audit_cli(store, "user_role", user.name, {"role": user.role.value,
+                                                   "rts": sorted(str(r) for r in user.rts)})
     finally:
         store.close()
     log_event(log, "user_role_changed", user=user.name, role=user.role.value)
-    _audit_cli(cfg, "user_role", user.name, {"role": user.role.value,
-                                             "rts": sorted(str(r) for r in user.rts)})
     print(f"ok: {user.name} is now {user.role.value}")
     return 0
 
@@ -127,10 +125,10 @@ def cmd_user_set_role(args: argparse.Namespace) -> int:
 def cmd_export_cap(args: argparse.Namespace) -> int:
     cfg = load_central_config(args.config)
     settings = WebSettings.from_config(cfg)
-    store = CentralStore(cfg.database)
+    store = open_store(cfg.store_url)
     try:
-        book = IncidentBook(WebDB.on_store(store), settings.group_window_s)
-        nodes = {n["node_id"]: as_dict(n) for n in store.list_nodes()}
+        book = IncidentBook(store.desk(), settings.group_window_s)
+        nodes = {n["node_id"]: dict(n) for n in store.list_nodes()}
         incidents = book.incidents()
         if args.incident:
             incidents = [i for i in incidents if i.incident_id == args.incident]

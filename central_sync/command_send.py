@@ -4,7 +4,7 @@ a separate, clean client id."""
 
 from __future__ import annotations
 
-import ssl
+import dataclasses
 import threading
 import uuid
 
@@ -12,31 +12,29 @@ import paho.mqtt.client as paho
 
 from central_sync.config import CentralConfig
 from central_sync.errors import CentralError
-from edge.bundle import credential_path
+from central_sync.mqtt_central import connect_spec
+from edge.sync.transport import ConnectSpec, TransportError, make_paho_client, paho_connect
 from edge.sync.wire import Command, Topics, encode
 
 
-def cli_client(cfg: CentralConfig) -> paho.Client:
+def cli_client(cfg: CentralConfig) -> tuple[paho.Client, ConnectSpec]:
     """A short-lived paho MQTT 5 client with central's broker identity and a clean client id
-    (command-line tools: this module and ``central_sync.dynsec``). Not yet connected."""
+    (command-line tools: this module and ``central_sync.dynsec``), made by the project's one
+    client factory (``edge.sync.transport``), and the spec to connect it with
+    (``paho_connect``). Not yet connected."""
     b = cfg.broker
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                         client_id=f"{b.client_id}-cli-{uuid.uuid4().hex[:8]}",
-                         protocol=paho.MQTTv5)
-    if b.tls is not None:
-        ctx = ssl.create_default_context(cafile=str(b.tls.ca_file))
-        if b.tls.cert_file is not None and b.tls.key_file is not None:
-            ctx.load_cert_chain(str(b.tls.cert_file), str(credential_path(b.tls.key_file)))
-        client.tls_set_context(ctx)
-    if b.username:
-        client.username_pw_set(b.username, b.password)
-    return client
+    spec = dataclasses.replace(connect_spec(cfg, f"{b.client_id}-cli-{uuid.uuid4().hex[:8]}"),
+                               clean_start=True, session_expiry_s=0)
+    try:
+        return make_paho_client(spec), spec
+    except TransportError as exc:
+        raise CentralError(f"cannot use central's TLS files: {exc}") from None
 
 
 def publish_command(cfg: CentralConfig, cmd: Command, timeout: float = 15.0) -> None:
     """Publish ``cmd`` QoS 1 to the node's downlink and wait for the broker's PUBACK."""
     b = cfg.broker
-    client = cli_client(cfg)
+    client, spec = cli_client(cfg)
     done = threading.Event()
     outcome: list[str] = []
 
@@ -47,7 +45,7 @@ def publish_command(cfg: CentralConfig, cmd: Command, timeout: float = 15.0) -> 
 
     client.on_publish = on_publish
     try:
-        client.connect(b.host, b.port, keepalive=30)
+        paho_connect(client, spec)
     except OSError as exc:
         raise CentralError(f"cannot reach the broker {b.host}:{b.port}: {exc}") from None
     client.loop_start()

@@ -1,10 +1,12 @@
 """Typed configuration of central (TOML file -> pydantic models with ``extra="forbid"``).
 
-Every section except ``database`` has defaults, so a minimal file is one line. Other central
+Every section except the store (``database`` or ``[store] url``) has defaults, so a minimal
+file is one line. Other central
 modules add their own optional section by adding one field to ``CentralConfig`` (for example
 ``web`` or ``pki``); a section they do not need stays absent. Every relative path in the file
-(``database``, ``broker.tls.*``, ``pki.dir``, ``web.unseal_key_file``...) is resolved against the
-directory of the config file, never the working directory (``edge.config_io.resolve_paths``).
+(``database``, a ``sqlite:///`` store URL, ``broker.tls.*``, ``pki.dir``,
+``web.unseal_key_file``...) is resolved against the directory of the config file, never the
+working directory (``edge.config_io.resolve_paths``).
 
 Errors name the bad key, exactly like ``edge.config``: ``CentralConfigError("unknown key",
 "ingest.batch_maxx")``.
@@ -18,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from central_sync.errors import CentralConfigError
-from central_sync.web.settings import WebSettings
+from central_sync.web_settings import WebSettings
 from edge.config_io import check_path_value, errors_of, read_toml, resolve_paths
 
 
@@ -123,12 +125,31 @@ class PkiConfig(Strict):
                      "the CA certificate.")
 
 
+class StoreConfig(Strict):
+    """Where central keeps its data (docs/central-store.md)."""
+
+    url: str = Field(min_length=8, max_length=1000, description="Store URL: 'sqlite:///central.db' "
+                     "(relative to the config file; 'sqlite:////abs/path.db' for an absolute path) or "
+                     "'postgresql://user@host:5432/kentongan' (PostgreSQL 15+; password from "
+                     "~/.pgpass or PGPASSWORD, not from this file).")
+    pool_size: int = Field(8, ge=1, le=200, description="Most PostgreSQL connections one process "
+                           "opens (ignored for SQLite).")
+
+    @model_validator(mode="after")
+    def _scheme(self) -> StoreConfig:
+        if not self.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("store.url: must start with sqlite:///, postgresql:// or postgres://")
+        return self
+
+
 class CentralConfig(Strict):
     """Complete configuration of central."""
 
     config_version: Literal[1] = Field(1, description="Version of this file format.")
-    database: Path = Field(description="Central's SQLite database file (relative: to the config "
-                           "file).")
+    database: Path | None = Field(None, description="Central's SQLite database file (shorthand for "
+                                  "[store] url = 'sqlite:///<file>'; give one of the two).")
+    store: StoreConfig | None = Field(None, description="Central's store; absent = the SQLite file "
+                                      "named by 'database'.")
     topic_prefix: str = Field("kentongan/v1", pattern=r"^[a-z0-9_/-]+$", description="Root of the "
                               "topic tree (must match the nodes').")
     broker: BrokerConfig = Field(default_factory=BrokerConfig, description="MQTT broker.")
@@ -136,9 +157,41 @@ class CentralConfig(Strict):
                                  "acknowledgement.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     web: WebSettings | None = Field(None, description="Command-centre web app "
-                                    "(central_sync.web.settings); absent = not served.")
+                                    "(central_sync.web_settings); absent = not served.")
     pki: PkiConfig | None = Field(None, description="Certificate authority for enrolment "
                                   "(kentongan-central ca/enrol/revoke/renew); absent = no CA here.")
+
+    @model_validator(mode="after")
+    def _one_store(self) -> CentralConfig:
+        if (self.database is None) == (self.store is None):
+            raise ValueError("store.url: give [store] url = ... or the SQLite shorthand database = ... (one)")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        """The store URL, whichever way the file gave it (relative SQLite paths already resolved)."""
+        if self.store is not None:
+            return self.store.url
+        return f"sqlite:///{self.database}"
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite file when central runs on SQLite (None on PostgreSQL)."""
+        if self.store is None:
+            return self.database
+        url = self.store.url
+        return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+def _resolve_store_url(cfg: CentralConfig, base: Path) -> CentralConfig:
+    """``[store] url = "sqlite:///relative.db"``: relative to the config file, like every path."""
+    if cfg.store is None or not cfg.store.url.startswith("sqlite:///"):
+        return cfg
+    rest = cfg.store.url[len("sqlite:///"):]
+    if not rest or Path(rest).is_absolute():
+        return cfg
+    store = cfg.store.model_copy(update={"url": f"sqlite:///{base / rest}"})
+    return cfg.model_copy(update={"store": store})
 
 
 def parse_central_config(data: dict[str, Any], base_dir: Path | None = None) -> CentralConfig:
@@ -150,7 +203,7 @@ def parse_central_config(data: dict[str, Any], base_dir: Path | None = None) -> 
         raise CentralConfigError(reason, key) from None
     except RecursionError:
         raise CentralConfigError("nested too deeply", "<root>") from None
-    return cfg if base_dir is None else resolve_paths(cfg, base_dir)
+    return cfg if base_dir is None else _resolve_store_url(resolve_paths(cfg, base_dir), base_dir)
 
 
 def load_central_config(path: str | Path) -> CentralConfig:

@@ -66,8 +66,9 @@ def run_commands(cfg: CentralConfig, commands: list[dict[str, Any]],
     ``BrokerControlError`` when the broker is unreachable, silent, or answers an error other
     than an "already so" one."""
     from central_sync.command_send import cli_client
+    from edge.sync.transport import paho_connect
 
-    client = cli_client(cfg)
+    client, spec = cli_client(cfg)
     correlation = uuid.uuid4().hex.encode()
     connected, subscribed, answered = threading.Event(), threading.Event(), threading.Event()
     state: dict[str, Any] = {}
@@ -100,7 +101,7 @@ def run_commands(cfg: CentralConfig, commands: list[dict[str, Any]],
     client.on_message = on_message
     b = cfg.broker
     try:
-        client.connect(b.host, b.port, keepalive=30)
+        paho_connect(client, spec)
     except OSError as exc:
         raise BrokerControlError(f"cannot reach the broker {b.host}:{b.port}: {exc}") from None
     client.loop_start()

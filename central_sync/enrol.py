@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import re
 import tarfile
 import time
 import tomllib
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from central_sync.errors import PkiError
+from central_sync.node_config_check import check_node_config, valid_node_id
 from central_sync.pki import (
     CertificateAuthority,
     PkiFiles,
@@ -50,8 +50,6 @@ from central_sync.pki import (
     serial_hex,
 )
 from central_sync.registry import Registry
-from edge.config import NODE_ID_RE, parse_config
-from edge.errors import ConfigError
 from edge.signing import CommandSigner, key_fingerprint, sign_bytes
 from edge.sync.wire import Command
 
@@ -172,17 +170,14 @@ def enrol_node(settings: PkiSettings, registry: Registry, info: NodeInfo, out: P
                broker_host: str | None = None, broker_port: int | None = None,
                replace: bool = False) -> Path:
     """Issue keys and a certificate for a node, register it and write its bundle to ``out``."""
-    if not re.match(NODE_ID_RE, info.node_id) or info.node_id == "central":
+    if not valid_node_id(info.node_id):
         raise PkiError(f"invalid node id {info.node_id!r} (lowercase letters, digits, '-')")
     files = PkiFiles(Path(settings.dir))
     ca = CertificateAuthority.load(files)
     host = broker_host or settings.broker_hosts[0]
     port = broker_port or settings.broker_port
     config_text = render_node_config(info, host, port)
-    try:
-        parse_config(tomllib.loads(config_text))
-    except (ConfigError, ValueError) as exc:
-        raise PkiError(f"node config would be invalid: {exc}") from None
+    check_node_config(tomllib.loads(config_text))
 
     tls_key = new_tls_key()
     cert = ca.issue_client(info.node_id, tls_key.public_key(), settings.node_days)

@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from central_sync.errors import CentralError
-from central_sync.web.db import WebDB
+from central_sync.store.desk_tables import DeskTables, IncidentTx
 from edge.incidents import INCIDENTS, RT_ONLY, IncidentInfo, IncidentType
 
 
@@ -128,10 +128,10 @@ def _row(r: Mapping[str, Any]) -> Incident:
 
 
 class IncidentBook:
-    """Incidents, their events and their log in the web tables."""
+    """Incidents, their events and their log in the desk's tables (``store.desk()``)."""
 
-    def __init__(self, db: WebDB, group_window_s: float = 600.0) -> None:
-        self.db = db
+    def __init__(self, tables: DeskTables, group_window_s: float = 600.0) -> None:
+        self.tables = tables
         self.group_window_s = group_window_s
 
     # -- grouping ---------------------------------------------------------------------------
@@ -139,78 +139,55 @@ class IncidentBook:
         """Group events (store rows or envelopes as dicts); duplicates are ignored."""
         changes: dict[str, Change] = {}
         ordered = sorted(events, key=event_time)
-        with self.db.tx() as conn:
+        with self.tables.incident_tx() as tx:
             for ev in ordered:
                 event_id, node_id, kind = ev.get("event_id"), ev.get("node_id"), ev.get("type")
                 if not event_id or not node_id or not kind:
                     continue
-                if conn.execute("SELECT 1 FROM incident_events WHERE event_id = ?",
-                                (event_id,)).fetchone():
+                if tx.is_grouped(str(node_id), str(event_id)):
                     continue
                 at = event_time(ev)
                 if kind == IncidentType.AMAN:
-                    for inc_id in self._close_open(conn, node_id, at, event_id):
+                    for inc_id in self._close_open(tx, str(node_id), at, str(event_id)):
                         changes[inc_id] = Change(inc_id, changes.get(inc_id, Change(
                             inc_id, False, False)).opened, True)
                     continue
                 if kind not in GROUPED_TYPES:
                     continue
-                change = self._attach(conn, ev, str(event_id), str(node_id), str(kind), at)
+                change = self._attach(tx, ev, str(event_id), str(node_id), str(kind), at)
                 prev = changes.get(change.incident_id)
                 changes[change.incident_id] = Change(
                     change.incident_id, change.opened or bool(prev and prev.opened), False)
         return list(changes.values())
 
-    def _attach(self, conn: Any, ev: Mapping[str, Any], event_id: str, node_id: str,
+    def _attach(self, tx: IncidentTx, ev: Mapping[str, Any], event_id: str, node_id: str,
                 kind: str, at: float) -> Change:
         now = time.time()
         priority = int(ev.get("priority") or INCIDENTS[IncidentType(kind)].priority)
         quality = ev.get("time_quality")
-        row = conn.execute(
-            "SELECT incident_id FROM incidents WHERE node_id = ? AND type = ? "
-            "AND state IN ('new', 'acknowledged') AND last_event_at >= ? "
-            "ORDER BY last_event_at DESC LIMIT 1",
-            (node_id, kind, at - self.group_window_s)).fetchone()
-        if row is not None:
-            inc_id = row["incident_id"]
-            conn.execute(
-                "UPDATE incidents SET last_event_at = MAX(last_event_at, ?), "
-                "priority = MIN(priority, ?), updated_at = ?, time_quality = ?, "
-                "event_count = event_count + 1 WHERE incident_id = ?",
-                (at, priority, now, quality, inc_id))
+        inc_id = tx.open_incident_near(node_id, kind, at - self.group_window_s)
+        if inc_id is not None:
+            tx.extend_incident(inc_id, at, priority, now, quality)
             opened = False
         else:
             wanted = ev.get("incident_id")
             inc_id = str(wanted) if wanted else f"inc-{uuid.uuid4().hex}"
-            if conn.execute("SELECT 1 FROM incidents WHERE incident_id = ?",
-                            (inc_id,)).fetchone():
+            if tx.exists(inc_id):
                 inc_id = f"inc-{uuid.uuid4().hex}"
-            conn.execute(
-                "INSERT INTO incidents(incident_id, node_id, type, priority, state, opened_at, "
-                "last_event_at, updated_at, time_quality, event_count) "
-                "VALUES (?, ?, ?, ?, 'new', ?, ?, ?, ?, 1)",
-                (inc_id, node_id, kind, priority, at, at, now, quality))
-            conn.execute("INSERT INTO incident_log(incident_id, at, step, actor, note) "
-                         "VALUES (?, ?, 'new', ?, ?)", (inc_id, now, f"post:{node_id}", kind))
+            tx.insert_incident(inc_id, node_id, kind, priority, at, now, quality)
+            tx.log_step(inc_id, now, "new", f"post:{node_id}", kind)
             opened = True
-        conn.execute("INSERT INTO incident_events(event_id, incident_id) VALUES (?, ?)",
-                     (event_id, inc_id))
+        tx.link_event(node_id, event_id, inc_id)
         return Change(inc_id, opened, False)
 
-    def _close_open(self, conn: Any, node_id: str, at: float, event_id: str) -> list[str]:
+    def _close_open(self, tx: IncidentTx, node_id: str, at: float, event_id: str) -> list[str]:
         now = time.time()
-        ids = [r["incident_id"] for r in conn.execute(
-            "SELECT incident_id FROM incidents WHERE node_id = ? "
-            "AND state IN ('new', 'acknowledged')", (node_id,)).fetchall()]
+        ids = tx.open_incidents_of(node_id)
         for inc_id in ids:
-            conn.execute("UPDATE incidents SET state = 'resolved', closed_at = ?, updated_at = ? "
-                         "WHERE incident_id = ?", (at, now, inc_id))
-            conn.execute("INSERT INTO incident_log(incident_id, at, step, actor, note) "
-                         "VALUES (?, ?, 'resolved', ?, 'AMAN (all clear) from the post')",
-                         (inc_id, now, f"post:{node_id}"))
+            tx.set_state(inc_id, State.RESOLVED.value, now, at)
+            tx.log_step(inc_id, now, "resolved", f"post:{node_id}", "AMAN (all clear) from the post")
         if ids:
-            conn.execute("INSERT OR IGNORE INTO incident_events(event_id, incident_id) "
-                         "VALUES (?, ?)", (event_id, ids[0]))
+            tx.link_event(node_id, event_id, ids[0])
         return ids
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -221,24 +198,20 @@ class IncidentBook:
         if allowed_from is None:
             raise IncidentError(f"cannot move an incident to {target.value}")
         now = time.time()
-        with self.db.tx() as conn:
-            row = conn.execute("SELECT state FROM incidents WHERE incident_id = ?",
-                               (incident_id,)).fetchone()
-            if row is None:
+        with self.tables.incident_tx() as tx:
+            state = tx.state_of(incident_id)
+            if state is None:
                 raise IncidentError(f"no incident {incident_id}", not_found=True)
-            if State(row["state"]) not in allowed_from:
-                raise IncidentError(f"incident is {row['state']}; cannot become {target.value}")
+            if State(state) not in allowed_from:
+                raise IncidentError(f"incident is {state}; cannot become {target.value}")
             closed = now if target not in OPEN_STATES else None
-            conn.execute("UPDATE incidents SET state = ?, updated_at = ?, closed_at = ? "
-                         "WHERE incident_id = ?", (target.value, now, closed, incident_id))
-            conn.execute("INSERT INTO incident_log(incident_id, at, step, actor, note) "
-                         "VALUES (?, ?, ?, ?, ?)", (incident_id, now, target.value, actor,
-                                                    note[:1000]))
+            tx.set_state(incident_id, target.value, now, closed)
+            tx.log_step(incident_id, now, target.value, actor, note[:1000])
         return self.require(incident_id)
 
     # -- queries ----------------------------------------------------------------------------
     def get(self, incident_id: str) -> Incident | None:
-        row = self.db.one("SELECT * FROM incidents WHERE incident_id = ?", (incident_id,))
+        row = self.tables.incident(incident_id)
         return _row(row) if row else None
 
     def require(self, incident_id: str) -> Incident:
@@ -249,23 +222,16 @@ class IncidentBook:
 
     def incidents(self, *, open_only: bool = False, limit: int = 500) -> list[Incident]:
         """Open incidents first, then most urgent, then newest."""
-        where = "WHERE state IN ('new', 'acknowledged')" if open_only else ""
-        rows = self.db.query(
-            f"SELECT * FROM incidents {where} ORDER BY "
-            "CASE WHEN state IN ('new', 'acknowledged') THEN 0 ELSE 1 END, "
-            "priority ASC, last_event_at DESC LIMIT ?", (limit,))
-        return [_row(r) for r in rows]
+        return [_row(r) for r in self.tables.incidents(open_only=open_only, limit=limit)]
 
     def event_ids(self, incident_id: str) -> list[str]:
-        return [r["event_id"] for r in self.db.query(
-            "SELECT event_id FROM incident_events WHERE incident_id = ? ORDER BY rowid",
-            (incident_id,))]
+        return self.tables.incident_event_ids(incident_id)
+
+    def incident_of_event(self, event_id: str, node_id: str | None = None) -> str | None:
+        return self.tables.incident_of_event(event_id, node_id)
 
     def history(self, incident_id: str) -> list[dict[str, Any]]:
-        return self.db.query("SELECT at, step, actor, note FROM incident_log "
-                             "WHERE incident_id = ? ORDER BY id", (incident_id,))
+        return self.tables.incident_history(incident_id)
 
     def false_alarms(self, node_id: str, since: float) -> int:
-        row = self.db.one("SELECT COUNT(*) AS n FROM incidents WHERE node_id = ? "
-                          "AND state = 'false_alarm' AND closed_at >= ?", (node_id, since))
-        return int(row["n"]) if row else 0
+        return self.tables.false_alarm_count(node_id, since)

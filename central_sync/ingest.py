@@ -35,9 +35,16 @@ import aiomqtt
 
 from central_sync.config import CentralConfig
 from central_sync.errors import CentralError
-from central_sync.mqtt_central import Backoff, make_client, next_messages, subscriptions, worker_client_ids
+from central_sync.mqtt_central import (
+    Backoff,
+    central_presence,
+    make_client,
+    next_messages,
+    subscriptions,
+    worker_client_ids,
+)
 from central_sync.snapshot_policy import check_snapshot_envelope
-from central_sync.store import CentralStore, is_transient
+from central_sync.store import Store, is_transient
 from edge.errors import SecurityError, WireError
 from edge.logs import log_event
 from edge.sync.wire import (
@@ -121,7 +128,7 @@ class IngestService:
     def __init__(
         self,
         cfg: CentralConfig,
-        store: CentralStore,
+        store: Store,
         *,
         verify_event: Callable[[EventEnvelope], None] | None = None,
         sign_command: Callable[[Command], Command] | None = None,
@@ -177,11 +184,14 @@ class IngestService:
                     backoff.reset()
                     log_event(log, "central_connected", client_id=client_id, host=self.cfg.broker.host,
                               port=self.cfg.broker.port)
-                    while True:
-                        for message in await next_messages(client, buffer, _READ_BURST):
-                            payload = message.payload
-                            body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
-                            await self.handle_message(message.topic.value, bytes(body))
+                    # Retained "online" now that we are subscribed (posts resend at once), "offline" on exit.
+                    async with central_presence(client, self.cfg, client_id):
+                        while True:
+                            for message in await next_messages(client, buffer, _READ_BURST):
+                                payload = message.payload
+                                raw = isinstance(payload, bytes | bytearray)
+                                body = payload if raw else str(payload or "").encode()
+                                await self.handle_message(message.topic.value, bytes(body))
             except aiomqtt.MqttError as exc:
                 log_event(log, "central_disconnected", logging.WARNING, client_id=client_id, error=str(exc)[:200])
             finally:

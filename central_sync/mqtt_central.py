@@ -18,18 +18,21 @@ idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-import ssl
+import re
+import time
+from collections.abc import AsyncIterator
 from typing import cast
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central_sync.config import CentralConfig
-from edge.sync.wire import Topics
+from edge.sync import transport
+from edge.sync.transport import ConnectSpec, TlsFiles
+from edge.sync.wire import CentralState, Topics, encode
 
 MQTT_LOGGER = logging.getLogger("central_sync.mqtt")
 
@@ -57,17 +60,79 @@ def subscriptions(cfg: CentralConfig) -> list[tuple[str, SubscribeOptions]]:
     return out
 
 
-def _tls_params(cfg: CentralConfig) -> aiomqtt.TLSParameters | None:
+def connect_spec(cfg: CentralConfig, client_id: str, *, will: aiomqtt.Will | None = None) -> ConnectSpec:
+    """Central's connection parameters for the project's one client factory
+    (``edge.sync.transport``): persistent MQTT 5 session, keys through systemd credentials."""
     tls = cfg.broker.tls
-    if tls is None:
-        return None
-    return aiomqtt.TLSParameters(
-        ca_certs=str(tls.ca_file),
-        certfile=str(tls.cert_file) if tls.cert_file else None,
-        keyfile=str(tls.key_file) if tls.key_file else None,
-        cert_reqs=ssl.CERT_REQUIRED,
-        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    files = None if tls is None else TlsFiles(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
+    return ConnectSpec(
+        host=cfg.broker.host,
+        port=cfg.broker.port,
+        client_id=client_id,
+        tls=files,
+        username=cfg.broker.username,
+        password=cfg.broker.password,
+        keepalive=cfg.broker.keepalive,
+        session_expiry_s=cfg.broker.session_expiry_seconds,
+        clean_start=False,
+        will=will,
+        receive_maximum=cfg.ingest.max_inflight,
+        max_inflight=cfg.ingest.max_inflight,
+        timeout=10,
     )
+
+
+# -- central presence (Sparkplug B "primary host STATE" style; docs/protocol.md) ----------------
+
+
+def central_id_for(client_id: str) -> str:
+    """The ``central_id`` a connection announces itself as: its MQTT client id, with characters
+    the wire does not allow in an id replaced by ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", client_id)[:64] or "central"
+
+
+def central_state_message(cfg: CentralConfig, central_id: str, state: str) -> tuple[str, bytes]:
+    """Topic and payload of one retained ``CentralState``."""
+    cid = central_id_for(central_id)
+    msg = CentralState(central_id=cid, state="online" if state == "online" else "offline", at=time.time())
+    return Topics(cfg.topic_prefix).central_state(cid), encode(msg)
+
+
+def central_state_will(cfg: CentralConfig, central_id: str) -> aiomqtt.Will:
+    """The retained QoS 1 ``offline`` last will of a central connection: when the connection
+    dies without a clean DISCONNECT the broker publishes it and the posts stop resending."""
+    topic, payload = central_state_message(cfg, central_id, "offline")
+    return aiomqtt.Will(topic, payload, qos=1, retain=True)
+
+
+async def publish_central_online(client: aiomqtt.Client, cfg: CentralConfig, central_id: str) -> None:
+    """Announce this connection ``online`` (retained, QoS 1). Call it right AFTER the uplink
+    subscriptions were granted: a post resends everything unacknowledged the moment it reads it."""
+    topic, payload = central_state_message(cfg, central_id, "online")
+    await client.publish(topic, payload, qos=1, retain=True)
+
+
+async def publish_central_offline(client: aiomqtt.Client, cfg: CentralConfig, central_id: str,
+                                  timeout: float = 2.0) -> bool:
+    """Announce ``offline`` before a clean disconnect (the will is not sent then). Best effort:
+    False when it could not be published within ``timeout``."""
+    topic, payload = central_state_message(cfg, central_id, "offline")
+    try:
+        async with asyncio.timeout(timeout):
+            await client.publish(topic, payload, qos=1, retain=True)
+    except (aiomqtt.MqttError, TimeoutError):
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def central_presence(client: aiomqtt.Client, cfg: CentralConfig, central_id: str) -> AsyncIterator[None]:
+    """``online`` on entry (after subscribing), ``offline`` on any exit, the will for a crash."""
+    await publish_central_online(client, cfg, central_id)
+    try:
+        yield
+    finally:
+        await publish_central_offline(client, cfg, central_id)
 
 
 class MessageBuffer(asyncio.Queue[aiomqtt.Message]):
@@ -99,29 +164,17 @@ def make_client(cfg: CentralConfig, client_id: str) -> tuple[aiomqtt.Client, Mes
         buffers.append(MessageBuffer(maxsize))
         return buffers[-1]
 
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = cfg.broker.session_expiry_seconds
-    props.ReceiveMaximum = cfg.ingest.max_inflight
-    client = aiomqtt.Client(
-        cfg.broker.host,
-        cfg.broker.port,
-        identifier=client_id,
-        username=cfg.broker.username,
-        password=cfg.broker.password,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        keepalive=cfg.broker.keepalive,
-        properties=props,
-        tls_params=_tls_params(cfg),
+    # Every central connection registers its retained "offline" presence as its last will.
+    spec = connect_spec(cfg, client_id, will=central_state_will(cfg, client_id))
+    client = transport.make_client(
+        spec,
+        logger=MQTT_LOGGER,
         # Unbounded: aiomqtt DISCARDS messages past a full queue after paho already PUBACKed
         # them. Back-pressure is applied by IngestService instead (max_pending_events).
-        max_queued_incoming_messages=0,
+        max_queued_incoming=0,
         queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", queue_factory),
-        max_inflight_messages=cfg.ingest.max_inflight,
-        logger=MQTT_LOGGER,
-        timeout=10,
+        pending_calls_threshold=cfg.ingest.pending_calls_threshold,
     )
-    client.pending_calls_threshold = cfg.ingest.pending_calls_threshold
     return client, buffers[0]
 
 

@@ -2,7 +2,7 @@
 
 - Snapshots older than ``web.snapshot_retention_days`` (default 30, by central's receive time,
   since a node's clock may be wrong) are deleted.
-- Personal fields of event payloads (reporter, phone, operator... see ``web.policy``) older than
+- Personal fields of event payloads (reporter, phone, operator... see ``personal_data``) older than
   ``web.personal_data_retention_days`` are erased; the event itself (type, time, post) stays.
   Erasing changes the payload a node signed, so ``sig`` is cleared with it and the erasure is
   logged: the retention log is the proof of why the signature is gone.
@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from central_sync.web.db import WebDB
-from central_sync.web.policy import is_personal_key
-from central_sync.web.settings import WebSettings
+from central_sync.personal_data import is_personal_key
+from central_sync.store.desk_tables import DeskTables, RetentionTx
+from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 
 log = logging.getLogger("central.retention")
@@ -51,14 +51,13 @@ def _strip(payload: Any) -> tuple[Any, bool]:
 
 
 class Retention:
-    """Runs the deletions in central's database (tables ``snapshots``, ``events``, ``access_log``)."""
+    """Runs the deletions in central's store (tables ``snapshots``, ``events``, ``access_log``)."""
 
-    def __init__(self, db: WebDB, store: Any, settings: WebSettings) -> None:
-        self.db, self.store, self.settings = db, store, settings
+    def __init__(self, tables: DeskTables, settings: WebSettings) -> None:
+        self.tables, self.settings = tables, settings
 
-    def _deleted(self, conn: Any, now: float, kind: str, object_id: str, reason: str) -> None:
-        conn.execute("INSERT INTO retention_log(at, kind, object_id, reason) VALUES (?, ?, ?, ?)",
-                     (now, kind, object_id, reason))
+    def _deleted(self, tx: RetentionTx, now: float, kind: str, object_id: str, reason: str) -> None:
+        tx.log_deletion(now, kind, object_id, reason)
         log_event(log, "retention_deleted", kind=kind, object_id=object_id, reason=reason)
 
     def run_once(self, now: float | None = None) -> RetentionReport:
@@ -67,32 +66,29 @@ class Retention:
         snap_cut = now - s.snapshot_retention_days * DAY
         pers_cut = now - s.personal_data_retention_days * DAY
         log_cut = now - s.access_log_retention_days * DAY
-        with self.db.tx() as conn:
-            snaps = [r["snapshot_id"] for r in conn.execute(
-                "SELECT snapshot_id FROM snapshots WHERE received_at < ?", (snap_cut,))]
+        with self.tables.retention_tx() as tx:
+            snaps = tx.snapshots_received_before(snap_cut)
             for sid in snaps:
-                conn.execute("DELETE FROM snapshots WHERE snapshot_id = ?", (sid,))
-                self._deleted(conn, now, "snapshot", sid,
-                              f"older than {s.snapshot_retention_days:g} days")
+                tx.delete_snapshot(sid)
+                self._deleted(tx, now, "snapshot", sid, f"older than {s.snapshot_retention_days:g} days")
             personal = 0
-            for row in conn.execute("SELECT event_id, payload FROM events WHERE received_at < ?",
-                                    (pers_cut,)).fetchall():
-                try:
-                    payload = json.loads(row["payload"])
-                except (TypeError, ValueError):
-                    continue
+            for row in tx.event_payloads_received_before(pers_cut):
+                payload = row["payload"]
+                if isinstance(payload, str):
+                    try:
+                        payload = json.loads(payload)
+                    except ValueError:
+                        continue
                 stripped, changed = _strip(payload)
                 if not changed:
                     continue
-                conn.execute("UPDATE events SET payload = ?, sig = NULL WHERE event_id = ?",
-                             (json.dumps(stripped, separators=(",", ":")), row["event_id"]))
-                self._deleted(conn, now, "event_personal_data", row["event_id"],
-                              f"personal fields older than {s.personal_data_retention_days:g} "
-                              "days")
+                tx.replace_payload(int(row["rowid"]), stripped)
+                self._deleted(tx, now, "event_personal_data", str(row["event_id"]),
+                              f"personal fields older than {s.personal_data_retention_days:g} days")
                 personal += 1
-            old_log = conn.execute("DELETE FROM access_log WHERE at < ?", (log_cut,)).rowcount
+            old_log = tx.delete_access_log_before(log_cut)
             if old_log:
-                self._deleted(conn, now, "access_log", f"{old_log} rows",
+                self._deleted(tx, now, "access_log", f"{old_log} rows",
                               f"older than {s.access_log_retention_days:g} days")
         report = RetentionReport(len(snaps), personal, old_log)
         log_event(log, "retention_run", snapshots=report.snapshots, personal=report.personal,
@@ -100,7 +96,7 @@ class Retention:
         return report
 
     def log(self, limit: int = 200) -> list[dict[str, Any]]:
-        return self.db.query("SELECT * FROM retention_log ORDER BY id DESC LIMIT ?", (limit,))
+        return self.tables.retention_log(limit)
 
     async def run_forever(self) -> None:
         """Run now, then every ``retention_interval_s``, until cancelled."""

@@ -3,7 +3,6 @@ and command signing with central's command key, when a ``[pki]`` section is conf
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +10,9 @@ from dataclasses import dataclass
 from central_sync.config import CentralConfig
 from central_sync.pki import PkiFiles
 from central_sync.registry import Registry
-from edge.bundle import credential_path
+from central_sync.store import open_store
+from central_sync.store.registry_tables import RegistryTables
+from edge.credentials import credential_path
 from edge.signing import CommandSigner, EventVerifier, MemoryDigestLog, NodeKey
 from edge.sync.wire import Command, EventEnvelope
 
@@ -23,16 +24,19 @@ class CentralHooks:
 
 
 class _LockedRegistryLookup:
-    """Registry lookups from ingest's worker threads on one dedicated connection."""
+    """Registry lookups from ingest's worker threads on the store's registry tables."""
 
-    def __init__(self, database: str) -> None:
-        self._conn = sqlite3.connect(database, check_same_thread=False)
-        self._registry = Registry(self._conn)
+    def __init__(self, tables: RegistryTables) -> None:
+        self._registry = Registry(tables)
         self._lock = threading.Lock()
 
     def __call__(self, node_id: str) -> NodeKey | None:
         with self._lock:
             return self._registry.lookup(node_id)
+
+    def generation(self) -> tuple[object, ...]:
+        """Changes whenever a node is enrolled, re-enrolled or revoked (a key-cache token)."""
+        return self._registry.tables.generation()
 
 
 def central_hooks(cfg: CentralConfig) -> CentralHooks:
@@ -43,6 +47,7 @@ def central_hooks(cfg: CentralConfig) -> CentralHooks:
     signer = CommandSigner.from_file(credential_path(files.command_key))
     # Identical re-sends are plain duplicates (INSERT OR IGNORE keeps the first copy); the digest
     # log only tells a *different* envelope reusing an event id apart, to record it as a replay.
-    verifier = EventVerifier(_LockedRegistryLookup(str(cfg.database)), require_signed=True,
+    # The registry is read through a store of its own (one more SQLite connection or pool).
+    verifier = EventVerifier(_LockedRegistryLookup(open_store(cfg.store_url).registry_tables()), require_signed=True,
                              digests=MemoryDigestLog())
     return CentralHooks(verify_event=verifier, sign_command=signer.sign)

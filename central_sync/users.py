@@ -11,7 +11,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from central_sync.errors import AuthError
-from central_sync.web.db import WebDB
+from central_sync.store.desk_tables import DeskTables
 
 
 class Role(StrEnum):
@@ -73,10 +73,10 @@ _DUMMY_HASH = _hasher.hash("kentongan-no-such-user")
 
 
 class UserStore:
-    """Accounts in the ``web_users`` / ``web_user_rts`` tables."""
+    """Accounts in the desk's ``web_users`` / ``web_user_rts`` tables (``store.desk()``)."""
 
-    def __init__(self, db: WebDB) -> None:
-        self.db = db
+    def __init__(self, tables: DeskTables) -> None:
+        self.tables = tables
 
     @staticmethod
     def _role_and_rts(role: Role | str, rts: list[RtRef] | tuple[RtRef, ...]) -> Role:
@@ -98,56 +98,34 @@ class UserStore:
         if len(password) < MIN_PASSWORD:
             raise AuthError(f"password must have at least {MIN_PASSWORD} characters")
         digest = _hasher.hash(password)
-        with self.db.tx() as conn:
-            if conn.execute("SELECT 1 FROM web_users WHERE name = ?", (name,)).fetchone():
-                raise AuthError(f"user {name!r} exists")
-            conn.execute("INSERT INTO web_users(name, role, password_hash, created_at) "
-                         "VALUES (?, ?, ?, ?)", (name, role.value, digest, time.time()))
-            conn.executemany(
-                "INSERT OR IGNORE INTO web_user_rts(name, kelurahan_code, rw, rt) "
-                "VALUES (?, ?, ?, ?)",
-                [(name, r.kelurahan_code, r.rw, r.rt) for r in rts])
+        if not self.tables.add_user(name, role.value, digest, time.time(),
+                                    [(r.kelurahan_code, r.rw, r.rt) for r in rts]):
+            raise AuthError(f"user {name!r} exists")
         return User(name, role, frozenset(rts))
 
     def remove(self, name: str) -> None:
         """Delete the account, its RTs and its sessions (logged out at once)."""
-        with self.db.tx() as conn:
-            if conn.execute("SELECT 1 FROM web_users WHERE name = ?", (name,)).fetchone() is None:
-                raise AuthError(f"no user {name!r}")
-            conn.execute("DELETE FROM web_sessions WHERE name = ?", (name,))
-            conn.execute("DELETE FROM web_user_rts WHERE name = ?", (name,))
-            conn.execute("DELETE FROM web_users WHERE name = ?", (name,))
+        if not self.tables.remove_user(name):
+            raise AuthError(f"no user {name!r}")
 
     def set_role(self, name: str, role: Role | str,
                  rts: list[RtRef] | tuple[RtRef, ...] = ()) -> User:
         """Change role (and RTs); effective on the user's next request."""
         role = self._role_and_rts(role, rts)
-        with self.db.tx() as conn:
-            if conn.execute("UPDATE web_users SET role = ? WHERE name = ?",
-                            (role.value, name)).rowcount == 0:
-                raise AuthError(f"no user {name!r}")
-            conn.execute("DELETE FROM web_user_rts WHERE name = ?", (name,))
-            conn.executemany(
-                "INSERT OR IGNORE INTO web_user_rts(name, kelurahan_code, rw, rt) "
-                "VALUES (?, ?, ?, ?)",
-                [(name, r.kelurahan_code, r.rw, r.rt) for r in rts])
+        if not self.tables.set_user_role(name, role.value, [(r.kelurahan_code, r.rw, r.rt) for r in rts]):
+            raise AuthError(f"no user {name!r}")
         return User(name, role, frozenset(rts))
 
     def get(self, name: str) -> User | None:
-        row = self.db.one("SELECT name, role FROM web_users WHERE name = ? AND disabled = 0",
-                          (name,))
+        row = self.tables.user(name)
         if row is None:
             return None
-        rts = frozenset(
-            RtRef(r["kelurahan_code"], int(r["rw"]), int(r["rt"]))
-            for r in self.db.query(
-                "SELECT kelurahan_code, rw, rt FROM web_user_rts WHERE name = ?", (name,)))
+        rts = frozenset(RtRef(k, rw, rt) for k, rw, rt in self.tables.user_rts(name))
         return User(row["name"], Role(row["role"]), rts)
 
     def verify(self, name: str, password: str) -> User:
         """The user when the password matches; ``AuthError`` otherwise (same message either way)."""
-        row = self.db.one("SELECT password_hash FROM web_users WHERE name = ? AND disabled = 0",
-                          (name,))
+        row = self.tables.user(name)
         try:
             _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
@@ -160,5 +138,4 @@ class UserStore:
         return user
 
     def all_users(self) -> list[User]:
-        names = [r["name"] for r in self.db.query("SELECT name FROM web_users ORDER BY name")]
-        return [u for u in (self.get(n) for n in names) if u is not None]
+        return [u for u in (self.get(n) for n in self.tables.user_names()) if u is not None]

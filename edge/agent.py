@@ -9,7 +9,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.alarm import AlarmEngine
@@ -26,6 +26,9 @@ from edge.logs import log_event, set_node_id
 from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
 from edge.security_hooks import SecurityHooks, load_security_hooks
 from edge.snapshots import SnapshotStore
+
+if TYPE_CHECKING:
+    from edge.sync.service import SyncService
 
 log = logging.getLogger("kentongan.agent")
 
@@ -46,7 +49,8 @@ class Agent:
         self.snapshots: SnapshotStore | None = None
         self.engine: AlarmEngine | None = None
         self.buttons: dict[str, ButtonWatcher] = {}
-        self.sync: Any = None
+        self.sync: SyncService | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self.security: SecurityHooks = SecurityHooks()
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_camera_fault = 0.0
@@ -114,7 +118,35 @@ class Agent:
             status_provider=self.siren_status, command_handler=commands, sms_sender=sms,
             sign_event=self.security.sign_event, verify_command=self.security.verify_command,
             security_event=self._on_security_event)
-        self._spawn(self.sync.run(), "sync")
+        # Supervised: a crash of the sync service is logged with its cause and the service is
+        # started again with backoff; it is never left dead (edge.sync.health.supervise).
+        from edge.sync.health import supervise
+
+        sync = self.sync
+
+        def crashed(exc: BaseException, delay: float) -> None:
+            sync.health.restarts += 1
+            sync.health.set("restarting", "crashed", f"{exc!r} (restart in {delay:.1f}s)")
+
+        self._sync_task = asyncio.create_task(supervise("sync", sync.run, on_crash=crashed),
+                                              name="sync")
+        self._sync_task.add_done_callback(self._task_done)
+        self._tasks.append(self._sync_task)
+
+    def sync_alive(self) -> bool:
+        """Watchdog check: the supervised sync task is running (sync disabled counts as alive).
+        An unreachable broker or central is normal offline operation, not a failure here."""
+        if not self.cfg.sync.enabled:
+            return True
+        task = self._sync_task
+        return task is not None and not task.done()
+
+    def health_problem(self) -> str | None:
+        """One line for systemd's STATUS= when a part works but is degraded (e.g. sync failing)."""
+        if self.sync is None:
+            return None
+        problem: str | None = self.sync.health.problem()
+        return problem
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -250,7 +282,8 @@ class Agent:
         await HealthWatchdog({
             "siren_thread": hw.siren.alive,
             "outbox_writer": outbox.writer_alive,
-        }).run()
+            "sync": self.sync_alive,
+        }, degraded=self.health_problem).run()
 
     # -- status and control --------------------------------------------------------------------
 
@@ -273,10 +306,9 @@ class Agent:
         assert self.outbox is not None
         sync: dict[str, Any] = {"enabled": self.cfg.sync.enabled}
         if self.sync is not None:
-            sync["connected"] = bool(getattr(self.sync, "connected", False))
-            stats = getattr(self.sync, "stats", None)
-            if stats is not None:
-                sync["stats"] = stats if isinstance(stats, dict) else vars(stats)
+            sync.update(self.sync.status())
+            sync["running"] = self.sync_alive()
+            sync["stats"] = dict(vars(self.sync.stats))
         wall, quality = self.clock.now()
         return {
             "node_id": self.cfg.node.node_id,

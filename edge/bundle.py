@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.config import NodeConfig, load_config, parse_config, read_config_file
+from edge.credentials import credential_path
 from edge.errors import ConfigError, SecurityError
 from edge.logs import log_event
 from edge.signing import key_fingerprint, public_key_from_pem, verify_bytes
@@ -58,17 +59,6 @@ class VerifiedBundle:
 
 def _norm_fp(fp: str) -> str:
     return fp.replace(":", "").replace(" ", "").lower()
-
-
-def credential_path(path: Path) -> Path:
-    """``path``, or the systemd credential of the same file name when the service runs with
-    ``LoadCredential=`` ($CREDENTIALS_DIRECTORY): keys stay root-only 0600 on disk."""
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        cand = Path(cred_dir) / path.name
-        if cand.exists():
-            return cand
-    return path
 
 
 def read_bundle(path: Path, *, central_fingerprint: str | None = None,

@@ -4,6 +4,7 @@ relative paths against the config file's directory (never the working directory)
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Callable
@@ -17,9 +18,19 @@ from pydantic_core import ErrorDetails
 _PATHED = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z0-9_]+)+): (.*)$", re.S)
 
 
+#: A key printed as is in a key path; any other (empty, spaces, dots, control characters, a
+#: colon...) is printed JSON-quoted, so ``error: <key>: <reason>`` stays one unambiguous line.
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key_part(part: object) -> str:
+    text = str(part)
+    return text if _PLAIN_KEY.match(text) else json.dumps(text)
+
+
 def key_and_reason(err: ErrorDetails) -> tuple[str, str]:
     """(dotted key path, human reason) of one pydantic error."""
-    path = ".".join(str(p) for p in err["loc"])
+    path = ".".join(_key_part(p) for p in err["loc"])
     msg = err["msg"]
     m = _PATHED.match(msg)
     if m:

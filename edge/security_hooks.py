@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.bundle import credential_path
 from edge.clock import Clock
 from edge.config import NodeConfig
+from edge.credentials import credential_path
 from edge.errors import SecurityError
 from edge.sealing import Sealer
 from edge.signing import CommandVerifier, EventSigner, load_verify_key

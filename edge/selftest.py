@@ -35,8 +35,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from edge.bundle import credential_path
 from edge.config import NodeConfig, check_state_dir, load_config
+from edge.credentials import credential_path, describe_unreadable
 from edge.errors import ConfigError, KentonganError
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
@@ -75,9 +75,16 @@ def check_certificate(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
         return CheckResult("certificate", SKIP, "no sync.tls (development node)",
                            "install an enrolment bundle for production", required=False)
     try:
+        key_bytes = credential_path(tls.key_file).read_bytes()
+    except OSError as exc:
+        return CheckResult("certificate", FAIL, f"cannot read the TLS key: "
+                           f"{describe_unreadable(tls.key_file, exc)}",
+                           "as the service user, run through systemd so the key arrives as a "
+                           "credential (docs/install-pi.md, 'Self-test as the service user')")
+    try:
         cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
         ca = x509.load_pem_x509_certificate(tls.ca_file.read_bytes())
-        key = serialization.load_pem_private_key(credential_path(tls.key_file).read_bytes(), None)
+        key = serialization.load_pem_private_key(key_bytes, None)
     except (OSError, ValueError, TypeError) as exc:
         return CheckResult("certificate", FAIL, f"cannot read TLS files: {exc}",
                            "reinstall the bundle: kentongan-edge install-bundle BUNDLE --force")
@@ -312,16 +319,19 @@ def check_modem(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
 def check_broker(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
     if not cfg.sync.enabled:
         return CheckResult("broker", SKIP, "sync disabled", "", required=False)
-    import paho.mqtt.client as mqtt
 
-    tls = cfg.sync.tls
+    from edge.sync.mqtt import connect_spec
+    from edge.sync.transport import TransportError, make_paho_client, paho_connect
+
     where = f"{cfg.sync.broker_host}:{cfg.sync.broker_port}"
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=f"{cfg.node.node_id}-selftest-{secrets.token_hex(3)}",
-                         protocol=mqtt.MQTTv5)
-    if tls is not None:
-        client.tls_set(ca_certs=str(tls.ca_file), certfile=str(tls.cert_file),
-                       keyfile=str(credential_path(tls.key_file)))
+    spec = connect_spec(cfg.sync, f"{cfg.node.node_id}-selftest-{secrets.token_hex(3)}",
+                        clean_start=True, session_expiry_s=0)
+    try:
+        client = make_paho_client(spec)
+    except TransportError as exc:
+        return CheckResult("broker", FAIL, f"cannot build the TLS connection: {exc}",
+                           "the sync service fails the same way: see 'fix' of the certificate "
+                           "line")
     topic = f"{cfg.sync.topic_prefix}/selftest/{cfg.node.node_id}/echo"
     nonce = secrets.token_hex(8).encode()
     cv = threading.Condition()
@@ -359,7 +369,7 @@ def check_broker(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
     client.on_message = on_message
     hint_tls = "check sync.broker_host/port, the node certificate (revoked? expired?) and the clock"
     try:
-        client.connect(cfg.sync.broker_host, cfg.sync.broker_port, keepalive=10)
+        paho_connect(client, spec)
     except (ssl.SSLError, OSError) as exc:
         return CheckResult("broker", FAIL, f"cannot connect to {where}: {exc}", hint_tls)
     client.loop_start()

@@ -5,8 +5,12 @@
 * ``HealthWatchdog(checks, interval)`` sends ``READY=1`` once, then ``WATCHDOG=1`` every
   ``interval`` seconds ONLY while every check returns True. A failing (or raising) check is
   logged by name and the pings stop, so systemd (``WatchdogSec=``) restarts the service: a hung
-  siren thread or a dead outbox writer is never hidden behind a live event loop. Because the
-  pings come from an asyncio task, a blocked event loop also stops them.
+  siren thread, a dead outbox writer or a dead sync task is never hidden behind a live event
+  loop. Because the pings come from an asyncio task, a blocked event loop also stops them.
+* ``degraded`` (optional) names a part that works but not fully (e.g. ``sync retrying:
+  key_unreadable (...)``): it goes to systemd's ``STATUS=`` (``systemctl status``) and the log,
+  and does NOT stop the pings: restarting the post would silence the siren for nothing when the
+  cause is a missing credential or an unreachable broker.
 """
 
 from __future__ import annotations
@@ -74,12 +78,15 @@ class HealthWatchdog:
     """READY=1 once, then WATCHDOG=1 every ``interval`` seconds while all ``checks`` pass."""
 
     def __init__(self, checks: dict[str, Callable[[], bool]], interval: float | None = None,
-                 notifier: SystemdNotifier | None = None) -> None:
+                 notifier: SystemdNotifier | None = None,
+                 degraded: Callable[[], str | None] | None = None) -> None:
         self.checks = dict(checks)
         self.interval = interval if interval is not None else watchdog_interval()
         self.notifier = notifier or SystemdNotifier()
         self.failing: list[str] = []
         self.pings = 0
+        self.degraded = degraded
+        self.problem: str | None = None
 
     def failed_checks(self) -> list[str]:
         bad = []
@@ -105,8 +112,24 @@ class HealthWatchdog:
             self.failing = bad
         if bad:
             return False
+        self._report_degraded()
         self.pings += 1
         return self.notifier.watchdog()
+
+    def _report_degraded(self) -> None:
+        if self.degraded is None:
+            return
+        try:
+            problem = self.degraded()
+        except Exception as exc:
+            problem = f"health check raised {exc!r}"
+        if problem != self.problem:
+            if problem:
+                log_event(log, "health_degraded", logging.WARNING, problem=problem)
+                self.notifier.status(f"degraded: {problem}"[:200])
+            else:
+                self.notifier.status("healthy")
+            self.problem = problem
 
     async def run(self) -> None:
         """Run until cancelled (the agent spawns it as a task)."""

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
+from pg_cluster import PgCluster
 
 from central_sync.broker import LocalMosquitto
+from central_sync.store import Store, open_store
 
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 
@@ -40,3 +42,38 @@ def mosquitto(tmp_path: Path) -> Iterator[LocalMosquitto]:
     """A real Mosquitto on a free loopback port with the project's dev config."""
     with LocalMosquitto(tmp_path / "mosquitto") as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session (initdb in a temp dir, free port)."""
+    cluster = PgCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """URL of a fresh, empty database in the test cluster."""
+    return pg_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store URL of every backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'central.db'}"
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_database()
+
+
+@pytest.fixture
+def any_store(store_url: str) -> Iterator[Store]:
+    """The store contract fixture: every backend, fresh and empty."""
+    store = open_store(store_url)
+    try:
+        yield store
+    finally:
+        store.close()

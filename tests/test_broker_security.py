@@ -327,6 +327,7 @@ def test_production_broker_loads_dynamic_security(world: World) -> None:
 def test_revoke_cuts_connected_post_within_5s_and_it_stays_out(world: World) -> None:
     from central_sync.audit import AuditLog
     from central_sync.cli import main as central_main
+    from central_sync.store import CentralStore
 
     node = Probe(world, "rt05-live")
     assert node.connect()
@@ -375,8 +376,11 @@ def test_revoke_cuts_connected_post_within_5s_and_it_stays_out(world: World) -> 
     assert not ok.publish(f"{UP}/rt01-a/event", b"still-fine").is_failure
     ok.close()
     central.close()
-    actions = [(r["action"], r["target"]) for r in
-               AuditLog.open(world.settings.dir.parent / "central.db").recent()]
+    store = CentralStore(world.settings.dir.parent / "central.db")
+    try:
+        actions = [(r["action"], r["target"]) for r in AuditLog(store.audit_tables()).recent()]
+    finally:
+        store.close()
     assert ("revoke", "rt05-live") in actions
 
 
@@ -412,3 +416,24 @@ def test_revoke_reports_unreachable_broker(world: World, tmp_path: Path,
     assert central_main(["revoke", "rt04-late", "--config", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "broker was NOT told" in err and "Traceback" not in err
+
+
+def test_central_state_nodes_read_only_central_writes(world: World, probes: dict[str, Probe]) -> None:
+    """Central presence topics: every node may read them, only central may write them (a stolen
+    post cannot fake 'central online' or 'offline' for the other posts)."""
+    a, b, central = probes["rt01-a"], probes["rt02-b"], probes["central"]
+    state = "kentongan/v1/central/state"
+    a.subscribe(f"{state}/+")
+    rc = b.publish(f"{state}/central", b"forged-online")
+    assert rc.is_failure and rc.value == 0x87
+    assert b.publish(f"{state}/rt02-b", b"forged-own").value == 0x87
+    assert not central.publish(f"{state}/central-w0", b"real-online").is_failure
+    assert a.wait_for(b"real-online")
+    assert b"forged-online" not in a.payloads() and b"forged-own" not in a.payloads()
+
+
+def test_both_broker_configs_set_tcp_nodelay() -> None:
+    from central_sync.broker import DEV_CONF
+
+    for path in (PROD_CONF, DEV_CONF):
+        assert _conf_values(path.read_text()).get("set_tcp_nodelay") == ["true"], path

@@ -24,7 +24,6 @@ from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
 from central_sync.users import UserStore
 from central_sync.web.app import serve
-from central_sync.web.db import WebDB
 from central_sync.web.testing import event, presence
 from edge.sync.wire import Topics, encode
 
@@ -110,7 +109,7 @@ def central(mosquitto: LocalMosquitto, tmp_path: Path) -> Iterator[tuple[Central
         "web": {"host": "127.0.0.1", "port": port},
     })
     store = CentralStore(cfg.database)
-    UserStore(WebDB.on_store(store)).add("op", "operator", PASSWORD)
+    UserStore(store.desk()).add("op", "operator", PASSWORD)
     c = Central(cfg, store)
     c.start()
     try:

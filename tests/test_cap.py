@@ -23,7 +23,6 @@ from central_sync.cap import (
 )
 from central_sync.incidents import GROUPED_TYPES, IncidentBook, State
 from central_sync.store import CentralStore
-from central_sync.web.db import WebDB
 from central_sync.web.testing import WebEnv, event
 
 NS = {"cap": CAP_NS}
@@ -48,7 +47,7 @@ def _valid(schema: etree.XMLSchema, body: bytes) -> etree._Element:
 @pytest.fixture
 def book(tmp_path: Path) -> Iterator[tuple[CentralStore, IncidentBook]]:
     store = CentralStore(tmp_path / "central.db")
-    yield store, IncidentBook(WebDB.on_store(store))
+    yield store, IncidentBook(store.desk())
     store.close()
 
 
@@ -138,7 +137,7 @@ def test_cli_export_cap(schema: etree.XMLSchema, tmp_path: Path) -> None:
     from central_sync.cli import main
 
     store = CentralStore(tmp_path / "central.db")
-    b = IncidentBook(WebDB.on_store(store))
+    b = IncidentBook(store.desk())
     ids, _ = store.insert_events([event("pos-a", "PANIC"), event("pos-a", "LELAYU")], time.time())
     changes = b.add_events(store.get_events(ids))
     b.step(changes[0].incident_id, State.ACKNOWLEDGED, "op", "")

@@ -73,7 +73,7 @@ def test_validate_config_missing_file_and_bad_toml(tmp_path: Path, capsys: pytes
     assert "not valid TOML" in capsys.readouterr().err
     (tmp_path / "empty.toml").write_text("")
     assert cli.main(["validate-config", str(tmp_path / "empty.toml")]) == 2
-    assert capsys.readouterr().err.startswith("error: database: ")
+    assert capsys.readouterr().err.startswith("error: store.url: ")
 
 
 def test_events_and_nodes_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

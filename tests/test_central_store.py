@@ -1,4 +1,5 @@
-"""CentralStore on real SQLite files: de-duplication, ordering, nodes, commands, durability settings."""
+"""The store contract on every backend (SQLite files and a real PostgreSQL started by the tests):
+de-duplication, ordering, nodes, commands; plus SQLite's durability settings."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from central_sync.store import CentralStore, migrations
+from central_sync.store import CentralStore, Store, migrations, open_store
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, b64
 
 
@@ -24,10 +24,8 @@ def ev(node: str = "node-a", seq: int = 0, **kw: object) -> EventEnvelope:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[CentralStore]:
-    s = CentralStore(tmp_path / "central.db")
-    yield s
-    s.close()
+def store(any_store: Store) -> Store:
+    return any_store
 
 
 def test_durability_pragmas_and_migrations(tmp_path: Path) -> None:
@@ -35,16 +33,17 @@ def test_durability_pragmas_and_migrations(tmp_path: Path) -> None:
     conn = s.connection()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert [m.name for m in migrations.applied(s.database())] == ["m001_initial"]
+    assert [m.name for m in migrations.applied(s.database())] == ["m001_initial",
+                                                                 "m002_node_scoped_dedup_and_change_seq"]
     s.insert_events([ev()], 1.0)
     s.close()
     again = CentralStore(tmp_path / "c.db")  # reopening applies nothing twice and keeps the data
     assert again.count_events() == 1
-    assert len(migrations.applied(again.database())) == 1
+    assert len(migrations.applied(again.database())) == 2
     again.close()
 
 
-def test_insert_events_dedupes_by_event_id(store: CentralStore) -> None:
+def test_insert_events_dedupes_by_event_id(store: Store) -> None:
     a, b = ev(seq=1), ev(seq=2)
     new, dup = store.insert_events([a, b, a], received_at=10.0)
     assert new == [a.event_id, b.event_id]
@@ -59,7 +58,7 @@ def test_insert_events_dedupes_by_event_id(store: CentralStore) -> None:
     assert store.get_event("nope") is None
 
 
-def test_list_events_streams_in_arrival_order(store: CentralStore) -> None:
+def test_list_events_streams_in_arrival_order(store: Store) -> None:
     for i in range(5):
         store.insert_events([ev("node-a", i), ev("node-b", i)], float(i))
     rows = store.list_events(limit=4)
@@ -73,7 +72,7 @@ def test_list_events_streams_in_arrival_order(store: CentralStore) -> None:
     assert [r["seq"] for r in store.latest_events(node_id="node-a", limit=2)] == [3, 4]
 
 
-def test_snapshots_store_bytes_once(store: CentralStore) -> None:
+def test_snapshots_store_bytes_once(store: Store) -> None:
     data = bytes(range(256)) * 10
     snap = SnapshotEnvelope(snapshot_id="snap-0000000000000001", event_id="e" * 32, node_id="node-a",
                             taken_at=5.0, data=b64(data))
@@ -86,7 +85,7 @@ def test_snapshots_store_bytes_once(store: CentralStore) -> None:
     assert "data" not in store.list_snapshots()[0]
 
 
-def test_presence_and_heartbeat_update_nodes(store: CentralStore) -> None:
+def test_presence_and_heartbeat_update_nodes(store: Store) -> None:
     now = time.time()
     store.upsert_presence(Presence(node_id="node-a", state="online", boot_id="b1", version="1.0",
                                    kelurahan_code="33.74.01.1001", rw=5, rt=3, display_name="Pos RT 03"), now)
@@ -109,7 +108,7 @@ def test_presence_and_heartbeat_update_nodes(store: CentralStore) -> None:
     assert {n["node_id"] for n in store.list_nodes()} == {"node-a", "node-z"}
 
 
-def test_rejections_and_commands(store: CentralStore) -> None:
+def test_rejections_and_commands(store: Store) -> None:
     store.record_rejection(node_id="node-a", topic="t", reason="not_json", detail="x", at=1.0)
     store.record_rejection(node_id=None, topic="t", reason="not_json", detail="y", at=2.0)
     store.record_rejection(node_id="node-a", topic="t", reason="wrong_topic", detail="z", at=3.0)
@@ -127,13 +126,13 @@ def test_rejections_and_commands(store: CentralStore) -> None:
     assert [c["command_id"] for c in store.list_commands("node-a")] == [cmd.command_id]
 
 
-def test_thread_safe_concurrent_writers(tmp_path: Path) -> None:
-    store = CentralStore(tmp_path / "c.db")
-    other = CentralStore(tmp_path / "c.db")  # a second connection on the same file (another worker)
+def test_thread_safe_concurrent_writers(store_url: str) -> None:
+    store = open_store(store_url)
+    other = open_store(store_url)  # a second connection to the same database (another worker)
     shared = [ev(seq=i) for i in range(50)]
     errors: list[BaseException] = []
 
-    def work(s: CentralStore, k: int) -> None:
+    def work(s: Store, k: int) -> None:
         try:
             for i in range(20):
                 s.insert_events([ev(f"node-{k:03d}", i), *shared[i:i + 5]], float(i))
@@ -147,13 +146,13 @@ def test_thread_safe_concurrent_writers(tmp_path: Path) -> None:
         t.join(30)
     assert not errors
     assert store.count_events() == 6 * 20 + 24  # shared[0:24] got inserted, each once
-    ids = [r[0] for r in sqlite3.connect(tmp_path / "c.db").execute("SELECT event_id FROM events")]
-    assert len(ids) == len(set(ids))
+    ids = [r["event_id"] for r in store.list_events(limit=10_000)]
+    assert len(ids) == len(set(ids)) == store.count_events()
     store.close()
     other.close()
 
 
-def test_last_event_times_per_node_for_the_post_overview(store: CentralStore) -> None:
+def test_last_event_times_per_node_for_the_post_overview(store: Store) -> None:
     store.insert_events([ev("node-a", 1, type="SELFTEST", priority=4),
                          ev("node-a", 5, type="SELFTEST", priority=4),
                          ev("node-b", 2, type="SELFTEST", priority=4),
@@ -161,3 +160,25 @@ def test_last_event_times_per_node_for_the_post_overview(store: CentralStore) ->
     assert store.last_event_times("SELFTEST") == {"node-a": 1_700_000_005.0,
                                                   "node-b": 1_700_000_002.0}
     assert store.last_event_times("AMAN") == {}
+
+
+def test_existing_sqlite_desk_tables_migrate_to_per_post_incident_keys(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from central_sync.store.sqlite_desk_schema import desk_migrations
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    desk_migrations.apply(Database(conn), stop_before="m002_incident_events_per_node")
+    conn.execute("INSERT INTO incidents(incident_id, node_id, type, priority, state, opened_at, last_event_at, "
+                 "updated_at, event_count) VALUES ('inc-1', 'pos-a', 'PANIC', 1, 'new', 1, 1, 1, 1)")
+    conn.execute("INSERT INTO incident_events(event_id, incident_id) VALUES ('ev-1', 'inc-1')")
+    conn.commit()
+    conn.close()
+    store = CentralStore(path)
+    try:
+        assert store.desk().incident_of_event("ev-1", "pos-a") == "inc-1"
+        assert store.desk().incident_of_event("ev-1", "pos-b") is None
+        assert store.desk().incident_event_ids("inc-1") == ["ev-1"]
+    finally:
+        store.close()

@@ -40,7 +40,7 @@ FAST = settings(max_examples=1500 if SOAK else 120, deadline=None, derandomize=n
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 SLOW = settings(max_examples=300 if SOAK else 25, deadline=None, derandomize=not SOAK,
                 suppress_health_check=[HealthCheck.too_slow])
-ERROR_LINE = re.compile(r"^error: (\S[^:]*): \S", re.M)
+ERROR_LINE = re.compile(r"^error: (\S.*?): \S", re.M)
 
 
 # -- a small TOML writer (inline tables: any generated document can be written) ---------------

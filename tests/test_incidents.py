@@ -9,24 +9,22 @@ from pathlib import Path
 import pytest
 
 from central_sync.incidents import IncidentBook, IncidentError, State
-from central_sync.store import CentralStore
-from central_sync.web.db import WebDB
+from central_sync.store import Store
 from central_sync.web.testing import WebEnv, event
 
 
 @pytest.fixture
-def book(tmp_path: Path) -> Iterator[tuple[CentralStore, IncidentBook]]:
-    store = CentralStore(tmp_path / "central.db")
-    yield store, IncidentBook(WebDB.on_store(store), group_window_s=600)
-    store.close()
+def book(any_store: Store) -> tuple[Store, IncidentBook]:
+    """Grouping and lifecycle on every store backend."""
+    return any_store, IncidentBook(any_store.desk(), group_window_s=600)
 
 
-def _feed(store: CentralStore, book: IncidentBook, *envs):
+def _feed(store: Store, book: IncidentBook, *envs):
     ids, _ = store.insert_events(list(envs), time.time())
     return book.add_events(store.get_events(ids))
 
 
-def test_grouping_by_post_type_and_window(book: tuple[CentralStore, IncidentBook]) -> None:
+def test_grouping_by_post_type_and_window(book: tuple[Store, IncidentBook]) -> None:
     store, b = book
     t0 = 1_800_000_000.0
     changes = _feed(store, b, event("pos-a", "PANIC", at=t0), event("pos-a", "PANIC", at=t0 + 60),
@@ -50,7 +48,7 @@ def test_grouping_by_post_type_and_window(book: tuple[CentralStore, IncidentBook
 
 
 def test_duplicates_are_ignored_and_node_incident_id_is_kept(
-        book: tuple[CentralStore, IncidentBook]) -> None:
+        book: tuple[Store, IncidentBook]) -> None:
     store, b = book
     env = event("pos-a", "PENCURIAN", incident_id="node-inc-0001")
     ids, _ = store.insert_events([env], time.time())
@@ -61,7 +59,7 @@ def test_duplicates_are_ignored_and_node_incident_id_is_kept(
     assert b.require("node-inc-0001").event_count == 1
 
 
-def test_aman_closes_the_posts_open_incidents(book: tuple[CentralStore, IncidentBook]) -> None:
+def test_aman_closes_the_posts_open_incidents(book: tuple[Store, IncidentBook]) -> None:
     store, b = book
     t0 = time.time()
     panic = _feed(store, b, event("pos-a", "PANIC", at=t0))[0].incident_id
@@ -76,7 +74,7 @@ def test_aman_closes_the_posts_open_incidents(book: tuple[CentralStore, Incident
     assert _feed(store, b, event("pos-a", "PANIC", at=t0 + 40))[0].incident_id != panic
 
 
-def test_lifecycle_steps_and_illegal_ones(book: tuple[CentralStore, IncidentBook]) -> None:
+def test_lifecycle_steps_and_illegal_ones(book: tuple[Store, IncidentBook]) -> None:
     store, b = book
     inc = _feed(store, b, event("pos-a", "PANIC"))[0].incident_id
     with pytest.raises(IncidentError):
@@ -155,3 +153,17 @@ def test_start_up_groups_events_already_in_the_store(tmp_path: Path) -> None:
         assert second.sender.sent == []                 # old news is not re-routed
     finally:
         second.close()
+
+
+def test_another_posts_reuse_of_an_event_id_is_its_own_event(book: tuple[Store, IncidentBook]) -> None:
+    """Events and incident membership are keyed per post: a post reusing another post's event id
+    neither hides that post's event from the desk nor joins its incident."""
+    store, b = book
+    mine = event("pos-a", "PANIC")
+    theirs = event("pos-b", "PENCURIAN").model_copy(update={"event_id": mine.event_id})
+    first = _feed(store, b, theirs)   # the copy arrives first
+    second = _feed(store, b, mine)
+    assert len(first) == 1 and len(second) == 1 and first[0].incident_id != second[0].incident_id
+    assert b.incident_of_event(mine.event_id, "pos-a") == second[0].incident_id
+    assert b.incident_of_event(mine.event_id, "pos-b") == first[0].incident_id
+    assert b.require(second[0].incident_id).node_id == "pos-a"

@@ -164,20 +164,33 @@ def test_broker_sigkill_several_times_mid_drain(tmp_path: Path, mosquitto: Local
 
 def test_central_stopped_and_restarted(tmp_path: Path, mosquitto: LocalMosquitto,
                                        central: Central) -> None:
+    """Central presence: while central is away the post's window is idle (nothing published, no
+    ack timeouts); when central is back everything unacked is resent at once, not after an ack
+    timeout (set to 10 minutes here so only the presence can explain a prompt drain)."""
     ob = _outbox(tmp_path / "outbox.db")
     try:
-        with running_service(_service(mosquitto.port, ob, ack_timeout_seconds=3)):
+        svc = _service(mosquitto.port, ob, ack_timeout_seconds=600)
+        with running_service(svc):
+            wait_until(lambda: svc.presence.seen and svc.presence.present, 20, what="central seen")
             first = {e.event_id for e in ob.record_many(
                 [EventDraft("TEST", 3, {"i": i}) for i in range(500)])}
             wait_until(lambda: central.count() >= 100, 30, what="drain started")
             central.stop()
+            wait_until(lambda: not svc.presence.present, 10, what="post sees central offline")
             second = {e.event_id for e in ob.record_many(
                 [EventDraft("PATROLI", 4, {"i": i}) for i in range(1500)])}
-            wait_until(lambda: ob.counts()["in_flight"] > 0, 10, what="published while central down")
+            published = svc.stats.published
+            wait_until(lambda: ob.counts()["ready"] >= 1500, 10, what="backlog waiting")
+            with pytest.raises(AssertionError):  # the window stays idle while central is away
+                wait_until(lambda: svc.stats.published > published, 1.5, what="a publish")
+            assert svc.stats.ack_timeouts == 0
             central.start()
             central.wait_connected()
-            wait_until(lambda: ob.counts()["acked"] == 2000, 90, what="all acked")
+            wait_until(lambda: ob.counts()["acked"] == 2000, 60, what="all acked")
+            assert svc.stats.ack_timeouts == 0 and svc.presence.arrivals >= 2
         _assert_exactly_once(central, first | second)
+        # Wire copies: the idle window sent nothing redundant while central was away.
+        assert svc.stats.published <= 2000 * 1.1, svc.stats.published
     finally:
         ob.close()
 

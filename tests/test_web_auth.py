@@ -26,7 +26,7 @@ def env(tmp_path: Path) -> Iterator[WebEnv]:
 
 
 def test_passwords_are_argon2_and_wrong_ones_fail(env: WebEnv) -> None:
-    row = env.ctx.db.one("SELECT password_hash FROM web_users WHERE name = 'op'")
+    row = env.ctx.tables.user("op")
     assert row is not None and row["password_hash"].startswith("$argon2")
     assert env.ctx.users.verify("op", WebEnv.PASSWORD).role is Role.OPERATOR
     with pytest.raises(AuthError):
@@ -43,8 +43,7 @@ def test_session_cookie_flags_and_logout(env: WebEnv, tmp_path: Path) -> None:
     assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie
     assert env.anon.get("/api/me").json()["name"] == "op"
     token = env.anon.cookies.get(COOKIE)
-    assert token and env.ctx.db.one("SELECT 1 FROM web_sessions WHERE token_hash = ?",
-                                    (token,)) is None   # only a digest is stored
+    assert token and env.ctx.tables.session(token) is None   # only a digest is stored
     csrf = r.json()["csrf_token"]
     assert env.anon.post("/logout", data={"csrf_token": csrf},
                          follow_redirects=False).status_code == 303
@@ -91,7 +90,7 @@ def _limited(env: WebEnv) -> FakeClock:
     from central_sync.web.auth import LoginLimiter
 
     clock = FakeClock()
-    env.ctx.limiter = LoginLimiter(env.ctx.db, env.ctx.settings, clock=clock)
+    env.ctx.limiter = LoginLimiter(env.ctx.tables, env.ctx.settings, clock=clock)
     return clock
 
 
@@ -213,7 +212,6 @@ def test_cli_user_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     from central_sync.cli import main
     from central_sync.store import CentralStore
     from central_sync.users import RtRef, UserStore
-    from central_sync.web.db import WebDB
 
     cfg = tmp_path / "central.toml"
     cfg.write_text('database = "central.db"\n[web]\nport = 0\n')
@@ -223,7 +221,11 @@ def test_cli_user_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "ketua-rt3 (rt_admin" in capsys.readouterr().out
     from central_sync.audit import AuditLog
 
-    [row] = AuditLog.open(tmp_path / "central.db").recent()
+    store = CentralStore(tmp_path / "central.db")
+    try:
+        [row] = AuditLog(store.audit_tables()).recent()
+    finally:
+        store.close()
     assert row["action"] == "user_add" and row["target"] == "ketua-rt3"
     assert row["actor"].startswith("cli:") and row["detail"]["role"] == "rt_admin"
     pw = tmp_path / "pw"
@@ -234,7 +236,7 @@ def test_cli_user_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                  "--password-file", str(pw), "--config", str(cfg)]) == 1
     store = CentralStore(tmp_path / "central.db")
     try:
-        users = UserStore(WebDB.on_store(store))
+        users = UserStore(store.desk())
         rt = users.verify("ketua-rt3", "a long rt password")
         assert rt.rts == {RtRef("33.74.01.1001", 5, 3), RtRef("33.74.01.1001", 5, 4)}
         assert users.verify("op", "operator password").role is Role.OPERATOR
@@ -247,7 +249,6 @@ def test_cli_user_remove_and_set_role_are_audited_and_take_effect(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from central_sync.audit import AuditLog
     from central_sync.cli import main
 
     cfg = tmp_path / "central.toml"
@@ -270,7 +271,7 @@ def test_cli_user_remove_and_set_role_are_audited_and_take_effect(
         assert main(["user", "set-role", "boss", "--role", "rt_admin", "--config", str(cfg)]) == 1
         monkeypatch.setattr("sys.stdin", io.StringIO("another long password\n"))
         assert main(["user", "add", "op", "--role", "operator", "--config", str(cfg)]) == 0
-        rows = [(r["action"], r["target"]) for r in AuditLog.open(tmp_path / "central.db").recent()]
+        rows = [(r["action"], r["target"]) for r in env.ctx.audit.recent()]
         assert rows[:3] == [("user_add", "op"), ("user_remove", "op"), ("user_role", "op")]
         assert [r["action"] for r in boss.get("/api/audit-log").json()][:3] == \
             ["user_add", "user_remove", "user_role"]

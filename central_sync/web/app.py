@@ -1,8 +1,8 @@
-"""The command-centre web app: ``create_app(cfg, store, commands)`` and ``serve(cfg, store, ingest)``.
+"""The command-centre web app: ``create_app(cfg, store, commands)`` and ``serve(cfg, store, commands)``.
 
-``commands`` is anything with ``async send_command(cmd, *, issued_by)`` (central's IngestService).
-Feed incidents by passing ``app.state.ctx.desk.on_events`` as IngestService's ``on_events``
-(``serve`` wires it when the ingest service exposes an ``on_events`` attribute).
+``commands`` is anything with ``async send_command(cmd, *, issued_by)`` (central's IngestService,
+or a publisher of its own in a separate web process). The desk learns of new events and post
+state from the store's change feed (``store.change_feed()``), whichever process committed them.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from fastapi.staticfiles import StaticFiles
 
 from central_sync.errors import AuthError, CentralError
 from central_sync.retention import Retention
+from central_sync.store import Store
 from central_sync.web import routes_api, routes_auth, routes_cap, routes_pages
-from central_sync.web.context import HERE, WebContext, build_context
+from central_sync.web.context import HERE, ConfigSource, WebContext, build_context
 from central_sync.web.desk import CommandSender
-from central_sync.web.settings import WebSettings
+from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 
 log = logging.getLogger("central.web")
@@ -37,18 +38,32 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(cfg: Any, store: Any, commands: CommandSender | None,
-               settings: WebSettings | None = None) -> FastAPI:
-    """Build the app; groups events already in the store when it starts."""
+def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
+               settings: WebSettings | None = None, *, follow_changes: bool = True) -> FastAPI:
+    """Build the app; groups events already in the store when it starts, then follows the
+    store's change feed (``follow_changes=False``: only what ``desk.on_events`` is given)."""
     ctx = build_context(cfg, store, commands, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.desk.loop = asyncio.get_running_loop()
-        count = ctx.desk.catch_up()
-        log_event(log, "web_started", caught_up=count)
-        yield
-        await ctx.desk.aclose()
+        feed = store.change_feed() if follow_changes else None
+        mark = await asyncio.to_thread(feed.head) if feed is not None else None
+        ctx.desk.posts.load(await asyncio.to_thread(store.list_nodes))
+        count = await asyncio.to_thread(ctx.desk.catch_up)
+        log_event(log, "web_started", caught_up=count, posts=len(ctx.desk.posts))
+        follower = (asyncio.create_task(ctx.desk.follow(feed, mark), name="desk-change-feed")
+                    if feed is not None and mark is not None else None)
+        try:
+            yield
+        finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+            if feed is not None:
+                feed.close()
+            await ctx.desk.aclose()
 
     app = FastAPI(title="Kentongan command centre", version="1", lifespan=lifespan,
                   docs_url="/api/docs", redoc_url=None, openapi_url="/openapi.json")
@@ -83,30 +98,18 @@ def context_of(app: FastAPI) -> WebContext:
     return ctx
 
 
-async def serve(cfg: Any, store: Any, ingest: Any) -> None:
-    """Serve the web app and run retention until cancelled (the ``kentongan-central run`` hook).
-
-    Incidents are fed from ingest: ``ingest.on_events`` is set to the desk's callback when the
-    ingest service has that attribute and it is unset or already ours.
-    """
+async def serve(cfg: ConfigSource, store: Store, commands: CommandSender | None) -> None:
+    """Serve the web app and run retention until cancelled (the ``kentongan-central run`` and
+    ``web`` hook). Incidents come from the store's change feed, not from a callback on ingest."""
     settings = WebSettings.from_config(cfg)
     if not settings.enabled:
         return
-    app = create_app(cfg, store, ingest, settings)
+    app = create_app(cfg, store, commands, settings)
     ctx = context_of(app)
-    if ingest is not None and hasattr(ingest, "on_events"):
-        current = ingest.on_events
-        if current is None:
-            ingest.on_events = ctx.desk.on_events
-        elif current is not ctx.desk.on_events:
-            def both(rows: list[dict[str, Any]], _first: Any = current) -> None:
-                _first(rows)
-                ctx.desk.on_events(rows)
-            ingest.on_events = both
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=2, lifespan="on"))
-    retention = Retention(ctx.db, store, settings)
+    retention = Retention(ctx.tables, settings)
     task = asyncio.create_task(retention.run_forever(), name="retention")
     try:
         await server.serve()

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from fastapi import HTTPException, Request
 
 from central_sync.errors import AuthError
+from central_sync.store.desk_tables import DeskTables
 from central_sync.users import Role, User, UserStore
-from central_sync.web.db import WebDB
-from central_sync.web.settings import WebSettings
+from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 
 log = logging.getLogger("central.web.auth")
@@ -60,27 +60,21 @@ def client_address(request: Request) -> str:
 
 
 class SessionManager:
-    def __init__(self, db: WebDB, users: UserStore, settings: WebSettings) -> None:
-        self.db, self.users, self.settings = db, users, settings
+    def __init__(self, tables: DeskTables, users: UserStore, settings: WebSettings) -> None:
+        self.tables, self.users, self.settings = tables, users, settings
 
     def create(self, user: User, client: str) -> tuple[str, str]:
         """Start a session; return (cookie token, CSRF token)."""
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = time.time()
-        with self.db.tx() as conn:
-            conn.execute("DELETE FROM web_sessions WHERE expires_at < ?", (now,))
-            conn.execute(
-                "INSERT INTO web_sessions(token_hash, name, csrf, created_at, expires_at, client) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (_digest(token), user.name, csrf, now, now + self.settings.session_hours * 3600,
-                 client))
+        self.tables.create_session(_digest(token), user.name, csrf, now,
+                                   now + self.settings.session_hours * 3600, client)
         return token, csrf
 
     def lookup(self, token: str | None, client: str) -> Principal | None:
         if not token or len(token) > 200:
             return None
-        row = self.db.one("SELECT name, csrf, expires_at FROM web_sessions WHERE token_hash = ?",
-                          (_digest(token),))
+        row = self.tables.session(_digest(token))
         if row is None or row["expires_at"] < time.time():
             return None
         user = self.users.get(row["name"])
@@ -88,7 +82,7 @@ class SessionManager:
 
     def destroy(self, token: str | None) -> None:
         if token:
-            self.db.execute("DELETE FROM web_sessions WHERE token_hash = ?", (_digest(token),))
+            self.tables.delete_session(_digest(token))
 
 
 class LoginLimiter:
@@ -101,17 +95,17 @@ class LoginLimiter:
       ``login_window_s``, then that address waits;
     * the right password from another address is never slowed by guesses from this one.
 
-    State is the ``web_login_attempts`` table (shared by every central process using the
-    database, and kept across restarts). The ``limits`` library was not taken: it has no SQL
-    storage (only memory, Redis, Memcached, MongoDB) and counts fixed or moving windows, not a
-    per-key growing delay.
+    State is the desk's ``web_login_attempts`` table (``DeskTables``, on either store backend:
+    shared by every central process using the store, and kept across restarts). The ``limits``
+    library was not taken: it has no SQL storage (only memory, Redis, Memcached, MongoDB) and
+    counts fixed or moving windows, not a per-key growing delay.
     """
 
     MEMORY_S = 86400.0
 
-    def __init__(self, db: WebDB, settings: WebSettings,
+    def __init__(self, tables: DeskTables, settings: WebSettings,
                  clock: Callable[[], float] = time.time) -> None:
-        self.db, self.settings, self.clock = db, settings, clock
+        self.tables, self.settings, self.clock = tables, settings, clock
 
     @staticmethod
     def _pair_key(name: str, client: str) -> str:
@@ -132,16 +126,14 @@ class LoginLimiter:
         """``RateLimited`` when this attempt must wait."""
         now = self.clock()
         window = self.settings.login_window_s
-        ip = self.db.query("SELECT at FROM web_login_attempts WHERE key = ? AND at > ? "
-                           "ORDER BY at", (self._address_key(client), now - window))
+        ip = self.tables.login_attempts(self._address_key(client), now - window)
         limit = self.settings.login_address_limit
         if len(ip) >= limit:
-            retry = ip[len(ip) - limit]["at"] + window - now
+            retry = ip[len(ip) - limit] + window - now
             log_event(log, "login_rate_limited", logging.WARNING, scope="address", client=client)
             raise RateLimited(max(1.0, retry))
-        pair = self.db.query("SELECT at FROM web_login_attempts WHERE key = ? AND at > ? "
-                             "ORDER BY at", (self._pair_key(name, client), now - self.MEMORY_S))
-        wait = self.delay_after(len(pair)) - (now - pair[-1]["at"]) if pair else 0.0
+        pair = self.tables.login_attempts(self._pair_key(name, client), now - self.MEMORY_S)
+        wait = self.delay_after(len(pair)) - (now - pair[-1]) if pair else 0.0
         if wait > 0:
             log_event(log, "login_rate_limited", logging.WARNING, scope="user_address",
                       user=name[:64], client=client, failures=len(pair))
@@ -149,35 +141,28 @@ class LoginLimiter:
 
     def failed(self, name: str, client: str) -> None:
         now = self.clock()
-        with self.db.tx() as conn:
-            conn.execute("DELETE FROM web_login_attempts WHERE at < ?", (now - self.MEMORY_S,))
-            conn.executemany("INSERT INTO web_login_attempts(key, at) VALUES (?, ?)",
-                             [(self._pair_key(name, client), now),
-                              (self._address_key(client), now)])
+        self.tables.record_failed_login([self._pair_key(name, client), self._address_key(client)],
+                                        now, now - self.MEMORY_S)
 
     def succeeded(self, name: str, client: str) -> None:
-        self.db.execute("DELETE FROM web_login_attempts WHERE key = ?",
-                        (self._pair_key(name, client),))
+        self.tables.clear_login_attempts(self._pair_key(name, client))
 
 
 class AccessLog:
     """Who viewed which snapshot or report, when and from where (UU PDP breach reporting)."""
 
-    def __init__(self, db: WebDB) -> None:
-        self.db = db
+    def __init__(self, tables: DeskTables) -> None:
+        self.tables = tables
 
     def record(self, principal: Principal, action: str, object_kind: str, object_id: str,
                allowed: bool = True) -> None:
-        self.db.execute(
-            "INSERT INTO access_log(at, user, role, action, object_kind, object_id, client, "
-            "allowed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), principal.user.name, principal.user.role.value, action, object_kind,
-             object_id, principal.client, int(allowed)))
+        self.tables.log_access(time.time(), principal.user.name, principal.user.role.value, action,
+                               object_kind, object_id, principal.client, allowed)
         log_event(log, "access", user=principal.user.name, action=action, object_kind=object_kind,
                   object_id=object_id, client=principal.client, allowed=allowed)
 
     def recent(self, limit: int = 200) -> list[dict[str, object]]:
-        return self.db.query("SELECT * FROM access_log ORDER BY id DESC LIMIT ?", (limit,))
+        return self.tables.access_log(limit)
 
 
 def _sessions(request: Request) -> SessionManager:

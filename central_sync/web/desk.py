@@ -1,5 +1,6 @@
-"""The command-centre desk: feeds incidents from ingest, routes them, runs lifecycle steps and
-sends the resulting commands through ingest's ``send_command``.
+"""The command-centre desk: follows the store's change feed (events and post state committed by
+any ingest process), groups events into incidents, routes them, runs lifecycle steps and sends the
+resulting commands through a ``CommandSender``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any, Protocol
 
 from central_sync.incidents import Change, Incident, IncidentBook, State, event_payload
 from central_sync.routing import Router, make_command
+from central_sync.store import ChangeFeed, ChangeMark, Changes, Store
 from central_sync.web.auth import Principal
-from central_sync.web.db import WebDB
 from central_sync.web.live import LiveHub
 from central_sync.web.policy import can_see_incident, node_location, redact
-from central_sync.web.settings import WebSettings
+from central_sync.web.post_table import PostTable
+from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 from edge.sync.wire import Command
 
@@ -44,11 +46,13 @@ def as_dict(row: Any) -> dict[str, Any]:
 class Desk:
     """Everything the dashboard does that is more than a query."""
 
-    def __init__(self, db: WebDB, store: Any, commands: CommandSender | None,
+    def __init__(self, store: Store, commands: CommandSender | None,
                  settings: WebSettings, hub: LiveHub) -> None:
-        self.db, self.store, self.commands, self.settings, self.hub = (
-            db, store, commands, settings, hub)
-        self.book = IncidentBook(db, settings.group_window_s)
+        self.store, self.commands, self.settings, self.hub = store, commands, settings, hub
+        self.tables = store.desk()
+        self.book = IncidentBook(self.tables, settings.group_window_s)
+        self.posts = PostTable()
+        self.posts.load(store.list_nodes())
         self.router = Router(warning_types=settings.rw_warning_types,
                              rw_patterns=settings.rw_warning_patterns,
                              ttl_s=settings.command_ttl_s)
@@ -56,21 +60,48 @@ class Desk:
         self._tasks: set[asyncio.Future[Any]] = set()
 
     # -- nodes ------------------------------------------------------------------------------
-    def nodes(self) -> dict[str, dict[str, Any]]:
-        rows = [as_dict(n) for n in self.store.list_nodes()]
-        return {str(n["node_id"]): n for n in rows if n.get("node_id")}
+    def nodes(self) -> Mapping[str, dict[str, Any]]:
+        """Every post by node id, from memory (kept current by the change feed); looking one up
+        is a dict lookup, not a copy of the table."""
+        return self.posts.view()
 
     # -- feeding ----------------------------------------------------------------------------
     def on_events(self, rows: list[dict[str, Any]]) -> None:
-        """IngestService callback: group, route new incidents, tell the browsers (any thread)."""
+        """Group, route new incidents, tell the browsers (any thread). Fed by ``follow``; also
+        usable directly by tools and tests."""
         try:
             self._feed(rows, route=True)
-        except Exception:  # never break ingest because of the dashboard
+        except Exception:  # never break the caller because of the dashboard
             log.exception("on_events failed")
+
+    def apply_changes(self, changes: Changes) -> None:
+        """Apply what the change feed reported: post state, then new events."""
+        if changes.resync:
+            self.posts.load(changes.nodes)
+        elif changes.nodes:
+            self.posts.update(changes.nodes)
+        if changes.events:
+            self.on_events(changes.events)
+
+    async def follow(self, feed: ChangeFeed, mark: ChangeMark, poll_s: float = 1.0) -> None:
+        """Apply the store's change feed until cancelled (events and post state committed by
+        any process: ingest workers, another central)."""
+        while True:
+            try:
+                changes = await asyncio.to_thread(feed.wait, mark, poll_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a lost database: the feed resyncs when it is back
+                log_event(log, "change_feed_failed", logging.WARNING, error=str(exc)[:200])
+                await asyncio.sleep(poll_s)
+                continue
+            mark = changes.mark
+            if changes.events or changes.nodes or changes.resync:
+                await asyncio.to_thread(self.apply_changes, changes)
 
     def catch_up(self, batch: int = 1000) -> int:
         """Group events already in the store (at start-up; no routing: they are old news)."""
-        since = int(self.db.get_state("last_rowid", "0"))
+        since = int(self.tables.get_state("last_rowid", "0"))
         total = 0
         while True:
             rows = [as_dict(r) for r in self.store.list_events(since_rowid=since, limit=batch)]
@@ -79,7 +110,7 @@ class Desk:
             self._feed(rows, route=False)
             total += len(rows)
             since = max(int(r.get("rowid") or since) for r in rows)
-            self.db.set_state("last_rowid", str(since))
+            self.tables.set_state("last_rowid", str(since))
             if len(rows) < batch:
                 return total
 
@@ -87,9 +118,8 @@ class Desk:
         changes = self.book.add_events(rows)
         rowids = [int(r["rowid"]) for r in rows if r.get("rowid")]
         if rowids and route:
-            last = int(self.db.get_state("last_rowid", "0"))
-            self.db.set_state("last_rowid", str(max(last, *rowids)))
-        nodes: dict[str, dict[str, Any]] | None = None
+            last = int(self.tables.get_state("last_rowid", "0"))
+            self.tables.set_state("last_rowid", str(max(last, *rowids)))
         for change in changes:
             incident = self.book.get(change.incident_id)
             if incident is None:
@@ -99,11 +129,17 @@ class Desk:
                           node_id=incident.node_id, type=incident.type,
                           priority=incident.priority)
                 if route:
-                    nodes = nodes if nodes is not None else self.nodes()
-                    for cmd in self.router.rw_warnings(incident, nodes.values()):
+                    for cmd in self.router.rw_warnings(incident, self._rw_posts(incident.node_id)):
                         self.spawn(self._send(cmd, "central:routing"))
             self.hub.publish(change.incident_id)
         return changes
+
+    def _rw_posts(self, node_id: str) -> list[dict[str, Any]]:
+        """The posts of ``node_id``'s RW (itself included), by index."""
+        origin = self.posts.get(node_id)
+        if origin is None or origin.get("kelurahan_code") is None or origin.get("rw") is None:
+            return [origin] if origin is not None else []
+        return self.posts.in_rw(str(origin["kelurahan_code"]), int(origin["rw"]))
 
     # -- commands ---------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -171,16 +207,13 @@ class Desk:
         count = self.book.false_alarms(incident.node_id, since)
         if count < s.false_alarm_threshold:
             return {}
-        recent = self.db.one("SELECT 1 FROM web_warnings WHERE node_id = ? AND kind = "
-                             "'false_alarms' AND at >= ?", (incident.node_id, since))
+        recent = self.tables.recent_warning(incident.node_id, "false_alarms", since)
         message = (f"Post {incident.node_id} had {count} false alarms in "
                    f"{s.false_alarm_window_s / 3600:g} h: panic hold raised to "
                    f"{s.false_alarm_hold_seconds:g} s")
-        if recent is not None:
+        if recent:
             return {"warning": message}
-        self.db.execute("INSERT INTO web_warnings(at, node_id, kind, message) "
-                        "VALUES (?, ?, 'false_alarms', ?)",
-                        (time.time(), incident.node_id, message))
+        self.tables.add_warning(time.time(), incident.node_id, "false_alarms", message)
         log_event(log, "false_alarm_threshold", logging.WARNING, node_id=incident.node_id,
                   count=count)
         command = await self.send(who, incident.node_id, "config",
@@ -188,10 +221,10 @@ class Desk:
         return {"warning": message, "command": command}
 
     def warnings(self, limit: int = 20) -> list[dict[str, Any]]:
-        return self.db.query("SELECT * FROM web_warnings ORDER BY id DESC LIMIT ?", (limit,))
+        return self.tables.warnings(limit)
 
     # -- views ------------------------------------------------------------------------------
-    def visible(self, who: Principal, nodes: dict[str, dict[str, Any]] | None = None,
+    def visible(self, who: Principal, nodes: Mapping[str, dict[str, Any]] | None = None,
                 *, open_only: bool = False) -> list[Incident]:
         nodes = nodes if nodes is not None else self.nodes()
         return [i for i in self.book.incidents(open_only=open_only)
@@ -209,8 +242,11 @@ class Desk:
                node: dict[str, Any] | None) -> dict[str, Any]:
         out = self.summary(incident, node)
         events = []
-        for event_id in self.book.event_ids(incident.incident_id):
-            ev = as_dict(self.store.get_event(event_id))
+        ids = self.book.event_ids(incident.incident_id)
+        # Event ids are unique per post only: take this incident's post's rows.
+        rows = {r["event_id"]: r for r in self.store.get_events(ids) if r.get("node_id") == incident.node_id}
+        for event_id in ids:
+            ev = as_dict(rows.get(event_id))
             if not ev:
                 continue
             events.append({"event_id": ev.get("event_id"), "type": ev.get("type"),

@@ -12,17 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from central_sync.incidents import Incident
+from central_sync.personal_data import PERSONAL_KEYS, is_personal_key
 from central_sync.routing import to_command_centre
 from central_sync.users import Role, User
 
-#: Payload keys that identify a person; hidden from anyone who is not police-side staff.
-PERSONAL_KEYS = ("reporter", "operator", "phone", "msisdn", "name", "nik", "caller", "contact",
-                 "identity", "email")
-
-
-def is_personal_key(key: str) -> bool:
-    k = key.lower()
-    return any(p in k for p in PERSONAL_KEYS)
+__all__ = ["PERSONAL_KEYS", "can_command_posts", "can_see_incident", "can_see_node", "is_personal_key", "node_location",
+           "redact"]
 
 
 def redact(user: User, payload: Mapping[str, Any]) -> dict[str, Any]:

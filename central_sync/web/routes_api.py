@@ -162,9 +162,8 @@ async def node_command(request: Request, who: Writer, node_id: NodeId,
 
 def _audit(ctx: WebContext, who: Principal, action: str, target: str, **detail: Any) -> None:
     """Record a command sent from the desk in the admin audit log (central_sync.audit)."""
-    if ctx.audit is not None:
-        ctx.audit.record(who.user.name, action, target, {"role": who.user.role.value, **detail},
-                         who.client)
+    ctx.audit.record(who.user.name, action, target, {"role": who.user.role.value, **detail},
+                     who.client)
 
 
 @router.get("/snapshots/{snapshot_id}", response_class=Response,
@@ -181,9 +180,8 @@ def get_snapshot(request: Request, who: Who,
     row = as_dict(ctx.store.get_snapshot(snapshot_id))
     incident = None
     if row:
-        inc_row = ctx.db.one("SELECT incident_id FROM incident_events WHERE event_id = ?",
-                             (row.get("event_id"),))
-        incident = ctx.desk.book.get(inc_row["incident_id"]) if inc_row else None
+        inc_id = ctx.desk.book.incident_of_event(str(row.get("event_id")), str(row.get("node_id")))
+        incident = ctx.desk.book.get(inc_id) if inc_id else None
     node = ctx.desk.nodes().get(str(row.get("node_id"))) if row else None
     allowed = bool(row) and (
         who.user.is_staff if incident is None

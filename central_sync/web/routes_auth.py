@@ -138,8 +138,7 @@ def audit_log(request: Request, who: Annotated[Principal, Depends(principal)],
     """Administrative actions, newest first: accounts, commands sent, enrolments and
     revocations (admins only)."""
     require_roles(who, Role.ADMIN)
-    audit = ctx_of(request).audit
-    return audit.recent(limit) if audit is not None else []
+    return ctx_of(request).audit.recent(limit)
 
 
 @router.get("/api/me", response_model=MeOut)

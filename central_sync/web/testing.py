@@ -72,7 +72,11 @@ class WebEnv:
         self._client_cls = TestClient
         self.store = CentralStore(db_path)
         self.sender = RecordingSender()
-        self.app = create_app({"web": web or {}}, self.store, self.sender)
+        # The harness applies the store's change feed itself (``sync``), synchronously, instead
+        # of the app's background follower, so each step is visible to the next one.
+        self.feed = self.store.change_feed()
+        self.mark = self.feed.head()
+        self.app = create_app({"web": web or {}}, self.store, self.sender, follow_changes=False)
         self.ctx = context_of(self.app)
         self.anon = self._stack.enter_context(TestClient(self.app))
 
@@ -92,20 +96,29 @@ class WebEnv:
     def node(self, node_id: str, where: str = "33.74.01.1001/5/3") -> None:
         kel, rw, rt = where.split("/")
         self.store.upsert_presence(presence(node_id, kel, int(rw), int(rt)), time.time())
+        self.sync()
 
     def events(self, *envs: EventEnvelope) -> list[str]:
-        """Insert through the store and feed the dashboard as ingest's on_events would."""
+        """Commit through the store; the desk learns of them from the change feed."""
         accepted, _dups = self.store.insert_events(list(envs), time.time())
-        rows = self.store.get_events(accepted)
-        self.ctx.desk.on_events(rows)
+        self.sync()
         return accepted
 
+    def sync(self) -> None:
+        """Apply everything the store's change feed has (as the web app's follower does)."""
+        while True:
+            changes = self.feed.wait(self.mark, 0)
+            self.mark = changes.mark
+            if not (changes.events or changes.nodes):
+                return
+            self.ctx.desk.apply_changes(changes)
+
     def incident_of(self, event_id: str) -> str:
-        row = self.ctx.db.one("SELECT incident_id FROM incident_events WHERE event_id = ?",
-                              (event_id,))
-        assert row is not None, f"event {event_id} is in no incident"
-        return str(row["incident_id"])
+        inc_id = self.ctx.desk.book.incident_of_event(event_id)
+        assert inc_id is not None, f"event {event_id} is in no incident"
+        return inc_id
 
     def close(self) -> None:
         self._stack.close()
+        self.feed.close()
         self.store.close()

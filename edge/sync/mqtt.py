@@ -18,21 +18,21 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from edge.config import SyncConfig
+from edge.config import SyncConfig, TlsConfig
+from edge.sync.transport import ConnectSpec, TlsFiles, TransportError, make_client
 
 __all__ = [
     "PROBE_INTERVAL_S",
     "SESSION_EXPIRY_S",
     "MqttError",
     "Reconnector",
+    "TransportError",
+    "connect_spec",
     "open_client",
     "probe_tcp",
     "publish_nowait",
@@ -49,41 +49,37 @@ SESSION_EXPIRY_S = 24 * 3600
 MAX_INFLIGHT = 32
 
 
-def _tls_context(cfg: SyncConfig) -> ssl.SSLContext | None:
-    if cfg.tls is None:
+def tls_files(tls: TlsConfig | None) -> TlsFiles | None:
+    """The node's TLS config as the transport factory's ``TlsFiles``."""
+    if tls is None:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cfg.tls.ca_file))
-    ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
-    if cfg.tls.crl_file is not None:
-        ctx.load_verify_locations(str(cfg.tls.crl_file))
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    return ctx
+    return TlsFiles(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
+                    crl_file=tls.crl_file)
+
+
+def connect_spec(cfg: SyncConfig, client_id: str, *, will: aiomqtt.Will | None = None,
+                 timeout: float = 5.0, clean_start: bool = False,
+                 session_expiry_s: int = SESSION_EXPIRY_S) -> ConnectSpec:
+    """What the post connects to and as whom (shared by the sync service and the self-test)."""
+    return ConnectSpec(host=cfg.broker_host, port=cfg.broker_port, client_id=client_id,
+                       tls=tls_files(cfg.tls), keepalive=30, session_expiry_s=session_expiry_s,
+                       clean_start=clean_start, will=will, max_inflight=MAX_INFLIGHT,
+                       timeout=timeout)
 
 
 def open_client(cfg: SyncConfig, client_id: str, *, will_topic: str, will_payload: bytes,
                 timeout: float = 5.0) -> aiomqtt.Client:
     """An MQTT 5 client with a persistent session (clean_start False, 1 day expiry), client id
-    ``client_id`` and a retained QoS 1 last will. Use it as ``async with``.
+    ``client_id`` and a retained QoS 1 last will, built by the project's one client factory
+    (``edge.sync.transport``: keys through systemd credentials). Use it as ``async with``.
 
     ``timeout`` bounds the wait for CONNACK: a broker that dies while we connect leaves the
-    attempt hanging until then (aiomqtt does not fail it on the socket closing)."""
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = SESSION_EXPIRY_S
-    client = aiomqtt.Client(
-        cfg.broker_host, cfg.broker_port,
-        identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        properties=props,
-        will=aiomqtt.Will(will_topic, will_payload, qos=1, retain=True),
-        keepalive=30,
-        timeout=timeout,
-        max_inflight_messages=MAX_INFLIGHT,
-        tls_context=_tls_context(cfg),
-    )
+    attempt hanging until then (aiomqtt does not fail it on the socket closing).
+    Raises ``TransportError`` when the TLS material cannot be loaded."""
+    spec = connect_spec(cfg, client_id, will=aiomqtt.Will(will_topic, will_payload, qos=1,
+                                                          retain=True), timeout=timeout)
     # Many concurrent publishes are the normal case here; aiomqtt warns past this many.
-    client.pending_calls_threshold = 1_000_000
-    return client
+    return make_client(spec, pending_calls_threshold=1_000_000)
 
 
 DISCONNECT_TIMEOUT_S = 5.0

@@ -5,6 +5,13 @@ so acks and commands sent while we were away are waiting), publish the retained 
 then run the event lane, the snapshot lane, the heartbeat and the downlink dispatcher until the
 connection fails. Then everything in flight goes back to ``ready`` and the reconnect loop waits
 (see ``edge.sync.mqtt``). The SMS fallback runs for the life of the service.
+
+Central presence: the session also subscribes to ``{prefix}/central/state/+``; while no central is
+online the event lane idles, and it resends at once when one comes online (``edge.sync.presence``).
+
+Failures are never silent: every failed attempt updates :attr:`SyncService.health` (shown by
+``status`` and in the heartbeat) and is logged as ``sync_connect_failed`` with its cause
+(rate-limited: once per cause change, then at most every ``CONNECT_LOG_INTERVAL_S``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.snapshots import SnapshotStore
 from edge.sync.downlink import CommandHandler, CommandProcessor
-from edge.sync.mqtt import Reconnector, open_client, publish_nowait, raise_if_cancelling, session
+from edge.sync.health import RateLimitedLog, SyncHealth, classify
+from edge.sync.mqtt import Reconnector, TransportError, open_client, publish_nowait, raise_if_cancelling, session
+from edge.sync.presence import CentralPresence
 from edge.sync.sms_fallback import SmsFallback
 from edge.sync.uplink import EventUplink, SnapshotUplink, UplinkStats
 from edge.sync.wire import (
@@ -49,6 +58,7 @@ __all__ = ["CommandHandler", "SyncService"]
 log = logging.getLogger(__name__)
 
 RESULT_BACKLOG = 200
+CONNECT_LOG_INTERVAL_S = 300.0
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -82,7 +92,8 @@ class SyncService:
                  sms_sender: Callable[[str, str], None] | None = None,
                  sign_event: Callable[[EventEnvelope], EventEnvelope] | None = None,
                  verify_command: Callable[[Command], None] | None = None,
-                 security_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 security_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 use_central_presence: bool = True) -> None:
         self.cfg = cfg
         self.node_id = cfg.node.node_id
         self.outbox = outbox
@@ -92,6 +103,11 @@ class SyncService:
         self.topics = Topics(cfg.sync.topic_prefix)
         self.stats = UplinkStats()
         self.connected = False
+        self.health = SyncHealth()
+        self.presence = CentralPresence(self.topics)
+        self.use_central_presence = use_central_presence
+        self._connect_log = RateLimitedLog(log, "sync_connect_failed", CONNECT_LOG_INTERVAL_S)
+        self._lane_log = RateLimitedLog(log, "sync_session_failed", CONNECT_LOG_INTERVAL_S)
         self.events = EventUplink(
             outbox, clock, node_id=self.node_id, topic=self.topics.up(self.node_id, "event"),
             window=cfg.sync.inflight_window, ack_timeout_s=cfg.sync.ack_timeout_seconds,
@@ -105,7 +121,7 @@ class SyncService:
                                          publish_result=self._publish_result,
                                          verify_command=verify_command,
                                          security_event=security_event)
-        self.sms = SmsFallback(cfg, outbox, sms_sender, lambda: self.connected)
+        self.sms = SmsFallback(cfg, outbox, sms_sender, self._sms_cause)
         self.reconnector = Reconnector(cfg.sync)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_lock = threading.Lock()
@@ -114,6 +130,7 @@ class SyncService:
         self._client: aiomqtt.Client | None = None
         self._results: deque[CommandResult] = deque(maxlen=RESULT_BACKLOG)
         self._bg: set[asyncio.Future[Any]] = set()
+        self._central_state_head = self.topics.central_state("")
         outbox.add_listener(self._on_recorded)
 
     # ------------------------------------------------------------ wake-ups (any thread)
@@ -157,14 +174,13 @@ class SyncService:
                 exc: BaseException | None = None
                 try:
                     await self._connect_and_sync()
-                except (aiomqtt.MqttError, OSError) as e:
+                except (aiomqtt.MqttError, OSError, TransportError) as e:
                     exc = e
                 except Exception as e:  # a lane failed: log, treat like a disconnect, go on
                     exc = _unwrap(e)
-                    if not isinstance(exc, aiomqtt.MqttError | OSError):
-                        log_event(log, "sync_session_failed", logging.ERROR, node_id=self.node_id,
-                                  error=repr(exc),
-                                  traceback="".join(traceback.format_exception(exc))[-2000:])
+                    if not isinstance(exc, aiomqtt.MqttError | OSError | TransportError):
+                        self._lane_log(type(exc).__name__, node_id=self.node_id, error=repr(exc),
+                                       traceback="".join(traceback.format_exception(exc))[-2000:])
                 finally:
                     was = self.connected
                     self.connected = False
@@ -173,6 +189,7 @@ class SyncService:
                     if was:
                         log_event(log, "sync_disconnected", logging.WARNING, node_id=self.node_id,
                                   error=repr(exc) if exc else None)
+                self._failed(exc, was)
                 self.reconnector.failed(exc)
                 report = await self.reconnector.wait()
                 log_event(log, "sync_reconnect_wait", logging.DEBUG, node_id=self.node_id,
@@ -187,6 +204,32 @@ class SyncService:
             with contextlib.suppress(Exception):
                 await self.events.flush_acks()
             self._loop = None
+
+    def _failed(self, exc: BaseException | None, was_connected: bool) -> None:
+        """Record (and log, rate-limited) why the session ended or could not start."""
+        reason = classify(exc) if exc is not None else "closed"
+        detail = str(exc) if exc is not None else "session ended"
+        self.health.failures += 1
+        self.health.set("retrying", reason, detail or repr(exc))
+        if not was_connected:
+            self._connect_log(reason, node_id=self.node_id, error=detail[:300],
+                              broker=f"{self.cfg.sync.broker_host}:{self.cfg.sync.broker_port}",
+                              failures=self.health.failures)
+
+    def _sms_cause(self) -> str | None:
+        """Why central may not have the event (for the SMS text)."""
+        if not self.connected:
+            return "broker"
+        if not self.presence.present:
+            return "central"
+        return "ack"
+
+    def status(self) -> dict[str, Any]:
+        """The sync part of the agent's ``status``."""
+        return {"connected": self.connected, **self.health.as_dict(),
+                "central": self.presence.as_dict(),
+                "ack_timeout_s": round(self.events.current_timeout_s, 2),
+                "inflight": len(self.events.inflight)}
 
     async def _detach(self) -> None:
         try:
@@ -212,7 +255,12 @@ class SyncService:
         async with session(client_obj) as client:
             self._client = client
             await client.subscribe(f"{self.topics.prefix}/down/{self.node_id}/#", qos=1)
+            if self.use_central_presence:
+                # Retained states arrive right after the SUBACK (also after every reconnect).
+                await client.subscribe(self.topics.central_state("+"), qos=1)
             self.connected = True
+            self.health.set("connected")
+            self._connect_log.reset()
             self.reconnector.reset()
             self.stats.reconnects += 1
             self.stats.last_connect_mono = time.monotonic()
@@ -239,6 +287,11 @@ class SyncService:
                 payload = str(payload).encode()
             if topic.endswith("/cmd"):
                 self._spawn(self.commands.on_payload(bytes(payload)))
+                continue
+            if topic.startswith(self._central_state_head):
+                change = self.presence.on_message(topic, bytes(payload))
+                if change is not None:
+                    self.events.set_central(change)
                 continue
             try:
                 _node, msg = decode_on_topic(self.topics, topic, bytes(payload))
@@ -295,7 +348,8 @@ class SyncService:
             outbox={k: int(v) for k, v in counts.items() if isinstance(v, int)},
             siren=siren,
             extra={"published": self.stats.published, "acked": self.stats.acked,
-                   "requeued": self.stats.requeued, "reconnects": self.stats.reconnects})
+                   "requeued": self.stats.requeued, "reconnects": self.stats.reconnects,
+                   "central_present": self.presence.present})
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         topic = self.topics.up(self.node_id, "heartbeat")

@@ -1,8 +1,10 @@
-"""SMS fallback for P1 events central has not acknowledged while the broker is unreachable.
+"""SMS fallback for P1 events central has not acknowledged in time, whatever the cause.
 
-Rule: a P1 event unacknowledged for ``cfg.sync.sms_fallback_seconds`` while the node is not
-connected to the broker -> one short SMS to every ``cfg.modem.sms_recipients`` number, once per
-incident (``incident_id``, else the event id). Every unacked event of that incident is marked
+Rule: a P1 event unacknowledged for ``cfg.sync.sms_fallback_seconds`` -> one short SMS to every
+``cfg.modem.sms_recipients`` number, once per
+incident (``incident_id``, else the event id). The cause does not matter: the broker unreachable,
+no central online (``edge.sync.presence``) or central connected but its ack overdue; the text
+names it (``CAUSE_TEXT``). Every unacked event of that incident is marked
 ``sms_sent_at`` in the outbox so a restart does not resend, and an ``SMS_SENT`` event (P3) is
 recorded. Never for P2-P4; never when central acknowledged in time. A failing modem is logged, a
 ``MODEM_FAULT`` event is recorded (at most once per ``retry_s``) and the send is retried later.
@@ -25,27 +27,30 @@ __all__ = ["SmsFallback", "sms_text"]
 log = logging.getLogger(__name__)
 
 FLAG = "sms_sent_at"
+#: Why central may not have the alarm, as the SMS says it (Indonesian, ASCII).
+CAUSE_TEXT = {"broker": "server tidak terhubung", "central": "pusat tidak aktif",
+              "ack": "belum dikonfirmasi pusat"}
 
 
-def sms_text(cfg: NodeConfig, ev: StoredEvent) -> str:
-    """Short ASCII text (< 160 chars): type, post, RT/RW, local time, event id prefix."""
+def sms_text(cfg: NodeConfig, ev: StoredEvent, cause: str | None = "broker") -> str:
+    """Short ASCII text (< 160 chars): type, post, RT/RW, local time, event id prefix, cause."""
     n = cfg.node
     local = time.strftime("%d/%m %H:%M", time.localtime(ev.wall_time))
     name = n.display_name.encode("ascii", "replace").decode()[:60]
     return (f"KENTONGAN {ev.type} {name} RT{n.rt:02d}/RW{n.rw:02d} {local} "
-            f"id {ev.event_id[:8]} (server tidak terhubung)")[:160]
+            f"id {ev.event_id[:8]} ({CAUSE_TEXT.get(cause or 'ack', CAUSE_TEXT['ack'])})")[:160]
 
 
 class SmsFallback:
     """Periodic check run by the sync service for the life of the node."""
 
     def __init__(self, cfg: NodeConfig, outbox: Outbox, sender: Callable[[str, str], None] | None,
-                 is_connected: Callable[[], bool], *, check_s: float | None = None,
+                 cause: Callable[[], str | None], *, check_s: float | None = None,
                  retry_s: float = 60.0) -> None:
         self.cfg = cfg
         self.outbox = outbox
         self.sender = sender
-        self.is_connected = is_connected
+        self.cause = cause
         self.after_s = cfg.sync.sms_fallback_seconds
         self.check_s = check_s if check_s is not None else min(5.0, max(0.2, self.after_s / 4))
         self.retry_s = retry_s
@@ -71,13 +76,11 @@ class SmsFallback:
 
     async def check_once(self) -> int:
         """One pass; returns how many incidents were notified."""
-        if self.sender is None or not self.numbers or self.is_connected():
+        if self.sender is None or not self.numbers:
             return 0
         due = await asyncio.to_thread(self._due)
         done = 0
         for key, events in due.items():
-            if self.is_connected():
-                break
             if await self._notify(key, events):
                 done += 1
         return done
@@ -101,7 +104,8 @@ class SmsFallback:
 
     async def _notify(self, key: str, events: list[StoredEvent]) -> bool:
         first = events[0]
-        text = sms_text(self.cfg, first)
+        cause = self.cause()
+        text = sms_text(self.cfg, first, cause)
         done = self._sent_numbers.setdefault(key, set())
         for number in self.numbers:
             if number in done:
@@ -127,7 +131,7 @@ class SmsFallback:
         self._sent_numbers.pop(key, None)
         self.sent += 1
         log_event(log, "sms_fallback_sent", logging.WARNING, event_id=first.event_id,
-                  incident=key, recipients=len(done), event_type=first.type)
+                  incident=key, cause=cause, recipients=len(done), event_type=first.type)
         return True
 
     async def _fault(self, key: str, number: str, exc: BaseException) -> None:

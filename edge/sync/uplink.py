@@ -15,6 +15,15 @@ Batching: the events of one claim are published as ``event_batch`` messages of u
 claims P1 events only, so an alarm leaves in its own small message. Each envelope keeps its own
 signature and is acked or rejected on its own.
 
+Central presence (``edge.sync.presence``): while no central is online the lane is idle: nothing is
+claimed, published or timed out. The moment one comes online everything still in flight goes back
+to ``ready`` and is resent at once (with the backlog behind it), so a PANIC published before
+central's first subscription is acknowledged right after central is up, not an ack timeout later.
+
+Ack timeouts back off: after a round of timeouts the next limit is ``ack_timeout_s * 2**n``
+(``n`` capped by ``MAX_TIMEOUT_DOUBLINGS``) times a random factor in [1, 1 + ``TIMEOUT_JITTER``];
+any ack resets it. One check runs per ``TICK_S`` (one timer for the whole window).
+
 Snapshots have their own lane (:class:`SnapshotUplink`) with a byte budget (token bucket), so they
 never delay events.
 """
@@ -24,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -56,6 +66,10 @@ log = logging.getLogger(__name__)
 CLAIM_FRACTION = 0.25
 #: How often ack timeouts are checked and the outbox is polled without a wake-up.
 TICK_S = 0.5
+#: Ack-timeout backoff: at most this many doublings of ``ack_timeout_s``.
+MAX_TIMEOUT_DOUBLINGS = 3
+#: Ack timeouts are stretched by a random factor in [1, 1 + this] so posts do not resend in step.
+TIMEOUT_JITTER = 0.25
 
 
 class Publisher(Protocol):
@@ -77,6 +91,8 @@ class UplinkStats:
     snapshots_published: int = 0
     snapshots_acked: int = 0
     reconnects: int = 0
+    ack_timeouts: int = 0  # rounds of ack timeouts (each releases every overdue event)
+    central_resends: int = 0  # events resent at once because central came online
     last_connect_mono: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -111,7 +127,8 @@ class EventUplink:
 
     def __init__(self, outbox: Outbox, clock: Clock, *, node_id: str, topic: str, window: int,
                  ack_timeout_s: float, sign_event: Callable[[EventEnvelope], EventEnvelope] | None,
-                 stats: UplinkStats, p1_reserve: int | None = None) -> None:
+                 stats: UplinkStats, p1_reserve: int | None = None,
+                 rng: random.Random | None = None) -> None:
         self.outbox = outbox
         self.clock = clock
         self.node_id = node_id
@@ -131,6 +148,11 @@ class EventUplink:
         self._ack_flush = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch_prefix = batch_prefix(node_id)
+        self._rng = rng or random.Random()
+        self.central_present = True
+        self._resend = False
+        self.timeout_doublings = 0
+        self.current_timeout_s = self._timeout_for(0)
 
     # ------------------------------------------------------------ signals (loop thread)
 
@@ -139,6 +161,22 @@ class EventUplink:
         self._maybe_ready = True
         self._p1 = self._p1 or p1
         self._wake.set()
+
+    def set_central(self, present: bool) -> None:
+        """Central presence changed: ``False`` -> idle window; ``True`` -> resend at once."""
+        if present:
+            self._resend = True
+            self._reset_timeout()
+        self.central_present = present
+        self._wake.set()
+
+    def _timeout_for(self, doublings: int) -> float:
+        return self.ack_timeout_s * (2 ** doublings) * self._rng.uniform(1.0, 1.0 + TIMEOUT_JITTER)
+
+    def _reset_timeout(self) -> None:
+        if self.timeout_doublings:
+            self.timeout_doublings = 0
+            self.current_timeout_s = self._timeout_for(0)
 
     def on_ack(self, ack: Ack) -> None:
         """Central committed these events: free their window slots now, commit the outbox ack in
@@ -152,6 +190,8 @@ class EventUplink:
             self._spawn(self._mark_rejected(r.event_id, r.reason))
         for i in ids:
             self.inflight.pop(i, None)
+        if ids:
+            self._reset_timeout()
         self._pending_acks.extend(ids)
         self._ack_flush.set()
         self._wake.set()
@@ -204,6 +244,14 @@ class EventUplink:
         next_tick = 0.0
         while True:
             raise_if_cancelling()
+            if self._resend:
+                self._resend = False
+                await self._resend_inflight()
+            if not self.central_present:  # idle until a central is online again
+                self._wake.clear()
+                await self._wake.wait()
+                next_tick = 0.0
+                continue
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
@@ -282,15 +330,34 @@ class EventUplink:
         return await asyncio.to_thread(work)
 
     async def _expire(self, now: float) -> None:
-        old = [i for i, t in self.inflight.items() if now - t > self.ack_timeout_s]
+        limit = self.current_timeout_s
+        old = [i for i, t in self.inflight.items() if now - t > limit]
         if not old:
             return
         for i in old:
             self.inflight.pop(i, None)
         n = await asyncio.to_thread(self.outbox.release, old)
         self.stats.requeued += n
+        self.stats.ack_timeouts += 1
+        self.timeout_doublings = min(MAX_TIMEOUT_DOUBLINGS, self.timeout_doublings + 1)
+        self.current_timeout_s = self._timeout_for(self.timeout_doublings)
         log_event(log, "ack_timeout_requeued", logging.WARNING, node_id=self.node_id,
-                  count=len(old), requeued=n)
+                  count=len(old), requeued=n, timeout_s=round(limit, 2),
+                  next_timeout_s=round(self.current_timeout_s, 2))
+
+    async def _resend_inflight(self) -> None:
+        """Central just came online: everything in flight goes back to ready and is claimed again
+        in this same pass (priority order), without waiting for an ack timeout."""
+        ids = list(self.inflight)
+        self.inflight.clear()
+        self._maybe_ready = True
+        self._p1 = True
+        if ids:
+            n = await asyncio.to_thread(self.outbox.release, ids)
+            self.stats.requeued += n
+            self.stats.central_resends += n
+            log_event(log, "central_online_resend", node_id=self.node_id, count=len(ids),
+                      requeued=n)
 
     async def detach(self) -> None:
         """Connection gone: cancel publishes, put everything in flight back to ready."""

@@ -1,4 +1,5 @@
-"""Settings of the web app: the ``[web]`` section of central's config (every key optional)."""
+"""Settings of the command-centre desk: the ``[web]`` section of central's config (every key
+optional). Core (not under ``central_sync.web``) because central's config parses it."""
 
 from __future__ import annotations
 

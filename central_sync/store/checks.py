@@ -1,0 +1,88 @@
+"""Checks of envelope values against what BOTH store backends can hold, run before a commit.
+
+A value that passes wire validation may still be refused by the database: integers past int64
+(SQLite ``INTEGER`` and PostgreSQL ``bigint`` are 64-bit signed), strings with a lone UTF-16
+surrogate (not encodable as UTF-8, which both databases store), and NUL characters (PostgreSQL
+``text`` and ``jsonb`` refuse U+0000). Both backends apply the same checks so that the same
+envelope gets the same outcome whichever database central runs on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from edge.sync.wire import EventEnvelope
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+#: Nesting deeper than this in a payload is refused (JSON encoders recurse).
+MAX_DEPTH = 32
+
+
+class ValueRefused(ValueError):
+    """A value the store cannot hold; ``reason`` is ``out_of_range`` or ``bad_text``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail[:300]
+
+
+def check_text(value: str, where: str) -> None:
+    if "\x00" in value:
+        raise ValueRefused("bad_text", f"{where}: NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueRefused("bad_text", f"{where}: lone UTF-16 surrogate") from None
+
+
+def check_int(value: int, where: str) -> None:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueRefused("out_of_range", f"{where}: integer outside int64")
+
+
+def check_json(value: Any, where: str, depth: int = 0) -> None:
+    """Every string (keys too) encodable, every integer within int64, every float finite."""
+    if depth > MAX_DEPTH:
+        raise ValueRefused("out_of_range", f"{where}: nested deeper than {MAX_DEPTH}")
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        check_int(value, where)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueRefused("out_of_range", f"{where}: not a finite number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(str(key), f"{where} key")
+            check_json(item, f"{where}.{str(key)[:40]!r}", depth + 1)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_json(item, f"{where}[{i}]", depth + 1)
+    else:
+        raise ValueRefused("out_of_range", f"{where}: unsupported type {type(value).__name__}")
+
+
+def check_event(env: EventEnvelope) -> None:
+    """Raise ``ValueRefused`` when the store could not hold this envelope."""
+    for name in ("event_id", "node_id", "boot_id", "time_quality", "type"):
+        check_text(str(getattr(env, name)), name)
+    for name in ("incident_id", "sig"):
+        value = getattr(env, name)
+        if value is not None:
+            check_text(str(value), name)
+    for name in ("seq", "mono_ns", "priority"):
+        check_int(int(getattr(env, name)), name)
+    if not math.isfinite(env.wall_time):
+        raise ValueRefused("out_of_range", "wall_time: not a finite number")
+    check_json(env.payload, "payload")
+
+
+def safe_text(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` with unencodable characters and NULs replaced (for logs of bad input)."""
+    cut = value[:limit].replace("\x00", "\ufffd")
+    return cut.encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,57 @@
+"""Migrations that are safe when several processes open a fresh SQLite database at once.
+
+``fcntl.flock`` on ``<database>-migrate.lock`` around every migration set: the first process
+migrates, the others wait and then find nothing pending. (sqlite-utils wraps each migration in a
+transaction but two processes can both see "not applied" before either commits, which made two
+``kentongan-central`` commands started together fail with "table ... already exists".) The
+standard library's ``fcntl`` is enough here; the ``filelock`` package would add a dependency for
+the same system call. PostgreSQL uses ``pg_advisory_lock`` instead (postgres.py).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+_local = threading.RLock()
+
+
+def database_file(conn: sqlite3.Connection) -> str:
+    """Path of the main database file of ``conn`` ("" for an in-memory database)."""
+    for _seq, name, path in conn.execute("PRAGMA database_list").fetchall():
+        if name == "main":
+            return str(path or "")
+    return ""
+
+
+@contextmanager
+def migration_lock(conn: sqlite3.Connection) -> Iterator[None]:
+    """Hold the database's migration file lock (no-op for in-memory databases)."""
+    path = database_file(conn)
+    with _local:
+        if not path:
+            yield
+            return
+        fd = os.open(f"{path}-migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def apply_locked(conn: sqlite3.Connection, *sets: Migrations) -> None:
+    """Apply migration sets under the migration lock."""
+    db = Database(conn)
+    with migration_lock(conn):
+        for migrations in sets:
+            if migrations.pending(db):
+                migrations.apply(db)

@@ -1,0 +1,44 @@
+"""Row shapes shared by both backends: the column lists and the dicts the ``Store`` methods return."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from central_sync.store.base import Row, node_status
+
+EVENT_COLS = ("rowid", "event_id", "node_id", "boot_id", "seq", "mono_ns", "wall_time", "time_quality",
+              "type", "priority", "incident_id", "payload", "sig", "received_at")
+EVENT_SELECT = f"SELECT {', '.join(EVENT_COLS)} FROM events"
+SNAPSHOT_META = ("snapshot_id", "event_id", "node_id", "taken_at", "content_type", "sealed", "size", "sig",
+                 "received_at")
+NODE_SELECT = ("SELECT node_id, online, last_seen, backlog, outbox, siren, time_quality, clock_offset, "
+               "kelurahan_code, rw, rt, display_name, version, boot_id, change_seq FROM nodes")
+
+
+def loads(text: Any) -> Any:
+    """JSON text decoded (other values, and text that is not JSON, as they are)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def event_row(row: Mapping[str, Any]) -> Row:
+    """An ``events`` row with its payload decoded (SQLite keeps JSON text, PostgreSQL jsonb)."""
+    out = dict(row)
+    out["payload"] = loads(out["payload"])
+    return out
+
+
+def node_row(row: Mapping[str, Any], now: float) -> Row:
+    """A ``nodes`` row as ``list_nodes`` returns it (JSON decoded, ``status`` computed)."""
+    d = dict(row)
+    d["online"] = bool(d["online"])
+    d["siren"] = loads(d["siren"])
+    d["outbox"] = loads(d["outbox"])
+    d["status"] = node_status(d["online"], d["last_seen"], now)
+    return d

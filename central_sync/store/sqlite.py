@@ -1,0 +1,437 @@
+"""Central's store on SQLite: the embedded default (demo, one-machine installs).
+
+The schema is built by sqlite-utils ``Migrations`` (set ``central_store``) under a file lock
+(``locking.py``), so several processes may open a fresh file at once. Durability: WAL with
+``synchronous=FULL``, because central's commit is what a node trusts when it deletes an event
+after the ``Ack``.
+
+Thread-safety: one ``sqlite3`` connection shared by all threads and guarded by an ``RLock``;
+every public method takes the lock. Several processes may open the same file; SQLite's busy
+timeout serialises their writers, and a writer still locked out raises an error that
+``is_transient`` recognises. Writes are serialised, so ``rowid`` and ``change_seq`` grow in commit
+order and the change feed can poll them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from central_sync.errors import StoreError
+from central_sync.store.audit_tables import AuditTables
+from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coalesce_nodes
+from central_sync.store.checks import ValueRefused, check_event, safe_text
+from central_sync.store.desk_tables import DeskTables
+from central_sync.store.locking import apply_locked
+from central_sync.store.registry_tables import RegistryTables
+from central_sync.store.rows import EVENT_SELECT, NODE_SELECT, SNAPSHOT_META, event_row, loads, node_row
+from central_sync.store.sql import SqliteRunner
+from central_sync.store.sqlite_desk_schema import desk_migrations
+from central_sync.store.sqlite_registry_schema import MIGRATIONS as registry_migrations
+from central_sync.store.sqlite_schema import migrations
+from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
+from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
+
+__all__ = ["CentralStore", "is_sqlite_transient", "migrations"]
+
+class CentralStore:
+    """Central's database. See the module docstring for durability and thread-safety."""
+
+    def __init__(self, path: Path | str, *, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.busy_timeout_s = busy_timeout_s
+        self.lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn = conn
+            self._db = Database(conn)
+            with self.lock:
+                apply_locked(conn, migrations, desk_migrations, registry_migrations)
+            runner = SqliteRunner(conn, self.lock)
+            self._desk = DeskTables(runner)
+            self._registry = RegistryTables(runner)
+            self._audit = AuditTables(runner)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open central database {self.path}: {exc}") from exc
+        self._closed = False
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def connection(self) -> sqlite3.Connection:
+        """The shared connection (autocommit mode; rows are ``sqlite3.Row``). Hold ``lock``."""
+        return self._conn
+
+    def database(self) -> Database:
+        """The sqlite-utils view of the connection, for other modules' ``Migrations.apply``."""
+        return self._db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` so busy errors happen up front); a locked
+        or busy database raises ``TransientStoreError``."""
+        with self.lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if is_sqlite_transient(exc):
+                    raise TransientStoreError(f"database busy: {exc}") from exc
+                raise
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.OperationalError as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if is_sqlite_transient(exc):
+                        raise TransientStoreError(f"database busy: {exc}") from exc
+                    raise
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self.lock:
+            return list(self._conn.execute(sql, params).fetchall())
+
+    def _bump(self, conn: sqlite3.Connection) -> int:
+        """Next change sequence number (inside a write transaction: commit-ordered)."""
+        conn.execute("UPDATE change_counter SET seq = seq + 1 WHERE id = 1")
+        return int(conn.execute("SELECT seq FROM change_counter WHERE id = 1").fetchone()[0])
+
+    def desk(self) -> DeskTables:
+        """The desk's tables (incidents, users, sessions, ...) in this file."""
+        return self._desk
+
+    def registry_tables(self) -> RegistryTables:
+        """The node registry's tables in this file."""
+        return self._registry
+
+    def audit_tables(self) -> AuditTables:
+        """The administrative audit log in this file."""
+        return self._audit
+
+    def change_feed(self) -> ChangeFeed:
+        """Polls this file for commits of any process (see ``sqlite_feed.SqliteChangeFeed``)."""
+        from central_sync.store.sqlite_feed import SqliteChangeFeed
+
+        return SqliteChangeFeed(self.path, busy_timeout_s=self.busy_timeout_s)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # -- events ----------------------------------------------------------------------------------
+    def commit_events(self, envs: Sequence[EventEnvelope], received_at: float) -> EventCommit:
+        """Insert events in ONE transaction; duplicates per (node_id, event_id) are reported, rows
+        the store cannot hold are rejected (never raised). A statement that still fails splits the
+        batch (savepoints) until only the offending rows are left out."""
+        out = EventCommit()
+        good: list[EventEnvelope] = []
+        for env in envs:
+            try:
+                check_event(env)
+            except ValueRefused as exc:
+                out.rejected.append(RejectedRow(safe_text(env.event_id, 64), exc.reason, exc.detail))
+                continue
+            good.append(env)
+        if not good:
+            return out
+        with self._tx() as conn:
+            outcome: dict[int, bool | RejectedRow] = {}
+            self._insert_split(conn, list(enumerate(good)), received_at, outcome, 0)
+            touched = sorted({env.node_id for i, env in enumerate(good) if outcome.get(i) is True})
+            seq = self._bump(conn) if touched else 0
+            for node_id in touched:
+                self._ensure_node(conn, node_id)
+                conn.execute("UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?), change_seq = ? "
+                             "WHERE node_id = ?", (received_at, seq, node_id))
+        for i, env in enumerate(good):
+            result = outcome[i]
+            if isinstance(result, RejectedRow):
+                out.rejected.append(result)
+            elif result:
+                out.inserted.append(env.event_id)
+            else:
+                out.duplicates.append(env.event_id)
+        return out
+
+    def _insert_split(self, conn: sqlite3.Connection, rows: list[tuple[int, EventEnvelope]], received_at: float,
+                      outcome: dict[int, bool | RejectedRow], depth: int) -> None:
+        name = f"batch_{depth}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            for i, env in rows:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO events (event_id, node_id, boot_id, seq, mono_ns, wall_time, "
+                    "time_quality, type, priority, incident_id, payload, sig, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (env.event_id, env.node_id, env.boot_id, env.seq, env.mono_ns, env.wall_time,
+                     env.time_quality, env.type, env.priority, env.incident_id,
+                     json.dumps(env.payload, separators=(",", ":"), ensure_ascii=False), env.sig, received_at),
+                )
+                outcome[i] = cur.rowcount == 1
+        except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                OverflowError, UnicodeError, ValueError, TypeError) as exc:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            for i, _env in rows:
+                outcome.pop(i, None)
+            if len(rows) == 1:
+                i, env = rows[0]
+                outcome[i] = RejectedRow(safe_text(env.event_id, 64), "store_refused",
+                                         safe_text(f"{type(exc).__name__}: {exc}", 300))
+                return
+            half = len(rows) // 2
+            self._insert_split(conn, rows[:half], received_at, outcome, depth + 1)
+            self._insert_split(conn, rows[half:], received_at, outcome, depth + 1)
+            return
+        conn.execute(f"RELEASE {name}")
+
+    def insert_events(self, envs: Sequence[EventEnvelope], received_at: float) -> tuple[list[str], list[str]]:
+        """``commit_events`` returning (new ids, duplicate ids) in input order (rejected rows are left out)."""
+        result = self.commit_events(envs, received_at)
+        return result.inserted, result.duplicates
+
+    def get_events(self, event_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Rows of these events (those that exist), in arrival order."""
+        out: list[dict[str, Any]] = []
+        ids = list(event_ids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            out.extend(event_row(dict(r)) for r in self._query(f"{EVENT_SELECT} WHERE event_id IN ({marks})", chunk))
+        out.sort(key=lambda r: r["rowid"])
+        return out
+
+    def list_events(self, *, node_id: str | None = None, since_rowid: int = 0,
+                    limit: int = 1000) -> list[dict[str, Any]]:
+        """Events with ``rowid > since_rowid`` in arrival order (``rowid`` increases)."""
+        if node_id is None:
+            rows = self._query(f"{EVENT_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT ?", (since_rowid, limit))
+        else:
+            rows = self._query(f"{EVENT_SELECT} WHERE node_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+                               (node_id, since_rowid, limit))
+        return [event_row(dict(r)) for r in rows]
+
+    def latest_events(self, *, node_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The last ``limit`` events (optionally of one node), oldest first."""
+        if node_id is None:
+            rows = self._query(f"{EVENT_SELECT} ORDER BY rowid DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(f"{EVENT_SELECT} WHERE node_id = ? ORDER BY rowid DESC LIMIT ?", (node_id, limit))
+        return [event_row(dict(r)) for r in reversed(rows)]
+
+    def last_event_times(self, event_type: str) -> dict[str, float]:
+        """Per node, the wall time of its latest event of ``event_type`` (e.g. SELFTEST)."""
+        rows = self._query("SELECT node_id, MAX(wall_time) FROM events WHERE type = ? "
+                           "GROUP BY node_id", (event_type,))
+        return {r[0]: r[1] for r in rows}
+
+    def get_event(self, event_id: str) -> dict[str, Any] | None:
+        rows = self._query(f"{EVENT_SELECT} WHERE event_id = ?", (event_id,))
+        return event_row(dict(rows[0])) if rows else None
+
+    def count_events(self, node_id: str | None = None) -> int:
+        if node_id is None:
+            return int(self._query("SELECT COUNT(*) FROM events")[0][0])
+        return int(self._query("SELECT COUNT(*) FROM events WHERE node_id = ?", (node_id,))[0][0])
+
+    # -- snapshots -------------------------------------------------------------------------------
+    def insert_snapshot(self, env: SnapshotEnvelope, received_at: float) -> bool:
+        """Store the snapshot's bytes; False when ``snapshot_id`` is already stored."""
+        data = unb64(env.data)
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO snapshots (snapshot_id, event_id, node_id, taken_at, content_type, sealed, "
+                "data, size, sig, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (env.snapshot_id, env.event_id, env.node_id, env.taken_at, env.content_type, int(env.sealed),
+                 data, len(data), env.sig, received_at),
+            )
+            return cur.rowcount == 1
+
+    def get_snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
+        """Metadata plus ``data`` (bytes) of one snapshot."""
+        rows = self._query(f"SELECT {', '.join(SNAPSHOT_META)}, data FROM snapshots WHERE snapshot_id = ?",
+                           (snapshot_id,))
+        if not rows:
+            return None
+        out = dict(rows[0])
+        out["sealed"] = bool(out["sealed"])
+        return out
+
+    def list_snapshots(self, *, event_id: str | None = None, node_id: str | None = None) -> list[dict[str, Any]]:
+        """Snapshot metadata (no bytes), oldest first."""
+        where, params = [], []
+        if event_id is not None:
+            where.append("event_id = ?")
+            params.append(event_id)
+        if node_id is not None:
+            where.append("node_id = ?")
+            params.append(node_id)
+        sql = f"SELECT {', '.join(SNAPSHOT_META)} FROM snapshots"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._query(sql + " ORDER BY taken_at, snapshot_id", params)
+        return [{**dict(r), "sealed": bool(r["sealed"])} for r in rows]
+
+    # -- nodes -----------------------------------------------------------------------------------
+    def _ensure_node(self, conn: sqlite3.Connection, node_id: str) -> None:
+        conn.execute("INSERT OR IGNORE INTO nodes (node_id) VALUES (?)", (node_id,))
+
+    def apply_node_updates(self, presences: Sequence[Presence], heartbeats: Sequence[Heartbeat],
+                           received_at: float) -> None:
+        """Presence and heartbeat state coalesced per node (newest wins; a node's presence is
+        applied after its heartbeat, so a last will arriving in the same batch marks it offline),
+        written in ONE transaction."""
+        beats, pres, ident = coalesce_nodes(presences, heartbeats)
+        if not beats and not pres:
+            return
+        with self._tx() as conn:
+            seq = self._bump(conn)
+            for node_id in sorted(set(beats) | set(pres)):
+                self._ensure_node(conn, node_id)
+                h = beats.get(node_id)
+                if h is not None:
+                    backlog = int(h.outbox.get("ready", 0)) + int(h.outbox.get("in_flight", 0))
+                    conn.execute(
+                        "UPDATE nodes SET online = 1, last_seen = MAX(COALESCE(last_seen, 0), ?), heartbeat_at = ?, "
+                        "boot_id = ?, version = ?, backlog = ?, outbox = ?, siren = ?, time_quality = ?, "
+                        "clock_offset = ?, change_seq = ? WHERE node_id = ?",
+                        (received_at, received_at, h.boot_id, h.version, backlog, json.dumps(h.outbox),
+                         json.dumps(h.siren, default=str), h.time_quality, h.clock_offset, seq, node_id))
+                p = pres.get(node_id)
+                if p is not None:
+                    fields = ident.get(node_id, {})
+                    sets = ["online = ?", "presence_at = ?", "last_seen = MAX(COALESCE(last_seen, 0), ?)",
+                            "change_seq = ?", *(f"{col} = ?" for col in fields)]
+                    conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE node_id = ?",
+                                 [1 if p.state == "online" else 0, received_at, received_at, seq,
+                                  *fields.values(), node_id])
+
+    def upsert_presence(self, p: Presence, received_at: float) -> None:
+        """Record a birth/last-will message; identity fields are updated only when present."""
+        self.apply_node_updates([p], [], received_at)
+
+    def upsert_heartbeat(self, h: Heartbeat, received_at: float) -> None:
+        """Record a heartbeat: last seen, reported backlog, siren state, clock quality, version."""
+        self.apply_node_updates([], [h], received_at)
+
+    def touch_node(self, node_id: str, received_at: float) -> None:
+        """Note that a node was heard from (an event arrived), creating its row if needed."""
+        with self._tx() as conn:
+            self._ensure_node(conn, node_id)
+            conn.execute("UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE node_id = ?",
+                         (received_at, node_id))
+
+    def list_nodes(self, *, now: float | None = None) -> list[Row]:
+        """Every known node with its state; ``status`` is online / stale / offline / unknown."""
+        return self._node_rows(f"{NODE_SELECT} ORDER BY node_id", (), now)
+
+    def _node_rows(self, sql: str, params: Sequence[Any], now: float | None) -> list[Row]:
+        t = time.time() if now is None else now
+        return [node_row(dict(r), t) for r in self._query(sql, params)]
+
+    # -- rejections ------------------------------------------------------------------------------
+    def record_rejections(self, rows: Sequence[RejectionSummary]) -> None:
+        """Aggregated rejections (one row per node and reason and interval) in ONE transaction."""
+        if not rows:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO rejections (node_id, topic, reason, detail, at, count, last_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(None if r.node_id is None else safe_text(r.node_id, 64), safe_text(r.sample_topic, 300),
+                  safe_text(r.reason, 100), safe_text(r.sample_detail, 500), r.first_at, max(1, int(r.count)),
+                  r.last_at) for r in rows])
+
+    def record_rejection(self, *, node_id: str | None, topic: str, reason: str, detail: str, at: float) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO rejections (node_id, topic, reason, detail, at, count, last_at) "
+                         "VALUES (?, ?, ?, ?, ?, 1, ?)",
+                         (None if node_id is None else safe_text(node_id, 64), safe_text(topic, 300),
+                          safe_text(reason, 100), safe_text(detail, 500), at, at))
+
+    def rejection_counts(self) -> dict[str, int]:
+        rows = self._query("SELECT reason, SUM(count) FROM rejections GROUP BY reason ORDER BY reason")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def list_rejections(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query(
+            "SELECT id, node_id, topic, reason, detail, at, count, last_at FROM rejections ORDER BY id DESC LIMIT ?",
+            (limit,))]
+
+    # -- commands --------------------------------------------------------------------------------
+    def record_command(self, cmd: Command, *, issued_by: str) -> None:
+        """Record a command about to be published (status 'sent'); re-recording is a no-op."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO commands (command_id, node_id, action, params, issued_at, expires_at, issuer, "
+                "issued_by, signed, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'sent')",
+                (cmd.command_id, cmd.node_id, cmd.action, json.dumps(cmd.params, default=str), cmd.issued_at,
+                 cmd.expires_at, cmd.issuer, issued_by, int(cmd.sig is not None)),
+            )
+
+    def record_command_result(self, r: CommandResult, received_at: float) -> None:
+        """Attach a node's answer to its command (status 'ok' or 'failed'); unknown ids are kept too."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE commands SET status = ?, result_ok = ?, result_detail = ?, result_data = ?, result_at = ?, "
+                "result_received_at = ? WHERE command_id = ? AND node_id = ?",
+                ("ok" if r.ok else "failed", int(r.ok), r.detail, json.dumps(r.data, default=str), r.at,
+                 received_at, r.command_id, r.node_id),
+            )
+            if cur.rowcount == 0:
+                conn.execute(
+                    "INSERT OR IGNORE INTO commands (command_id, node_id, action, params, issued_at, expires_at, "
+                    "issuer, issued_by, signed, status, result_ok, result_detail, result_data, result_at, "
+                    "result_received_at) VALUES (?, ?, 'unknown', '{}', 0, 0, 'unknown', 'unknown', 0, ?, ?, ?, ?, "
+                    "?, ?)",
+                    (r.command_id, r.node_id, "ok" if r.ok else "failed", int(r.ok), r.detail,
+                     json.dumps(r.data, default=str), r.at, received_at),
+                )
+
+    def list_commands(self, node_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM commands"
+        params: tuple[Any, ...] = ()
+        if node_id is not None:
+            sql += " WHERE node_id = ?"
+            params = (node_id,)
+        out = []
+        for r in self._query(sql + " ORDER BY issued_at, command_id", params):
+            d = dict(r)
+            d["params"] = loads(d["params"])
+            d["result_data"] = loads(d["result_data"])
+            d["signed"] = bool(d["signed"])
+            d["result_ok"] = None if d["result_ok"] is None else bool(d["result_ok"])
+            out.append(d)
+        return out
+
+
+def is_sqlite_transient(exc: BaseException) -> bool:
+    """True for SQLite errors that go away by themselves (database locked or busy)."""
+    if isinstance(exc, TransientStoreError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "locked" in text or "busy" in text
+    return False

@@ -1,0 +1,123 @@
+"""The dashboard's in-memory table of posts, kept current from the store's change feed.
+
+Loaded once from ``store.list_nodes()``, then updated with the node rows each commit announces
+(presence, heartbeat, first event of a new post), so a dashboard request or a new incident never
+reads or decodes the whole ``nodes`` table. An index by (kelurahan, RW) finds the posts of one
+RW without scanning all posts (RW warnings), and ``status`` (online / stale / offline) is
+recomputed at read time because "stale" depends on the clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from central_sync.store import Row
+from central_sync.store.base import node_status
+
+RwKey = tuple[str, int]
+
+
+def _rw_key(row: Mapping[str, Any]) -> RwKey | None:
+    kel, rw = row.get("kelurahan_code"), row.get("rw")
+    if kel is None or rw is None:
+        return None
+    return str(kel), int(rw)
+
+
+class PostTable:
+    """Thread-safe: the change feed writes from a worker thread, requests read on the loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[str, Row] = {}
+        self._by_rw: dict[RwKey, set[str]] = {}
+
+    def load(self, rows: Iterable[Row]) -> None:
+        """Replace the whole table (start-up, or a resync after a lost connection)."""
+        with self._lock:
+            self._rows.clear()
+            self._by_rw.clear()
+            for row in rows:
+                self._put(row)
+
+    def update(self, rows: Iterable[Row]) -> None:
+        with self._lock:
+            for row in rows:
+                self._put(row)
+
+    def _put(self, row: Row) -> None:
+        node_id = str(row["node_id"])
+        old = self._rows.get(node_id)
+        if old is not None:
+            key = _rw_key(old)
+            if key is not None:
+                members = self._by_rw.get(key)
+                if members is not None:
+                    members.discard(node_id)
+                    if not members:
+                        del self._by_rw[key]
+        self._rows[node_id] = dict(row)
+        key = _rw_key(row)
+        if key is not None:
+            self._by_rw.setdefault(key, set()).add(node_id)
+
+    @staticmethod
+    def _view(row: Row, now: float) -> Row:
+        out = dict(row)
+        out["status"] = node_status(bool(out.get("online")), out.get("last_seen"), now)
+        return out
+
+    def get(self, node_id: str) -> Row | None:
+        with self._lock:
+            row = self._rows.get(node_id)
+        return None if row is None else self._view(row, time.time())
+
+    def all(self) -> dict[str, Row]:
+        """Every post by node id (copies, ``status`` current)."""
+        now = time.time()
+        with self._lock:
+            rows = list(self._rows.values())
+        return {str(r["node_id"]): self._view(r, now) for r in rows}
+
+    def in_rw(self, kelurahan_code: str, rw: int) -> list[Row]:
+        """The posts of one RW, by index."""
+        now = time.time()
+        with self._lock:
+            ids = sorted(self._by_rw.get((kelurahan_code, int(rw)), ()))
+            rows = [self._rows[i] for i in ids]
+        return [self._view(r, now) for r in rows]
+
+    def view(self) -> PostsView:
+        """A read-only mapping over the table: ``.get(node_id)`` is one dict lookup; only
+        iterating it (the post overview) touches every post."""
+        return PostsView(self)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._rows)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+
+class PostsView(Mapping[str, Row]):
+    """``Mapping`` of node id to post row (``status`` computed when read)."""
+
+    def __init__(self, table: PostTable) -> None:
+        self._table = table
+
+    def __getitem__(self, node_id: str) -> Row:
+        row = self._table.get(node_id)
+        if row is None:
+            raise KeyError(node_id)
+        return row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table.ids())
+
+    def __len__(self) -> int:
+        return len(self._table)
