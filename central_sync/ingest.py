@@ -193,6 +193,11 @@ class IngestService:
                                 body = payload if raw else str(payload or "").encode()
                                 await self.handle_message(message.topic.value, bytes(body))
             except aiomqtt.MqttError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Stopping: aiomqtt's disconnect on the way out raised MqttError over our
+                    # CancelledError; swallowing it here would reconnect forever.
+                    raise asyncio.CancelledError from exc
                 log_event(log, "central_disconnected", logging.WARNING, client_id=client_id, error=str(exc)[:200])
             finally:
                 self._clients.pop(client_id, None)
