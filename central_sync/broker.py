@@ -147,11 +147,23 @@ class LocalMosquitto:
 
 PROD_CONF = BROKER_DIR / "mosquitto.conf"
 PROD_ACL = BROKER_DIR / "acl"
+PROD_DYNSEC = BROKER_DIR / "dynamic-security.json"
+DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+
+
+def find_dynsec_plugin() -> Path:
+    """Mosquitto's dynamic-security plugin (Debian: /usr/lib/<multiarch>/, package mosquitto)."""
+    found = sorted(Path("/usr/lib").glob(f"*/{DYNSEC_PLUGIN}")) + \
+        sorted(Path("/usr/lib").glob(f"{DYNSEC_PLUGIN}"))
+    if not found:
+        raise CentralError(f"{DYNSEC_PLUGIN} not found under /usr/lib (Debian package 'mosquitto')")
+    return found[0]
 
 
 def production_broker(workdir: Path, *, ca_file: Path, cert_file: Path, key_file: Path,
                       crl_file: Path, acl_file: Path = PROD_ACL,
-                      port: int | None = None) -> LocalMosquitto:
+                      port: int | None = None,
+                      dynsec_file: Path = PROD_DYNSEC) -> LocalMosquitto:
     """A (not yet started) LocalMosquitto running the PRODUCTION ``broker/mosquitto.conf``
     (mTLS, CRL, ACL, limits) on a loopback port, with the given CA files copied into
     ``workdir/etc``. Only the listener address and the file paths differ from production."""
@@ -164,11 +176,17 @@ def production_broker(workdir: Path, *, ca_file: Path, cert_file: Path, key_file
                       (crl_file, "crl.pem"), (acl_file, "acl")):
         shutil.copy(src, etc / name)
     port = port or free_port()
+    dynsec_state = workdir / "dynamic-security.json"
+    if not dynsec_state.exists():
+        shutil.copy(dynsec_file, dynsec_state)
     lines = []
     for line in PROD_CONF.read_text().splitlines():
         if re.match(r"^(persistence_location|log_dest|user|pid_file)\b", line):
             continue  # LocalMosquitto sets these to its own paths
         line = line.replace("/etc/mosquitto/kentongan/", f"{etc}/")
+        line = re.sub(r"^plugin \S+$", f"plugin {find_dynsec_plugin()}", line)
+        line = re.sub(r"^plugin_opt_config_file \S+$", f"plugin_opt_config_file {dynsec_state}",
+                      line)
         lines.append(re.sub(r"^listener 8883$", f"listener {port} 127.0.0.1", line))
     template = workdir / "mosquitto.conf.tmpl"
     template.write_text("\n".join(lines) + "\n")

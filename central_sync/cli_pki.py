@@ -24,7 +24,9 @@ from central_sync.config import load_central_config
 from central_sync.enrol import (
     NodeInfo,
     certificates_due,
+    crl_renewal_due,
     enrol_node,
+    install_crl,
     regenerate_crl,
     renew_node,
     revoke_node,
@@ -76,9 +78,20 @@ def _cmd_ca_init(args: argparse.Namespace) -> int:
 
 def _cmd_ca_crl(args: argparse.Namespace) -> int:
     settings, db = load_settings(args.config)
+    if args.renew_if_due:
+        due, why = crl_renewal_due(settings)
+        if not due:
+            print(f"CRL not renewed: {why}")
+            return 0
+        print(f"renewing the CRL: {why}")
     crl = regenerate_crl(settings, open_registry(db))
-    print(f"CRL rewritten ({len(list(crl))} revoked), valid until "
-          f"{crl.next_update_utc}; reload the broker")
+    print(f"CRL rewritten ({len(list(crl))} revoked), valid until {crl.next_update_utc}")
+    if args.install_to:
+        install_crl(settings, Path(args.install_to))
+        print(f"installed as {args.install_to} (the broker re-reads it on reload: "
+              "kentongan-broker-crl.path does that)")
+    else:
+        print("copy it to the broker's crlfile and reload the broker")
     return 0
 
 
@@ -87,17 +100,59 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
     info = NodeInfo(args.node_id, args.kelurahan, args.rw, args.rt, args.name)
     out = enrol_node(settings, open_registry(db), info, Path(args.out),
                      broker_host=args.broker_host, replace=args.replace)
+    _audit(db, "enrol", args.node_id, replace=bool(args.replace))
+    cfg = load_central_config(args.config)
+    if args.replace and cfg.broker.tls is not None:
+        from central_sync.dynsec import BrokerControlError, reinstate_at_broker
+
+        try:
+            reinstate_at_broker(cfg, args.node_id)
+        except BrokerControlError as exc:
+            print(f"warning: the broker still denies {args.node_id} (revoked earlier): {exc}; "
+                  f"run 'kentongan-central enrol ... --replace' again when it is reachable",
+                  file=sys.stderr)
     print(f"enrolled {args.node_id}; bundle {out} (contains private keys: hand it over "
           "offline, delete after install)")
     print(f"central command key fingerprint: {_fingerprint(settings)}")
     return 0
 
 
+def _audit(store_url: str, action: str, target: str, **detail: Any) -> None:
+    """One row in central's audit log (``central_sync.audit``), in the same store."""
+    from central_sync.audit import AuditLog, cli_actor
+
+    store = open_store(store_url)
+    try:
+        AuditLog(store.audit_tables()).record(cli_actor(), action, target, detail)
+    finally:
+        store.close()
+
+
 def _cmd_revoke(args: argparse.Namespace) -> int:
     settings, db = load_settings(args.config)
     crl = revoke_node(settings, open_registry(db), args.node_id)
-    print(f"revoked {args.node_id}; CRL lists {len(list(crl))} certificate(s). Reload the broker "
-          "(systemctl reload mosquitto) and restart it to cut an open session.")
+    _audit(db, "revoke", args.node_id, crl_entries=len(list(crl)))
+    if args.install_crl_to:
+        install_crl(settings, Path(args.install_crl_to))
+        print(f"CRL installed as {args.install_crl_to}")
+    print(f"revoked {args.node_id} in the registry (central rejects its events); CRL lists "
+          f"{len(list(crl))} certificate(s), valid until {crl.next_update_utc}")
+    cfg = load_central_config(args.config)
+    if args.no_broker or cfg.broker.tls is None:
+        why = "--no-broker" if args.no_broker else "broker.tls not configured (dev broker)"
+        print(f"broker not told ({why}): copy crl.pem to the broker and reload it")
+        return 0
+    from central_sync.dynsec import BrokerControlError, revoke_at_broker
+
+    try:
+        revoke_at_broker(cfg, args.node_id)
+    except BrokerControlError as exc:
+        print(f"warning: the broker was NOT told, an open session of {args.node_id} stays "
+              f"open: {exc}. Run 'kentongan-central revoke {args.node_id}' again when the "
+              "broker is reachable, or copy crl.pem and reload the broker.", file=sys.stderr)
+        return 1
+    print(f"broker: open sessions of {args.node_id} cut, everything it sends is denied "
+          "(dynamic-security); the broker's CRL refuses its next TLS handshake after a reload")
     return 0
 
 
@@ -156,6 +211,9 @@ def register(subparsers: Any) -> None:
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     init.set_defaults(func=_wrap(_cmd_ca_init))
     crl = casub.add_parser("crl", help="regenerate the CRL (run periodically)")
+    crl.add_argument("--renew-if-due", action="store_true", help="only when the CRL is "
+                     "missing or near its nextUpdate (for a daily timer)")
+    crl.add_argument("--install-to", help="also copy the CRL there (the broker's crlfile)")
     crl.add_argument("--config", required=True)
     crl.set_defaults(func=_wrap(_cmd_ca_crl))
 
@@ -175,6 +233,10 @@ def register(subparsers: Any) -> None:
 
     rv = subparsers.add_parser("revoke", help="revoke a node (CRL + registry)")
     rv.add_argument("node_id")
+    rv.add_argument("--install-crl-to", help="also copy the new CRL there (the broker's "
+                    "crlfile, when the broker runs on this host)")
+    rv.add_argument("--no-broker", action="store_true", help="do not tell the broker (CRL and "
+                    "registry only; an open session stays open until the broker restarts)")
     rv.add_argument("--config", required=True)
     rv.set_defaults(func=_wrap(_cmd_revoke))
 

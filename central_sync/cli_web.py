@@ -1,4 +1,5 @@
-"""``kentongan-central user add`` and ``kentongan-central export-cap`` (registered by cli.py)."""
+"""``kentongan-central user add|remove|set-role`` (audited) and ``kentongan-central export-cap``
+(registered by cli.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from central_sync.audit import AuditLog, cli_actor
 from central_sync.cap import incident_messages, to_xml
 from central_sync.config import load_central_config
 from central_sync.errors import AuthError, CentralConfigError
 from central_sync.incidents import IncidentBook
-from central_sync.store import open_store
+from central_sync.store import Store, open_store
 from central_sync.users import RtRef, UserStore
 from central_sync.web_settings import WebSettings
 from edge.logs import log_event
@@ -36,6 +38,17 @@ def register(sub: Any) -> None:
     a.add_argument("--password-file", type=Path, help="file whose first line is the password")
     a.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
     a.set_defaults(func=cmd_user_add)
+    r = usub.add_parser("remove", help="delete an account (its sessions end at once)")
+    r.add_argument("name", help="user name")
+    r.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
+    r.set_defaults(func=cmd_user_remove)
+    sr = usub.add_parser("set-role", help="change an account's role (and RTs)")
+    sr.add_argument("name", help="user name")
+    sr.add_argument("--role", required=True, choices=("operator", "rt_admin", "admin"))
+    sr.add_argument("--rt", action="append", default=[], metavar="KEL/RW/RT",
+                    help="an RT of an rt_admin (repeatable)")
+    sr.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
+    sr.set_defaults(func=cmd_user_set_role)
 
     e = sub.add_parser("export-cap", help="export incidents as CAP 1.2 (Atom feed of alerts)")
     e.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
@@ -66,12 +79,46 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     store = open_store(cfg.store_url)
     try:
         user = UserStore(store.desk()).add(args.name, args.role, password, rts)
+        _audit_cli(store, "user_add", user.name, {"role": user.role.value,
+                                                  "rts": sorted(str(r) for r in user.rts)})
     finally:
         store.close()
     log_event(log, "user_added", user=user.name, role=user.role.value,
               rts=[str(r) for r in user.rts])
     print(f"ok: {user.name} ({user.role.value}"
           + (f"; RTs {', '.join(sorted(str(r) for r in user.rts))}" if user.rts else "") + ")")
+    return 0
+
+
+def _audit_cli(store: Store, action: str, target: str, detail: dict[str, Any]) -> None:
+    AuditLog(store.audit_tables()).record(cli_actor(), action, target, detail)
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    cfg = load_central_config(args.config)
+    store = open_store(cfg.store_url)
+    try:
+        UserStore(store.desk()).remove(args.name)
+        _audit_cli(store, "user_remove", args.name, {})
+    finally:
+        store.close()
+    log_event(log, "user_removed", user=args.name)
+    print(f"ok: {args.name} removed")
+    return 0
+
+
+def cmd_user_set_role(args: argparse.Namespace) -> int:
+    cfg = load_central_config(args.config)
+    rts = [RtRef.parse(r) for r in args.rt]
+    store = open_store(cfg.store_url)
+    try:
+        user = UserStore(store.desk()).set_role(args.name, args.role, rts)
+        _audit_cli(store, "user_role", user.name, {"role": user.role.value,
+                                                   "rts": sorted(str(r) for r in user.rts)})
+    finally:
+        store.close()
+    log_event(log, "user_role_changed", user=user.name, role=user.role.value)
+    print(f"ok: {user.name} is now {user.role.value}")
     return 0
 
 

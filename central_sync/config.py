@@ -1,9 +1,12 @@
 """Typed configuration of central (TOML file -> pydantic models with ``extra="forbid"``).
 
-Every section except ``database`` has defaults, so a minimal file is one line. Other central
+Every section except the store (``database`` or ``[store] url``) has defaults, so a minimal
+file is one line. Other central
 modules add their own optional section by adding one field to ``CentralConfig`` (for example
-``web`` or ``pki``); a section they do not need stays absent. Relative paths in the file are
-resolved against the directory of the config file.
+``web`` or ``pki``); a section they do not need stays absent. Every relative path in the file
+(``database``, a ``sqlite:///`` store URL, ``broker.tls.*``, ``pki.dir``,
+``web.unseal_key_file``...) is resolved against the directory of the config file, never the
+working directory (``edge.config_io.resolve_paths``).
 
 Errors name the bad key, exactly like ``edge.config``: ``CentralConfigError("unknown key",
 "ingest.batch_maxx")``.
@@ -14,17 +17,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from central_sync.errors import CentralConfigError
 from central_sync.web_settings import WebSettings
-from edge.config_io import errors_of, read_toml
+from edge.config_io import check_path_value, errors_of, read_toml, resolve_paths
 
 
 class Strict(BaseModel):
     """Base of every central config model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _usable_paths(cls, value: Any) -> Any:
+        return check_path_value(value)
 
 
 class BrokerTls(Strict):
@@ -196,37 +204,27 @@ class CentralConfig(Strict):
         return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
-def _resolve_paths(data: Any, base: Path) -> Any:
-    """Make the known relative path keys absolute against ``base``."""
-    if not isinstance(data, dict):
-        return data
-    out = dict(data)
-    if isinstance(out.get("database"), str) and not Path(out["database"]).is_absolute():
-        out["database"] = str((base / out["database"]).resolve())
-    store = out.get("store")
-    if isinstance(store, dict) and isinstance(store.get("url"), str) and store["url"].startswith("sqlite:///"):
-        rest = store["url"][len("sqlite:///"):]
-        if rest and not Path(rest).is_absolute():
-            out["store"] = {**store, "url": f"sqlite:///{(base / rest).resolve()}"}
-    broker = out.get("broker")
-    if isinstance(broker, dict) and isinstance(broker.get("tls"), dict):
-        tls = dict(broker["tls"])
-        for key in ("ca_file", "cert_file", "key_file"):
-            if isinstance(tls.get(key), str) and not Path(tls[key]).is_absolute():
-                tls[key] = str((base / tls[key]).resolve())
-        out["broker"] = {**broker, "tls": tls}
-    return out
+def _resolve_store_url(cfg: CentralConfig, base: Path) -> CentralConfig:
+    """``[store] url = "sqlite:///relative.db"``: relative to the config file, like every path."""
+    if cfg.store is None or not cfg.store.url.startswith("sqlite:///"):
+        return cfg
+    rest = cfg.store.url[len("sqlite:///"):]
+    if not rest or Path(rest).is_absolute():
+        return cfg
+    store = cfg.store.model_copy(update={"url": f"sqlite:///{base / rest}"})
+    return cfg.model_copy(update={"store": store})
 
 
 def parse_central_config(data: dict[str, Any], base_dir: Path | None = None) -> CentralConfig:
     """Validate a config mapping; raise ``CentralConfigError`` naming the first bad key."""
-    if base_dir is not None:
-        data = _resolve_paths(data, base_dir)
     try:
-        return CentralConfig.model_validate(data)
+        cfg = CentralConfig.model_validate(data)
     except ValidationError as exc:
         key, reason = errors_of(exc)[0]
         raise CentralConfigError(reason, key) from None
+    except RecursionError:
+        raise CentralConfigError("nested too deeply", "<root>") from None
+    return cfg if base_dir is None else _resolve_store_url(resolve_paths(cfg, base_dir), base_dir)
 
 
 def load_central_config(path: str | Path) -> CentralConfig:

@@ -210,11 +210,38 @@ def regenerate_crl(settings: PkiSettings, registry: Registry) -> x509.Certificat
     return ca.write_crl(files.crl, registry.revoked_serials(), settings.crl_days)
 
 
+def crl_renewal_due(settings: PkiSettings, now: float | None = None) -> tuple[bool, str]:
+    """(due, why): the CRL is missing, unreadable, not signed by this CA, or within
+    ``max(1 day, min(30 days, crl_days / 3))`` of its ``nextUpdate`` (an expired CRL makes
+    OpenSSL refuse every client, so a daily timer renews it well before that)."""
+    files = PkiFiles(Path(settings.dir))
+    try:
+        crl = x509.load_pem_x509_crl(files.crl.read_bytes())
+    except (OSError, ValueError) as exc:
+        return True, f"no usable CRL ({exc.__class__.__name__})"
+    ca = load_cert(files.ca_cert)
+    if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+        return True, "CRL not signed by this CA"
+    next_update = crl.next_update_utc
+    if next_update is None:
+        return True, "CRL has no nextUpdate"
+    margin = max(86400.0, min(30 * 86400.0, settings.crl_days * 86400.0 / 3))
+    left = next_update.timestamp() - (now if now is not None else time.time())
+    if left < margin:
+        return True, f"CRL expires in {left / 86400:.1f} days"
+    return False, f"CRL valid for {left / 86400:.1f} more days"
+
+
+def install_crl(settings: PkiSettings, dest: Path) -> None:
+    """Copy the CRL to ``dest`` (the broker's ``crlfile``) atomically, world-readable."""
+    _atomic_write(Path(dest), PkiFiles(Path(settings.dir)).crl.read_bytes(), 0o644)
+
+
 def revoke_node(settings: PkiSettings, registry: Registry,
                 node_id: str) -> x509.CertificateRevocationList:
-    """Mark ``node_id`` revoked (central rejects its events) and regenerate the CRL. Mosquitto
-    must reload it (``systemctl reload mosquitto`` / SIGHUP) and existing sessions are only cut
-    when the broker restarts: see docs/security.md."""
+    """Mark ``node_id`` revoked (central rejects its events) and regenerate the CRL. The CLI
+    then cuts the node at the broker at once (``central_sync.dynsec``); the broker's CRL refuses
+    its TLS handshakes after the broker reloads the file (docs/security.md)."""
     registry.revoke(node_id)
     return regenerate_crl(settings, registry)
 

@@ -64,6 +64,7 @@ from central_sync.mqtt_central import (
 )
 from central_sync.processes import publish_command
 from central_sync.rejections import RejectionAggregator
+from central_sync.snapshot_policy import check_snapshot_envelope
 from central_sync.store import Store, is_transient
 from edge.errors import SecurityError, WireError
 from edge.logs import log_event
@@ -262,6 +263,7 @@ class IngestService:
         if problem is not None:
             raise WireError(*problem)
         if isinstance(msg, SnapshotEnvelope):
+            check_snapshot_envelope(msg)  # images or nothing (SecurityError -> counted rejection)
             self._snapshots.append(msg)
         elif isinstance(msg, Presence):
             self._presences[node_id] = msg

@@ -78,24 +78,42 @@ class UserStore:
     def __init__(self, tables: DeskTables) -> None:
         self.tables = tables
 
-    def add(self, name: str, role: Role | str, password: str,
-            rts: list[RtRef] | tuple[RtRef, ...] = ()) -> User:
-        if not NAME_RE.match(name):
-            raise AuthError("user name must be 2-64 letters, digits or _.@-")
+    @staticmethod
+    def _role_and_rts(role: Role | str, rts: list[RtRef] | tuple[RtRef, ...]) -> Role:
         try:
             role = Role(role)
         except ValueError:
             raise AuthError(f"unknown role {role!r} (operator, rt_admin, admin)") from None
-        if len(password) < MIN_PASSWORD:
-            raise AuthError(f"password must have at least {MIN_PASSWORD} characters")
         if role is Role.RT_ADMIN and not rts:
             raise AuthError("an rt_admin needs at least one --rt KELURAHAN/RW/RT")
         if role is not Role.RT_ADMIN and rts:
             raise AuthError("only an rt_admin has RTs")
+        return role
+
+    def add(self, name: str, role: Role | str, password: str,
+            rts: list[RtRef] | tuple[RtRef, ...] = ()) -> User:
+        if not NAME_RE.match(name):
+            raise AuthError("user name must be 2-64 letters, digits or _.@-")
+        role = self._role_and_rts(role, rts)
+        if len(password) < MIN_PASSWORD:
+            raise AuthError(f"password must have at least {MIN_PASSWORD} characters")
         digest = _hasher.hash(password)
         if not self.tables.add_user(name, role.value, digest, time.time(),
                                     [(r.kelurahan_code, r.rw, r.rt) for r in rts]):
             raise AuthError(f"user {name!r} exists")
+        return User(name, role, frozenset(rts))
+
+    def remove(self, name: str) -> None:
+        """Delete the account, its RTs and its sessions (logged out at once)."""
+        if not self.tables.remove_user(name):
+            raise AuthError(f"no user {name!r}")
+
+    def set_role(self, name: str, role: Role | str,
+                 rts: list[RtRef] | tuple[RtRef, ...] = ()) -> User:
+        """Change role (and RTs); effective on the user's next request."""
+        role = self._role_and_rts(role, rts)
+        if not self.tables.set_user_role(name, role.value, [(r.kelurahan_code, r.rw, r.rt) for r in rts]):
+            raise AuthError(f"no user {name!r}")
         return User(name, role, frozenset(rts))
 
     def get(self, name: str) -> User | None:

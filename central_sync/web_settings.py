@@ -21,9 +21,14 @@ class WebSettings(BaseModel):
     cookie_secure: bool = Field(False, description="Secure flag on the session cookie (set it "
                                 "whenever the app is reached over TLS).")
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="Session lifetime.")
-    login_limit: int = Field(5, ge=1, le=1000, description="Failed logins allowed per user name "
-                             "and per client address in login_window_s, then 429.")
-    login_window_s: float = Field(300.0, gt=0, description="Login rate-limit window.")
+    login_limit: int = Field(5, ge=1, le=1000, description="Failed logins of one user name "
+                             "from one address before each further attempt waits 1, 2, 4... "
+                             "seconds (429 with Retry-After meanwhile).")
+    login_window_s: float = Field(300.0, gt=0, description="Cap of that growing delay, and the "
+                                  "window of login_address_limit.")
+    login_address_limit: int = Field(50, ge=1, le=100_000, description="Failed logins from one "
+                                     "address (any user names) in login_window_s, then that "
+                                     "address waits. Other addresses are not affected.")
     group_window_s: float = Field(600.0, gt=0, description="Events of one post and type within "
                                   "this many seconds join one incident.")
     false_alarm_threshold: int = Field(3, ge=1, description="False alarms of one post in "

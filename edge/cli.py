@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__
-from edge.config import config_errors, load_config, read_config_file
+from edge.config import NodeConfig, check_state_dir, config_errors, load_config, read_config_file
 from edge.control import request, socket_path
 from edge.errors import ConfigError, ControlError, KentonganError
 
 #: Optional modules that add subcommands with ``register(subparsers)``.
 EXTENSIONS = ("edge.bundle", "edge.selftest", "edge.install_files", "edge.update.cli_update")
+
+
+def _load(path: str) -> NodeConfig:
+    """The node config, with a usable ``storage.state_dir`` (``ConfigError`` otherwise)."""
+    cfg = load_config(path)
+    check_state_dir(cfg)
+    return cfg
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -44,7 +51,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.state_dir:
         cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(
-            update={"state_dir": Path(args.state_dir)})})
+            update={"state_dir": Path(args.state_dir).absolute()})})
+    check_state_dir(cfg)
     set_node_id(cfg.node.node_id)
     setup_logging(cfg.log_level)
     asyncio.run(run_agent(cfg, simulate=args.simulate))
@@ -52,7 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_press(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     names = [b.name for b in cfg.buttons]
     if args.button not in names:
         raise ControlError(f"unknown button {args.button!r}; known buttons: "
@@ -107,7 +115,7 @@ def _format_status(st: dict[str, Any]) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     try:
         reply = request(socket_path(cfg.storage.state_dir), {"op": "status"}, timeout=10)
     except ControlError:
@@ -196,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KentonganError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file named in the config: readable message, no traceback
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge.config_io import errors_of, read_toml
+from edge.config_io import check_path_value, errors_of, read_toml, resolve_paths
 from edge.errors import ConfigError, PatternError
 from edge.incidents import INCIDENTS, IncidentType, Priority
 from edge.patterns import Pattern, PatternTiming, parse_pattern
@@ -27,6 +27,11 @@ class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _usable_paths(cls, value: Any) -> Any:
+        return check_path_value(value)
 
 
 class NodeIdentity(Strict):
@@ -282,19 +287,27 @@ class NodeConfig(Strict):
 
 def parse_config(data: dict[str, Any]) -> NodeConfig:
     """Validate a config mapping; raise ``ConfigError`` naming the first bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a table of keys", "<root>")
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as exc:
         key, reason = errors_of(exc)[0]
         raise ConfigError(reason, key) from None
+    except RecursionError:
+        raise ConfigError("nested too deeply", "<root>") from None
 
 
 def config_errors(data: dict[str, Any]) -> list[ConfigError]:
     """All problems in a config mapping (empty when valid)."""
+    if not isinstance(data, dict):
+        return [ConfigError("the config must be a table of keys", "<root>")]
     try:
         NodeConfig.model_validate(data)
     except ValidationError as exc:
         return [ConfigError(reason, key) for key, reason in errors_of(exc)]
+    except RecursionError:
+        return [ConfigError("nested too deeply", "<root>")]
     return []
 
 
@@ -304,8 +317,22 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    """Read and validate a node config file."""
-    return parse_config(read_config_file(path))
+    """Read and validate a node config file; relative paths in it are resolved against the
+    file's directory."""
+    return resolve_paths(parse_config(read_config_file(path)), Path(path).resolve().parent)
+
+
+def check_state_dir(cfg: NodeConfig) -> Path:
+    """``storage.state_dir`` if it is a directory or can still be created; else ``ConfigError``
+    naming the key (for commands that use it: run, status, selftest)."""
+    state = Path(cfg.storage.state_dir)
+    for parent in [state, *state.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                what = "is not a directory" if parent == state else f"{parent} is not a directory"
+                raise ConfigError(f"{state}: {what}", "storage.state_dir")
+            break
+    return state
 
 
 def json_schema() -> dict[str, Any]:

@@ -35,7 +35,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from edge.config import NodeConfig, load_config
+from edge.config import NodeConfig, check_state_dir, load_config
 from edge.credentials import credential_path, describe_unreadable
 from edge.errors import ConfigError, KentonganError
 
@@ -456,6 +456,7 @@ def format_results(results: list[CheckResult]) -> str:
 def _cmd_selftest(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
+        check_state_dir(cfg)
     except ConfigError as exc:
         result = CheckResult("config", FAIL, str(exc), "fix the named key in the config file")
         print(json.dumps([asdict(result)]) if args.json else format_results([result]))

@@ -85,7 +85,7 @@ class World:
         files = init_ca(self.settings)
         reg = Registry(sqlite3.connect(root / "central.db"))
         self.creds: dict[str, Creds] = {}
-        for node in ("rt01-a", "rt02-b", "rt03-revoked", "rt04-late"):
+        for node in ("rt01-a", "rt02-b", "rt03-revoked", "rt04-late", "rt05-live", "rt06-back"):
             bundle = enrol_node(self.settings, reg, NodeInfo(node, "33.74.10.1001", 1, 1, node),
                                 root / f"{node}.bundle")
             self.creds[node] = _extract(bundle, root / node, files.ca_cert)
@@ -133,6 +133,7 @@ class Probe:
         self.world = world
         self.connected = threading.Event()
         self.ended = threading.Event()
+        self.disconnected = threading.Event()
         self.messages: list[tuple[str, bytes]] = []
         self.puback: dict[int, ReasonCode] = {}
         self.suback = threading.Event()
@@ -141,7 +142,6 @@ class Probe:
         self.c.on_disconnect = self._on_disconnect
         self.c.on_message = self._on_message
         self.c.on_publish = self._on_publish
-        self.c.on_subscribe = lambda *a: self.suback.set()
 
     def _on_connect(self, c: mqtt.Client, u: object, flags: object, rc: ReasonCode,
                     props: Properties | None = None) -> None:
@@ -151,6 +151,7 @@ class Probe:
 
     def _on_disconnect(self, *args: object) -> None:
         self.ended.set()
+        self.disconnected.set()
 
     def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         with self._cv:
@@ -172,10 +173,14 @@ class Probe:
         self.ended.wait(timeout)
         return self.connected.is_set()
 
-    def subscribe(self, topic: str) -> None:
+    def subscribe(self, topic: str) -> list[ReasonCode]:
         self.suback.clear()
+        granted: list[ReasonCode] = []
+        self.c.on_subscribe = lambda _c, _u, _m, rcs, _p=None: (granted.extend(rcs),
+                                                                self.suback.set())
         self.c.subscribe(topic, qos=1)
         assert self.suback.wait(5)
+        return granted
 
     def publish(self, topic: str, payload: bytes) -> ReasonCode:
         mid = self.c.publish(topic, payload, qos=1).mid
@@ -286,6 +291,131 @@ def test_revocation_takes_effect_on_broker_reload(world: World) -> None:
     ok = Probe(world, "rt01-a")
     assert ok.connect()
     ok.close()
+
+
+# -- live revocation: kentongan-central revoke cuts an open session (dynamic-security) -----------
+
+
+def _central_toml(world: World) -> Path:
+    root = world.settings.dir.parent
+    creds = world.creds["central"]
+    conf = root / "central.toml"
+    conf.write_text(
+        'database = "central.db"\n'
+        "[broker]\n"
+        f'host = "127.0.0.1"\nport = {world.broker.port}\n'
+        "[broker.tls]\n"
+        f'ca_file = "{creds.ca}"\ncert_file = "{creds.cert}"\nkey_file = "{creds.key}"\n'
+        "[pki]\n"
+        'dir = "pki"\n')
+    return conf
+
+
+def test_production_broker_loads_dynamic_security(world: World) -> None:
+    conf = _conf_values(PROD_CONF.read_text())
+    assert conf["plugin"][0].endswith("/mosquitto_dynamic_security.so")
+    assert len(conf["plugin_opt_config_file"]) == 1
+    from central_sync.config import load_central_config
+    from central_sync.dynsec import run_commands
+
+    answer = run_commands(load_central_config(_central_toml(world)),
+                          [{"command": "getClient", "username": "central"}])
+    roles = [r["rolename"] for r in answer[0]["data"]["client"]["roles"]]
+    assert roles == ["kentongan-control"]
+
+
+def test_revoke_cuts_connected_post_within_5s_and_it_stays_out(world: World) -> None:
+    from central_sync.audit import AuditLog
+    from central_sync.cli import main as central_main
+    from central_sync.store import CentralStore
+
+    node = Probe(world, "rt05-live")
+    assert node.connect()
+    node.subscribe(f"{DOWN}/rt05-live/#")
+    central = Probe(world, "central")
+    assert central.connect()
+    central.subscribe(f"{UP}/rt05-live/#")
+    assert not node.publish(f"{UP}/rt05-live/event", b"before").is_failure
+    assert central.wait_for(b"before")
+
+    started = time.monotonic()
+    assert central_main(["revoke", "rt05-live", "--config", str(_central_toml(world))]) == 0
+    assert node.disconnected.wait(5.0 - (time.monotonic() - started)), \
+        "open session not cut within 5 s of revoke"
+    print(f"revoke -> session cut: {time.monotonic() - started:.3f} s")
+    node.c.loop_stop()
+    assert world.registry.get("rt05-live").status == "revoked"  # type: ignore[union-attr]
+
+    # Reconnecting before the broker re-reads its CRL: TLS still passes (certificate logins are
+    # not re-checked by the plugin), but the role denies everything.
+    again = Probe(world, "rt05-live")
+    assert again.connect()
+    assert again.publish(f"{UP}/rt05-live/event", b"after").value == 0x87
+    assert all(rc.is_failure for rc in again.subscribe(f"{DOWN}/rt05-live/#"))
+    assert not central.publish(f"{DOWN}/rt05-live/cmd", b"cmd-after").is_failure
+    assert not again.wait_for(b"cmd-after", 0.5)
+    assert not central.wait_for(b"after", 0.5)
+    again.close()
+
+    # Once the broker reloads its CRL (kentongan-broker-crl.path does that): no handshake at all.
+    shutil.copy(world.files.crl, world.broker.workdir / "etc" / "crl.pem")
+    assert world.broker.proc is not None
+    os.kill(world.broker.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    refused = False
+    while time.monotonic() < deadline and not refused:
+        p = Probe(world, "rt05-live")
+        refused = not p.connect(timeout=1.5)
+        p.c.loop_stop()
+        if not refused:
+            p.close()
+    assert refused
+    # other posts and central are untouched
+    ok = Probe(world, "rt01-a")
+    assert ok.connect()
+    assert not ok.publish(f"{UP}/rt01-a/event", b"still-fine").is_failure
+    ok.close()
+    central.close()
+    store = CentralStore(world.settings.dir.parent / "central.db")
+    try:
+        actions = [(r["action"], r["target"]) for r in AuditLog(store.audit_tables()).recent()]
+    finally:
+        store.close()
+    assert ("revoke", "rt05-live") in actions
+
+
+def test_reenrolment_lifts_the_broker_denial(world: World) -> None:
+    from central_sync.dynsec import reinstate_at_broker, revoke_at_broker
+
+    cfg_path = _central_toml(world)
+    from central_sync.config import load_central_config
+
+    cfg = load_central_config(cfg_path)
+    revoke_at_broker(cfg, "rt06-back")
+    revoke_at_broker(cfg, "rt06-back")  # a second revoke is harmless
+    p = Probe(world, "rt06-back")
+    assert p.connect()
+    assert p.publish(f"{UP}/rt06-back/event", b"x").value == 0x87
+    p.close()
+    reinstate_at_broker(cfg, "rt06-back")
+    q = Probe(world, "rt06-back")
+    assert q.connect()
+    assert not q.publish(f"{UP}/rt06-back/event", b"y").is_failure
+    q.close()
+
+
+def test_revoke_reports_unreachable_broker(world: World, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from central_sync.broker import free_port
+    from central_sync.cli import main as central_main
+
+    conf = _central_toml(world)
+    text = conf.read_text().replace(f"port = {world.broker.port}", f"port = {free_port()}")
+    bad = conf.with_name("central-unreachable.toml")
+    bad.write_text(text)
+    assert central_main(["revoke", "rt04-late", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "broker was NOT told" in err and "Traceback" not in err
 
 
 def test_central_state_nodes_read_only_central_writes(world: World, probes: dict[str, Probe]) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
+from central_sync.errors import AuthError
 from central_sync.incidents import State
 from central_sync.store import CentralStore, Store, open_store
 from central_sync.users import Role, RtRef, UserStore
@@ -123,3 +125,70 @@ def test_incident_change_reads_use_their_index(tmp_path: Path) -> None:
             assert "incidents_change_seq" in plan, plan
     finally:
         store.close()
+
+
+def test_audit_log_on_every_backend(any_store: Store) -> None:
+    from central_sync.audit import MAX_DETAIL_CHARS, AuditLog
+
+    audit = AuditLog(any_store.audit_tables())
+    assert audit.recent() == []
+    audit.record("cli:root", "enrol", "pos-a", {"replace": False})
+    audit.record("boss", "command_sound", "pos-a", {"role": "admin"}, client="127.0.0.1")
+    audit.record("boss", "user_add", "x" * 500, {"blob": "y" * (MAX_DETAIL_CHARS * 2)})
+    newest, sound, enrol = audit.recent()
+    assert (sound["actor"], sound["action"], sound["target"], sound["client"]) == \
+        ("boss", "command_sound", "pos-a", "127.0.0.1")
+    assert sound["detail"] == {"role": "admin"} and enrol["detail"] == {"replace": False}
+    assert enrol["client"] is None and enrol["id"] < sound["id"] < newest["id"]
+    assert len(newest["target"]) == 200 and set(newest["detail"]) == {"truncated"}
+    assert [r["action"] for r in audit.recent(limit=1)] == ["user_add"]
+    # a fresh handle on the same store (another process) reads the same rows
+    again = open_store(any_store.url)
+    try:
+        assert [r["action"] for r in AuditLog(again.audit_tables()).recent()] == \
+            ["user_add", "command_sound", "enrol"]
+    finally:
+        again.close()
+    assert audit.prune(3600) == 0 and len(audit.recent()) == 3
+    time.sleep(0.01)
+    assert audit.prune(0) == 3 and audit.recent() == []
+
+
+def test_user_remove_and_set_role_on_every_backend(any_store: Store) -> None:
+    tables = any_store.desk()
+    users = UserStore(tables)
+    users.add("op", "operator", "correct horse battery")
+    now = time.time()
+    tables.create_session("digest-op", "op", "csrf", now, now + 60, "127.0.0.1")
+    rts = [RtRef("33.74.01.1001", 5, 3), RtRef("33.74.01.1001", 5, 4)]
+    assert users.set_role("op", "rt_admin", rts).role is Role.RT_ADMIN
+    assert users.get("op") == users.set_role("op", "rt_admin", rts)  # idempotent
+    assert users.get("op").rts == set(rts)  # type: ignore[union-attr]
+    assert users.set_role("op", "admin").rts == frozenset() and tables.user_rts("op") == []
+    users.remove("op")
+    assert users.get("op") is None and tables.session("digest-op") is None
+    with pytest.raises(AuthError):
+        users.remove("op")
+    with pytest.raises(AuthError):
+        users.set_role("op", "operator")
+
+
+def test_login_limiter_on_every_backend(any_store: Store) -> None:
+    from central_sync.web.auth import LoginLimiter, RateLimited
+    from central_sync.web_settings import WebSettings
+
+    now = [1_000_000.0]
+    settings = WebSettings(login_limit=2, login_address_limit=100, login_window_s=600)
+    limiter = LoginLimiter(any_store.desk(), settings, clock=lambda: now[0])
+    for _ in range(2):
+        limiter.check("op", "10.0.0.1")
+        limiter.failed("op", "10.0.0.1")
+    with pytest.raises(RateLimited) as err:
+        limiter.check("op", "10.0.0.1")
+    assert err.value.retry_after == 1.0
+    limiter.check("op", "10.0.0.2")  # the owner at another address is not slowed
+    now[0] += 1.5
+    limiter.check("op", "10.0.0.1")
+    limiter.succeeded("op", "10.0.0.1")
+    limiter.failed("op", "10.0.0.1")
+    limiter.check("op", "10.0.0.1")  # a success forgot the earlier failures

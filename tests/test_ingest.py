@@ -406,7 +406,7 @@ def test_snapshot_presence_heartbeat_and_commands(setup: tuple[CentralConfig, Ce
     cfg, store, node = setup
     svc = ServiceThread(cfg, store, sign_command=lambda c: c.model_copy(update={"sig": "c2lnbmVk"})).start()
     try:
-        data = os.urandom(5000)
+        data = b"\xff\xd8\xff\xe0" + os.urandom(5000)  # a JPEG's magic: images or nothing
         snap = SnapshotEnvelope(snapshot_id="snap-" + uuid.uuid4().hex, node_id="node-a", taken_at=time.time(),
                                 data=b64(data))
         node.publish(up("node-a", "snapshot"), encode(snap))

@@ -272,7 +272,8 @@ def test_snapshots_have_their_own_budgeted_lane(tmp_path: Path, mosquitto: Local
     try:
         snaps = SnapshotStore(ob, tmp_path / "snaps", quota_bytes=10_000_000,
                               retention_seconds=3600)
-        frames = [snaps.add(os.urandom(30_000), event_id=None, priority=1) for _ in range(3)]
+        frames = [snaps.add(b"\xff\xd8\xff\xe0" + os.urandom(30_000), event_id=None, priority=1)
+                  for _ in range(3)]  # JPEG magic: central stores images only
         ids = {e.event_id for e in ob.record_many([EventDraft("TEST", 3, {"i": i})
                                                    for i in range(500)])}
         svc = SyncService(node_config(mosquitto.port, NODE, snapshot_bytes_per_second=20_000),

@@ -92,13 +92,13 @@ def test_views_of_reports_and_snapshots_are_access_logged(env: WebEnv,
     panic_event = env.ctx.desk.book.event_ids(seeded["panic"])[0]
     env.store.insert_snapshot(SnapshotEnvelope(
         snapshot_id="snap-0000000000000001", event_id=panic_event, node_id="pos-a",
-        taken_at=time.time(), data=base64.b64encode(b"\xff\xd8jpeg-bytes").decode()), time.time())
+        taken_at=time.time(), data=base64.b64encode(b"\xff\xd8\xffjpeg-bytes").decode()), time.time())
     op, _ = env.client("op")
     rt, _ = env.client("rt1")
     assert op.get(f"/api/incidents/{seeded['panic']}").json()["snapshots"][0]["snapshot_id"] \
         == "snap-0000000000000001"
     img = op.get("/api/snapshots/snap-0000000000000001")
-    assert img.status_code == 200 and img.content == b"\xff\xd8jpeg-bytes"
+    assert img.status_code == 200 and img.content == b"\xff\xd8\xffjpeg-bytes"
     assert img.headers["content-type"] == "image/jpeg"
     assert rt.get("/api/snapshots/snap-0000000000000001").status_code == 404
     assert rt.get(f"/api/incidents/{seeded['panic']}").status_code == 404
@@ -168,7 +168,7 @@ def test_sealed_snapshots_are_unsealed_at_central(tmp_path: Path) -> None:
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    sealed = Sealer(key.public_key()).seal(b"\xff\xd8secret face")
+    sealed = Sealer(key.public_key()).seal(b"\xff\xd8\xffsecret face")
     for configured in (True, False):
         e = WebEnv(tmp_path / f"c{configured}.db",
                    {"unseal_key_file": str(key_file)} if configured else {})
@@ -181,12 +181,13 @@ def test_sealed_snapshots_are_unsealed_at_central(tmp_path: Path) -> None:
                     data=base64.b64encode(blob).decode()), time.time())
             op, _ = e.client("op")
             r = op.get("/api/snapshots/snap-sealed-00000001")
-            assert r.status_code == 200
             if configured:
-                assert r.content == b"\xff\xd8secret face"
+                assert r.status_code == 200
+                assert r.content == b"\xff\xd8\xffsecret face"
                 assert op.get("/api/snapshots/snap-tamper-00000001").status_code == 409
             else:
-                assert r.content == sealed and b"secret" not in r.content
-                assert r.headers["content-type"] == "application/octet-stream"
+                # sealed bytes cannot be shown to be an image: never served (images or nothing)
+                assert r.status_code == 409 and b"secret" not in r.content
+                assert r.headers["x-content-type-options"] == "nosniff"
         finally:
             e.close()

@@ -20,6 +20,7 @@ from central_sync.store_types import EventCommit, RejectionSummary
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope
 
 if TYPE_CHECKING:
+    from central_sync.store.audit_tables import AuditTables
     from central_sync.store.desk_tables import DeskTables
     from central_sync.store.registry_tables import RegistryTables
 
@@ -140,6 +141,10 @@ class Store(EventStore, SnapshotStore, NodeStore, RejectionStore, CommandStore, 
 
     def registry_tables(self) -> RegistryTables:
         """The node registry's tables in this store."""
+        ...
+
+    def audit_tables(self) -> AuditTables:
+        """The administrative audit log in this store (``central_sync.audit``)."""
         ...
 
     def close(self) -> None: ...

@@ -207,6 +207,27 @@ class DeskTables:
                         "ON CONFLICT DO NOTHING", [(name, k, rw, rt) for k, rw, rt in rts])
         return True
 
+    def remove_user(self, name: str) -> bool:
+        """Delete an account with its RTs and sessions in one transaction; False when absent."""
+        with self.runner.tx() as tx:
+            if one(tx, "SELECT 1 AS x FROM web_users WHERE name = ?", (name,)) is None:
+                return False
+            tx.run("DELETE FROM web_sessions WHERE name = ?", (name,))
+            tx.run("DELETE FROM web_user_rts WHERE name = ?", (name,))
+            tx.run("DELETE FROM web_users WHERE name = ?", (name,))
+        return True
+
+    def set_user_role(self, name: str, role: str, rts: Sequence[tuple[str, int, int]]) -> bool:
+        """Replace an account's role and RTs in one transaction; False when absent."""
+        with self.runner.tx() as tx:
+            if tx.run("UPDATE web_users SET role = ? WHERE name = ?", (role, name)) == 0:
+                return False
+            tx.run("DELETE FROM web_user_rts WHERE name = ?", (name,))
+            if rts:
+                tx.many("INSERT INTO web_user_rts(name, kelurahan_code, rw, rt) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT DO NOTHING", [(name, k, rw, rt) for k, rw, rt in rts])
+        return True
+
     def user(self, name: str) -> Row | None:
         """``name``, ``role``, ``password_hash`` of an enabled account."""
         return self._one("SELECT name, role, password_hash FROM web_users WHERE name = ? AND disabled = 0", (name,))

@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from central_sync.errors import StoreError
+from central_sync.store.audit_tables import AuditTables
 from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coalesce_nodes
 from central_sync.store.checks import ValueRefused, check_event, safe_text
 from central_sync.store.desk_tables import DeskTables
@@ -64,12 +65,16 @@ class PostgresStore:
         runner = PgRunner(self._tx)
         self._desk = DeskTables(runner)
         self._registry = RegistryTables(runner)
+        self._audit = AuditTables(runner)
 
     def desk(self) -> DeskTables:
         return self._desk
 
     def registry_tables(self) -> RegistryTables:
         return self._registry
+
+    def audit_tables(self) -> AuditTables:
+        return self._audit
 
     # -- plumbing --------------------------------------------------------------------------------
     @contextmanager

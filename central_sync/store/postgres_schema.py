@@ -241,9 +241,22 @@ MIGRATIONS: list[tuple[str, str]] = [
             seen_at double precision NOT NULL,
             PRIMARY KEY (node_id, event_id)
         );
-    """),    ("0004_incident_change_seq", """
+    """),
+    ("0004_incident_change_seq", """
         ALTER TABLE incidents ADD COLUMN change_seq bigint NOT NULL DEFAULT 0;
         CREATE INDEX incidents_change_seq ON incidents(change_seq);
+    """),
+    ("0005_audit_log", """
+        CREATE TABLE audit_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at double precision NOT NULL,
+            actor text NOT NULL,
+            action text NOT NULL,
+            target text NOT NULL,
+            detail text NOT NULL,
+            client text
+        );
+        CREATE INDEX audit_log_at ON audit_log(at);
     """),
 ]
 

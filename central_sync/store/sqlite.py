@@ -26,6 +26,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from central_sync.errors import StoreError
+from central_sync.store.audit_tables import AuditTables
 from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coalesce_nodes
 from central_sync.store.checks import ValueRefused, check_event, safe_text
 from central_sync.store.desk_tables import DeskTables
@@ -64,6 +65,7 @@ class CentralStore:
             runner = SqliteRunner(conn, self.lock)
             self._desk = DeskTables(runner)
             self._registry = RegistryTables(runner)
+            self._audit = AuditTables(runner)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open central database {self.path}: {exc}") from exc
         self._closed = False
@@ -121,6 +123,10 @@ class CentralStore:
     def registry_tables(self) -> RegistryTables:
         """The node registry's tables in this file."""
         return self._registry
+
+    def audit_tables(self) -> AuditTables:
+        """The administrative audit log in this file."""
+        return self._audit
 
     def change_feed(self) -> ChangeFeed:
         """Polls this file for commits of any process (see ``sqlite_feed.SqliteChangeFeed``)."""

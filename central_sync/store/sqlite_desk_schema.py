@@ -133,3 +133,24 @@ def m003_incident_change_seq(db: Database) -> None:
         CREATE INDEX incidents_change_seq ON incidents(change_seq);
         """
     )
+
+
+@desk_migrations()
+def m004_audit_log(db: Database) -> None:
+    """The administrative audit log (``central_sync.audit``). ``IF NOT EXISTS``: files written by
+    the first audit log, which kept the same table under its own migration set
+    (``kentongan.central.audit``), keep their rows."""
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            client TEXT
+        );
+        CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log(at);
+        """
+    )

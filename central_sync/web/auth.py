@@ -1,4 +1,5 @@
-"""Server-side sessions, CSRF tokens, login rate limiting and the access log.
+"""Server-side sessions, CSRF tokens (also on the login form), login rate limiting and the
+access log.
 
 A session is a random token (only its SHA-256 is stored) in an HttpOnly, SameSite=Strict cookie,
 Secure when ``web.cookie_secure``. Each session has its own CSRF token that every state-changing
@@ -12,6 +13,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -25,6 +27,8 @@ from edge.logs import log_event
 log = logging.getLogger("central.web.auth")
 
 COOKIE = "kentongan_session"
+#: Double-submit cookie of the login form (there is no session yet to hold a CSRF token).
+LOGIN_CSRF_COOKIE = "kentongan_login_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -82,31 +86,66 @@ class SessionManager:
 
 
 class LoginLimiter:
-    """At most ``login_limit`` failed attempts per user name and per client in the window."""
+    """Stops password guessing without locking the owner out (nothing here is per user alone).
 
-    def __init__(self, tables: DeskTables, settings: WebSettings) -> None:
-        self.tables, self.settings = tables, settings
+    * per (user name, address): ``login_limit`` failures are free, then each further attempt
+      waits 1, 2, 4 ... seconds after the previous failure, capped at ``login_window_s``;
+      failures are remembered for a day, a success from that address forgets them;
+    * per address: at most ``login_address_limit`` failures (any user names) in
+      ``login_window_s``, then that address waits;
+    * the right password from another address is never slowed by guesses from this one.
 
-    def _keys(self, name: str, client: str) -> tuple[str, str]:
-        return f"user:{name.lower()[:64]}", f"ip:{client}"
+    State is the desk's ``web_login_attempts`` table (``DeskTables``, on either store backend:
+    shared by every central process using the store, and kept across restarts). The ``limits``
+    library was not taken: it has no SQL storage (only memory, Redis, Memcached, MongoDB) and
+    counts fixed or moving windows, not a per-key growing delay.
+    """
+
+    MEMORY_S = 86400.0
+
+    def __init__(self, tables: DeskTables, settings: WebSettings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.tables, self.settings, self.clock = tables, settings, clock
+
+    @staticmethod
+    def _pair_key(name: str, client: str) -> str:
+        return f"ua:{name.lower()[:64]}|{client[:64]}"
+
+    @staticmethod
+    def _address_key(client: str) -> str:
+        return f"ip:{client[:64]}"
+
+    def delay_after(self, failures: int) -> float:
+        """Seconds to wait after the latest failure, given ``failures`` for (user, address)."""
+        if failures < self.settings.login_limit:
+            return 0.0
+        return float(min(2.0 ** min(failures - self.settings.login_limit, 30),
+                         self.settings.login_window_s))
 
     def check(self, name: str, client: str) -> None:
-        now = time.time()
-        since = now - self.settings.login_window_s
-        for key in self._keys(name, client):
-            times = self.tables.login_attempts(key, since)
-            if len(times) >= self.settings.login_limit:
-                retry = times[0] + self.settings.login_window_s - now
-                log_event(log, "login_rate_limited", logging.WARNING, key=key)
-                raise RateLimited(max(1.0, retry))
+        """``RateLimited`` when this attempt must wait."""
+        now = self.clock()
+        window = self.settings.login_window_s
+        ip = self.tables.login_attempts(self._address_key(client), now - window)
+        limit = self.settings.login_address_limit
+        if len(ip) >= limit:
+            retry = ip[len(ip) - limit] + window - now
+            log_event(log, "login_rate_limited", logging.WARNING, scope="address", client=client)
+            raise RateLimited(max(1.0, retry))
+        pair = self.tables.login_attempts(self._pair_key(name, client), now - self.MEMORY_S)
+        wait = self.delay_after(len(pair)) - (now - pair[-1]) if pair else 0.0
+        if wait > 0:
+            log_event(log, "login_rate_limited", logging.WARNING, scope="user_address",
+                      user=name[:64], client=client, failures=len(pair))
+            raise RateLimited(max(1.0, wait))
 
     def failed(self, name: str, client: str) -> None:
-        now = time.time()
-        self.tables.record_failed_login(self._keys(name, client), now,
-                                        now - self.settings.login_window_s)
+        now = self.clock()
+        self.tables.record_failed_login([self._pair_key(name, client), self._address_key(client)],
+                                        now, now - self.MEMORY_S)
 
-    def succeeded(self, name: str) -> None:
-        self.tables.clear_login_attempts(self._keys(name, "")[0])
+    def succeeded(self, name: str, client: str) -> None:
+        self.tables.clear_login_attempts(self._pair_key(name, client))
 
 
 class AccessLog:

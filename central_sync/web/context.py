@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
+from central_sync.audit import AuditLog
 from central_sync.cap import WIB
 from central_sync.config import CentralConfig
 from central_sync.store import Store
@@ -41,6 +42,7 @@ class WebContext:
     hub: LiveHub
     desk: Desk
     templates: Jinja2Templates
+    audit: AuditLog
     unsealer: Unsealer | None = None
     cap_sender: str = "kentongan-central@localhost"
 
@@ -71,7 +73,8 @@ def build_context(cfg: ConfigSource, store: Store, commands: CommandSender | Non
         settings=settings, tables=tables, store=store, users=users,
         sessions=SessionManager(tables, users, settings), limiter=LoginLimiter(tables, settings),
         access=AccessLog(tables), hub=hub, desk=Desk(store, commands, settings, hub),
-        templates=templates, unsealer=load_unsealer(settings), cap_sender=settings.cap_sender)
+        templates=templates, audit=AuditLog(store.audit_tables()), unsealer=load_unsealer(settings),
+        cap_sender=settings.cap_sender)
 
 
 def ctx_of(request: Request) -> WebContext:

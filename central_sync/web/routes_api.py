@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from central_sync.incidents import Incident, IncidentError, State
 from central_sync.routing import RT_NOTICE_TYPES
+from central_sync.snapshot_policy import SNAPSHOT_HEADERS, disposition, servable_image
 from central_sync.users import Role
 from central_sync.web.auth import Principal, check_csrf, principal, require_roles
 from central_sync.web.context import WebContext, ctx_of
@@ -136,8 +137,10 @@ async def send_notice(request: Request, who: Writer, node_id: NodeId,
     require_roles(who, Role.RT_ADMIN, Role.ADMIN)
     _visible_node(ctx, who, node_id)
     assert body.incident_type in RT_NOTICE_TYPES
-    return await ctx.desk.send(who, node_id, "sound", {"incident_type": body.incident_type,
-                                                       "operator": who.user.name})
+    result = await ctx.desk.send(who, node_id, "sound", {"incident_type": body.incident_type,
+                                                         "operator": who.user.name})
+    _audit(ctx, who, "command_sound", node_id, incident_type=body.incident_type)
+    return result
 
 
 @router.post("/nodes/{node_id}/{action}", responses={403: {"description": "not allowed"},
@@ -149,14 +152,27 @@ async def node_command(request: Request, who: Writer, node_id: NodeId,
     if not can_command_posts(who.user):
         raise HTTPException(403, "only operators and admins")
     _visible_node(ctx, who, node_id)
-    return await ctx.desk.send(who, node_id, action, {"operator": who.user.name})
+    result = await ctx.desk.send(who, node_id, action, {"operator": who.user.name})
+    _audit(ctx, who, f"command_{action}", node_id)
+    return result
+
+
+def _audit(ctx: WebContext, who: Principal, action: str, target: str, **detail: Any) -> None:
+    """Record a command sent from the desk in the admin audit log (central_sync.audit)."""
+    ctx.audit.record(who.user.name, action, target, {"role": who.user.role.value, **detail},
+                     who.client)
 
 
 @router.get("/snapshots/{snapshot_id}", response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "not found"}})
+            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}},
+                       404: {"description": "not found"},
+                       409: {"description": "cannot be unsealed here"},
+                       415: {"description": "not an image: never served"}})
 def get_snapshot(request: Request, who: Who,
-                 snapshot_id: Annotated[str, Path(min_length=1, max_length=80)]) -> Response:
-    """A snapshot image, unsealed at central when a key is configured (access-logged)."""
+                 snapshot_id: Annotated[str, Path(min_length=1, max_length=80)],
+                 download: bool = False) -> Response:
+    """A snapshot image, unsealed at central (access-logged). Only bytes that are a JPEG or PNG
+    are served, under the type found in the bytes, sandboxed (central_sync.snapshot_policy)."""
     ctx = ctx_of(request)
     row = as_dict(ctx.store.get_snapshot(snapshot_id))
     incident = None
@@ -171,24 +187,34 @@ def get_snapshot(request: Request, who: Who,
     if not row or not allowed:
         if row:
             ctx.access.record(who, "view_snapshot", "snapshot", snapshot_id, allowed=False)
-        raise HTTPException(404, "no such snapshot")
+        raise HTTPException(404, "no such snapshot", headers=SNAPSHOT_HEADERS)
     data = row.get("data") or b""
     if isinstance(data, str):
         data = base64.b64decode(data)
-    content_type = str(row.get("content_type") or "image/jpeg")
     if row.get("sealed"):
         if ctx.unsealer is None:
-            content_type = "application/octet-stream"
-        else:
-            try:
-                data = ctx.unsealer.open(bytes(data))
-            except SecurityError as exc:
-                log_event(log, "unseal_failed", logging.WARNING, snapshot_id=snapshot_id,
-                          reason=exc.reason)
-                raise HTTPException(409, f"snapshot cannot be unsealed: {exc.reason}") from None
+            raise HTTPException(409, "snapshot is sealed and no unseal key is configured",
+                                headers=SNAPSHOT_HEADERS)
+        try:
+            data = ctx.unsealer.open(bytes(data))
+        except SecurityError as exc:
+            log_event(log, "unseal_failed", logging.WARNING, snapshot_id=snapshot_id,
+                      reason=exc.reason)
+            raise HTTPException(409, f"snapshot cannot be unsealed: {exc.reason}",
+                                headers=SNAPSHOT_HEADERS) from None
+    try:
+        kind = servable_image(bytes(data))
+    except SecurityError as exc:
+        log_event(log, "snapshot_refused", logging.WARNING, snapshot_id=snapshot_id,
+                  node_id=row.get("node_id"), reason=exc.reason,
+                  declared=str(row.get("content_type"))[:60])
+        ctx.access.record(who, "view_snapshot", "snapshot", snapshot_id, allowed=False)
+        raise HTTPException(415, "not an image: snapshot refused",
+                            headers=SNAPSHOT_HEADERS) from None
     ctx.access.record(who, "view_snapshot", "snapshot", snapshot_id)
-    return Response(bytes(data), media_type=content_type,
-                    headers={"Cache-Control": "no-store"})
+    return Response(bytes(data), media_type=kind, headers={
+        **SNAPSHOT_HEADERS,
+        "Content-Disposition": disposition(snapshot_id, kind, download=download)})
 
 
 @router.get("/warnings")
