@@ -81,6 +81,7 @@ def test_ingest_rejects_and_counts_html_snapshot(tmp_path: Path) -> None:
             asyncio.run(svc.handle_message(topic, encode(_snap(sid, data, ctype))))
             assert store.get_snapshot(sid) is None
         assert svc.stats.rejected == {"snapshot_not_image": 2}
+        asyncio.run(svc.flush_rejections())  # rejections are written aggregated, per interval
         assert store.rejection_counts() == {"snapshot_not_image": 2}
     finally:
         store.close()
