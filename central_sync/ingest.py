@@ -263,7 +263,14 @@ class IngestService:
         if problem is not None:
             raise WireError(*problem)
         if isinstance(msg, SnapshotEnvelope):
-            check_snapshot_envelope(msg)  # images or nothing (SecurityError -> counted rejection)
+            try:
+                check_snapshot_envelope(msg)  # images or nothing
+            except SecurityError:
+                # Settled for good: acknowledged so the post stops resending it, never stored;
+                # the rejection itself is counted and recorded by ``handle``.
+                self._acks_due.snapshot(node_id, msg.snapshot_id)
+                self._wake.set()
+                raise
             self._snapshots.append(msg)
         elif isinstance(msg, Presence):
             self._presences[node_id] = msg

@@ -81,6 +81,10 @@ def test_ingest_rejects_and_counts_html_snapshot(tmp_path: Path) -> None:
             asyncio.run(svc.handle_message(topic, encode(_snap(sid, data, ctype))))
             assert store.get_snapshot(sid) is None
         assert svc.stats.rejected == {"snapshot_not_image": 2}
+        # Settled for good: the post is told (in its next Ack) to stop resending them.
+        due = svc._acks_due.acks(time.time())
+        assert [(a.node_id, a.snapshot_ids) for a in due] == [
+            ("pos-a", ["snap-html-0000000001", "snap-html-0000000002"])]
         asyncio.run(svc.flush_rejections())  # rejections are written aggregated, per interval
         assert store.rejection_counts() == {"snapshot_not_image": 2}
     finally:
