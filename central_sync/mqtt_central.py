@@ -115,6 +115,9 @@ async def publish_central_online(client: aiomqtt.Client, cfg: CentralConfig, cen
     subscriptions were granted: a post resends everything unacknowledged the moment it reads it."""
     topic, payload = central_state_message(cfg, central_id, "online")
     await client.publish(topic, payload, qos=1, retain=True)
+    # aiomqtt's publish runs asyncio.wait_for, which on Python 3.11 drops a cancellation that
+    # races the PUBACK: a stop arriving right after connecting would otherwise be lost.
+    transport.raise_if_cancelling()
 
 
 async def publish_central_offline(client: aiomqtt.Client, cfg: CentralConfig, central_id: str,
