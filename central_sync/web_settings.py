@@ -75,6 +75,10 @@ class WebSettings(BaseModel):
                                      "is a plain background with markers and a list.")
     map_attribution: str = Field("", max_length=300, description="Attribution shown for the "
                                  "tiles.")
+    release_dir: str | None = Field(None, description="Release directory of `kentongan-central "
+                                    "release` (holding rollout.db); the post overview then shows "
+                                    "each post's update state and a halted rollout. Without it, "
+                                    "or without rollout.db, nothing extra is shown.")
     stream_replay: int = Field(1024, ge=16, le=100_000, description="Changes kept in memory "
                                "to replay to a reconnecting browser (Last-Event-ID).")
 

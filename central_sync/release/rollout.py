@@ -78,11 +78,19 @@ class Rollout:
 class RolloutStore:
     """Rollout state in one SQLite file; safe to share between the server's threads."""
 
-    def __init__(self, path: Path, *, stale_seconds: float = 86400.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, stale_seconds: float = 86400.0,
+                 read_only: bool = False) -> None:
+        """``read_only``: open an existing file for reading only (the desk); never creates it,
+        its directory or its schema (``sqlite3.OperationalError`` when it is not there)."""
         self.path = path
         self.stale_seconds = stale_seconds
         self._lock = threading.Lock()
+        if read_only:
+            self._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                         timeout=5, check_same_thread=False,
+                                         isolation_level=None)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False,
                                      isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")

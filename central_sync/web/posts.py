@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from central_sync.release.overview import RolloutOverview, read_overview
 from central_sync.web.auth import Principal
 from central_sync.web.context import WebContext
 from central_sync.web.policy import can_see_node
@@ -19,7 +21,23 @@ def _jsonish(value: Any) -> Any:
     return value
 
 
-def post_rows(ctx: WebContext, who: Principal) -> list[dict[str, Any]]:
+def rollout_overview(ctx: WebContext) -> RolloutOverview | None:
+    """The rollout state when central has a release directory with a rollout (else None)."""
+    d = ctx.settings.release_dir
+    return read_overview(Path(d)) if d else None
+
+
+def _update_state(ro: RolloutOverview | None, node_id: str,
+                  version: str | None) -> dict[str, Any] | None:
+    if ro is None:
+        return None
+    u = ro.post(node_id, version)
+    return {"state": u.state, "version": u.report_version or ro.version,
+            "target": ro.version, "reason": u.reason, "running": u.running_version}
+
+
+def post_rows(ctx: WebContext, who: Principal,
+              rollout: RolloutOverview | None = None) -> list[dict[str, Any]]:
     # The technician's `kentongan-edge selftest` is recorded as a SELFTEST event on the post.
     tests = ctx.store.last_event_times("SELFTEST")
     rows = []
@@ -34,6 +52,9 @@ def post_rows(ctx: WebContext, who: Principal) -> list[dict[str, Any]]:
             "backlog": n.get("backlog"), "siren": _jsonish(n.get("siren")),
             "time_quality": n.get("time_quality"), "status": n.get("status"),
             "last_self_test": n.get("last_self_test") or tests.get(node_id),
+            "version": n.get("version"),
+            # not "update": Jinja would find the dict method first
+            "update_state": _update_state(rollout, node_id, n.get("version")),
         })
     rows.sort(key=lambda r: (str(r["kelurahan_code"] or "~"), r["rw"] or 0, r["rt"] or 0,
                              r["display_name"]))

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from central_sync.web.auth import Principal, optional_principal
 from central_sync.web.context import ctx_of
 from central_sync.web.policy import can_command_posts, can_see_incident
-from central_sync.web.posts import post_rows
+from central_sync.web.posts import post_rows, rollout_overview
 from central_sync.web.present import POST_STATUS, post_status, type_name
 
 router = APIRouter(include_in_schema=False)
@@ -70,7 +70,9 @@ def posts_page(request: Request) -> Response:
     who = optional_principal(request)
     if who is None:
         return RedirectResponse("/login", status_code=303)
-    return page(request, who, "posts.html", posts=post_rows(ctx_of(request), who))
+    ctx = ctx_of(request)
+    rollout = rollout_overview(ctx)
+    return page(request, who, "posts.html", posts=post_rows(ctx, who, rollout), rollout=rollout)
 
 
 @router.get("/fragments/incidents/{incident_id}", response_class=HTMLResponse)
