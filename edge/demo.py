@@ -120,6 +120,7 @@ broker_port = {mqtt_port}
 enabled = true
 host = "127.0.0.1"
 port = {web_port}
+release_dir = "releases"
 """
 
 
