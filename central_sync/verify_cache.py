@@ -17,15 +17,12 @@ duplicate, a different one reusing an event id is ``replay``).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from edge.errors import SecurityError
-from edge.signing import DigestLog, MemoryDigestLog, NodeKey, verify_bytes
-from edge.sync.wire import EventEnvelope, canonical_bytes
+from edge.signing import DigestLog, EventVerifier, MemoryDigestLog, NodeKey
 
 _UNKNOWN = object()
 
@@ -79,33 +76,15 @@ class KeyCache:
         return key
 
 
-class CachedEventVerifier:
-    """Central's event check: node enrolled, signature valid, no replay (raises ``SecurityError``
-    with reason ``unknown_node``, ``revoked``, ``unsigned``, ``bad_signature`` or ``replay``)."""
+class CachedEventVerifier(EventVerifier):
+    """Central's event check (node enrolled, signature valid over the received canonical bytes, no
+    replay: ``SecurityError`` with reason ``unknown_node``, ``revoked``, ``unsigned``,
+    ``bad_signature`` or ``replay``), with node keys from a ``KeyCache``."""
 
     def __init__(self, keys: KeyCache, *, require_signed: bool = True, digests: DigestLog | None = None) -> None:
+        super().__init__(keys.get, require_signed=require_signed,
+                         digests=digests if digests is not None else MemoryDigestLog(100_000))
         self.keys = keys
-        self.require_signed = require_signed
-        self._digests: DigestLog = digests if digests is not None else MemoryDigestLog(100_000)
 
     def refresh(self) -> None:
         self.keys.refresh()
-
-    def verify(self, env: EventEnvelope, canonical: bytes | None = None) -> None:
-        node = self.keys.get(env.node_id)
-        if node is None:
-            raise SecurityError("unknown_node", f"{env.node_id} is not enrolled")
-        if node.status != "enrolled":
-            raise SecurityError("revoked", f"{env.node_id} is {node.status}")
-        body = canonical if canonical is not None else canonical_bytes(env)
-        if env.sig is None:
-            if self.require_signed:
-                raise SecurityError("unsigned", f"event {env.event_id} carries no signature")
-        else:
-            verify_bytes(node.public_key, body, env.sig)
-        digest = hashlib.sha256(body).digest()
-        earlier = self._digests.check_and_record(env.node_id, env.event_id, digest)
-        if earlier is not None and earlier != digest:
-            raise SecurityError("replay", f"event_id {env.event_id} reused with other content")
-
-    __call__ = verify

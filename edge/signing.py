@@ -167,13 +167,14 @@ class EventVerifier:
         self.require_signed = require_signed
         self._digests: DigestLog = digests if digests is not None else MemoryDigestLog()
 
-    def __call__(self, env: EventEnvelope) -> None:
+    def __call__(self, env: EventEnvelope, canonical: bytes | None = None) -> None:
+        """``canonical``: the signed bytes as received (else rebuilt from ``env``)."""
         node = self._lookup(env.node_id)
         if node is None:
             raise SecurityError("unknown_node", f"{env.node_id} is not enrolled")
         if node.status != "enrolled":
             raise SecurityError("revoked", f"{env.node_id} is {node.status}")
-        body = canonical_bytes(env)
+        body = canonical if canonical is not None else canonical_bytes(env)
         if env.sig is None:
             if self.require_signed:
                 raise SecurityError("unsigned", f"event {env.event_id} carries no signature")
