@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from central_sync.cli_support import cli_command
 from central_sync.config import load_central_config
 from central_sync.enrol import (
     NodeInfo,
@@ -33,11 +34,10 @@ from central_sync.enrol import (
     settings_from_mapping,
     utc,
 )
-from central_sync.errors import CentralError, PkiError
+from central_sync.errors import PkiError
 from central_sync.pki import PkiFiles, PkiSettings, init_ca, load_private_key
 from central_sync.registry import Registry
 from central_sync.store import open_store
-from edge.errors import KentonganError
 from edge.signing import key_fingerprint
 from edge.sync.wire import encode
 
@@ -192,15 +192,6 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wrap(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except (CentralError, KentonganError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    return run
-
 
 def register(subparsers: Any) -> None:
     """Add the PKI subcommands to central's CLI."""
@@ -209,13 +200,13 @@ def register(subparsers: Any) -> None:
     init = casub.add_parser("init", help="create the CA, broker/central certificates and keys")
     init.add_argument("--config", required=True)
     init.add_argument("--force", action="store_true", help="replace an existing CA")
-    init.set_defaults(func=_wrap(_cmd_ca_init))
+    init.set_defaults(func=cli_command(_cmd_ca_init))
     crl = casub.add_parser("crl", help="regenerate the CRL (run periodically)")
     crl.add_argument("--renew-if-due", action="store_true", help="only when the CRL is "
                      "missing or near its nextUpdate (for a daily timer)")
     crl.add_argument("--install-to", help="also copy the CRL there (the broker's crlfile)")
     crl.add_argument("--config", required=True)
-    crl.set_defaults(func=_wrap(_cmd_ca_crl))
+    crl.set_defaults(func=cli_command(_cmd_ca_crl))
 
     en = subparsers.add_parser("enrol", help="enrol a node and write its bundle")
     en.add_argument("node_id")
@@ -229,7 +220,7 @@ def register(subparsers: Any) -> None:
     en.add_argument("--replace", action="store_true", help="enrol an existing node again "
                     "(its old certificates are revoked)")
     en.add_argument("--config", required=True)
-    en.set_defaults(func=_wrap(_cmd_enrol))
+    en.set_defaults(func=cli_command(_cmd_enrol))
 
     rv = subparsers.add_parser("revoke", help="revoke a node (CRL + registry)")
     rv.add_argument("node_id")
@@ -238,7 +229,7 @@ def register(subparsers: Any) -> None:
     rv.add_argument("--no-broker", action="store_true", help="do not tell the broker (CRL and "
                     "registry only; an open session stays open until the broker restarts)")
     rv.add_argument("--config", required=True)
-    rv.set_defaults(func=_wrap(_cmd_revoke))
+    rv.set_defaults(func=cli_command(_cmd_revoke))
 
     rn = subparsers.add_parser("renew", help="renew a node certificate (signed config command)")
     rn.add_argument("node_id", nargs="?")
@@ -248,9 +239,9 @@ def register(subparsers: Any) -> None:
     rn.add_argument("--send", action="store_true",
                     help="publish the signed command to the node through the broker now")
     rn.add_argument("--config", required=True)
-    rn.set_defaults(func=_wrap(_cmd_renew))
+    rn.set_defaults(func=cli_command(_cmd_renew))
 
     rg = subparsers.add_parser("registry", help="enrolled and revoked nodes")
     rg.add_argument("--json", action="store_true")
     rg.add_argument("--config", required=True)
-    rg.set_defaults(func=_wrap(_cmd_registry))
+    rg.set_defaults(func=cli_command(_cmd_registry))

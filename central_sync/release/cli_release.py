@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from central_sync.cli_support import cli_command
 from central_sync.config import load_central_config
-from central_sync.errors import CentralError, PkiError
+from central_sync.errors import PkiError
 from central_sync.pki import PkiFiles
 from central_sync.release.build import BuildOptions, build_release
 from central_sync.release.manifest import (
@@ -27,7 +27,6 @@ from central_sync.release.manifest import (
     verify_release_dir,
 )
 from central_sync.release.rollout import RINGS, RolloutStore
-from edge.errors import KentonganError
 from edge.signing import key_fingerprint, load_verify_key
 
 ROLLOUT_DB = "rollout.db"
@@ -178,15 +177,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wrap(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except (CentralError, KentonganError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    return run
-
 
 def register(subparsers: Any) -> None:
     rel = subparsers.add_parser("release", help="fleet software releases and staged rollout")
@@ -196,7 +186,7 @@ def register(subparsers: Any) -> None:
         p = sub.add_parser(name, help=help)
         p.add_argument("--config", required=True, help="central config file (TOML)")
         p.add_argument("--root", help="release directory (default: releases/ next to --config)")
-        p.set_defaults(func=_wrap(func))
+        p.set_defaults(func=cli_command(func))
         return p
 
     p = add("keygen", "create the release signing key and the release server certificate",
