@@ -187,6 +187,17 @@ class StorageConfig(Strict):
                                         "central are pruned after this many days.")
     min_free_mb: float = Field(64, ge=0, description="Evict when the filesystem has less free "
                                "space than this.")
+    reserve_mb: float = Field(4, ge=0, le=256, description="Write reserve: this much disk is "
+                              "preallocated beside the outbox database and given back when the "
+                              "disk is full, so P1/P2 alarms still land on disk (docs/storage.md). "
+                              "0 disables it; otherwise at least 1 (it must hold a WAL "
+                              "checkpoint, 1 MiB). It is extra to disk_quota_mb.")
+
+    @model_validator(mode="after")
+    def _reserve(self) -> StorageConfig:
+        if 0 < self.reserve_mb < 1:
+            raise ValueError("storage.reserve_mb: 0 (no reserve) or at least 1")
+        return self
 
 
 class TlsConfig(Strict):

@@ -25,7 +25,8 @@ from edge.config import StorageConfig
 SQLITE_HEADER = b"SQLite format 3\x00"
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _MB = 1024 * 1024
-#: Default size of the write reserve (``<state_dir>/outbox.reserve``, see docs/storage.md).
+#: Default size of the write reserve (``<state_dir>/outbox.reserve``, see docs/storage.md); the
+#: node config's ``storage.reserve_mb`` sets it.
 DEFAULT_RESERVE_BYTES = 4 * _MB
 
 
@@ -47,6 +48,7 @@ class StorageQuota:
             disk_quota_bytes=int(cfg.disk_quota_mb * _MB),
             snapshot_quota_bytes=int(cfg.snapshot_quota_mb * _MB),
             min_free_bytes=int(cfg.min_free_mb * _MB),
+            reserve_bytes=int(cfg.reserve_mb * _MB),
         )
 
 
