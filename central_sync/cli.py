@@ -41,7 +41,8 @@ from central_sync.store import Store, open_store, redact_url
 from edge import __version__
 from edge.logs import log_event, set_node_id, setup_logging
 
-EXTENSIONS = ("central_sync.cli_pki", "central_sync.cli_web", "central_sync.release.cli_release")
+EXTENSIONS = ("central_sync.cli_pki", "central_sync.cli_web", "central_sync.release.cli_release",
+              "central_sync.cli_store")
 WEB_APP_MODULE = "central_sync.web.app"
 
 log = logging.getLogger("central_sync.cli")

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from central_sync.errors import CentralConfigError
+from central_sync.maintenance_settings import MaintenanceSettings
 from central_sync.web_settings import WebSettings
 from edge.config_io import check_path_value, errors_of, read_toml, resolve_paths
 
@@ -181,6 +182,10 @@ class CentralConfig(Strict):
                                     "(central_sync.web_settings); absent = not served.")
     pki: PkiConfig | None = Field(None, description="Certificate authority for enrolment "
                                   "(kentongan-central ca/enrol/revoke/renew); absent = no CA here.")
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings, description="Store "
+                                             "maintenance (kentongan-central store maintain): "
+                                             "event and audit-log retention, PostgreSQL month "
+                                             "partitions (central_sync.maintenance_settings).")
 
     @model_validator(mode="after")
     def _one_store(self) -> CentralConfig:
