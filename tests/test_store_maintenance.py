@@ -6,6 +6,7 @@ with their events, the audit log is pruned, and on PostgreSQL month partitions e
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 import sys
 import time
@@ -164,3 +165,42 @@ def test_cli_store_maintain(tmp_path: Path) -> None:
 def test_month_helpers_roll_over_the_year() -> None:
     december = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     assert next_month(december) == dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+
+
+UNITS = Path(__file__).resolve().parent.parent / "systemd"
+
+
+def _directives(path: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", "[")):
+            k, _, v = line.partition("=")
+            out.setdefault(k.strip(), []).append(v.strip())
+    return out
+
+
+def test_maintenance_units() -> None:
+    svc = _directives(UNITS / "kentongan-store-maintain.service")
+    assert svc["Type"] == ["oneshot"]
+    assert svc["ExecStart"][0].endswith("kentongan-central store maintain --config "
+                                        "/etc/kentongan-central/central.toml")
+    assert svc["User"] == ["kentongan-central"]
+    for key, value in (("ProtectSystem", "strict"), ("NoNewPrivileges", "yes"), ("PrivateTmp", "yes"),
+                       ("ProtectHome", "yes"), ("CapabilityBoundingSet", "")):
+        assert svc[key] == [value], key
+    timer = _directives(UNITS / "kentongan-store-maintain.timer")
+    assert timer["Persistent"] == ["true"] and timer["OnCalendar"]
+    assert timer["WantedBy"] == ["timers.target"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_maintenance_units_verify(tmp_path: Path) -> None:
+    names = ["kentongan-store-maintain.service", "kentongan-store-maintain.timer"]
+    for unit in names:
+        lines = [("ExecStart=/bin/true " + ln.split(" ", 1)[1]) if ln.startswith("ExecStart=") else ln
+                 for ln in (UNITS / unit).read_text().splitlines()]
+        (tmp_path / unit).write_text("\n".join(lines) + "\n")
+    proc = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / u) for u in names)],
+                          capture_output=True, text=True, timeout=60)
+    problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if any(u in ln for u in names)]
+    assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
