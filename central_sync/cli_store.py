@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from central_sync.cli_support import cli_command
 from central_sync.config import load_central_config
+from central_sync.errors import CentralConfigError
 from central_sync.store import open_store, redact_url
+from central_sync.store.copy import StoreCopy
+from central_sync.store.factory import is_postgres_url, sqlite_path
 from central_sync.store.maintenance import StoreMaintenance
 from edge.logs import setup_logging
 
@@ -61,6 +65,45 @@ def cmd_maintain(args: argparse.Namespace) -> int:
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
-    from central_sync.store_copy import copy_cli
+    source = _copy_source(args)
+    if not is_postgres_url(args.to):
+        raise CentralConfigError("the target must be a postgresql:// URL", "--to")
+    target = redact_url(args.to)
+    _say(f"copying {source} -> {target}")
+    open_store(args.to).close()  # the target's schema (migrations), before anything is copied
+    copy = StoreCopy(source, args.to, merge=args.merge, chunk=args.chunk, progress=_say)
+    try:
+        report = copy.run()
+    finally:
+        copy.close()
+    for table, why in report.not_copied:
+        _say(f"not copied: {table} ({why})")
+    _say(f"{'table':<20} {'source':>10} {'target':>10}")
+    for t in report.tables:
+        mark = "ok" if t.ok(report.merge) else "MISMATCH"
+        _say(f"{t.table:<20} {t.source:>10} {t.target:>10}  {mark}")
+    refused = [line for t in report.tables for line in t.refused]
+    for line in refused[:20]:
+        _say(f"refused by PostgreSQL: {line}")
+    if not report.ok:
+        print(f"error: source and target differ ({len(refused)} rows refused by PostgreSQL; see the "
+              "table above)",
+              file=sys.stderr)
+        return 1
+    _say(f"ok: {sum(t.copied for t in report.tables)} rows copied now; counts verified"
+         + (" (merged: the target holds at least the source's rows)" if report.merge else ""))
+    return 0
 
-    return copy_cli(args, _say)
+
+def _copy_source(args: argparse.Namespace) -> Path:
+    if (args.source is None) == (args.config is None):
+        raise CentralConfigError("give the source as --config (its SQLite store) or --from (one)", "--from")
+    if args.source is not None:
+        path = sqlite_path(args.source)
+        if path is None:
+            raise CentralConfigError("the source must be a sqlite:/// URL", "--from")
+        return path
+    cfg = load_central_config(args.config)
+    if cfg.sqlite_file is None:
+        raise CentralConfigError("this config's store is not SQLite; give --from sqlite:///...", "--config")
+    return cfg.sqlite_file
