@@ -60,7 +60,8 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     _say(f"ok: {len(report.partitions_created)} partitions created, {len(report.months_dropped)} months "
          f"dropped, {report.events_deleted} events deleted ({report.events_held} kept for incidents), "
          f"{report.keys_deleted} event keys deleted, {report.audit_rows_deleted} audit-log rows deleted"
-         + (f"; left for the next run: {', '.join(report.months_left)}" if report.months_left else ""))
+         + (f"; left for the next run (lock busy): {', '.join(report.partitions_left + report.months_left)}"
+            if report.months_left or report.partitions_left else ""))
     return 0
 
 

@@ -204,3 +204,28 @@ def test_maintenance_units_verify(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if any(u in ln for u in names)]
     assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
+
+
+def test_postgres_month_left_when_its_lock_is_not_free(pg_url: str) -> None:
+    """A long reader holding the events table: the detach gives up after lock_timeout_s instead
+    of queueing (which would stall every ingest insert behind it); the next run drops the month."""
+    store = open_store(pg_url)
+    try:
+        ev = event("pos-a", "PANIC")
+        store.insert_events([ev], OLD)
+        label = f"{month_start(OLD):%Y-%m}"
+        _maintain(store, partitions_ahead=1, event_retention_days=3000).run(NOW)  # this month and the next exist
+        with psycopg.connect(pg_url) as reader:
+            reader.execute("SELECT COUNT(*) FROM events").fetchone()  # ACCESS SHARE until the reader ends
+            report = _maintain(store, lock_timeout_s=0.3, partitions_ahead=2).run(NOW)
+            assert report.months_left == [label] and report.months_dropped == []
+            # Creating the month after next needs the same lock: left for the next run too.
+            assert report.partitions_left == [f"{next_month(next_month(month_start(NOW))):%Y-%m}"]
+            assert store.get_event(ev.event_id) is not None
+            # Ingest still commits meanwhile.
+            assert store.insert_events([event("pos-a", "PANIC")], NOW)[0]
+        report = _maintain(store, lock_timeout_s=0.3).run(NOW)
+        assert report.months_dropped == [label] and store.get_event(ev.event_id) is None
+        assert report.partitions_left == [] and len(report.partitions_created) == 1
+    finally:
+        store.close()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from central_sync.errors import StoreError
 from central_sync.maintenance_settings import MaintenanceSettings
 from central_sync.store import partitions
+from central_sync.store.base import TransientStoreError
 from central_sync.store.desk_tables import RetentionTx
 from central_sync.store.partitions import HELD
 from central_sync.store.sql import SqlRunner, SqlTx
@@ -37,11 +38,14 @@ from edge.logs import log_event
 
 log = logging.getLogger("central.maintenance")
 DAY = 86400.0
+#: A deletion chunk refused as busy this many times in a row ends the run (the next one resumes).
+_BUSY_RETRIES = 8
 
 
 @dataclass
 class MaintenanceReport:
     partitions_created: list[str] = field(default_factory=list)
+    partitions_left: list[str] = field(default_factory=list)
     months_dropped: list[str] = field(default_factory=list)
     months_left: list[str] = field(default_factory=list)
     events_deleted: int = 0
@@ -65,9 +69,18 @@ class StoreMaintenance:
         """Run ``step`` (deleting at most ``chunk_rows`` rows) in its own transaction until it
         deletes fewer than a full chunk; the write lock is free between chunks."""
         total = 0
+        busy = 0
         while True:
-            with self.runner.tx() as tx:
-                n = step(tx)
+            try:
+                with self.runner.tx() as tx:
+                    n = step(tx)
+            except TransientStoreError:
+                busy += 1  # the write lock stayed taken past the busy timeout: back off, retry
+                if busy > _BUSY_RETRIES:
+                    raise
+                time.sleep(min(5.0, 0.2 * 2 ** busy))
+                continue
+            busy = 0
             total += n
             if n < self.settings.chunk_rows:
                 return total
@@ -93,6 +106,7 @@ class StoreMaintenance:
             self._sqlite_events(now, cutoff, hold_cut, report)
         self._audit(now, report)
         log_event(log, "store_maintained", partitions_created=report.partitions_created,
+                  partitions_left=report.partitions_left,
                   months_dropped=report.months_dropped, months_left=report.months_left,
                   events_deleted=report.events_deleted, events_held=report.events_held,
                   keys_deleted=report.keys_deleted, audit_rows_deleted=report.audit_rows_deleted,
@@ -102,11 +116,21 @@ class StoreMaintenance:
     def ensure_partitions(self, now: float, report: MaintenanceReport | None = None) -> list[str]:
         """PostgreSQL: create the current and the next ``partitions_ahead`` month partitions."""
         created: list[str] = []
+        timeout_ms = int(self.settings.lock_timeout_s * 1000)
         for start in partitions.months_to_ensure(now, self.settings.partitions_ahead):
-            with self.runner.tx() as tx:
-                if partitions.ensure_month(tx, start):
-                    created.append(f"{start:%Y-%m}")
-                    self._progress(f"partition {start:%Y-%m} created")
+            try:
+                with self.runner.tx() as tx:
+                    made = partitions.ensure_month(tx, start, timeout_ms)
+            except StoreError as exc:  # its lock was not free in time: the next run creates it
+                if report is not None:
+                    report.partitions_left.append(f"{start:%Y-%m}")
+                log_event(log, "partition_left", logging.WARNING, month=f"{start:%Y-%m}",
+                          error=f"{type(exc).__name__}: {exc}"[:300])
+                self._progress(f"partition {start:%Y-%m} left for the next run: {type(exc).__name__}")
+                continue
+            if made:
+                created.append(f"{start:%Y-%m}")
+                self._progress(f"partition {start:%Y-%m} created")
         if report is not None:
             report.partitions_created = created
         return created

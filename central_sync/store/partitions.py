@@ -93,12 +93,16 @@ def _exists(tx: SqlTx, name: str) -> bool:
     return bool(row and row["x"])
 
 
-def ensure_month(tx: SqlTx, start: dt.datetime) -> bool:
-    """Create the partition of the month starting at ``start`` if missing; True when created."""
+def ensure_month(tx: SqlTx, start: dt.datetime, lock_timeout_ms: int | None = None) -> bool:
+    """Create the partition of the month starting at ``start`` if missing; True when created.
+    Creating takes the parent's exclusive lock: with ``lock_timeout_ms`` it waits at most that
+    long (then the lock error propagates), so it never queues ingest behind a long reader."""
     tx.rows("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(?)) AS l", (PARTITION_LOCK,))
     name = partition_name(start)
     if _exists(tx, name):
         return False
+    if lock_timeout_ms is not None:
+        tx.run(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
     lo, hi = start.timestamp(), next_month(start).timestamp()
     bounds = f"FOR VALUES FROM ({lo!r}) TO ({hi!r})"
     in_default = one(tx, "SELECT EXISTS (SELECT 1 FROM events_default WHERE received_at >= ? "
