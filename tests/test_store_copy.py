@@ -170,3 +170,17 @@ def test_clear_errors(tmp_path: Path, pg_url: str) -> None:
     assert unreachable.returncode == 2 and unreachable.stderr.startswith("error: ")
     for p in (missing, not_pg, unreachable):
         assert "Traceback" not in p.stderr
+
+
+def test_source_from_the_config(tmp_path: Path, pg_url: str) -> None:
+    _populate(tmp_path / "central.db", events=12).close()
+    cfg = tmp_path / "central.toml"
+    cfg.write_text('database = "central.db"\n')
+    ok = _cli("--config", str(cfg), "--to", pg_url)
+    assert ok.returncode == 0 and "events: 12/12 rows, done" in ok.stdout, ok.stdout + ok.stderr
+    both = _cli("--config", str(cfg), "--from", f"sqlite:///{tmp_path / 'central.db'}", "--to", pg_url)
+    assert both.returncode == 2 and "--from" in both.stderr
+    on_pg = tmp_path / "pg.toml"
+    on_pg.write_text(f'[store]\nurl = "{pg_url}"\n')
+    not_sqlite = _cli("--config", str(on_pg), "--to", pg_url)
+    assert not_sqlite.returncode == 2 and "not SQLite" in not_sqlite.stderr
