@@ -190,9 +190,8 @@ class StoreMaintenance:
     def _audit(self, now: float, report: MaintenanceReport) -> None:
         s = self.settings
         before = now - s.audit_log_retention_days * DAY
-        order = "id"
         n = self._chunks(lambda tx: tx.run(
-            f"DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < ? ORDER BY {order} LIMIT ?)",
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < ? ORDER BY id LIMIT ?)",
             (before, s.chunk_rows)))
         report.audit_rows_deleted = n
         if n:
