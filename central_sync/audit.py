@@ -4,8 +4,10 @@ Recorded: accounts added, removed or given another role (CLI), commands sent fro
 enrolments and revocations (CLI). Admins read it at ``GET /api/audit-log``. The rows live in the
 store's ``audit_log`` table (``central_sync.store.audit_tables``, either backend; SQLite
 migration ``m003_audit_log`` of ``kentongan_web``, PostgreSQL ``0004_audit_log``); this module
-never writes SQL. Nothing updates or deletes a row except ``prune`` of rows older than the
-retention the operator chooses.
+never writes SQL. Nothing updates or deletes a row except the retention the operator chooses:
+``[maintenance] audit_log_retention_days``, applied by ``kentongan-central store maintain``
+(``central_sync.store.maintenance``; the rows name people and addresses, personal data under
+UU PDP), or ``prune``.
 """
 
 from __future__ import annotations

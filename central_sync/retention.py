@@ -9,6 +9,9 @@
 - Access-log rows older than ``web.access_log_retention_days`` are deleted.
 
 Every deletion is a ``retention_log`` row and a structured log line ``retention_deleted``.
+Whole events (after ``[maintenance] event_retention_days``, never those of open or recently
+closed incidents) and admin audit-log rows are deleted by ``kentongan-central store maintain``
+(``central_sync.store.maintenance``), which logs the same way.
 """
 
 from __future__ import annotations
