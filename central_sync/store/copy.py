@@ -223,7 +223,7 @@ class StoreCopy:
         last, copied = (prior[0], prior[1]) if prior else (None, 0)
         sel_key = ", ".join(_q(k) for k in key)
         select = f"SELECT {sel_key}, {', '.join(_q(c) for c in src_cols)} FROM {_q(table)}"
-        tick = time.monotonic()
+        tick = began = time.monotonic()
         while True:
             if last is None:
                 rows = self.src.execute(f"{select} ORDER BY {sel_key} LIMIT ?", (self.chunk,)).fetchall()
@@ -249,7 +249,9 @@ class StoreCopy:
             if time.monotonic() - tick >= 2.0:
                 tick = time.monotonic()
                 self._say(f"{table}: {copied}/{total} rows")
-        self._say(f"{table}: {copied}/{total} rows, done")
+        took = time.monotonic() - began
+        rate = f", {result.copied / took:,.0f} rows/s" if result.copied and took > 0 else ""
+        self._say(f"{table}: {copied}/{total} rows, done ({result.copied} copied now{rate})")
         return result
 
     def _ensure_months(self, rows: list[dict[str, Any]]) -> None:
