@@ -182,7 +182,7 @@ class StoreCopy:
         src_tables = self._src_tables()
         plan: list[str] = []
         report = CopyReport(resumed=bool(state), merge=self.merge)
-        for table in [*ORDER, *sorted(t for t in src_tables if t not in ORDER), "events"]:
+        for table in [*ORDER, *sorted(t for t in src_tables if t not in ORDER and t != "events"), "events"]:
             if table not in src_tables or table in plan:
                 continue
             if table in SKIPPED:
