@@ -82,6 +82,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
     _say(f"{'table':<20} {'source':>10} {'target':>10}")
     for t in report.tables:
         mark = "ok" if t.ok(report.merge) else "MISMATCH"
+        if t.refused:
+            mark += f" ({len(t.refused)} refused)"
         _say(f"{t.table:<20} {t.source:>10} {t.target:>10}  {mark}")
     refused = [line for t in report.tables for line in t.refused]
     for line in refused[:20]:

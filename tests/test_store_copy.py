@@ -184,3 +184,18 @@ def test_source_from_the_config(tmp_path: Path, pg_url: str) -> None:
     on_pg.write_text(f'[store]\nurl = "{pg_url}"\n')
     not_sqlite = _cli("--config", str(on_pg), "--to", pg_url)
     assert not_sqlite.returncode == 2 and "not SQLite" in not_sqlite.stderr
+
+
+def test_rows_postgres_cannot_hold_are_listed_not_fatal(tmp_path: Path, pg_url: str) -> None:
+    """An old SQLite file may hold a payload with a NUL character (written before the store's value
+    checks): that row is refused alone and named; every other row is copied."""
+    _populate(tmp_path / "central.db", events=50).close()
+    import sqlite3
+    with sqlite3.connect(tmp_path / "central.db") as conn:
+        conn.execute("UPDATE events SET payload = ? WHERE rowid = 7", ('{"note": "a\\u0000b"}',))
+    proc = _cli("--from", f"sqlite:///{tmp_path / 'central.db'}", "--to", pg_url, "--chunk", "20")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "refused by PostgreSQL: events [7]: UntranslatableCharacter: unsupported Unicode escape" in proc.stdout
+    assert "events                       50         49  ok (1 refused)" in proc.stdout
+    assert "error: source and target differ (1 rows refused" in proc.stderr
+    assert _counts(pg_url, ["events", "event_keys"]) == {"events": 49, "event_keys": 49}

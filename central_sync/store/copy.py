@@ -270,7 +270,8 @@ class StoreCopy:
                 return self._insert_rows(table, tgt, data)
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError) as exc:
             if len(data) == 1:
-                result.refused.append(f"{table} {keys[0]}: {type(exc).__name__}: {str(exc).strip()[:200]}")
+                first = (str(exc).strip().splitlines() or [""])[0]
+                result.refused.append(f"{table} {keys[0]}: {type(exc).__name__}: {first[:200]}")
                 return 0
         n = 0
         for row, k in zip(data, keys, strict=True):
@@ -306,12 +307,12 @@ class StoreCopy:
         new = {(str(n), str(e)): int(rowid) for n, e, rowid in got}
         fresh = [dict(r, rowid=new[(r["node_id"], r["event_id"])]) for r in data
                  if (r["node_id"], r["event_id"]) in new]
-        if fresh:
+        if fresh:  # their keys are new, so are they: COPY, no conflict handling needed
             cols = list(data[0])
-            with self.dst.cursor() as cur:
-                cur.executemany(f"INSERT INTO events ({', '.join(_q(c) for c in cols)}) VALUES "
-                                f"({', '.join('%s' for _ in cols)})".encode(),
-                                [[_convert(r[c], tgt[c][0]) for c in cols] for r in fresh], returning=False)
+            with self.dst.cursor() as cur, cur.copy(
+                    f"COPY events ({', '.join(_q(c) for c in cols)}) FROM STDIN".encode()) as pipe:
+                for r in fresh:
+                    pipe.write_row([_convert(r[c], tgt[c][0]) for c in cols])
         return len(fresh)
 
     def _finish_sequences(self) -> None:
