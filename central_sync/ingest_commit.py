@@ -142,7 +142,7 @@ class BatchWriter:
                 except Exception:
                     log.exception("on_events_failed")
         if batch.presences:
-            out.place_mismatches = self.place_check.write(batch.presences, now)
+            out.place_mismatches = self.place_check.write(batch.presences)
         if batch.presences or batch.heartbeats:
             self.store.apply_node_updates(batch.presences, batch.heartbeats, now)
             out.updates += len(batch.presences) + len(batch.heartbeats)
