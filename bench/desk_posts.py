@@ -35,7 +35,16 @@ from edge.sync.wire import Heartbeat, Presence  # noqa: E402
 
 
 def fill(store: Store, n: int) -> None:
+    """``n`` enrolled posts (their place is the registry's: issue 10), then their presence and
+    heartbeats in one batch."""
     now = time.time()
+    tables = store.registry_tables()
+    key = "-----BEGIN PUBLIC KEY-----\nbench\n-----END PUBLIC KEY-----\n"  # never verified here
+    for i in range(n):
+        tables.put({"node_id": f"pos-{i:05d}", "signing_public_key": key, "kelurahan_code": f"33.74.{i % 16:02d}.1001",
+                    "rw": i % 12 + 1, "rt": i % 9 + 1, "display_name": f"Pos {i}", "status": "enrolled",
+                    "cert_serial": f"{i:032x}", "cert_not_after": now + 86400, "enrolled_at": now},
+                   revoke_older_certs_at=None)
     pres = [Presence(node_id=f"pos-{i:05d}", state="online", kelurahan_code=f"33.74.{i % 16:02d}.1001",
                      rw=i % 12 + 1, rt=i % 9 + 1, display_name=f"Pos {i}") for i in range(n)]
     beats = [Heartbeat(node_id=f"pos-{i:05d}", boot_id="b", at=now, version="1.0", time_quality="synced",

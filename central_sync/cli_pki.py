@@ -97,7 +97,7 @@ def _cmd_ca_crl(args: argparse.Namespace) -> int:
 
 def _cmd_enrol(args: argparse.Namespace) -> int:
     settings, db = load_settings(args.config)
-    info = NodeInfo(args.node_id, args.kelurahan, args.rw, args.rt, args.name)
+    info = NodeInfo(args.node_id, args.kelurahan, args.rw, args.rt, args.name, lat=args.lat, lon=args.lon)
     out = enrol_node(settings, open_registry(db), info, Path(args.out),
                      broker_host=args.broker_host, replace=args.replace)
     _audit(db, "enrol", args.node_id, replace=bool(args.replace))
@@ -187,8 +187,9 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
+        where = f"  at {r['lat']:.5f},{r['lon']:.5f}" if r.get("lat") is not None and r.get("lon") is not None else ""
         print(f"{r['node_id']:<24} {r['status']:<9} {r['kelurahan_code']} RW {r['rw']:>3} "
-              f"RT {r['rt']:>3}  cert until {utc(r['cert_not_after'])}  {r['display_name']}")
+              f"RT {r['rt']:>3}  cert until {utc(r['cert_not_after'])}  {r['display_name']}{where}")
     return 0
 
 
@@ -214,6 +215,9 @@ def register(subparsers: Any) -> None:
     en.add_argument("--rw", type=int, required=True)
     en.add_argument("--rt", type=int, required=True)
     en.add_argument("--name", required=True, help="display name of the post")
+    en.add_argument("--lat", type=float, help="latitude of the post (WGS84 degrees, -90..90; with --lon): "
+                    "placed on the desk's map; without it the map shows the kelurahan's centre, marked approximate")
+    en.add_argument("--lon", type=float, help="longitude of the post (WGS84 degrees, -180..180; with --lat)")
     en.add_argument("--out", required=True, help="bundle file to write")
     en.add_argument("--broker-host", help="host name nodes connect to (default: first of "
                     "pki.broker_hosts)")

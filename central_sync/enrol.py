@@ -49,7 +49,7 @@ from central_sync.pki import (
     public_key_pem,
     serial_hex,
 )
-from central_sync.registry import Registry
+from central_sync.registry import Registry, check_coordinates
 from edge.signing import CommandSigner, key_fingerprint, sign_bytes
 from edge.sync.wire import Command
 
@@ -77,6 +77,9 @@ class NodeInfo:
     rw: int
     rt: int
     display_name: str
+    #: Where the post stands (WGS84 degrees), for the desk's map; optional.
+    lat: float | None = None
+    lon: float | None = None
 
 
 def _toml_str(value: str) -> str:
@@ -169,9 +172,14 @@ def pack_bundle(members: dict[str, bytes], node_id: str, command_key: Ed25519Pri
 def enrol_node(settings: PkiSettings, registry: Registry, info: NodeInfo, out: Path, *,
                broker_host: str | None = None, broker_port: int | None = None,
                replace: bool = False) -> Path:
-    """Issue keys and a certificate for a node, register it and write its bundle to ``out``."""
+    """Issue keys and a certificate for a node, register it and write its bundle to ``out``.
+
+    ``info`` is the one source of the post's place: it is written both into the registry (what
+    central uses for routing, RT scoping, the overview, the map and CAP) and into the bundle's
+    ``node.toml`` (what the post itself prints, e.g. in SMS fallback texts)."""
     if not valid_node_id(info.node_id):
         raise PkiError(f"invalid node id {info.node_id!r} (lowercase letters, digits, '-')")
+    check_coordinates(info.lat, info.lon)
     files = PkiFiles(Path(settings.dir))
     ca = CertificateAuthority.load(files)
     host = broker_host or settings.broker_hosts[0]
@@ -195,7 +203,8 @@ def enrol_node(settings: PkiSettings, registry: Registry, info: NodeInfo, out: P
     registry.add(node_id=info.node_id, signing_public_key=public_key_pem(signing_key).decode(),
                  kelurahan_code=info.kelurahan_code, rw=info.rw, rt=info.rt,
                  display_name=info.display_name, cert_serial=serial_hex(cert),
-                 cert_not_after=cert.not_valid_after_utc.timestamp(), replace=replace)
+                 cert_not_after=cert.not_valid_after_utc.timestamp(), replace=replace,
+                 lat=info.lat, lon=info.lon)
     _atomic_write(node_cert_path(files, info.node_id), cert_pem(cert), 0o644)
     if replace:
         regenerate_crl(settings, registry)

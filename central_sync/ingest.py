@@ -396,6 +396,7 @@ class IngestService:
             self.stats.duplicates += out.duplicates
             self.stats.snapshots += len(out.snapshots)
             self.stats.updates += out.updates
+            self.stats.place_mismatches += out.place_mismatches
             for node, event_id in out.stored:
                 acks.stored(node, event_id)
             for node, snapshot_id in out.snapshots:

@@ -2,8 +2,10 @@
 
 Order inside a batch: refresh the key cache (revocations bite), verify every envelope over its
 received canonical bytes, ``store.commit_events`` (one transaction; the store rejects only the
-rows it cannot hold), the coalesced presence/heartbeat state (``store.apply_node_updates``, one
-transaction), snapshots and command results. The outcome says what each node is told; nothing
+rows it cannot hold), the place each presence claims compared with the registry
+(``central_sync.place_check``: a disagreement is a security event, never applied), the coalesced
+presence/heartbeat state (``store.apply_node_updates``, one transaction), snapshots and command
+results. The outcome says what each node is told; nothing
 is acknowledged by this module. ``write`` is idempotent, so a transient store error retries the
 whole batch (already committed events come back as duplicates and are acknowledged then).
 """
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 
 from central_sync.acks import Delivery
 from central_sync.ingest_decode import GoodEnvelope
+from central_sync.place_check import PlaceCheck
 from central_sync.store import Store
 from edge.errors import SecurityError
 from edge.logs import log_event
@@ -91,14 +94,17 @@ class BatchOutcome:
     inserted: int = 0
     duplicates: int = 0
     updates: int = 0
+    place_mismatches: int = 0  # presences claiming another place than the registry's
 
 
 class BatchWriter:
     def __init__(self, store: Store, verifier: BatchVerifier | None,
-                 on_events: Callable[[list[dict[str, Any]]], None] | None) -> None:
+                 on_events: Callable[[list[dict[str, Any]]], None] | None,
+                 place_check: PlaceCheck | None = None) -> None:
         self.store = store
         self.verifier = verifier
         self.on_events = on_events
+        self.place_check = place_check if place_check is not None else PlaceCheck(store.registry_tables())
 
     def write(self, batch: Batch) -> BatchOutcome:
         out = BatchOutcome()
@@ -135,6 +141,8 @@ class BatchWriter:
                     self.on_events(self.store.get_events(result.inserted))
                 except Exception:
                     log.exception("on_events_failed")
+        if batch.presences:
+            out.place_mismatches = self.place_check.write(batch.presences)
         if batch.presences or batch.heartbeats:
             self.store.apply_node_updates(batch.presences, batch.heartbeats, now)
             out.updates += len(batch.presences) + len(batch.heartbeats)

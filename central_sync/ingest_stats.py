@@ -31,6 +31,7 @@ class IngestStats:
     buffer_peak: int = 0  # most received messages ever waiting to be decoded
     floods: int = 0  # intervals in which one node sent flood_threshold or more rejected messages
     flooding: dict[str, float] = field(default_factory=dict)  # node -> last flagged (epoch s)
+    place_mismatches: int = 0  # presences whose place disagreed with the registry (never applied)
 
     def rejected_total(self) -> int:
         return sum(self.rejected.values())

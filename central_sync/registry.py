@@ -4,7 +4,10 @@ Tables (in central's store, either backend; SQL in ``central_sync.store.registry
 
 * ``node_registry``: node_id, signing_public_key (Ed25519 PEM), kelurahan_code, rw, rt,
   display_name, status (``enrolled`` | ``revoked``), cert_serial (hex), cert_not_after (epoch),
-  enrolled_at, revoked_at.
+  enrolled_at, revoked_at, lat, lon (WGS84 degrees, optional). The place given at enrolment is
+  the ONLY place central uses for a post (routing, RT scoping, the post overview, the map, CAP
+  areas); what a post says about itself is compared with it (``central_sync.place_check``).
+* ``security_events``: per (node, kind) a count of messages that contradicted the registry.
 * ``node_certs``: every certificate ever issued to a node (serial, not_after, revoked_at); the CRL
   lists all certificates of revoked nodes, including renewed ones.
 * ``event_digests``: SHA-256 of the first envelope seen for each (node, event id), so that
@@ -14,6 +17,7 @@ Tables (in central's store, either backend; SQL in ``central_sync.store.registry
 from __future__ import annotations
 
 import datetime as dt
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -55,6 +59,20 @@ class NodeRecord:
     cert_not_after: float
     enrolled_at: float
     revoked_at: float | None
+    lat: float | None = None
+    lon: float | None = None
+
+
+def check_coordinates(lat: float | None, lon: float | None) -> None:
+    """Both or neither, finite, latitude in [-90, 90] and longitude in [-180, 180]."""
+    if (lat is None) != (lon is None):
+        raise PkiError("give both --lat and --lon, or neither")
+    if lat is None or lon is None:
+        return
+    if not (math.isfinite(lat) and -90.0 <= lat <= 90.0):
+        raise PkiError(f"latitude {lat!r} is not within -90..90 degrees")
+    if not (math.isfinite(lon) and -180.0 <= lon <= 180.0):
+        raise PkiError(f"longitude {lon!r} is not within -180..180 degrees")
 
 
 class Registry:
@@ -73,11 +91,14 @@ class Registry:
         return NodeRecord(row["node_id"], row["signing_public_key"], row["kelurahan_code"], int(row["rw"]),
                           int(row["rt"]), row["display_name"], row["status"], row["cert_serial"],
                           float(row["cert_not_after"]), float(row["enrolled_at"]),
-                          None if row["revoked_at"] is None else float(row["revoked_at"]))
+                          None if row["revoked_at"] is None else float(row["revoked_at"]),
+                          None if row["lat"] is None else float(row["lat"]),
+                          None if row["lon"] is None else float(row["lon"]))
 
     def add(self, *, node_id: str, signing_public_key: str, kelurahan_code: str, rw: int,
             rt: int, display_name: str, cert_serial: str, cert_not_after: float,
-            replace: bool = False) -> None:
+            replace: bool = False, lat: float | None = None, lon: float | None = None) -> None:
+        check_coordinates(lat, lon)
         existing = self.get(node_id)
         if existing is not None and not replace:
             raise PkiError(f"node {node_id} is already enrolled ({existing.status}); "
@@ -87,7 +108,7 @@ class Registry:
         self.tables.put({"node_id": node_id, "signing_public_key": signing_public_key,
                          "kelurahan_code": kelurahan_code, "rw": rw, "rt": rt, "display_name": display_name,
                          "status": STATUS_ENROLLED, "cert_serial": cert_serial,
-                         "cert_not_after": cert_not_after, "enrolled_at": now},
+                         "cert_not_after": cert_not_after, "enrolled_at": now, "lat": lat, "lon": lon},
                         revoke_older_certs_at=now if existing is not None else None)
 
     def record_renewal(self, node_id: str, cert_serial: str, cert_not_after: float) -> None:

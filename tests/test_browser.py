@@ -24,7 +24,7 @@ from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
 from central_sync.users import UserStore
 from central_sync.web.app import serve
-from central_sync.web.testing import event, presence
+from central_sync.web.testing import event, presence, register
 from edge.sync.wire import Topics, encode
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -134,6 +134,7 @@ def test_panic_appears_live_and_is_acknowledged(mosquitto: LocalMosquitto,
     node.loop_start()
     try:
         node.subscribe(topics.down("pos-melati-01", "cmd"), qos=1)
+        register(c.store, "pos-melati-01", name="Pos Ronda Melati")  # enrolled at RW 5
         node.publish(topics.up("pos-melati-01", "presence"),
                      encode(presence("pos-melati-01", display_name="Pos Ronda Melati")),
                      qos=1, retain=True).wait_for_publish(5)

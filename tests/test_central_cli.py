@@ -20,6 +20,7 @@ from central_sync.broker import LocalMosquitto
 from central_sync.config import load_central_config
 from central_sync.errors import CentralConfigError
 from central_sync.store import CentralStore
+from central_sync.web.testing import register
 from edge.sync.wire import EventEnvelope, Heartbeat, Presence, encode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,8 @@ def test_events_and_nodes_output(tmp_path: Path, capsys: pytest.CaptureFixture[s
     events = [ev("node-a", i) for i in range(3)] + [ev("node-b", 9)]
     store.insert_events(events, time.time())
     now = time.time()
-    store.upsert_presence(Presence(node_id="node-a", state="online", display_name="Pos RT 03"), now)
+    register(store, "node-a", name="Pos RT 03")  # the name comes from the registry
+    store.upsert_presence(Presence(node_id="node-a", state="online"), now)
     store.upsert_heartbeat(Heartbeat(node_id="node-a", boot_id="b", at=now, version="0.1", time_quality="synced",
                                      outbox={"ready": 11, "in_flight": 1}), now)
     store.close()

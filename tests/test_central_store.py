@@ -8,10 +8,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from central_sync.store import CentralStore, Store, migrations, open_store
+from central_sync.store.registry_tables import SecurityEventRow
+from central_sync.web.testing import register
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, b64
 
 
@@ -98,14 +101,65 @@ def test_presence_and_heartbeat_update_nodes(store: Store) -> None:
     assert node["node_id"] == "node-a" and node["online"] is False and node["status"] == "offline"
     assert node["backlog"] == 10 and node["siren"] == {"on": False} and node["version"] == "1.1"
     assert node["time_quality"] == "rtc" and node["clock_offset"] == -0.5
-    assert (node["kelurahan_code"], node["rw"], node["rt"], node["display_name"]) == ("33.74.01.1001", 5, 3,
-                                                                                       "Pos RT 03")
+    # The presence's place and name are never applied: the post is not enrolled, so it has none.
+    assert (node["kelurahan_code"], node["rw"], node["rt"], node["display_name"]) == (None, None, None, None)
     store.upsert_heartbeat(Heartbeat(node_id="node-a", boot_id="b1", at=now, version="1.1", time_quality="rtc"),
                            now + 3)
     (node,) = store.list_nodes(now=now + 3 + 10_000)
     assert node["online"] is True and node["status"] == "stale" and node["backlog"] == 0
     store.insert_events([ev("node-z")], now)
     assert {n["node_id"] for n in store.list_nodes()} == {"node-a", "node-z"}
+
+
+def test_place_and_name_come_from_the_registry_only(store: Store) -> None:
+    """Issue 10: a node row's kelurahan/RW/RT/name/coordinates are the enrolment registry's; a
+    presence claiming another place changes nothing; (re-)enrolment reaches the change feed."""
+    now = time.time()
+    feed = store.change_feed()
+    try:
+        mark = feed.head()
+        register(store, "node-a", "33.74.01.1001/2/1", name="Pos RW 2", lat=-7.05, lon=110.43)
+        store.upsert_presence(Presence(node_id="node-a", state="online", boot_id="b1", version="1.0",
+                                       kelurahan_code="33.74.01.1001", rw=1, rt=1, display_name="Pos RW 1"), now)
+        (node,) = store.list_nodes(now=now)
+        assert (node["kelurahan_code"], node["rw"], node["rt"]) == ("33.74.01.1001", 2, 1)
+        assert node["display_name"] == "Pos RW 2" and node["registry_status"] == "enrolled"
+        assert (node["lat"], node["lon"]) == (-7.05, 110.43)
+        assert node["online"] is True and node["version"] == "1.0"
+
+        def nodes_seen(m: Any) -> tuple[Any, dict[str, Any]]:
+            deadline = time.monotonic() + 30
+            seen: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                ch = feed.wait(m, 1.0)
+                m = ch.mark
+                seen.update({n["node_id"]: n for n in ch.nodes})
+                if "node-a" in seen:
+                    return m, seen
+            return m, seen
+
+        mark, seen = nodes_seen(mark)
+        assert seen["node-a"]["rw"] == 2
+        # Re-enrolment at another place: the desk's feed carries the new registry place.
+        register(store, "node-a", "33.74.01.1001/3/4", name="Pos RW 3")
+        mark, seen = nodes_seen(mark)
+        assert (seen["node-a"]["rw"], seen["node-a"]["rt"], seen["node-a"]["lat"]) == (3, 4, None)
+    finally:
+        feed.close()
+
+
+def test_security_events_are_one_counted_row_per_node_and_kind(store: Store) -> None:
+    tables = store.registry_tables()
+    tables.record_security_events([SecurityEventRow("node-a", "place_mismatch", '{"rw":1}', '{"rw":2}', 3, 10.0,
+                                                    12.0)])
+    tables.record_security_events([SecurityEventRow("node-a", "place_mismatch", '{"rw":4}', '{"rw":2}', 2, 11.0,
+                                                    20.0),
+                                   SecurityEventRow("node-b", "place_mismatch", '{"rt":9}', '{"rt":1}', 1, 5.0,
+                                                    5.0)])
+    rows = tables.security_events()
+    assert [r["node_id"] for r in rows] == ["node-a", "node-b"]
+    a = rows[0]
+    assert (a["count"], a["first_at"], a["last_at"], a["claimed"]) == (5, 10.0, 20.0, '{"rw":4}')
 
 
 def test_rejections_and_commands(store: Store) -> None:

@@ -68,7 +68,8 @@ def test_apply_node_updates_coalesces_per_node_in_one_call(any_store: Store) -> 
     nodes = {n["node_id"]: n for n in any_store.list_nodes(now=now)}
     a, b = nodes["node-a"], nodes["node-b"]
     assert a["online"] is True and a["backlog"] == 10 and a["siren"] == {"on": True} and a["version"] == "1.1"
-    assert (a["kelurahan_code"], a["rw"], a["rt"], a["display_name"]) == ("33.74.01.1001", 5, 3, "Pos RT 03")
+    # The claimed place and name are not applied (issue 10: the registry's only; none here).
+    assert (a["kelurahan_code"], a["rw"], a["rt"], a["display_name"]) == (None, None, None, None)
     assert b["online"] is False and b["status"] == "offline" and b["version"] == "2.0"
     any_store.apply_node_updates([], [], now)  # nothing to do is fine
 

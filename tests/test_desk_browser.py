@@ -32,7 +32,7 @@ from central_sync.store import CentralStore
 from central_sync.users import UserStore
 from central_sync.web.app import context_of, create_app
 from central_sync.web.server import DeskServer
-from central_sync.web.testing import event, presence
+from central_sync.web.testing import event, presence, register
 from edge.sync.wire import Topics, encode
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -156,8 +156,9 @@ class Posts:
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 
-    def announce(self) -> None:
+    def announce(self, store: CentralStore) -> None:
         for node_id, name, rw, rt in self.NODES:
+            register(store, node_id, f"33.74.10.1005/{rw}/{rt}", name=name)  # the enrolled place
             self.client.publish(self.topics.up(node_id, "presence"),
                                 encode(presence(node_id, "33.74.10.1005", rw, rt, name)),
                                 qos=1, retain=True).wait_for_publish(5)
@@ -209,7 +210,7 @@ def test_desk_attention_resync_after_restart_and_phone_layout(
     posts = Posts(mosquitto)
     base = f"http://127.0.0.1:{central.port}"
     try:
-        posts.announce()
+        posts.announce(central.store)
         _wait(lambda: len(central.store.list_nodes()) == 2, what="posts known at central")
         with sync_playwright() as pw:
             browser = pw.chromium.launch(

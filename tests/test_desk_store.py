@@ -16,7 +16,7 @@ from central_sync.store import CentralStore, Store, open_store
 from central_sync.users import Role, RtRef, UserStore
 from central_sync.web.app import context_of, create_app
 from central_sync.web.live import LiveChange
-from central_sync.web.testing import RecordingSender, event, presence
+from central_sync.web.testing import RecordingSender, event, presence, register
 
 
 def test_desk_tables_round_trip(any_store: Store) -> None:
@@ -59,6 +59,8 @@ def test_web_app_follows_commits_of_another_process(store_url: str) -> None:
     ctx = context_of(app)
     try:
         with TestClient(app):
+            for node_id, rw in (("pos-a", 5), ("pos-b", 5), ("pos-z", 9)):  # enrolled places
+                register(ingest_store, node_id, f"33.74.01.1001/{rw}/3")
             ingest_store.apply_node_updates([presence("pos-a"), presence("pos-b"),
                                              presence("pos-z", rw=9)], [], time.time())
             panic = event("pos-a", "PENCURIAN")

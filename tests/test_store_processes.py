@@ -16,6 +16,7 @@ from pg_cluster import PgCluster
 from central_sync.store import Store, TransientStoreError, is_transient, open_store
 from central_sync.store.postgres import PostgresStore
 from central_sync.web.post_table import PostTable
+from central_sync.web.testing import register
 from edge.sync.wire import EventEnvelope, Heartbeat, Presence
 
 
@@ -72,6 +73,7 @@ def test_change_feed_reports_other_processes_commits(store_url: str) -> None:
     try:
         mark = feed.head()
         assert feed.wait(mark, 0.2).events == []  # nothing yet: a timeout, not an error
+        register(writer, "pos-a", "33.74.01.1001/5/3")  # the place the feed's rows carry (registry)
         writer.apply_node_updates([Presence(node_id="pos-a", state="online", kelurahan_code="33.74.01.1001", rw=5,
                                             rt=3)], [], time.time())
         batch = [ev("pos-a", i) for i in range(3)]

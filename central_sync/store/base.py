@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 #: One stored row, column name -> value (JSON columns already decoded).
 Row = dict[str, Any]
 
+#: The presence fields central writes into a post's ``nodes`` row (liveness state aside).
+PRESENCE_APPLIED = ("boot_id", "version")
+
 #: Seconds without presence or heartbeat after which a node is shown as "stale".
 STALE_AFTER_SECONDS = 300.0
 
@@ -163,8 +166,12 @@ def node_status(online: bool, last_seen: float | None, now: float) -> str:
 
 def coalesce_nodes(presences: Sequence[Presence], heartbeats: Sequence[Heartbeat]
                    ) -> tuple[dict[str, Heartbeat], dict[str, Presence], dict[str, dict[str, Any]]]:
-    """The newest heartbeat and presence per node (input is in arrival order), plus the identity
-    fields (boot_id, version, location, name) any presence of the batch carried, newest first."""
+    """The newest heartbeat and presence per node (input is in arrival order), plus the fields
+    any presence of the batch carried that central applies (boot_id, version), newest first.
+
+    A presence's place and name (kelurahan, RW, RT, display name) are NEVER applied: identity
+    and place come from the enrolment registry only (``central_sync.place_check`` compares
+    them and records a disagreement as a security event)."""
     beats: dict[str, Heartbeat] = {}
     for h in heartbeats:
         beats[h.node_id] = h
@@ -173,7 +180,7 @@ def coalesce_nodes(presences: Sequence[Presence], heartbeats: Sequence[Heartbeat
     for p in presences:
         pres[p.node_id] = p
         fields = ident.setdefault(p.node_id, {})
-        for col in ("boot_id", "version", "kelurahan_code", "rw", "rt", "display_name"):
+        for col in PRESENCE_APPLIED:
             value = getattr(p, col)
             if value is not None:
                 fields[col] = value

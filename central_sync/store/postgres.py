@@ -36,7 +36,7 @@ from central_sync.store.desk_tables import DeskTables
 from central_sync.store.postgres_schema import ensure_partition, migrate, month_start
 from central_sync.store.postgres_support import CHANNEL, is_pg_transient, notify_chunks
 from central_sync.store.registry_tables import RegistryTables
-from central_sync.store.rows import EVENT_SELECT, NODE_SELECT, SNAPSHOT_META, loads, node_row
+from central_sync.store.rows import EVENT_SELECT, NODE_ID, NODE_SELECT, SNAPSHOT_META, loads, node_row
 from central_sync.store.sql import PgRunner
 from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
@@ -334,11 +334,11 @@ class PostgresStore:
 
     def list_nodes(self, *, now: float | None = None) -> list[Row]:
         t = time.time() if now is None else now
-        return [node_row(r, t) for r in self._query(f"{NODE_SELECT} ORDER BY node_id")]
+        return [node_row(r, t) for r in self._query(f"{NODE_SELECT} ORDER BY {NODE_ID}")]
 
     def nodes_by_id(self, node_ids: Sequence[str], *, now: float | None = None) -> list[Row]:
         t = time.time() if now is None else now
-        return [node_row(r, t) for r in self._query(f"{NODE_SELECT} WHERE node_id = ANY(%s)", (list(node_ids),))]
+        return [node_row(r, t) for r in self._query(f"{NODE_SELECT} WHERE {NODE_ID} = ANY(%s)", (list(node_ids),))]
 
     # -- rejections ------------------------------------------------------------------------------
     def record_rejections(self, rows: Sequence[RejectionSummary]) -> None:

@@ -258,6 +258,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX audit_log_at ON audit_log(at);
     """),
+    ("0006_registry_place", """
+        ALTER TABLE node_registry ADD COLUMN lat double precision;
+        ALTER TABLE node_registry ADD COLUMN lon double precision;
+        CREATE TABLE security_events (
+            node_id text NOT NULL,
+            kind text NOT NULL,
+            claimed text NOT NULL,
+            registered text NOT NULL,
+            count bigint NOT NULL,
+            first_at double precision NOT NULL,
+            last_at double precision NOT NULL,
+            PRIMARY KEY (node_id, kind)
+        );
+    """),
 ]
 
 

@@ -13,8 +13,16 @@ EVENT_COLS = ("rowid", "event_id", "node_id", "boot_id", "seq", "mono_ns", "wall
 EVENT_SELECT = f"SELECT {', '.join(EVENT_COLS)} FROM events"
 SNAPSHOT_META = ("snapshot_id", "event_id", "node_id", "taken_at", "content_type", "sealed", "size", "sig",
                  "received_at")
-NODE_SELECT = ("SELECT node_id, online, last_seen, backlog, outbox, siren, time_quality, clock_offset, "
-               "kelurahan_code, rw, rt, display_name, version, boot_id, change_seq FROM nodes")
+#: A post's state (``nodes``, from its presence and heartbeats) with its identity and place from
+#: the enrolment registry ONLY (``node_registry``: kelurahan, RW, RT, name, coordinates, status).
+#: The ``nodes`` table's own place columns are no longer written (issue 10); a post that is not
+#: enrolled has no place. Filter on ``nodes.``-qualified columns (``NODE_ID``).
+NODE_SELECT = ("SELECT nodes.node_id AS node_id, nodes.online, nodes.last_seen, nodes.backlog, nodes.outbox, "
+               "nodes.siren, nodes.time_quality, nodes.clock_offset, node_registry.kelurahan_code, "
+               "node_registry.rw, node_registry.rt, node_registry.display_name, node_registry.lat, "
+               "node_registry.lon, node_registry.status AS registry_status, nodes.version, nodes.boot_id, "
+               "nodes.change_seq FROM nodes LEFT JOIN node_registry ON node_registry.node_id = nodes.node_id")
+NODE_ID = "nodes.node_id"
 
 
 def loads(text: Any) -> Any:

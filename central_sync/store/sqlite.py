@@ -32,7 +32,7 @@ from central_sync.store.checks import ValueRefused, check_event, safe_text
 from central_sync.store.desk_tables import DeskTables
 from central_sync.store.locking import apply_locked
 from central_sync.store.registry_tables import RegistryTables
-from central_sync.store.rows import EVENT_SELECT, NODE_SELECT, SNAPSHOT_META, event_row, loads, node_row
+from central_sync.store.rows import EVENT_SELECT, NODE_ID, NODE_SELECT, SNAPSHOT_META, event_row, loads, node_row
 from central_sync.store.sql import SqliteRunner
 from central_sync.store.sqlite_desk_schema import desk_migrations
 from central_sync.store.sqlite_registry_schema import MIGRATIONS as registry_migrations
@@ -345,7 +345,7 @@ class CentralStore:
 
     def list_nodes(self, *, now: float | None = None) -> list[Row]:
         """Every known node with its state; ``status`` is online / stale / offline / unknown."""
-        return self._node_rows(f"{NODE_SELECT} ORDER BY node_id", (), now)
+        return self._node_rows(f"{NODE_SELECT} ORDER BY {NODE_ID}", (), now)
 
     def _node_rows(self, sql: str, params: Sequence[Any], now: float | None) -> list[Row]:
         t = time.time() if now is None else now

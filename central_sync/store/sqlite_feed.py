@@ -63,7 +63,7 @@ class SqliteChangeFeed:
                 f"{EVENT_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT 5000", (mark.event_rowid,)).fetchall()]
             t = time.time()
             nodes = [node_row(dict(r), t) for r in conn.execute(
-                f"{NODE_SELECT} WHERE change_seq > ? ORDER BY change_seq", (mark.node_seq,)).fetchall()]
+                f"{NODE_SELECT} WHERE nodes.change_seq > ? ORDER BY nodes.change_seq", (mark.node_seq,)).fetchall()]
         finally:
             conn.execute("COMMIT")
         last = int(events[-1]["rowid"]) if events else mark.event_rowid

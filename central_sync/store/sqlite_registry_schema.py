@@ -41,3 +41,22 @@ def _m0001(db: Database) -> None:
             seen_at REAL NOT NULL,
             PRIMARY KEY (node_id, event_id)
         ) WITHOUT ROWID""")
+
+
+@MIGRATIONS(name="0002_registry_place")
+def _m0002(db: Database) -> None:
+    """The post's coordinates from enrolment (optional), and the security events of posts whose
+    messages claim another place than the registry's: one row per (node, kind), counted."""
+    db.execute("ALTER TABLE node_registry ADD COLUMN lat REAL")
+    db.execute("ALTER TABLE node_registry ADD COLUMN lon REAL")
+    db.execute("""
+        CREATE TABLE security_events (
+            node_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            claimed TEXT NOT NULL,
+            registered TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            first_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (node_id, kind)
+        )""")

@@ -1,4 +1,6 @@
-"""The post overview: every visible post with its health, grouped by kelurahan / RW / RT."""
+"""The post overview: every visible post with its health, grouped by kelurahan / RW / RT (the
+place from the enrolment registry), and for admins the posts whose messages claimed another
+place (``security_events``, recorded by ``central_sync.place_check``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from central_sync.release.overview import RolloutOverview, read_overview
+from central_sync.users import Role
 from central_sync.web.auth import Principal
 from central_sync.web.context import WebContext
 from central_sync.web.policy import can_see_node
@@ -34,6 +37,35 @@ def _update_state(ro: RolloutOverview | None, node_id: str,
     u = ro.post(node_id, version)
     return {"state": u.state, "version": u.report_version or ro.version,
             "target": ro.version, "reason": u.reason, "running": u.running_version}
+
+
+def place_text(text: Any) -> str:
+    """A stored place claim (``{"kelurahan_code", "rw", "rt"}`` JSON) as "KEL RW n RT n"."""
+    try:
+        place = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        place = {}
+    if not isinstance(place, dict):
+        place = {}
+    parts = [str(place["kelurahan_code"])] if place.get("kelurahan_code") is not None else []
+    parts += [f"{k.upper()} {place[k]}" for k in ("rw", "rt") if place.get(k) is not None]
+    return " ".join(parts)[:120] or "-"
+
+
+def security_events(ctx: WebContext, who: Principal) -> list[dict[str, Any]]:
+    """Posts whose presence claimed another place than their enrolment (admins only; others
+    get nothing). One row per post and kind, with how many times and when last."""
+    if who.user.role is not Role.ADMIN:
+        return []
+    nodes = ctx.desk.nodes()
+    out = []
+    for r in ctx.store.registry_tables().security_events():
+        node = nodes.get(str(r["node_id"])) or {}
+        out.append({"node_id": r["node_id"], "kind": r["kind"],
+                    "display_name": node.get("display_name") or r["node_id"],
+                    "claimed": place_text(r["claimed"]), "registered": place_text(r["registered"]),
+                    "count": int(r["count"]), "first_at": r["first_at"], "last_at": r["last_at"]})
+    return out
 
 
 def post_rows(ctx: WebContext, who: Principal,

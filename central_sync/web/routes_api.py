@@ -18,7 +18,7 @@ from central_sync.web.auth import Principal, check_csrf, principal, require_role
 from central_sync.web.context import WebContext, ctx_of
 from central_sync.web.desk import as_dict
 from central_sync.web.policy import can_command_posts, can_see_incident, can_see_node
-from central_sync.web.posts import post_rows
+from central_sync.web.posts import post_rows, security_events
 from edge.errors import SecurityError
 from edge.logs import log_event
 
@@ -223,6 +223,14 @@ def warnings(request: Request, who: Who) -> list[dict[str, Any]]:
     if not who.user.is_staff:
         return []
     return ctx_of(request).desk.warnings()
+
+
+@router.get("/security-events")
+def list_security_events(request: Request, who: Who) -> list[dict[str, Any]]:
+    """Posts whose messages claimed another place than their enrolment (never applied): per
+    post, what it claimed, where it is enrolled, how often and when last (admins only)."""
+    require_roles(who, Role.ADMIN)
+    return security_events(ctx_of(request), who)
 
 
 @router.get("/access-log")

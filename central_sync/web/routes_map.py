@@ -1,8 +1,10 @@
 """The map: ``/map`` (Leaflet, vendored under /static/vendor/leaflet) and ``/api/map`` (posts
 with positions and open incidents visible to you).
 
-Posts are placed near their kelurahan's centroid from the places table (``places.py``) and
-marked approximate until enrolment records coordinates. Tiles are optional
+Posts are placed at the coordinates recorded at enrolment (``kentongan-central enrol --lat
+--lon``, in the registry: a post's place is never what it announces); a post enrolled without
+them is placed near its kelurahan's centroid from the places table (``places.py``) and marked
+approximate. Tiles are optional
 (``web.map_tile_url``): without them the map is a plain background with the markers, and the
 page lists the same posts and incidents as text.
 """

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from central_sync.web.auth import Principal, optional_principal
 from central_sync.web.context import ctx_of
 from central_sync.web.policy import can_command_posts, can_see_incident
-from central_sync.web.posts import post_rows, rollout_overview
+from central_sync.web.posts import post_rows, rollout_overview, security_events
 from central_sync.web.present import POST_STATUS, post_status, type_name
 
 router = APIRouter(include_in_schema=False)
@@ -72,7 +72,9 @@ def posts_page(request: Request) -> Response:
         return RedirectResponse("/login", status_code=303)
     ctx = ctx_of(request)
     rollout = rollout_overview(ctx)
-    return page(request, who, "posts.html", posts=post_rows(ctx, who, rollout), rollout=rollout)
+    security = {e["node_id"]: e for e in security_events(ctx, who)}
+    return page(request, who, "posts.html", posts=post_rows(ctx, who, rollout), rollout=rollout,
+                security=security)
 
 
 @router.get("/fragments/incidents/{incident_id}", response_class=HTMLResponse)

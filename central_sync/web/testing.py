@@ -31,6 +31,23 @@ class RecordingSender:
         return [c for c, _ in self.sent if action is None or c.action == action]
 
 
+def register(store: Any, node_id: str, where: str = "33.74.01.1001/5/3", *, name: str | None = None,
+             lat: float | None = None, lon: float | None = None) -> None:
+    """Enter a post into the store's enrolment registry (what ``kentongan-central enrol`` does,
+    without the certificate): its place and name as central will use them."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from central_sync.pki import public_key_pem
+    from central_sync.registry import Registry
+
+    kel, rw, rt = where.split("/")
+    Registry(store.registry_tables()).add(
+        node_id=node_id, signing_public_key=public_key_pem(Ed25519PrivateKey.generate()).decode(),
+        kelurahan_code=kel, rw=int(rw), rt=int(rt), display_name=name or f"Pos {node_id}",
+        cert_serial=uuid.uuid4().hex, cert_not_after=time.time() + 86400 * 365, replace=True,
+        lat=lat, lon=lon)
+
+
 def presence(node_id: str, kelurahan_code: str = "33.74.01.1001", rw: int = 5, rt: int = 3,
              display_name: str | None = None) -> Presence:
     return Presence(node_id=node_id, state="online", boot_id="b1", version="0.1.0",
@@ -93,8 +110,10 @@ class WebEnv:
         assert r.status_code == 200, r.text
         return client, r.json()["csrf_token"]
 
-    def node(self, node_id: str, where: str = "33.74.01.1001/5/3") -> None:
+    def node(self, node_id: str, where: str = "33.74.01.1001/5/3", **place: Any) -> None:
+        """Enrol the post at ``where`` (registry) and let it announce itself (presence)."""
         kel, rw, rt = where.split("/")
+        register(self.store, node_id, where, **place)
         self.store.upsert_presence(presence(node_id, kel, int(rw), int(rt)), time.time())
         self.sync()
 
