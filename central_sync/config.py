@@ -144,6 +144,13 @@ class PkiConfig(Strict):
                                    "ending within this many days.")
     org: str = Field("Kentongan", min_length=1, max_length=64, description="Organisation name in "
                      "the CA certificate.")
+    accept_unsigned_status: bool = Field(False, description="Transition only, while posts older "
+                                         "than protocol 'all kinds signed' are updated: accept "
+                                         "UNSIGNED snapshots, presence, heartbeats and command "
+                                         "results from enrolled nodes. Unknown and revoked nodes "
+                                         "are dropped regardless, a present signature is always "
+                                         "checked, events must always be signed "
+                                         "(docs/protocol.md, 'Signatures').")
 
 
 class StoreConfig(Strict):

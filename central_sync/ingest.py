@@ -10,6 +10,10 @@ no I/O and never raises:
   batch in one store call (``apply_node_updates``), not one transaction per message.
 * ``snapshot`` / ``cmd_result``: written with the next batch.
 
+Every non-event message is first authenticated (``authenticate``, ``central_sync.message_auth``:
+registry status and the node key's signature); a refused one is dropped and counted like any
+rejection, a refused snapshot is also acknowledged (settled: the post stops resending it).
+
 The batcher commits up to ``ingest.batch_max`` events (or after ``ingest.batch_wait_ms``): verify
 (``CachedEventVerifier`` over the received canonical bytes), ``store.commit_events`` (which
 rejects only the rows it cannot hold), the coalesced node updates, then ONE ``Ack`` per node
@@ -77,7 +81,7 @@ from edge.sync.wire import (
     Presence,
     SnapshotEnvelope,
     Topics,
-    decode_on_topic,
+    decode_on_topic_data,
 )
 
 log = logging.getLogger("central_sync.ingest")
@@ -93,7 +97,9 @@ class IngestService:
 
     ``verify_event`` is a ``BatchVerifier`` (``central_sync.verify_cache.CachedEventVerifier``)
     or a plain callable raising ``edge.errors.SecurityError`` to reject an event (permanently);
-    ``sign_command`` returns the signed command; ``on_events(rows)`` is called from a worker
+    ``sign_command`` returns the signed command; ``authenticate(node_id, data)``
+    (``central_sync.message_auth.MessageAuth``) checks every NON-event message before it is queued,
+    raising ``SecurityError`` to drop it; ``on_events(rows)`` is called from a worker
     thread after each committed batch with the NEW rows (as ``CentralStore.list_events`` returns
     them) and may raise without harming ingest. ``client_id`` overrides ``cfg.broker.client_id``;
     ``shared_group`` overrides ``cfg.ingest.shared_group`` (``kentongan-central ingest``).
@@ -106,6 +112,7 @@ class IngestService:
         *,
         verify_event: BatchVerifier | Callable[[EventEnvelope], None] | None = None,
         sign_command: Callable[[Command], Command] | None = None,
+        authenticate: Callable[[str, dict[str, Any]], None] | None = None,
         on_events: Callable[[list[dict[str, Any]]], None] | None = None,
         client_id: str | None = None,
         shared_group: str | None = None,
@@ -118,6 +125,7 @@ class IngestService:
         self.store = store
         self.writer = BatchWriter(store, as_batch_verifier(verify_event), on_events)
         self.sign_command = sign_command
+        self.authenticate = authenticate
         self.topics = Topics(cfg.topic_prefix)
         self.stats = IngestStats()
         self.rejections = RejectionAggregator(flood_threshold=cfg.ingest.flood_threshold)
@@ -258,19 +266,23 @@ class IngestService:
         if channel == "event":
             self._handle_events(topic, payload, delivery)
             return
-        node_id, msg = decode_on_topic(self.topics, topic, payload)
+        node_id, msg, data = decode_on_topic_data(self.topics, topic, payload)
         problem = unstorable(msg.model_dump(mode="python")) if payload_suspect(payload) else None
         if problem is not None:
             raise WireError(*problem)
-        if isinstance(msg, SnapshotEnvelope):
-            try:
+        try:
+            if self.authenticate is not None:  # unknown_node, revoked, unsigned, bad_signature
+                self.authenticate(node_id, data)
+            if isinstance(msg, SnapshotEnvelope):
                 check_snapshot_envelope(msg)  # images or nothing
-            except SecurityError:
+        except SecurityError:
+            if isinstance(msg, SnapshotEnvelope):
                 # Settled for good: acknowledged so the post stops resending it, never stored;
                 # the rejection itself is counted and recorded by ``handle``.
                 self._acks_due.snapshot(node_id, msg.snapshot_id)
                 self._wake.set()
-                raise
+            raise
+        if isinstance(msg, SnapshotEnvelope):
             self._snapshots.append(msg)
         elif isinstance(msg, Presence):
             self._presences[node_id] = msg
