@@ -119,6 +119,13 @@ class IngestConfig(Strict):
                                         "summary per node per interval.")
     flood_threshold: int = Field(1000, ge=1, description="Rejected messages of one node within "
                                  "one interval that flag it as flooding.")
+    reject_burst: int = Field(200, ge=1, description="Rejections one node may cause at once; "
+                              "past them (and until its budget refills) its messages are shed: "
+                              "counted as 'shed' but not decoded nor verified. A post sending "
+                              "valid messages is never rejected, so never shed "
+                              "(central_sync/reject_budget.py).")
+    reject_rate_per_s: float = Field(20.0, gt=0, description="Rate at which a node's rejection "
+                                     "budget (reject_burst) refills, per second.")
 
     @model_validator(mode="after")
     def _workers(self) -> IngestConfig:

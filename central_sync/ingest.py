@@ -22,6 +22,9 @@ rejects only the rows it cannot hold), the coalesced node updates, then ONE ``Ac
 messages, ``mqtt_central.ReadGate`` stops reading the broker socket (the broker's own receive
 maximum is not enough, docs/scale.md): memory stays bounded whatever is offered.
 
+A node whose rejections exhaust its budget (``central_sync.reject_budget``) is shed until the
+budget refills: its messages are counted (``shed``) and settled without being decoded.
+
 Anything malformed, unstorable, unverifiable or raising while handled is rejected: counted in
 ``stats.rejected`` by reason (``internal`` for an unexpected exception), aggregated per node
 (``central_sync.rejections``: one log line and one store write per node per interval) and, when
@@ -67,6 +70,7 @@ from central_sync.mqtt_central import (
     worker_client_ids,
 )
 from central_sync.processes import publish_command
+from central_sync.reject_budget import RejectBudget
 from central_sync.rejections import RejectionAggregator
 from central_sync.snapshot_policy import check_snapshot_envelope
 from central_sync.store import Store, is_transient
@@ -129,6 +133,7 @@ class IngestService:
         self.topics = Topics(cfg.topic_prefix)
         self.stats = IngestStats()
         self.rejections = RejectionAggregator(flood_threshold=cfg.ingest.flood_threshold)
+        self.budget = RejectBudget(burst=cfg.ingest.reject_burst, rate_per_s=cfg.ingest.reject_rate_per_s)
         self.connected = asyncio.Event()
         self._links: dict[str, Link] = {}
         self._clients: dict[str, aiomqtt.Client] = {}
@@ -246,6 +251,11 @@ class IngestService:
     def handle(self, topic: str, payload: bytes, delivery: Delivery | None) -> None:
         """Handle one uplink message without I/O; never raises (bad input is rejected)."""
         self.stats.received += 1
+        if self.budget.active and self.budget.exhausted(self._topic_node(topic)):
+            # This node's rejection budget is spent: counted, settled, never decoded or verified.
+            self._reject(topic, "shed", "rejection budget of the node exhausted")
+            self._settle_now(delivery)
+            return
         try:
             self._dispatch(topic, payload, delivery)
         except WireError as exc:
@@ -325,6 +335,8 @@ class IngestService:
         if event_id is None and payload is not None and permanent and node_id:
             event_id = _event_id_of(payload)
         self.rejections.add(node_id, reason, topic, detail)
+        if reason != "shed":
+            self.budget.charge(node_id)
         if permanent and event_id and node_id:
             self._acks_due.reject(node_id, event_id, reason)
             self._wake.set()

@@ -430,3 +430,52 @@ def test_revoked_connected_post_is_dropped_for_every_kind_within_5s(tmp_path: Pa
         watcher.close()
         central.terminate()
         central.wait(30)
+
+
+# -- the rejection budget: a post that keeps being refused stops costing central ----------------
+
+
+def test_a_node_refused_past_its_budget_is_shed_and_other_posts_are_unaffected(tmp_path: Path) -> None:
+    from central_sync.reject_budget import RejectBudget
+
+    reg, key, evil_key = Registry(), Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    reg.set("pos-a", key)
+    reg.set("pos-evil", evil_key)
+    central = Central(tmp_path, reg)
+    now = [0.0]
+    central.svc.budget = RejectBudget(burst=10, rate_per_s=2.0, clock=lambda: now[0])
+    forger, signer = MessageSigner(Ed25519PrivateKey.generate()), MessageSigner(key)
+    evil = [(up("pos-evil", "heartbeat"), encode(forger.sign(_message("heartbeat", "pos-evil", i))))
+            for i in range(100)]
+    good = [(up("pos-a", kind), encode(signer.sign(_message(kind, "pos-a", 1)))) for kind in KINDS]
+    central.feed(evil[:50] + good + evil[50:])
+    # 10 refusals verified (the burst), the other 90 shed undecoded; every one counted
+    assert central.svc.stats.rejected == {"bad_signature": 10, "shed": 90}
+    assert central.auth.checked == 10 + len(good)
+    assert all(_applied(central.store, kind, "pos-a", 1) for kind in KINDS)
+    rows = {(r["node_id"], r["reason"]): r["count"] for r in central.store.list_rejections()}
+    assert rows == {("pos-evil", "bad_signature"): 10, ("pos-evil", "shed"): 90}
+    # the budget refills: the node's (now valid) messages are processed again
+    now[0] = 10.0
+    presence = MessageSigner(evil_key).sign(_message("presence", "pos-evil", 1))
+    central.feed([(up("pos-evil", "presence"), encode(presence))])
+    assert _applied(central.store, "presence", "pos-evil", 1)
+    central.close()
+
+
+def test_reject_budget_refills_and_forgets_full_buckets() -> None:
+    from central_sync.reject_budget import RejectBudget
+
+    now = [0.0]
+    budget = RejectBudget(burst=3, rate_per_s=1.0, clock=lambda: now[0])
+    assert not budget.active and not budget.exhausted("pos-a")
+    for _ in range(3):
+        budget.charge("pos-a")
+    assert budget.exhausted("pos-a") and not budget.exhausted("pos-b")
+    now[0] = 1.0  # one token back
+    assert not budget.exhausted("pos-a")
+    budget.charge("pos-a")
+    assert budget.exhausted("pos-a")
+    now[0] = 10.0
+    assert not budget.exhausted("pos-a") and not budget.active  # full again: forgotten
+    assert budget.shed == 2
