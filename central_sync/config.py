@@ -151,6 +151,14 @@ class PkiConfig(Strict):
                                    "ending within this many days.")
     org: str = Field("Kentongan", min_length=1, max_length=64, description="Organisation name in "
                      "the CA certificate.")
+    broker_crl_file: Path | None = Field(None, description="The broker's crlfile, when the broker "
+                                         "runs on this host (production: "
+                                         "/etc/mosquitto/kentongan/crl.pem). 'revoke', 'enrol "
+                                         "--replace' and 'ca crl' then install every new CRL there "
+                                         "at once, and kentongan-broker-crl.path reloads Mosquitto "
+                                         "(SIGHUP re-reads crlfile): a revoked post's next TLS "
+                                         "handshake fails with no hand work. Relative: to the "
+                                         "config file.")
     accept_unsigned_status: bool = Field(False, description="Transition only, while posts older "
                                          "than protocol 'all kinds signed' are updated: accept "
                                          "UNSIGNED snapshots, presence, heartbeats and command "
