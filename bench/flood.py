@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import median, table  # noqa: E402
-from bench.fleet import PY, PhaseResult, Setup, cpu_seconds, run_phase, start_central, stop  # noqa: E402
+from bench.fleet import PY, PhaseResult, Setup, cpu_seconds, run_phase, start_central, stop, wait_line  # noqa: E402
 
 
 def flooder_main(port: int, node: str, rate: float, seed: int) -> None:
@@ -114,6 +114,10 @@ def flooder_main(port: int, node: str, rate: float, seed: int) -> None:
             return f"{prefix}/cmd_result", encode(forger.sign(res))
         return f"{prefix}/presence", b"[" * 3000
 
+    # Made (and signed) before the start, so the flooder's own CPU does not cap its rate; cycling
+    # through the pool resends identical garbage, which central refuses just the same.
+    pool = [garbage(i) for i in range(4000)]
+    print("ready", flush=True)
     sent = 0
     start = last = time.monotonic()
     owed = 0.0
@@ -122,7 +126,7 @@ def flooder_main(port: int, node: str, rate: float, seed: int) -> None:
         owed += (now - last) * rate
         last = now
         while owed >= 1 and running:
-            topic, body = garbage(sent)
+            topic, body = pool[sent % len(pool)]
             c.publish(topic, body, qos=1)
             sent += 1
             owed -= 1
@@ -157,6 +161,7 @@ def phase(setup: Setup, args: argparse.Namespace, name: str, central: list[subpr
         flooder = subprocess.Popen([PY, str(Path(__file__).resolve()), "--flooder", str(setup.broker.port),
                                     flood_node, str(args.rate * args.factor)],
                                    stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        wait_line(flooder, "ready", 120)
     try:
         res = run_phase(setup, args, name, central, None)
     finally:
@@ -188,10 +193,15 @@ def main() -> None:
     ap.add_argument("--seed", default="flood")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, databases)")
+    ap.add_argument("--profile", type=Path, help="run central as one 'ingest' worker under cProfile, "
+                    "its profile written into this directory (instead of 'run')")
     args = ap.parse_args()
     # what bench.fleet.run_phase / start_central read
     args.p1_rate, args.heartbeat, args.backlog, args.unsigned = 0.0, 5.0, 0, False
-    args.ack_timeout, args.ingest, args.profile, args.no_web = 10.0, 0, None, True
+    args.ack_timeout, args.no_web = 10.0, True
+    args.ingest = 1 if args.profile else 0
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[PhaseResult]] = {"quiet": [], "flood": []}
     with tempfile.TemporaryDirectory(prefix="flood-") as tmp_dir:
         work = args.keep or Path(tmp_dir)

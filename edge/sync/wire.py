@@ -329,6 +329,8 @@ def _parse(payload: bytes | bytearray | str,
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise WireError("not_json", str(exc)[:120]) from None
+    except RecursionError:  # "[[[[..." deeper than the parser's stack: not a message either
+        raise WireError("not_json", "nested too deeply") from None
     if not isinstance(data, dict):
         raise WireError("not_object", type(data).__name__)
     version = data.get("v")
