@@ -1,7 +1,7 @@
 """Simulated posts for bench/fleet.py and the scale-out tests: many posts per process.
 
 Each post is its own paho MQTT 5 client (its own connection, topics and Ed25519 key) speaking
-the real wire protocol: retained presence on connect, QoS 0 heartbeats, QoS 1 signed events (one
+the real wire protocol: signed retained presence on connect, signed QoS 0 heartbeats, QoS 1 signed events (one
 envelope per message, or ``event_batch`` messages for a backlog), Acks on ``down/<node>/ack``,
 and the post's at-least-once rule: whatever has no Ack after ``ack_timeout`` is sent again. All
 sockets of a process are driven by ONE ``selectors.DefaultSelector`` (epoll on Linux: paho's own
@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.signing import sign_bytes
+from edge.signing import MessageSigner, sign_bytes
 from edge.sync.wire import Heartbeat, Presence, Topics, batch_prefix, canonical_bytes, encode, join_batch
 
 
@@ -139,13 +139,16 @@ class Post:
             data["sig"] = sign_bytes(self.key, canonical_bytes(data))
         return event_id, json.dumps(data, separators=(",", ":")).encode()
 
+    def signed(self, msg: Presence | Heartbeat) -> Presence | Heartbeat:
+        """Presence and heartbeats carry the node key's signature too (central drops them unsigned)."""
+        return MessageSigner(self.key).sign(msg) if self.spec.signed else msg
+
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         if rc.is_failure:
             return
         client.subscribe(self.topics.down(self.node, "ack"), qos=1)
-        client.publish(self.topics.up(self.node, "presence"),
-                       encode(Presence(node_id=self.node, state="online", boot_id=self.boot, version="bench")),
-                       qos=1, retain=True)
+        presence = Presence(node_id=self.node, state="online", boot_id=self.boot, version="bench", at=time.time())
+        client.publish(self.topics.up(self.node, "presence"), encode(self.signed(presence)), qos=1, retain=True)
         self.sim.result.connected += 1
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
@@ -212,7 +215,7 @@ class Post:
     def heartbeat(self) -> None:
         hb = Heartbeat(node_id=self.node, boot_id=self.boot, at=time.time(), version="bench",
                        time_quality="synced", outbox={"ready": len(self.backlog), "in_flight": len(self.unacked)})
-        self.client.publish(self.topics.up(self.node, "heartbeat"), encode(hb), qos=0)
+        self.client.publish(self.topics.up(self.node, "heartbeat"), encode(self.signed(hb)), qos=0)
         self.sim.result.heartbeats += 1
 
 

@@ -224,7 +224,7 @@ async def serve_central(cfg: CentralConfig, store: Store, *, worker_id: str | No
     client_id = None if worker_id is None else f"{cfg.broker.client_id}-{worker_id}"
     group = None if worker_id is None else (cfg.ingest.shared_group or DEFAULT_SHARED_GROUP)
     ingest = IngestService(cfg, store, verify_event=hooks.verify_event, sign_command=hooks.sign_command,
-                           client_id=client_id, shared_group=group)
+                           authenticate=hooks.authenticate, client_id=client_id, shared_group=group)
     tasks = [asyncio.create_task(ingest.run(), name="ingest"),
              asyncio.create_task(_systemd_watchdog(), name="systemd-watchdog")]
     serve = _web_serve(cfg) if with_web else None

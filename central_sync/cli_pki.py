@@ -86,13 +86,22 @@ def _cmd_ca_crl(args: argparse.Namespace) -> int:
         print(f"renewing the CRL: {why}")
     crl = regenerate_crl(settings, open_registry(db))
     print(f"CRL rewritten ({len(list(crl))} revoked), valid until {crl.next_update_utc}")
-    if args.install_to:
-        install_crl(settings, Path(args.install_to))
-        print(f"installed as {args.install_to} (the broker re-reads it on reload: "
-              "kentongan-broker-crl.path does that)")
-    else:
-        print("copy it to the broker's crlfile and reload the broker")
+    _install_crl(settings, args.config, args.install_to)
     return 0
+
+
+def _install_crl(settings: PkiSettings, config: str, explicit: str | None) -> None:
+    """Copy the CRL to the broker's crlfile: ``explicit`` (a command-line flag), else
+    ``pki.broker_crl_file``; say so, or say what to do by hand."""
+    pki = load_central_config(config).pki
+    target = Path(explicit) if explicit else (pki.broker_crl_file if pki is not None else None)
+    if target is None:
+        print("copy crl.pem to the broker's crlfile and reload the broker "
+              "(or set pki.broker_crl_file when the broker runs on this host)")
+        return
+    install_crl(settings, target)
+    print(f"CRL installed as {target} (kentongan-broker-crl.path reloads the broker on the "
+          "change: Mosquitto re-reads crlfile on SIGHUP)")
 
 
 def _cmd_enrol(args: argparse.Namespace) -> int:
@@ -101,6 +110,8 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
     out = enrol_node(settings, open_registry(db), info, Path(args.out),
                      broker_host=args.broker_host, replace=args.replace)
     _audit(db, "enrol", args.node_id, replace=bool(args.replace))
+    if args.replace:  # the node's older certificates are in the CRL now
+        _install_crl(settings, args.config, None)
     cfg = load_central_config(args.config)
     if args.replace and cfg.broker.tls is not None:
         from central_sync.dynsec import BrokerControlError, reinstate_at_broker
@@ -132,15 +143,14 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     settings, db = load_settings(args.config)
     crl = revoke_node(settings, open_registry(db), args.node_id)
     _audit(db, "revoke", args.node_id, crl_entries=len(list(crl)))
-    if args.install_crl_to:
-        install_crl(settings, Path(args.install_crl_to))
-        print(f"CRL installed as {args.install_crl_to}")
+    _install_crl(settings, args.config, args.install_crl_to)
     print(f"revoked {args.node_id} in the registry (central rejects its events); CRL lists "
           f"{len(list(crl))} certificate(s), valid until {crl.next_update_utc}")
     cfg = load_central_config(args.config)
     if args.no_broker or cfg.broker.tls is None:
         why = "--no-broker" if args.no_broker else "broker.tls not configured (dev broker)"
-        print(f"broker not told ({why}): copy crl.pem to the broker and reload it")
+        print(f"broker not told ({why}): an open session of {args.node_id} stays open (a CRL "
+              "reload refuses only its next handshake); central drops everything it sends")
         return 0
     from central_sync.dynsec import BrokerControlError, revoke_at_broker
 

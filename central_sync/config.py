@@ -120,6 +120,13 @@ class IngestConfig(Strict):
                                         "summary per node per interval.")
     flood_threshold: int = Field(1000, ge=1, description="Rejected messages of one node within "
                                  "one interval that flag it as flooding.")
+    reject_burst: int = Field(200, ge=1, description="Rejections one node may cause at once; "
+                              "past them (and until its budget refills) its messages are shed: "
+                              "counted as 'shed' but not decoded nor verified. A post sending "
+                              "valid messages is never rejected, so never shed "
+                              "(central_sync/reject_budget.py).")
+    reject_rate_per_s: float = Field(20.0, gt=0, description="Rate at which a node's rejection "
+                                     "budget (reject_burst) refills, per second.")
 
     @model_validator(mode="after")
     def _workers(self) -> IngestConfig:
@@ -145,6 +152,21 @@ class PkiConfig(Strict):
                                    "ending within this many days.")
     org: str = Field("Kentongan", min_length=1, max_length=64, description="Organisation name in "
                      "the CA certificate.")
+    broker_crl_file: Path | None = Field(None, description="The broker's crlfile, when the broker "
+                                         "runs on this host (production: "
+                                         "/etc/mosquitto/kentongan/crl.pem). 'revoke', 'enrol "
+                                         "--replace' and 'ca crl' then install every new CRL there "
+                                         "at once, and kentongan-broker-crl.path reloads Mosquitto "
+                                         "(SIGHUP re-reads crlfile): a revoked post's next TLS "
+                                         "handshake fails with no hand work. Relative: to the "
+                                         "config file.")
+    accept_unsigned_status: bool = Field(False, description="Transition only, while posts older "
+                                         "than protocol 'all kinds signed' are updated: accept "
+                                         "UNSIGNED snapshots, presence, heartbeats and command "
+                                         "results from enrolled nodes. Unknown and revoked nodes "
+                                         "are dropped regardless, a present signature is always "
+                                         "checked, events must always be signed "
+                                         "(docs/protocol.md, 'Signatures').")
 
 
 class StoreConfig(Strict):

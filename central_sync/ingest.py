@@ -10,6 +10,10 @@ no I/O and never raises:
   batch in one store call (``apply_node_updates``), not one transaction per message.
 * ``snapshot`` / ``cmd_result``: written with the next batch.
 
+Every non-event message is first authenticated (``authenticate``, ``central_sync.message_auth``:
+registry status and the node key's signature); a refused one is dropped and counted like any
+rejection, a refused snapshot is also acknowledged (settled: the post stops resending it).
+
 The batcher commits up to ``ingest.batch_max`` events (or after ``ingest.batch_wait_ms``): verify
 (``CachedEventVerifier`` over the received canonical bytes), ``store.commit_events`` (which
 rejects only the rows it cannot hold), the coalesced node updates, then ONE ``Ack`` per node
@@ -17,6 +21,9 @@ rejects only the rows it cannot hold), the coalesced node updates, then ONE ``Ac
 ``ingest.max_pending_events`` decoded events or ``ingest.max_buffered_messages`` undecoded
 messages, ``mqtt_central.ReadGate`` stops reading the broker socket (the broker's own receive
 maximum is not enough, docs/scale.md): memory stays bounded whatever is offered.
+
+A node whose rejections exhaust its budget (``central_sync.reject_budget``) is shed until the
+budget refills: its messages are counted (``shed``) and settled without being decoded.
 
 Anything malformed, unstorable, unverifiable or raising while handled is rejected: counted in
 ``stats.rejected`` by reason (``internal`` for an unexpected exception), aggregated per node
@@ -63,6 +70,7 @@ from central_sync.mqtt_central import (
     worker_client_ids,
 )
 from central_sync.processes import publish_command
+from central_sync.reject_budget import RejectBudget
 from central_sync.rejections import RejectionAggregator
 from central_sync.snapshot_policy import check_snapshot_envelope
 from central_sync.store import Store, is_transient
@@ -77,7 +85,7 @@ from edge.sync.wire import (
     Presence,
     SnapshotEnvelope,
     Topics,
-    decode_on_topic,
+    decode_on_topic_data,
 )
 
 log = logging.getLogger("central_sync.ingest")
@@ -93,7 +101,9 @@ class IngestService:
 
     ``verify_event`` is a ``BatchVerifier`` (``central_sync.verify_cache.CachedEventVerifier``)
     or a plain callable raising ``edge.errors.SecurityError`` to reject an event (permanently);
-    ``sign_command`` returns the signed command; ``on_events(rows)`` is called from a worker
+    ``sign_command`` returns the signed command; ``authenticate(node_id, data)``
+    (``central_sync.message_auth.MessageAuth``) checks every NON-event message before it is queued,
+    raising ``SecurityError`` to drop it; ``on_events(rows)`` is called from a worker
     thread after each committed batch with the NEW rows (as ``CentralStore.list_events`` returns
     them) and may raise without harming ingest. ``client_id`` overrides ``cfg.broker.client_id``;
     ``shared_group`` overrides ``cfg.ingest.shared_group`` (``kentongan-central ingest``).
@@ -106,6 +116,7 @@ class IngestService:
         *,
         verify_event: BatchVerifier | Callable[[EventEnvelope], None] | None = None,
         sign_command: Callable[[Command], Command] | None = None,
+        authenticate: Callable[[str, dict[str, Any]], None] | None = None,
         on_events: Callable[[list[dict[str, Any]]], None] | None = None,
         client_id: str | None = None,
         shared_group: str | None = None,
@@ -118,9 +129,11 @@ class IngestService:
         self.store = store
         self.writer = BatchWriter(store, as_batch_verifier(verify_event), on_events)
         self.sign_command = sign_command
+        self.authenticate = authenticate
         self.topics = Topics(cfg.topic_prefix)
         self.stats = IngestStats()
         self.rejections = RejectionAggregator(flood_threshold=cfg.ingest.flood_threshold)
+        self.budget = RejectBudget(burst=cfg.ingest.reject_burst, rate_per_s=cfg.ingest.reject_rate_per_s)
         self.connected = asyncio.Event()
         self._links: dict[str, Link] = {}
         self._clients: dict[str, aiomqtt.Client] = {}
@@ -238,6 +251,11 @@ class IngestService:
     def handle(self, topic: str, payload: bytes, delivery: Delivery | None) -> None:
         """Handle one uplink message without I/O; never raises (bad input is rejected)."""
         self.stats.received += 1
+        if self.budget.active and self.budget.exhausted(self._topic_node(topic)):
+            # This node's rejection budget is spent: counted, settled, never decoded or verified.
+            self._reject(topic, "shed", "rejection budget of the node exhausted")
+            self._settle_now(delivery)
+            return
         try:
             self._dispatch(topic, payload, delivery)
         except WireError as exc:
@@ -258,19 +276,23 @@ class IngestService:
         if channel == "event":
             self._handle_events(topic, payload, delivery)
             return
-        node_id, msg = decode_on_topic(self.topics, topic, payload)
+        node_id, msg, data = decode_on_topic_data(self.topics, topic, payload)
         problem = unstorable(msg.model_dump(mode="python")) if payload_suspect(payload) else None
         if problem is not None:
             raise WireError(*problem)
-        if isinstance(msg, SnapshotEnvelope):
-            try:
+        try:
+            if self.authenticate is not None:  # unknown_node, revoked, unsigned, bad_signature
+                self.authenticate(node_id, data)
+            if isinstance(msg, SnapshotEnvelope):
                 check_snapshot_envelope(msg)  # images or nothing
-            except SecurityError:
+        except SecurityError:
+            if isinstance(msg, SnapshotEnvelope):
                 # Settled for good: acknowledged so the post stops resending it, never stored;
                 # the rejection itself is counted and recorded by ``handle``.
                 self._acks_due.snapshot(node_id, msg.snapshot_id)
                 self._wake.set()
-                raise
+            raise
+        if isinstance(msg, SnapshotEnvelope):
             self._snapshots.append(msg)
         elif isinstance(msg, Presence):
             self._presences[node_id] = msg
@@ -313,6 +335,8 @@ class IngestService:
         if event_id is None and payload is not None and permanent and node_id:
             event_id = _event_id_of(payload)
         self.rejections.add(node_id, reason, topic, detail)
+        if reason != "shed":
+            self.budget.charge(node_id)
         if permanent and event_id and node_id:
             self._acks_due.reject(node_id, event_id, reason)
             self._wake.set()

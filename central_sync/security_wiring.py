@@ -1,5 +1,6 @@
-"""Central's security hooks for ingest: event signature verification against the node registry
-and command signing with central's command key, when a ``[pki]`` section is configured."""
+"""Central's security hooks for ingest: event signature verification and the authentication of
+every other uplink message against the node registry (one shared key cache), and command signing
+with central's command key, when a ``[pki]`` section is configured."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from central_sync.config import CentralConfig
+from central_sync.message_auth import MessageAuth
 from central_sync.pki import PkiFiles
 from central_sync.registry import Registry
 from central_sync.store import open_store
@@ -22,6 +24,7 @@ from edge.sync.wire import Command, EventEnvelope
 class CentralHooks:
     verify_event: CachedEventVerifier | Callable[[EventEnvelope], None] | None = None
     sign_command: Callable[[Command], Command] | None = None
+    authenticate: MessageAuth | None = None
 
 
 class _LockedRegistryLookup:
@@ -37,7 +40,8 @@ class _LockedRegistryLookup:
 
     def generation(self) -> tuple[object, ...]:
         """Changes whenever a node is enrolled, re-enrolled or revoked (a key-cache token)."""
-        return self._registry.tables.generation()
+        with self._lock:  # the ingest loop (message_auth) and the batch thread share the connection
+            return self._registry.tables.generation()
 
 
 def central_hooks(cfg: CentralConfig) -> CentralHooks:
@@ -51,6 +55,7 @@ def central_hooks(cfg: CentralConfig) -> CentralHooks:
     # The registry is read through a store of its own (one more SQLite connection or pool); keys
     # are cached per node and dropped whenever the registry changes (checked once a second).
     lookup = _LockedRegistryLookup(open_store(cfg.store_url).registry_tables())
-    verifier = CachedEventVerifier(KeyCache(lookup, lookup.generation), require_signed=True,
-                                   digests=MemoryDigestLog(100_000))
-    return CentralHooks(verify_event=verifier, sign_command=signer.sign)
+    keys = KeyCache(lookup, lookup.generation)
+    verifier = CachedEventVerifier(keys, require_signed=True, digests=MemoryDigestLog(100_000))
+    auth = MessageAuth(keys, require_signed=not cfg.pki.accept_unsigned_status)
+    return CentralHooks(verify_event=verifier, sign_command=signer.sign, authenticate=auth)

@@ -129,7 +129,8 @@ class Agent:
         self.sync = SyncService(
             self.cfg, self.outbox, snapshots=self.snapshots, clock=self.clock,
             status_provider=self.siren_status, command_handler=commands, sms_sender=sms,
-            sign_event=self.security.sign_event, verify_command=self.security.verify_command,
+            sign_event=self.security.sign_event, sign_message=self.security.sign_message,
+            verify_command=self.security.verify_command,
             security_event=self._on_security_event)
         # Supervised: a crash of the sync service is logged with its cause and the service is
         # started again with backoff; it is never left dead (edge.sync.health.supervise).

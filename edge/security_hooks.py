@@ -1,5 +1,6 @@
-"""Loads the node's security hooks (event signing, command verification, snapshot sealing) from
-the config's ``security`` section (installed from the enrolment bundle).
+"""Loads the node's security hooks (signing of events and of every other uplink message, command
+verification, snapshot sealing) from the config's ``security`` section (installed from the
+enrolment bundle).
 
 A node without a ``security`` section (a development node) signs nothing and REJECTS every
 downlink command: with no central key to check against, nothing may sound its siren remotely.
@@ -17,13 +18,15 @@ from edge.config import NodeConfig
 from edge.credentials import credential_path
 from edge.errors import SecurityError
 from edge.sealing import Sealer
-from edge.signing import CommandVerifier, EventSigner, load_verify_key
+from edge.signing import CommandVerifier, EventSigner, MessageSigner, load_verify_key
 from edge.sync.wire import Command, EventEnvelope
 
 
 @dataclass
 class SecurityHooks:
     sign_event: Callable[[EventEnvelope], EventEnvelope] | None = None
+    #: Signs every other uplink kind (snapshot, presence, heartbeat, command result).
+    sign_message: MessageSigner | None = None
     verify_command: Callable[[Command], None] | None = None
     sealer: Callable[[bytes], bytes] | None = None
 
@@ -48,4 +51,5 @@ def load_security_hooks(cfg: NodeConfig, clock: Clock) -> SecurityHooks:
         state_file=Path(cfg.storage.state_dir) / "seen-commands.json",
     )
     sealer = Sealer.from_file(sec.central_seal_key_file) if sec.central_seal_key_file else None
-    return SecurityHooks(sign_event=signer.sign, verify_command=verifier, sealer=sealer)
+    return SecurityHooks(sign_event=signer.sign, sign_message=signer, verify_command=verifier,
+                         sealer=sealer)

@@ -1,9 +1,12 @@
-"""Ed25519 signatures on events (node -> central) and commands (central -> node).
+"""Ed25519 signatures on everything a post sends (node -> central) and commands (central -> node).
 
-A signature covers ``edge.sync.wire.canonical_bytes(msg)`` (the message without ``sig``, sorted
-keys, compact JSON) and travels base64-encoded in the message's ``sig`` field.
+A signature covers ``edge.sync.wire.signed_bytes(msg)`` (the message without ``sig``, sorted
+keys, compact JSON; a snapshot's content replaced by its SHA-256) and travels base64-encoded in
+the message's ``sig`` field.
 
-* ``EventSigner`` (node) signs every envelope with the node's key.
+* ``MessageSigner`` (node; ``EventSigner`` is the same) signs every event, snapshot, presence,
+  heartbeat and command result with the node's key; central checks the non-event kinds in
+  ``central_sync.message_auth``.
 * ``EventVerifier`` (central, ``IngestService(verify_event=...)``) checks node status, signature
   and event-id reuse. Replay rule: the *identical* envelope re-sent is a duplicate (accepted here,
   de-duplicated by central's store); a *different* envelope reusing an ``event_id`` already seen is
@@ -28,15 +31,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel
 
 from edge.errors import SecurityError
 from edge.keys import load_pem_key
-from edge.sync.wire import Command, EventEnvelope, canonical_bytes
+from edge.sync.wire import Command, EventEnvelope, canonical_bytes, signed_bytes
+
+_M = TypeVar("_M", bound=BaseModel)
 
 # -- keys -------------------------------------------------------------------------------------
 
@@ -104,20 +110,26 @@ def verify_bytes(key: Ed25519PublicKey, data: bytes, sig: str) -> None:
 # -- events -----------------------------------------------------------------------------------
 
 
-class EventSigner:
-    """Node side: ``sign(env)`` returns a copy of ``env`` with ``sig`` set. Also callable."""
+class MessageSigner:
+    """Node side: ``sign(msg)`` returns a copy of ``msg`` (any uplink kind: event, snapshot,
+    presence, heartbeat, command result) with ``sig`` set over ``signed_bytes(msg)``, the one
+    signing scheme of the protocol. Also callable."""
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
 
     @classmethod
-    def from_file(cls, path: str | Path) -> EventSigner:
+    def from_file(cls, path: str | Path) -> Self:
         return cls(load_signing_key(path))
 
-    def sign(self, env: EventEnvelope) -> EventEnvelope:
-        return env.model_copy(update={"sig": sign_bytes(self._key, canonical_bytes(env))})
+    def sign(self, msg: _M) -> _M:
+        return msg.model_copy(update={"sig": sign_bytes(self._key, signed_bytes(msg))})
 
     __call__ = sign
+
+
+class EventSigner(MessageSigner):
+    """The node's signer under its first name (events were the first kind it signed)."""
 
 
 @dataclass(frozen=True)

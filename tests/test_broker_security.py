@@ -85,7 +85,8 @@ class World:
         files = init_ca(self.settings)
         reg = Registry(sqlite3.connect(root / "central.db"))
         self.creds: dict[str, Creds] = {}
-        for node in ("rt01-a", "rt02-b", "rt03-revoked", "rt04-late", "rt05-live", "rt06-back"):
+        for node in ("rt01-a", "rt02-b", "rt03-revoked", "rt04-late", "rt05-live", "rt06-back",
+                     "rt07-crl"):
             bundle = enrol_node(self.settings, reg, NodeInfo(node, "33.74.10.1001", 1, 1, node),
                                 root / f"{node}.bundle")
             self.creds[node] = _extract(bundle, root / node, files.ca_cert)
@@ -437,3 +438,45 @@ def test_both_broker_configs_set_tcp_nodelay() -> None:
 
     for path in (PROD_CONF, DEV_CONF):
         assert _conf_values(path.read_text()).get("set_tcp_nodelay") == ["true"], path
+
+
+def test_revoke_installs_the_crl_and_the_path_units_reload_refuses_the_post(world: World) -> None:
+    """With ``pki.broker_crl_file`` (central and broker on one host), ``revoke`` writes the new CRL
+    into the broker's crlfile at once; the reload that kentongan-broker-crl.path starts on that
+    change (SIGHUP: Mosquitto 2.0 re-reads crlfile for its TLS listeners) refuses the post's
+    next handshake. No dynamic-security here: the CRL path alone, as a broker without the plugin
+    would have it."""
+    from cryptography import x509
+
+    from central_sync.cli import main as central_main
+
+    unit = (PROD_CONF.parent.parent / "systemd" / "kentongan-broker-crl.path").read_text()
+    crlfile = _conf_values(PROD_CONF.read_text())["crlfile"][0]
+    assert f"PathChanged={crlfile}" in unit  # the unit watches the production broker's crlfile
+    broker_crl = world.broker.workdir / "etc" / "crl.pem"
+    root = world.settings.dir.parent
+    conf = root / "central-crl.toml"
+    conf.write_text(f'database = "central.db"\n[pki]\ndir = "pki"\nbroker_crl_file = "{broker_crl}"\n')
+    before = Probe(world, "rt07-crl")
+    assert before.connect()
+    serial = x509.load_pem_x509_certificate(world.creds["rt07-crl"].cert.read_bytes()).serial_number
+    assert central_main(["revoke", "rt07-crl", "--config", str(conf)]) == 0
+    crl = x509.load_pem_x509_crl(broker_crl.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert world.broker.proc is not None
+    os.kill(world.broker.proc.pid, signal.SIGHUP)  # what kentongan-broker-crl.service does
+    deadline = time.monotonic() + 10
+    refused = False
+    while time.monotonic() < deadline and not refused:
+        p = Probe(world, "rt07-crl")
+        refused = not p.connect(timeout=1.5)
+        p.c.loop_stop()
+        if not refused:
+            p.close()
+    assert refused, "the revoked post still completes a TLS handshake after the reload"
+    # the session opened before the reload: Mosquitto does not re-check a live TLS session
+    print(f"open session after the reload: {'cut' if before.disconnected.is_set() else 'still open'}")
+    before.close()
+    ok = Probe(world, "rt01-a")
+    assert ok.connect()
+    ok.close()

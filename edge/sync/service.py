@@ -24,9 +24,10 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
+from pydantic import BaseModel
 
 from edge import __version__
 from edge.clock import Clock
@@ -34,6 +35,7 @@ from edge.config import NodeConfig
 from edge.errors import WireError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
+from edge.signing import MessageSigner
 from edge.snapshots import SnapshotStore
 from edge.sync.downlink import CommandHandler, CommandProcessor
 from edge.sync.health import RateLimitedLog, SyncHealth, classify
@@ -57,6 +59,8 @@ from edge.sync.wire import (
 __all__ = ["CommandHandler", "SyncService"]
 
 log = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=BaseModel)
 
 RESULT_BACKLOG = 200
 CONNECT_LOG_INTERVAL_S = 300.0
@@ -96,6 +100,7 @@ class SyncService:
                  command_handler: CommandHandler | None,
                  sms_sender: Callable[[str, str], None] | None = None,
                  sign_event: Callable[[EventEnvelope], EventEnvelope] | None = None,
+                 sign_message: MessageSigner | None = None,
                  verify_command: Callable[[Command], None] | None = None,
                  security_event: Callable[[str, dict[str, Any]], None] | None = None,
                  use_central_presence: bool = True) -> None:
@@ -103,6 +108,9 @@ class SyncService:
         self.node_id = cfg.node.node_id
         self.outbox = outbox
         self.snapshots = snapshots
+        #: Signs presence (birth and last will), heartbeats, command results and snapshots with
+        #: the node key; central drops them unsigned (docs/protocol.md, "Signatures").
+        self.sign_message = sign_message
         self.clock = clock
         self.status_provider = status_provider
         self.topics = Topics(cfg.sync.topic_prefix)
@@ -120,7 +128,8 @@ class SyncService:
         self.snaps = (SnapshotUplink(
             snapshots, node_id=self.node_id, topic=self.topics.up(self.node_id, "snapshot"),
             bytes_per_second=cfg.sync.snapshot_bytes_per_second,
-            ack_timeout_s=cfg.sync.ack_timeout_seconds, stats=self.stats)
+            ack_timeout_s=cfg.sync.ack_timeout_seconds, stats=self.stats,
+            sign=sign_message.sign if sign_message is not None else None)
             if snapshots is not None else None)
         self.commands = CommandProcessor(self.node_id, clock, command_handler,
                                          publish_result=self._publish_result,
@@ -245,16 +254,21 @@ class SyncService:
         except Exception as exc:
             log_event(log, "sync_release_failed", logging.ERROR, error=repr(exc))
 
+    def _signed(self, msg: _M) -> _M:
+        return self.sign_message.sign(msg) if self.sign_message is not None else msg
+
     def _presence(self, state: str) -> Presence:
         n = self.cfg.node
-        return Presence(node_id=self.node_id, state=state,
-                        boot_id=self.outbox.boot_id, version=__version__,
-                        at=self.clock.now()[0], kelurahan_code=n.kelurahan_code, rw=n.rw,
-                        rt=n.rt, display_name=n.display_name)
+        return self._signed(Presence(node_id=self.node_id, state=state,
+                                     boot_id=self.outbox.boot_id, version=__version__,
+                                     at=self.clock.now()[0], kelurahan_code=n.kelurahan_code,
+                                     rw=n.rw, rt=n.rt, display_name=n.display_name))
 
     async def _connect_and_sync(self) -> None:
-        will = encode(Presence(node_id=self.node_id, state="offline", boot_id=self.outbox.boot_id,
-                               version=__version__))
+        # The last will is signed now (``at``: this connect); the broker publishes it later.
+        will = encode(self._signed(Presence(node_id=self.node_id, state="offline",
+                                            boot_id=self.outbox.boot_id, version=__version__,
+                                            at=self.clock.now()[0])))
         presence_topic = self.topics.up(self.node_id, "presence")
         client_obj = open_client(self.cfg.sync, self.node_id, will_topic=presence_topic,
                                  will_payload=will)
@@ -330,6 +344,7 @@ class SyncService:
         task.add_done_callback(self._bg.discard)
 
     async def _publish_result(self, result: CommandResult) -> None:
+        result = self._signed(result)
         client = self._client
         if client is not None and self.connected:
             try:
@@ -356,7 +371,7 @@ class SyncService:
             siren = dict(self.status_provider())
         except Exception as exc:
             siren = {"error": repr(exc)[:200]}
-        return Heartbeat(
+        return self._signed(Heartbeat(
             node_id=self.node_id, boot_id=self.outbox.boot_id, at=wall, version=__version__,
             time_quality=quality,
             clock_offset=self.clock.offset,
@@ -364,7 +379,7 @@ class SyncService:
             siren=siren,
             extra={"published": self.stats.published, "acked": self.stats.acked,
                    "requeued": self.stats.requeued, "reconnects": self.stats.reconnects,
-                   "central_present": self.presence.present})
+                   "central_present": self.presence.present}))
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         topic = self.topics.up(self.node_id, "heartbeat")

@@ -14,8 +14,11 @@ Topic tree under a prefix (default ``kentongan/v1``)::
 
 Every message body is one JSON object with ``"v"`` (protocol major version) and ``"kind"``. An
 unknown ``v`` is rejected with reason ``unknown_version``; unknown keys are rejected too
-(``bad_field``), because the canonical form is what signatures cover. ``sig`` (optional, base64
-Ed25519 over ``canonical_bytes``) is the only field not covered by the signature.
+(``bad_field``), because the canonical form is what signatures cover. ``sig`` (base64 Ed25519
+over ``signed_bytes``: ``canonical_bytes``, with a snapshot's content replaced by its SHA-256) is
+the only field not covered by the signature. Every uplink kind a post sends (event, snapshot,
+presence, heartbeat, command result) carries the node key's ``sig``; central drops what is
+unsigned, badly signed, or from an unknown or revoked node (docs/protocol.md, "Signatures").
 
 An ``event_batch`` (``EventBatch``) carries up to ``MAX_BATCH_EVENTS`` envelopes in at most
 ``MAX_BATCH_BYTES``; every envelope inside keeps its own fields, limits and ``sig`` and is
@@ -25,6 +28,7 @@ validated, verified, de-duplicated and acknowledged (or rejected) on its own.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -264,6 +268,25 @@ def canonical_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def signed_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
+    """The bytes a post's signature covers, for every uplink kind (docs/protocol.md, "Signatures").
+
+    ``canonical_bytes`` of the message, except for a ``snapshot``: its ``data`` (base64) is
+    replaced by ``data_sha256``, the hex SHA-256 of the content bytes as sent (the sealed box when
+    ``sealed``), so the signature covers the metadata and the content without a second copy of a
+    megabyte in the signed text. ``kind`` and ``node_id`` are inside every signed form, so a
+    signature of one kind or one node never verifies as another. ``WireError('bad_field')`` when
+    a snapshot's ``data`` is not base64.
+    """
+    data = msg.model_dump(mode="json") if isinstance(msg, BaseModel) else dict(msg)
+    if data.get("kind") == "snapshot" and "data" in data:
+        content = data.pop("data")
+        if not isinstance(content, str):
+            raise WireError("bad_field", "data: not a base64 string")
+        data["data_sha256"] = hashlib.sha256(unb64(content)).hexdigest()
+    return canonical_bytes(data)
+
+
 def encode(msg: BaseModel) -> bytes:
     """Serialise a message (including ``sig`` when set) for publishing."""
     data = msg.model_dump(mode="json", exclude_none=False)
@@ -306,6 +329,8 @@ def _parse(payload: bytes | bytearray | str,
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise WireError("not_json", str(exc)[:120]) from None
+    except RecursionError:  # "[[[[..." deeper than the parser's stack: not a message either
+        raise WireError("not_json", "nested too deeply") from None
     if not isinstance(data, dict):
         raise WireError("not_object", type(data).__name__)
     version = data.get("v")
@@ -330,15 +355,27 @@ def _channel_kinds(channel: str) -> tuple[str, ...]:
 
 def decode_on_topic(topics: Topics, topic: str, payload: bytes) -> tuple[str, Message]:
     """Decode a message and check it fits its topic (channel and node id); return (node_id, msg)."""
+    node_id, msg, _data = decode_on_topic_data(topics, topic, payload)
+    return node_id, msg
+
+
+def decode_on_topic_data(topics: Topics, topic: str,
+                         payload: bytes) -> tuple[str, Message, dict[str, Any]]:
+    """``decode_on_topic`` that also returns the RECEIVED JSON object, over which a receiver
+    checks the signature (``signed_bytes(data)``), as central does for events."""
     _direction, node_id, channel = topics.parse(topic)
-    msg = decode(payload, expected_kind=_channel_kinds(channel))
+    kind, data, _raw = _parse(payload, _channel_kinds(channel))
+    try:
+        msg: Message = _KINDS[kind].model_validate(data)  # type: ignore[assignment]
+    except ValidationError as exc:
+        raise WireError("bad_field", _first_error(exc)) from None
     if getattr(msg, "node_id", node_id) != node_id:
         raise WireError("wrong_topic", f"node_id {getattr(msg, 'node_id', '?')} on {topic}")
     if isinstance(msg, EventBatch):
         bad = next((e.node_id for e in msg.events if e.node_id != node_id), None)
         if bad is not None:
             raise WireError("wrong_topic", f"node_id {bad} in a batch on {topic}")
-    return node_id, msg
+    return node_id, msg, data
 
 
 _ENVELOPES: TypeAdapter[list[EventEnvelope]] = TypeAdapter(list[EventEnvelope])
