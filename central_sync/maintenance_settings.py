@@ -32,7 +32,7 @@ class MaintenanceSettings(BaseModel):
     partitions_ahead: int = Field(2, ge=1, le=24, description="PostgreSQL: month partitions of "
                                   "'events' created ahead of the current month, so no insert "
                                   "has to create one at a month's rollover (ignored on SQLite).")
-    chunk_rows: int = Field(2000, ge=10, le=100_000, description="Most rows one deletion "
+    chunk_rows: int = Field(500, ge=10, le=100_000, description="Most rows one deletion "
                             "transaction removes: each chunk is a short transaction, so ingest "
                             "never waits long for the write lock.")
     chunk_pause_ms: int = Field(20, ge=0, le=10_000, description="Pause between two deletion "
