@@ -193,6 +193,8 @@ def main() -> None:
     ap.add_argument("--seed", default="flood")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, databases)")
+    ap.add_argument("--reject-burst", type=int, default=None, help="central's ingest.reject_burst (default: "
+                    "the config default; a huge value switches the rejection budget off, for comparison)")
     ap.add_argument("--profile", type=Path, help="run central as one 'ingest' worker under cProfile, "
                     "its profile written into this directory (instead of 'run')")
     args = ap.parse_args()
@@ -211,7 +213,10 @@ def main() -> None:
         setup.nodes = setup.nodes[:-1]
         try:
             setup.configure(0)
-            setup.cfg.write_text(setup.cfg.read_text().replace("[ingest]\n", "[ingest]\nrejection_interval_s = 1.0\n"))
+            extra = "rejection_interval_s = 1.0\n"
+            if args.reject_burst:
+                extra += f"reject_burst = {args.reject_burst}\n"
+            setup.cfg.write_text(setup.cfg.read_text().replace("[ingest]\n", "[ingest]\n" + extra))
             central, _web = start_central(setup, args)
             try:
                 for repeat in range(args.repeat):
@@ -247,7 +252,8 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
                     f"{med(name, 'lost'):.0f}"])
     print(f"flood: {args.posts} good posts, {args.rate:.0f} good ev/s offered, 1 enrolled post flooding "
           f"{args.factor:g}x = {args.rate * args.factor:.0f} garbage msg/s (QoS 1, every kind), "
-          f"{args.duration:g} s x {args.repeat}, central 'run' with [pki], SQLite; medians")
+          f"{args.duration:g} s x {args.repeat}, central 'run' with [pki], SQLite, reject_burst "
+          f"{args.reject_burst or 'default'}; medians")
     print(table(["phase", "offered/s", "committed/s", "acked/s", "Ack p50 ms", "Ack p99 ms", "garbage/s",
                  "rejections", "central CPU s", "RSS MiB", "lost"], out))
     quiet, flood = med("quiet", "committed"), med("flood", "committed")

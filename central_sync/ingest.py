@@ -335,7 +335,7 @@ class IngestService:
         if event_id is None and payload is not None and permanent and node_id:
             event_id = _event_id_of(payload)
         self.rejections.add(node_id, reason, topic, detail)
-        if reason != "shed":
+        if reason not in ("shed", "internal"):  # "internal": not the sender's doing
             self.budget.charge(node_id)
         if permanent and event_id and node_id:
             self._acks_due.reject(node_id, event_id, reason)

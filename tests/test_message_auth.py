@@ -25,6 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel
 
 from central_sync.broker import LocalMosquitto
@@ -34,6 +35,7 @@ from central_sync.store import CentralStore
 from central_sync.verify_cache import KeyCache
 from edge.clock import Clock
 from edge.outbox import Outbox
+from edge.sealing import Sealer, Unsealer
 from edge.signing import CommandSigner, CommandVerifier, MessageSigner, NodeKey, load_signing_key
 from edge.snapshots import SnapshotStore
 from edge.sync.service import SyncService
@@ -268,7 +270,10 @@ def test_a_real_post_signs_every_kind_and_central_accepts_them(tmp_path: Path, m
     node_cfg = node_config(mosquitto.port, heartbeat_seconds=1)
     clock = Clock(forced_quality="synced")
     outbox = Outbox(tmp_path / "outbox.db", "pos-rt03", clock=clock)
-    snaps = SnapshotStore(outbox, tmp_path / "snaps", quota_bytes=10_000_000, retention_seconds=3600)
+    # sealed to central's key, as an enrolled post does: the content hash covers the sealed box
+    seal_key = X25519PrivateKey.generate()
+    snaps = SnapshotStore(outbox, tmp_path / "snaps", quota_bytes=10_000_000, retention_seconds=3600,
+                          sealer=Sealer(seal_key.public_key()).seal)
     snaps.add(JPEG, event_id=None, priority=2)
 
     class Handler:
@@ -281,7 +286,11 @@ def test_a_real_post_signs_every_kind_and_central_accepts_them(tmp_path: Path, m
     try:
         with running_service(post):
             wait(lambda: None not in _node_times(store, "pos-rt03"), what="signed presence and heartbeat applied")
-            wait(lambda: len(store.list_snapshots(node_id="pos-rt03")) == 1, what="signed snapshot stored")
+            wait(lambda: len(store.list_snapshots(node_id="pos-rt03")) == 1, what="signed sealed snapshot stored")
+            (row,) = store.list_snapshots(node_id="pos-rt03")
+            stored = store.get_snapshot(row["snapshot_id"])
+            assert stored is not None and stored["sealed"]
+            assert Unsealer(seal_key).open(bytes(stored["data"])) == JPEG
             cmd = Command(command_id="cmd-" + uuid.uuid4().hex[:12], node_id="pos-rt03", action="status",
                           issued_at=time.time(), expires_at=time.time() + 300)
             central.call(central.service.send_command(cmd, issued_by="op"))

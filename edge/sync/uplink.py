@@ -431,8 +431,9 @@ class SnapshotUplink:
             return
         env = SnapshotEnvelope(snapshot_id=snap.snapshot_id, event_id=snap.event_id,
                                node_id=self.node_id, taken_at=snap.taken_at, sealed=snap.sealed,
-                               content_type="application/octet-stream" if snap.sealed
-                               else "image/jpeg", data=b64(data))
+                               # The camera's type, sealed or not: central allows only image types
+                               # and checks a sealed one's bytes after unsealing (snapshot_policy).
+                               content_type="image/jpeg", data=b64(data))
         if self.sign is not None:  # hashes up to 1 MiB: off the event loop
             env = await asyncio.to_thread(self.sign, env)
         body = encode(env)
