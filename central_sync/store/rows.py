@@ -14,7 +14,7 @@ EVENT_SELECT = f"SELECT {', '.join(EVENT_COLS)} FROM events"
 SNAPSHOT_META = ("snapshot_id", "event_id", "node_id", "taken_at", "content_type", "sealed", "size", "sig",
                  "received_at")
 NODE_SELECT = ("SELECT node_id, online, last_seen, backlog, outbox, siren, time_quality, clock_offset, "
-               "kelurahan_code, rw, rt, display_name, version, boot_id, change_seq FROM nodes")
+               "kelurahan_code, rw, rt, display_name, version, boot_id, change_seq, presence_at FROM nodes")
 
 
 def loads(text: Any) -> Any:
