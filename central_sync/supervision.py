@@ -5,7 +5,7 @@ the per-post path figures (docs/desk.md "Supervision").
   (``central_links``: connected since, beat time, newest message received) every ``LINK_BEAT_S``
   seconds (``link_beats``) and deletes its row on disconnect. Central is **blind** when no beat is
   fresher than ``blind_after_s``, or when the connected processes heard nothing from any post for
-  ``quiet_after_s`` (a half-open link). Blind, every post reads ``unknown`` and no POST_OFFLINE
+  ``quiet_after_s`` (a half-open link) while central knows at least ``quiet_min_posts`` posts. Blind, every post reads ``unknown`` and no POST_OFFLINE
   opens: a central that cannot see must not page everyone.
 * **Post state** (``post_status``): ``online`` when its last presence did not say offline and it was heard
   within ``offline_after_s``; ``offline`` when its will / presence said offline or it has been silent
@@ -68,7 +68,7 @@ class LinkState:
 NOT_CHECKED = LinkState(blind=False, reason="unknown")
 
 
-def link_state(links: list[Any], now: float, settings: SupervisionSettings, *, posts_known: bool) -> LinkState:
+def link_state(links: list[Any], now: float, settings: SupervisionSettings, *, posts_known: int) -> LinkState:
     """Judge central's sight from the ``central_links`` rows."""
     live = [r for r in links if now - r.beat_at <= settings.blind_after_s]
     if not live:
@@ -77,7 +77,7 @@ def link_state(links: list[Any], now: float, settings: SupervisionSettings, *, p
     heard = [r.last_message_at for r in live if r.last_message_at is not None]
     last = max(heard) if heard else None
     quiet = settings.quiet_after_s
-    if quiet is not None and posts_known and now - max(last or 0.0, since) > quiet:
+    if quiet is not None and posts_known >= settings.quiet_min_posts and now - max(last or 0.0, since) > quiet:
         return LinkState(True, "quiet", len(live), since, last, now)
     return LinkState(False, "ok", len(live), since, last, now)
 
@@ -143,11 +143,11 @@ class Supervisor:
         self.desk: DeskTables = store.desk()
         self.tables = SupervisionTables(self.desk)
         self.link: LinkState = NOT_CHECKED
-        self._posts_known = False
+        self._posts_known = 0
         self._seen_noted: set[str] = set()
 
     # -- sight ------------------------------------------------------------------------------
-    def refresh_link(self, now: float | None = None, *, posts_known: bool | None = None) -> LinkState:
+    def refresh_link(self, now: float | None = None, *, posts_known: int | None = None) -> LinkState:
         t = time.time() if now is None else now
         if posts_known is not None:
             self._posts_known = posts_known
@@ -171,7 +171,7 @@ class Supervisor:
         t = time.time() if now is None else now
         if posts is not None:
             self._note_first_seen(posts, t)
-        link = self.refresh_link(t, posts_known=bool(posts) if posts is not None else None)
+        link = self.refresh_link(t, posts_known=len(posts) if posts is not None else None)
         result = SweepResult()
         if link.blind:
             result.skipped_blind = True

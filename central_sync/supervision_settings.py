@@ -3,8 +3,10 @@ of central's config (every key optional). Core (not under ``central_sync.web``) 
 ``WebSettings`` parses them and the supervision sweep is not a web concern.
 
 The relation between the numbers is written down in docs/desk.md ("Supervision"): a post sends a
-heartbeat every ``sync.heartbeat_seconds`` (20 s by default), so ``offline_after_s`` (60 s) is
-three missed heartbeats; ingest writes its link beat every ``LINK_BEAT_S`` (5 s), so
+heartbeat every ``sync.heartbeat_seconds`` (20 s by default), so ``offline_after_s`` (50 s) is
+two missed heartbeats and a 10 s margin for latency: a post that dies just after a heartbeat is
+shown offline 50 s later and its POST_OFFLINE incident opens within one sweep, both inside the
+60 s target; one lost heartbeat (QoS 0) never makes a post flap. Ingest writes its link beat every ``LINK_BEAT_S`` (5 s), so
 ``blind_after_s`` (20 s) is several missed beats.
 """
 
@@ -18,9 +20,9 @@ class SupervisionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    offline_after_s: float = Field(60.0, ge=5, le=3600, description="A post not heard for this "
+    offline_after_s: float = Field(50.0, ge=5, le=3600, description="A post not heard for this "
                                    "many seconds is shown offline (keep it at least twice the posts' "
-                                   "heartbeat_seconds plus a margin; default three 20 s heartbeats).")
+                                   "heartbeat_seconds plus a margin; default two 20 s heartbeats and 10 s).")
     blind_after_s: float = Field(20.0, ge=2, le=600, description="Central counts itself blind "
                                  "(no ingest process connected to the broker) when no ingest "
                                  "process has written its link beat (every 5 s) for this long; "
@@ -29,8 +31,11 @@ class SupervisionSettings(BaseModel):
                                         "itself blind when its ingest processes are connected but "
                                         "received no message from any post for this long (a half-open "
                                         "link the MQTT keepalive has not noticed yet; every post sends "
-                                        "a heartbeat every 20 s). None: only the link beat counts (a "
-                                        "fleet of a single post, where silence is that post's outage).")
+                                        "a heartbeat every 20 s), provided central knows at least "
+                                        "quiet_min_posts posts (with fewer, all of them dying at once "
+                                        "is as likely as a broken link). None: only the link beat counts.")
+    quiet_min_posts: int = Field(5, ge=1, le=1_000_000, description="Posts central must know before "
+                                 "silence from all of them counts as central being blind.")
     sweep_s: float = Field(2.0, gt=0, le=60, description="How often the web process looks for "
                            "posts that went offline or came back, and for P1s to escalate.")
     supervised_by_default: bool = Field(True, description="Every post is supervised (opens a "

@@ -48,17 +48,18 @@ def test_link_state_rules() -> None:
 
     s = SupervisionSettings()
     now = 1000.0
-    assert link_state([], now, s, posts_known=True).reason == "no_ingest"
+    assert link_state([], now, s, posts_known=10).reason == "no_ingest"
     stale = LinkRow("w0", now - 100, now - s.blind_after_s - 1, now - 1)
-    assert link_state([stale], now, s, posts_known=True).blind
+    assert link_state([stale], now, s, posts_known=10).blind
     fresh = LinkRow("w0", now - 100, now - 1, now - 2)
-    ok = link_state([stale, fresh], now, s, posts_known=True)
+    ok = link_state([stale, fresh], now, s, posts_known=10)
     assert not ok.blind and ok.processes == 1 and ok.sighted_since == now - 100
     # Connected but nothing from any post for quiet_after_s: a half-open link, blind.
     quiet = LinkRow("w0", now - 100, now - 1, now - 50)
-    assert link_state([quiet], now, s, posts_known=True).reason == "quiet"
-    assert not link_state([quiet], now, s, posts_known=False).blind  # no posts yet: nothing to hear
-    assert not link_state([quiet], now, s.model_copy(update={"quiet_after_s": None}), posts_known=True).blind
+    assert link_state([quiet], now, s, posts_known=10).reason == "quiet"
+    # With fewer posts than quiet_min_posts, all of them dying is as likely: not blind.
+    assert not link_state([quiet], now, s, posts_known=s.quiet_min_posts - 1).blind
+    assert not link_state([quiet], now, s.model_copy(update={"quiet_after_s": None}), posts_known=10).blind
 
 
 def test_p95_nearest_rank() -> None:
