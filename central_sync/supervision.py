@@ -5,10 +5,11 @@ the per-post path figures (docs/desk.md "Supervision").
   (``central_links``: connected since, beat time, newest message received) every ``LINK_BEAT_S``
   seconds (``link_beats``) and deletes its row on disconnect. Central is **blind** when no beat is
   fresher than ``blind_after_s``, or when the connected processes heard nothing from any post for
-  ``quiet_after_s`` (a half-open link) while central knows at least ``quiet_min_posts`` posts. Blind, every post reads ``unknown`` and no POST_OFFLINE
-  opens: a central that cannot see must not page everyone.
-* **Post state** (``post_status``): ``online`` when its last presence did not say offline and it was heard
-  within ``offline_after_s``; ``offline`` when its will / presence said offline or it has been silent
+  ``quiet_after_s`` (a half-open link) while central knows at least ``quiet_min_posts`` posts.
+  Blind, every post reads ``unknown`` and no POST_OFFLINE opens: a central that cannot see must
+  not page everyone.
+* **Post state** (``post_status``): ``online`` when its last presence did not say offline and it
+  was heard within ``offline_after_s``; ``offline`` when its will / presence said offline or it has been silent
   longer; ``unknown`` when never heard, while blind, and for ``offline_after_s`` after central
   regains sight for posts not heard since (their next heartbeat is on its way).
 * **Outages** (``Supervisor.sweep``): the web processes sweep every ``sweep_s``. A post found

@@ -6,8 +6,8 @@ The relation between the numbers is written down in docs/desk.md ("Supervision")
 heartbeat every ``sync.heartbeat_seconds`` (20 s by default), so ``offline_after_s`` (50 s) is
 two missed heartbeats and a 10 s margin for latency: a post that dies just after a heartbeat is
 shown offline 50 s later and its POST_OFFLINE incident opens within one sweep, both inside the
-60 s target; one lost heartbeat (QoS 0) never makes a post flap. Ingest writes its link beat every ``LINK_BEAT_S`` (5 s), so
-``blind_after_s`` (20 s) is several missed beats.
+60 s target; one lost heartbeat (QoS 0) never makes a post flap. Ingest writes its link beat
+every ``LINK_BEAT_S`` (5 s), so ``blind_after_s`` (20 s) is several missed beats.
 """
 
 from __future__ import annotations
