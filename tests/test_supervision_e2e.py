@@ -266,6 +266,7 @@ def test_powered_off_posts_are_shown_offline_within_60_s_with_one_incident_each(
         assert 'id="availability"' in post_page and "Path availability" in post_page
         metrics = ops[0].http.get("/metrics").text
         assert 'kentongan_posts{state="offline"} 1.0' in metrics  # pos-diam
+        assert "kentongan_central_blind 0.0" in metrics and "kentongan_post_outages_open 1.0" in metrics
     finally:
         silent.close()
         for op in ops:
@@ -291,7 +292,8 @@ def test_central_cut_from_the_broker_reads_unknown_and_pages_no_one(
         html = op.http.get("/?lang=en").text
         assert 'data-blind="1"' in html and "Central cannot see the posts" in html
         assert [op.status(p.node_id) for p in posts] == ["unknown", "unknown"]
-        assert 'kentongan_posts{state="unknown"} 2.0' in op.http.get("/metrics").text
+        metrics = op.http.get("/metrics").text
+        assert 'kentongan_posts{state="unknown"} 2.0' in metrics and "kentongan_central_blind 1.0" in metrics
         # Blind for more than twice the offline threshold: nobody is paged.
         wait_until(lambda: central.sweeps_after(cut + 2.5 * offline_after), 60, what="sweeps while blind")
         assert op.offline_incidents() == []
