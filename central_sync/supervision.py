@@ -188,9 +188,13 @@ class Supervisor:
                 result.opened.append(node_id)
                 if incident_id:
                     result.incidents.append(incident_id)
-        for outage in open_by_node.values():
-            if self._restore(outage, t, link):
-                result.restored.append(outage.node_id)
+        # Only posts that look back online get a transaction (one read for all of them first).
+        back = {str(r["node_id"]): r for r in self.tables.open_outage_nodes()
+                if post_status(r, t, link, offline_after) == "online"}
+        for node_id, row in back.items():
+            outage = open_by_node.get(node_id)
+            if outage is not None and float(row["last_seen"]) > outage.started_at and self._restore(outage, t, link):
+                result.restored.append(node_id)
         return result
 
     def _open_outage(self, node_id: str, now: float, link: LinkState) -> str | None:

@@ -84,6 +84,11 @@ class SupervisionTables:
         return [_outage(r) for r in self._rows(
             "SELECT * FROM post_outages WHERE restored_at IS NULL ORDER BY started_at")]
 
+    def open_outage_nodes(self) -> list[Row]:
+        """``node_id``, ``online``, ``last_seen``, ``presence_at`` of posts with an open outage."""
+        return self._rows("SELECT n.node_id, n.online, n.last_seen, n.presence_at FROM nodes n "
+                          "JOIN post_outages o ON o.node_id = n.node_id WHERE o.restored_at IS NULL")
+
     def outages_since(self, node_id: str, since: float) -> list[Outage]:
         """Outages of one post that were still going at ``since`` or began after it."""
         return [_outage(r) for r in self._rows(
