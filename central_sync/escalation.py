@@ -171,7 +171,7 @@ class Escalator:
         t = time.time() if now is None else now
         claimed: list[Incident] = []
         names = ", ".join(n.name for n in self.notifiers)
-        for incident_id in self.sup.escalation_due(t - self.settings.after_s):
+        for incident_id in self.sup.escalation_due(t - self.settings.after_s, t - self.settings.max_age_s):
             with self.tables.incident_tx() as tx:
                 if tx.state_of(incident_id) != "new" or self.sup.escalated(tx, incident_id):
                     continue

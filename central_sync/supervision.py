@@ -199,7 +199,8 @@ class Supervisor:
 
     def _open_outage(self, node_id: str, now: float, link: LinkState) -> str | None:
         """``None``: nothing opened (another sweeper did, or the post is back); ``""``: an outage
-        without an incident (unsupervised post); else the POST_OFFLINE incident id."""
+        without an incident (an unsupervised post, or one silent for longer than
+        ``incident_horizon_s``); else the POST_OFFLINE incident id."""
         supervised = self.settings.is_supervised(node_id)
         with self.desk.incident_tx() as tx:
             row = self.tables.node_state(tx, node_id)
@@ -210,7 +211,8 @@ class Supervisor:
             started = float(row["last_seen"])
             if self.tables.has_outage(tx, node_id, started):
                 return None
-            incident_id = f"inc-offline-{uuid.uuid4().hex}" if supervised else None
+            recent = now - started <= self.settings.incident_horizon_s
+            incident_id = f"inc-offline-{uuid.uuid4().hex}" if supervised and recent else None
             if incident_id is not None:
                 info = SYSTEM_INCIDENTS[POST_OFFLINE]
                 tx.insert_incident(incident_id, node_id, POST_OFFLINE, int(info.priority), started, now, None)

@@ -45,6 +45,10 @@ class SupervisionSettings(BaseModel):
                                         "supervised_by_default is false.")
     unsupervised: tuple[str, ...] = Field((), description="Node ids never supervised (a post "
                                           "being installed, a post switched off for the season).")
+    incident_horizon_s: float = Field(86400.0, gt=0, description="A post silent for longer than "
+                                      "this when central first notices (central was down, or just "
+                                      "upgraded) gets its outage recorded but no POST_OFFLINE "
+                                      "incident: old news must not page anyone.")
     availability_days: float = Field(7.0, gt=0, le=90, description="Window of the per-post path "
                                      "availability and transmission-time figures.")
     availability_threshold: float = Field(0.95, ge=0, le=1, description="A post whose path "
@@ -82,3 +86,6 @@ class EscalationSettings(BaseModel):
     retry_min_s: float = Field(1.0, gt=0, le=600, description="First retry delay (doubles, "
                                 "jittered, up to retry_max_s).")
     retry_max_s: float = Field(60.0, gt=0, le=3600, description="Longest retry delay.")
+    max_age_s: float = Field(86400.0, gt=0, description="P1s opened longer ago than this are not "
+                             "escalated (old news when escalation is first enabled, or central was "
+                             "down).")

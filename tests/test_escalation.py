@@ -84,9 +84,10 @@ def test_unacknowledged_p1_escalates_once_across_two_web_processes(tmp_path: Pat
         two.sync()
         old = time.time() - 60
         late_p1, p2 = one.events(event("pos-a", "PANIC", at=old), event("pos-a", "PENCURIAN_HEWAN", at=old))
+        ancient = one.events(event("pos-c", "PANIC", at=time.time() - 2 * 86400))[0]  # beyond max_age_s
         fresh_p1 = one.events(event("pos-b", "KEBAKARAN"))[0]
         two.sync()
-        late, low, fresh = (one.incident_of(e) for e in (late_p1, p2, fresh_p1))
+        late, low, fresh, old_news = (one.incident_of(e) for e in (late_p1, p2, fresh_p1, ancient))
         # The fresh P1 is acknowledged in time (well inside after_s).
         one.ctx.desk.book.step(fresh, "acknowledged", "op", "on it")
 
@@ -106,7 +107,7 @@ def test_unacknowledged_p1_escalates_once_across_two_web_processes(tmp_path: Pat
         steps = [h["step"] for h in book.history(late)]
         assert steps.count("escalated") == 1 and steps.count("escalation_delivered") == 1
         assert len(supervisor.delivered()) == 1
-        assert all(h["step"] != "escalated" for i in (low, fresh) for h in book.history(i))
+        assert all(h["step"] != "escalated" for i in (low, fresh, old_news) for h in book.history(i))
 
         # The timeline shows it in words on the incident page.
         one.user("op", "operator")

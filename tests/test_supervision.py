@@ -88,6 +88,7 @@ def test_one_outage_and_one_incident_per_outage_across_sweepers(two_stores: tupl
     t0 = time.time() - 3600
     for node in ("pos-a", "pos-free", "pos-b"):
         a.upsert_presence(presence(node), t0)
+    a.upsert_presence(presence("pos-gone"), t0 - 3 * 86400)  # silent for days: old news
     a.upsert_presence(presence("pos-b"), time.time())  # pos-b is alive
     sweepers = [Supervisor(a, SETTINGS), Supervisor(b, SETTINGS)]
 
@@ -100,15 +101,16 @@ def test_one_outage_and_one_incident_per_outage_across_sweepers(two_stores: tupl
 
     _beat(a, time.time())
     opened = [s.sweep() for s in sweepers for _ in range(3)]
-    assert sorted(n for r in opened for n in r.opened) == ["pos-a", "pos-free"]
+    assert sorted(n for r in opened for n in r.opened) == ["pos-a", "pos-free", "pos-gone"]
     incidents = [i for r in opened for i in r.incidents]
-    assert len(incidents) == 1  # pos-free is not supervised: an outage, no incident
+    assert len(incidents) == 1  # pos-free is not supervised, pos-gone beyond the horizon: outages only
     book = IncidentBook(a.desk())
     [inc] = [i for i in book.incidents() if i.type == "POST_OFFLINE"]
     assert inc.node_id == "pos-a" and inc.incident_id == incidents[0] and inc.state.value == "new"
     assert inc.opened_at == pytest.approx(t0) and inc.priority == 2
     outages = {o.node_id: o for o in SupervisionTables(b.desk()).open_outages()}
-    assert set(outages) == {"pos-a", "pos-free"} and outages["pos-free"].incident_id is None
+    assert set(outages) == {"pos-a", "pos-free", "pos-gone"} and outages["pos-free"].incident_id is None
+    assert outages["pos-gone"].incident_id is None
 
     # The post comes back: the outage records the restore, the incident's timeline says so.
     a.upsert_presence(presence("pos-a"), time.time())
@@ -117,7 +119,7 @@ def test_one_outage_and_one_incident_per_outage_across_sweepers(two_stores: tupl
     assert sum(len(r.restored) for r in restored) == 1
     steps = [h["step"] for h in book.history(inc.incident_id)]
     assert steps == ["new", "restored"]
-    assert {o.node_id for o in SupervisionTables(a.desk()).open_outages()} == {"pos-free"}
+    assert {o.node_id for o in SupervisionTables(a.desk()).open_outages()} == {"pos-free", "pos-gone"}
 
     # A second outage of the same post is a second incident (its will this time).
     a.upsert_presence(presence("pos-a", "offline"), time.time())

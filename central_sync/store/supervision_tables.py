@@ -142,12 +142,14 @@ class SupervisionTables:
                    "AND restored_at IS NULL", (restored_at, node_id, started_at))
 
     # -- escalation ---------------------------------------------------------------------------
-    def escalation_due(self, opened_before: float, limit: int = 100) -> list[str]:
-        """Open, unacknowledged P1 incidents opened before ``opened_before`` and not escalated."""
+    def escalation_due(self, opened_before: float, opened_after: float, limit: int = 100) -> list[str]:
+        """Open, unacknowledged P1 incidents opened between ``opened_after`` and
+        ``opened_before`` and not escalated."""
         return [str(r["incident_id"]) for r in self._rows(
             f"SELECT incident_id FROM incidents i WHERE state = 'new' AND state IN {OPEN} AND priority = 1 "
-            "AND opened_at < ? AND NOT EXISTS (SELECT 1 FROM incident_log l WHERE l.incident_id = i.incident_id "
-            "AND l.step = ?) ORDER BY opened_at LIMIT ?", (opened_before, ESCALATED_STEP, limit))]
+            "AND opened_at < ? AND opened_at >= ? AND NOT EXISTS (SELECT 1 FROM incident_log l "
+            "WHERE l.incident_id = i.incident_id AND l.step = ?) ORDER BY opened_at LIMIT ?",
+            (opened_before, opened_after, ESCALATED_STEP, limit))]
 
     @staticmethod
     def escalated(tx: IncidentTx, incident_id: str) -> bool:
