@@ -41,6 +41,8 @@ from edge import __version__
 from edge.sync.wire import Heartbeat, Presence, Topics, encode
 
 HELPER = Path(__file__).resolve().parent / "helpers_sync.py"
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 PASSWORD = "correct horse battery"
 
 
@@ -264,6 +266,18 @@ def test_powered_off_posts_are_shown_offline_within_60_s_with_one_incident_each(
         assert "Post offline" in page and "Post back online" in page
         post_page = ops[0].http.get("/posts/pos-real?lang=en").text
         assert 'id="availability"' in post_page and "Path availability" in post_page
+        if CHROMIUM.exists():  # the post page in Chromium: offline since, availability, transmission time
+            from playwright.sync_api import expect
+
+            browser = DeskBrowser(f"http://127.0.0.1:{central.ports[0]}")
+            try:
+                browser.page.goto(f"http://127.0.0.1:{central.ports[0]}/posts/pos-diam")
+                expect(browser.page.locator("#post-status")).to_have_attribute("data-status", "offline")
+                expect(browser.page.locator("#outages")).to_contain_text("luring sejak")
+                ARTIFACTS.mkdir(exist_ok=True)
+                browser.page.screenshot(path=str(ARTIFACTS / "desk-1366-post-offline.png"), full_page=True)
+            finally:
+                browser.close()
         metrics = ops[0].http.get("/metrics").text
         assert 'kentongan_posts{state="offline"} 1.0' in metrics  # pos-diam
         assert "kentongan_central_blind 0.0" in metrics and "kentongan_post_outages_open 1.0" in metrics
@@ -274,16 +288,44 @@ def test_powered_off_posts_are_shown_offline_within_60_s_with_one_incident_each(
         central.stop()
 
 
+class DeskBrowser:
+    """Debian's Chromium on the posts page (Bahasa Indonesia), when installed."""
+
+    def __init__(self, base: str) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self.pw = sync_playwright().start()
+        self.browser = self.pw.chromium.launch(executable_path=str(CHROMIUM),
+                                               args=["--no-sandbox", "--disable-gpu"])
+        self.page = self.browser.new_page(viewport={"width": 1366, "height": 800})
+        self.page.goto(f"{base}/login")
+        self.page.fill("input[name=username]", "op")
+        self.page.fill("input[name=password]", PASSWORD)
+        self.page.get_by_role("button", name="Masuk").click()
+        self.page.wait_for_url(f"{base}/")
+        self.page.goto(f"{base}/posts")
+
+    def close(self) -> None:
+        self.browser.close()
+        self.pw.stop()
+
+
 def test_central_cut_from_the_broker_reads_unknown_and_pages_no_one(
         tmp_path: Path, mosquitto: LocalMosquitto) -> None:
     offline_after = 10.0
     central = _central(tmp_path, mosquitto, webs=1, supervision={"offline_after_s": offline_after})
     op = Operator(central.ports[0])
     posts = [SilentPost(mosquitto, f"pos-{i}", every=2.0) for i in range(2)]
+    browser: DeskBrowser | None = None
     try:
         for p in posts:
             wait_until(lambda n=p.node_id: op.status(n) == "online", 60, what=f"{p.node_id} online")
         assert 'data-blind="0"' in op.http.get("/").text
+        if CHROMIUM.exists():
+            from playwright.sync_api import expect
+
+            browser = DeskBrowser(f"http://127.0.0.1:{central.ports[0]}")
+            expect(browser.page.locator("#central-link")).to_be_hidden()
 
         cut = time.time()
         mosquitto.stop()  # central (and everyone) loses the broker
@@ -292,6 +334,13 @@ def test_central_cut_from_the_broker_reads_unknown_and_pages_no_one(
         html = op.http.get("/?lang=en").text
         assert 'data-blind="1"' in html and "Central cannot see the posts" in html
         assert [op.status(p.node_id) for p in posts] == ["unknown", "unknown"]
+        if browser is not None:  # the open page shows the banner without a reload
+            expect(browser.page.locator("#central-link")).to_be_visible(timeout=15_000)
+            expect(browser.page.locator("#central-link")).to_contain_text("Pusat tidak dapat melihat pos")
+            browser.page.reload()
+            expect(browser.page.locator("#posts tbody")).to_contain_text("Tidak diketahui")
+            ARTIFACTS.mkdir(exist_ok=True)
+            browser.page.screenshot(path=str(ARTIFACTS / "desk-1366-blind.png"), full_page=True)
         metrics = op.http.get("/metrics").text
         assert 'kentongan_posts{state="unknown"} 2.0' in metrics and "kentongan_central_blind 1.0" in metrics
         # Blind for more than twice the offline threshold: nobody is paged.
@@ -304,8 +353,12 @@ def test_central_cut_from_the_broker_reads_unknown_and_pages_no_one(
         for p in posts:
             wait_until(lambda n=p.node_id: op.status(n) == "online", 60, what=f"{p.node_id} online again")
         assert 'data-blind="0"' in op.http.get("/").text
+        if browser is not None:
+            expect(browser.page.locator("#central-link")).to_be_hidden(timeout=15_000)
         assert op.offline_incidents() == []  # the posts were never offline, central was blind
     finally:
+        if browser is not None:
+            browser.close()
         for p in posts:
             p.close()
         op.close()
