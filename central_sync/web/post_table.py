@@ -3,8 +3,8 @@
 Loaded once from ``store.list_nodes()``, then updated with the node rows each commit announces
 (presence, heartbeat, first event of a new post), so a dashboard request or a new incident never
 reads or decodes the whole ``nodes`` table. An index by (kelurahan, RW) finds the posts of one
-RW without scanning all posts (RW warnings), and ``status`` (online / stale / offline) is
-recomputed at read time because "stale" depends on the clock.
+RW without scanning all posts (RW warnings), and ``status`` (the desk passes supervision's rule) is
+recomputed at read time because it depends on the clock.
 """
 
 from __future__ import annotations
