@@ -21,7 +21,7 @@ from typing import Any
 
 from central_sync.errors import CentralError
 from central_sync.store.desk_tables import DeskTables, IncidentTx
-from edge.incidents import INCIDENTS, RT_ONLY, IncidentInfo, IncidentType
+from edge.incidents import INCIDENTS, RT_ONLY, Audience, IncidentInfo, IncidentType, Priority, SystemEvent
 
 
 class IncidentError(CentralError):
@@ -46,9 +46,25 @@ TRANSITIONS: dict[State, tuple[State, ...]] = {
     State.RESOLVED: (State.ACKNOWLEDGED,),
     State.FALSE_ALARM: (State.ACKNOWLEDGED,),
 }
-#: Event types that open or join incidents.
-GROUPED_TYPES = frozenset(t.value for t in IncidentType) - {IncidentType.PATROLI,
-                                                            IncidentType.AMAN}
+#: System incidents: faults a post reports (tamper, siren fault, storage quarantine, dead modem)
+#: and central's own POST_OFFLINE (``central_sync.supervision``). For the command centre only.
+SYSTEM_INCIDENTS: dict[str, IncidentInfo] = {
+    SystemEvent.TAMPER.value: IncidentInfo("silent", Priority.P2, (Audience.COMMAND_CENTRE,), crime=False),
+    SystemEvent.SIREN_FAULT.value: IncidentInfo("silent", Priority.P2, (Audience.COMMAND_CENTRE,), crime=False),
+    SystemEvent.STORAGE_QUARANTINED.value: IncidentInfo("silent", Priority.P3, (Audience.COMMAND_CENTRE,),
+                                                        crime=False),
+    SystemEvent.MODEM_FAULT.value: IncidentInfo("silent", Priority.P3, (Audience.COMMAND_CENTRE,), crime=False),
+    "POST_OFFLINE": IncidentInfo("silent", Priority.P2, (Audience.COMMAND_CENTRE,), crime=False),
+}
+#: Event types that open or join incidents (POST_OFFLINE is opened by central, not by an event).
+GROUPED_TYPES = (frozenset(t.value for t in IncidentType) - {IncidentType.PATROLI, IncidentType.AMAN}
+                 | (frozenset(SYSTEM_INCIDENTS) - {"POST_OFFLINE"}))
+
+
+def incident_info(kind: str) -> IncidentInfo:
+    """Defaults of an incident type or a system incident type."""
+    found = SYSTEM_INCIDENTS.get(kind)
+    return found if found is not None else INCIDENTS[IncidentType(kind)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +83,7 @@ class Incident:
 
     @property
     def info(self) -> IncidentInfo:
-        return INCIDENTS[IncidentType(self.type)]
+        return incident_info(self.type)
 
     @property
     def crime(self) -> bool:
@@ -163,7 +179,7 @@ class IncidentBook:
     def _attach(self, tx: IncidentTx, ev: Mapping[str, Any], event_id: str, node_id: str,
                 kind: str, at: float) -> Change:
         now = time.time()
-        priority = int(ev.get("priority") or INCIDENTS[IncidentType(kind)].priority)
+        priority = int(ev.get("priority") or incident_info(kind).priority)
         quality = ev.get("time_quality")
         inc_id = tx.open_incident_near(node_id, kind, at - self.group_window_s)
         if inc_id is not None:

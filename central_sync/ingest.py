@@ -74,6 +74,7 @@ from central_sync.reject_budget import RejectBudget
 from central_sync.rejections import RejectionAggregator
 from central_sync.snapshot_policy import check_snapshot_envelope
 from central_sync.store import Store, is_transient
+from central_sync.supervision import link_beats
 from edge.errors import SecurityError, WireError
 from edge.logs import log_event
 from edge.sync.transport import raise_if_cancelling
@@ -151,6 +152,8 @@ class IngestService:
         self._room.set()
         self._gates: set[ReadGate] = set()
         self._commit_lock = asyncio.Lock()
+        #: When any uplink message last arrived (the link beat reports it; None: none yet).
+        self.last_message_at: float | None = None
 
     @property
     def on_events(self) -> Callable[[list[dict[str, Any]]], None] | None:
@@ -197,7 +200,15 @@ class IngestService:
                               port=self.cfg.broker.port, shared_group=self.cfg.ingest.shared_group)
                     # Retained "online" now that we are subscribed (posts resend at once), "offline" on exit.
                     async with central_presence(client, self.cfg, client_id):
-                        await self._consume(client, buffer, link)
+                        # Central's own sight of the broker, for the desk (central_sync.supervision).
+                        beat = asyncio.create_task(link_beats(self.store, client_id, lambda: self.last_message_at),
+                                                   name=f"link-beat-{client_id}")
+                        try:
+                            await self._consume(client, buffer, link)
+                        finally:
+                            beat.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await beat
             except aiomqtt.MqttError as exc:
                 raise_if_cancelling(exc)
                 log_event(log, "central_disconnected", logging.WARNING, client_id=client_id, error=str(exc)[:200])
@@ -251,6 +262,7 @@ class IngestService:
     def handle(self, topic: str, payload: bytes, delivery: Delivery | None) -> None:
         """Handle one uplink message without I/O; never raises (bad input is rejected)."""
         self.stats.received += 1
+        self.last_message_at = time.time()
         if self.budget.active and self.budget.exhausted(self._topic_node(topic)):
             # This node's rejection budget is spent: counted, settled, never decoded or verified.
             self._reject(topic, "shed", "rejection budget of the node exhausted")

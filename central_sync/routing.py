@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from central_sync.incidents import Incident
+from central_sync.incidents import SYSTEM_INCIDENTS, Incident
 from edge.incidents import INCIDENTS, RT_ONLY, Audience, IncidentType
 from edge.sync.wire import Command
 
@@ -30,6 +30,8 @@ def default_warning_types() -> frozenset[str]:
 
 def to_command_centre(incident_type: str) -> bool:
     """Does this type belong in the operators' queue? RT-only notices never do."""
+    if incident_type in SYSTEM_INCIDENTS:
+        return True
     try:
         info = INCIDENTS[IncidentType(incident_type)]
     except ValueError:

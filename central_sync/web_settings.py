@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from central_sync.errors import CentralConfigError
+from central_sync.supervision_settings import EscalationSettings, SupervisionSettings
 
 
 class WebSettings(BaseModel):
@@ -79,6 +80,10 @@ class WebSettings(BaseModel):
                                     "release` (holding rollout.db); the post overview then shows "
                                     "each post's update state and a halted rollout. Without it, "
                                     "or without rollout.db, nothing extra is shown.")
+    supervision: SupervisionSettings = Field(default_factory=SupervisionSettings, description="Post "
+                                             "supervision (central_sync.supervision_settings).")
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings, description="P1 "
+                                           "escalation to a supervisor (central_sync.escalation).")
     stream_replay: int = Field(1024, ge=16, le=100_000, description="Changes kept in memory "
                                "to replay to a reconnecting browser (Last-Event-ID).")
 

@@ -60,6 +60,7 @@ class Agent:
         # five minutes of uptime (and failed the test on a freshly booted machine).
         self._last_camera_fault: float | None = None
         self.started_mono = time.monotonic()
+        self._siren_fault_reported = False
         self._rlog = RateLimitedLog(log, interval_s=10.0)  # repeating failures, one line/10 s
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -279,6 +280,18 @@ class Agent:
             except KentonganError as exc:
                 log_event(log, "maintenance_failed", logging.ERROR, error=str(exc))
             self._check_silent_buttons()
+            self.check_siren()
+
+    def check_siren(self) -> bool:
+        """A siren player thread that has ended (it died on a relay error) is a SIREN_FAULT for
+        central, reported once (the systemd watchdog restarts the agent). True when reported."""
+        if self.hw is None or self.engine is None or self.hw.siren.alive() or self._siren_fault_reported:
+            return False
+        self._siren_fault_reported = True
+        log_event(log, "siren_fault", logging.ERROR, reason="player thread ended")
+        self.engine.record(EventDraft(SystemEvent.SIREN_FAULT.value, int(Priority.P2),
+                                      {"reason": "siren player stopped", "detail": "relay driver failed"}))
+        return True
 
     def _check_silent_buttons(self) -> None:
         now = time.monotonic()

@@ -224,7 +224,9 @@ class SyncConfig(Strict):
                                  "central, at most.")
     ack_timeout_seconds: float = Field(30.0, gt=0, le=3600, description="An in-flight event not "
                                        "acknowledged by central within this goes back to ready.")
-    heartbeat_seconds: float = Field(60.0, gt=0, le=3600, description="Heartbeat period.")
+    heartbeat_seconds: float = Field(20.0, gt=0, le=3600, description="Heartbeat period: central "
+                                     "shows a post offline after two missed heartbeats and a margin (50 s), "
+                                     "so keep it under half of central's web.supervision.offline_after_s.")
     reconnect_min_seconds: float = Field(0.2, gt=0, le=60, description="First reconnect delay.")
     reconnect_max_seconds: float = Field(30.0, gt=0, le=600, description="Cap of the jittered "
                                          "exponential reconnect delay.")

@@ -1,6 +1,7 @@
 """The demo behind ``scripts/demo``: a local Mosquitto, central (ingest + dashboard) and three
 simulated posts, driven through a scripted night: a panic, an all-clear, a network cut with alarms
-buffered offline, the network back, and the backlog arriving at central exactly once.
+buffered offline, the network back, and the backlog arriving at central exactly once; then a
+supervised post loses power and the desk shows it offline with a POST_OFFLINE incident.
 
 Every process is the real one (``kentongan-central run``, ``kentongan-edge run --simulate``); the
 script only presses simulated buttons and reads status, like a technician would.
@@ -21,6 +22,7 @@ from typing import Any
 
 from central_sync.broker import LocalMosquitto, free_port, production_broker
 from central_sync.pki import PkiFiles
+from edge.demo_desk import DeskReader
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -121,6 +123,10 @@ enabled = true
 host = "127.0.0.1"
 port = {web_port}
 release_dir = "releases"
+[web.supervision]
+# The demo's posts send a heartbeat every 5 s: offline after two missed ones and a margin.
+offline_after_s = 15
+sweep_s = 1
 """
 
 
@@ -129,6 +135,7 @@ class Demo:
         self.state = state
         self.posts = POSTS if posts is None else posts
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.post_procs: list[subprocess.Popen[bytes]] = []
         self.broker: LocalMosquitto | None = None
         self.post_cfgs: list[Path] = []
         self.central_cfg = state / "central" / "central.toml"
@@ -210,8 +217,8 @@ class Demo:
             cfg.write_text(post_toml(node_id, name, rw, rt, d / "state", self.broker.port,
                                      installed))
             self.post_cfgs.append(cfg)
-            self.spawn([PY, "-m", "edge.cli", "run", "--simulate", "--config", str(cfg)],
-                       d / "agent.log")
+            self.post_procs.append(self.spawn([PY, "-m", "edge.cli", "run", "--simulate", "--config", str(cfg)],
+                                              d / "agent.log"))
             print(f"  {name} ({node_id})")
         for i in range(len(self.posts)):
             self.wait(lambda i=i: self._ok(lambda: self.status(i)), 30, f"post {i} to start")
@@ -244,6 +251,10 @@ class Demo:
         say("00:12 The network goes down (broker stopped)")
         assert self.broker is not None
         self.broker.stop()
+        desk = DeskReader(self.web_port, *OPERATOR)
+        blind = self._ok(lambda: self.wait(lambda: desk.central_blind(), 15, "the blind banner"))
+        print("  desk: banner 'central cannot see the posts', every post state unknown, nobody paged"
+              if blind else "  desk: (the banner did not show within 15 s)")
         print(self.edge("sim", "press", "fire", "--hold", "2.5", "--config",
                         str(self.post_cfgs[1])).strip())
         print(self.edge("sim", "press", "panic", "--hold", "2.5", "--config",
@@ -274,6 +285,23 @@ class Demo:
         self.wait(drained, 60, "backlogs to drain")
         print(f"all backlogs drained in {time.monotonic() - t0:.1f} s")
         self.check_exactly_once()
+        self.power_cut()
+
+    def power_cut(self) -> None:
+        """The last post loses power (its agent killed): the desk shows it offline and opens a
+        POST_OFFLINE incident (every post is supervised by default)."""
+        node_id, name = self.posts[-1][0], self.posts[-1][1]
+        desk = DeskReader(self.web_port, *OPERATOR)
+        self.wait(lambda: desk.post_status(node_id) == "online", 60, f"{node_id} online on the desk")
+        say(f"03:05 {name} loses power")
+        t0 = time.monotonic()
+        self.post_procs[-1].kill()
+        self.post_procs[-1].wait(10)
+        self.wait(lambda: desk.post_status(node_id) == "offline", 60, f"{node_id} offline on the desk")
+        print(f"  desk: {node_id} shown offline after {time.monotonic() - t0:.1f} s")
+        inc = self.wait(lambda: desk.offline_incident(node_id), 60, "the POST_OFFLINE incident")
+        print(f"  desk: POST_OFFLINE incident {inc['incident_id']} opened after {time.monotonic() - t0:.1f} s "
+              f"(state {inc['state']}; see /posts/{node_id} for its availability)")
 
     def check_exactly_once(self) -> None:
         say("Exactly once: posts' acknowledged events against central's database")

@@ -93,3 +93,24 @@ def test_dead_modem_is_reported_and_the_siren_still_sounds(tmp_path: Path) -> No
             Device.pin_factory = saved
 
     asyncio.run(scenario())
+
+
+def test_a_dead_siren_player_is_reported_once_as_siren_fault(tmp_path: Path) -> None:
+    """The siren's player thread ending (as it does on a relay error) is a SIREN_FAULT event,
+    which central turns into a system incident; reported once, not at every check."""
+    async def scenario() -> None:
+        agent = Agent(node_config(tmp_path / "state"), simulate=True)
+        await agent.start()
+        try:
+            assert agent.hw is not None and agent.outbox is not None
+            assert agent.check_siren() is False  # a healthy siren is not a fault
+            await asyncio.to_thread(agent.hw.siren.close)  # the player thread ends
+            assert agent.check_siren() is True
+            assert agent.check_siren() is False
+            outbox = agent.outbox
+            by_type = await wait_for(lambda: (t := outbox.counts()["by_type"]) and "SIREN_FAULT" in t and t)
+            assert by_type["SIREN_FAULT"]["ready"] + by_type["SIREN_FAULT"]["in_flight"] == 1
+        finally:
+            await agent.stop()
+
+    asyncio.run(scenario())

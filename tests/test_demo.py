@@ -19,4 +19,10 @@ def test_demo_scenario_runs_and_backlog_arrives_exactly_once(tmp_path: Path) -> 
     assert all(status == "OK" and int(a) == int(c) and int(a) > 0 for a, c, status in rows), rows
     assert "duplicates at central: 0" in out
     assert "SMS fallback sent" in out
+    # Supervision: the cut shows the blind banner; a post losing power is offline on the desk
+    # with a POST_OFFLINE incident.
+    assert "desk: banner 'central cannot see the posts'" in out, out[-3000:]
+    shown = re.search(r"desk: smg-tembalang-rw06-rt01 shown offline after ([\d.]+) s", out)
+    assert shown and float(shown.group(1)) <= 60, out[-3000:]
+    assert re.search(r"desk: POST_OFFLINE incident inc-offline-\w+ opened after", out), out[-3000:]
     assert re.search(r"http://127\.0\.0\.1:\d+/\s+login: operator", out)

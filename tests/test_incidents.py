@@ -40,8 +40,15 @@ def test_grouping_by_post_type_and_window(book: tuple[Store, IncidentBook]) -> N
     other_type = _feed(store, b, event("pos-a", "KEBAKARAN", at=t0 + 10))[0]
     other_post = _feed(store, b, event("pos-b", "PANIC", at=t0 + 10))[0]
     assert len({first.incident_id, other_type.incident_id, other_post.incident_id}) == 3
-    # System events and patrol check-ins make no incident.
-    assert _feed(store, b, event("pos-a", "TAMPER", at=t0), event("pos-a", "PATROLI", at=t0)) == []
+    # Patrol check-ins and routine system events make no incident; tamper, siren fault, storage
+    # quarantine and a dead modem open system incidents (issue 11).
+    assert _feed(store, b, event("pos-a", "PATROLI", at=t0), event("pos-a", "BOOT", at=t0),
+                 event("pos-a", "SELFTEST", at=t0)) == []
+    faults = _feed(store, b, *(event("pos-a", kind, at=t0) for kind in
+                               ("TAMPER", "SIREN_FAULT", "STORAGE_QUARANTINED", "MODEM_FAULT")))
+    assert len(faults) == 4 and all(c.opened for c in faults)
+    assert sorted(b.require(c.incident_id).type for c in faults) == [
+        "MODEM_FAULT", "SIREN_FAULT", "STORAGE_QUARANTINED", "TAMPER"]
     # Listing: open first, most urgent (P1) before P2..., newest first within a priority.
     listed = [i.incident_id for i in b.incidents()]
     assert listed.index(later.incident_id) < listed.index(first.incident_id)

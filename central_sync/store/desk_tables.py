@@ -34,6 +34,16 @@ class IncidentTx:
         self._tx = tx
         self._order = order
 
+    @property
+    def sql(self) -> SqlTx:
+        """The transaction itself, for statements of other table groups that must commit with
+        an incident change (``supervision_tables``)."""
+        return self._tx
+
+    def mark_changed(self, incident_id: str) -> None:
+        """Give the incident the next change number (its page and the live stream update)."""
+        self._changed(incident_id)
+
     def is_grouped(self, node_id: str, event_id: str) -> bool:
         return one(self._tx, "SELECT 1 AS x FROM incident_events WHERE node_id = ? AND event_id = ?",
                    (node_id, event_id)) is not None

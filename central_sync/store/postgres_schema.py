@@ -272,6 +272,28 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (node_id, kind)
         );
     """),
+    ("0007_supervision", """
+        CREATE TABLE central_links (
+            process_id text PRIMARY KEY,
+            connected_since double precision NOT NULL,
+            beat_at double precision NOT NULL,
+            last_message_at double precision
+        );
+        CREATE TABLE post_outages (
+            node_id text NOT NULL,
+            started_at double precision NOT NULL,
+            detected_at double precision NOT NULL,
+            restored_at double precision,
+            incident_id text,
+            PRIMARY KEY (node_id, started_at)
+        );
+        CREATE INDEX post_outages_open ON post_outages(restored_at);
+        CREATE TABLE post_first_seen (
+            node_id text PRIMARY KEY,
+            first_seen double precision NOT NULL
+        );
+        CREATE INDEX incident_log_step ON incident_log(incident_id, step);
+    """),
 ]
 
 

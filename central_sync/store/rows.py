@@ -21,7 +21,8 @@ NODE_SELECT = ("SELECT nodes.node_id AS node_id, nodes.online, nodes.last_seen, 
                "nodes.siren, nodes.time_quality, nodes.clock_offset, node_registry.kelurahan_code, "
                "node_registry.rw, node_registry.rt, node_registry.display_name, node_registry.lat, "
                "node_registry.lon, node_registry.status AS registry_status, nodes.version, nodes.boot_id, "
-               "nodes.change_seq FROM nodes LEFT JOIN node_registry ON node_registry.node_id = nodes.node_id")
+               "nodes.change_seq, nodes.presence_at "
+               "FROM nodes LEFT JOIN node_registry ON node_registry.node_id = nodes.node_id")
 NODE_ID = "nodes.node_id"
 
 

@@ -154,3 +154,35 @@ def m004_audit_log(db: Database) -> None:
         CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log(at);
         """
     )
+
+
+@desk_migrations()
+def m005_supervision(db: Database) -> None:
+    """Post supervision (``central_sync.supervision``): each ingest process's link beat, one row
+    per post outage keyed by (post, outage start) so any number of sweepers open one POST_OFFLINE
+    incident per outage, each post's first sighting (the availability window starts there), and
+    an index for the escalation check on the incident log."""
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS central_links (
+            process_id TEXT PRIMARY KEY,
+            connected_since REAL NOT NULL,
+            beat_at REAL NOT NULL,
+            last_message_at REAL
+        );
+        CREATE TABLE IF NOT EXISTS post_outages (
+            node_id TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            detected_at REAL NOT NULL,
+            restored_at REAL,
+            incident_id TEXT,
+            PRIMARY KEY (node_id, started_at)
+        );
+        CREATE INDEX IF NOT EXISTS post_outages_open ON post_outages(restored_at);
+        CREATE TABLE IF NOT EXISTS post_first_seen (
+            node_id TEXT PRIMARY KEY,
+            first_seen REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS incident_log_step ON incident_log(incident_id, step);
+        """
+    )

@@ -31,12 +31,14 @@ from central_sync.web import (
     routes_map,
     routes_ops,
     routes_pages,
+    routes_supervision,
 )
 from central_sync.web.context import HERE, ConfigSource, WebContext, build_context
 from central_sync.web.desk import CommandSender
 from central_sync.web.metrics import registry_for
 from central_sync.web.places import Places
 from central_sync.web.server import DeskServer
+from central_sync.web.supervision_loop import run_supervision
 from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 
@@ -67,9 +69,13 @@ def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
         log_event(log, "web_started", caught_up=count, posts=len(ctx.desk.posts))
         follower = (asyncio.create_task(ctx.desk.follow(feed, mark), name="desk-change-feed")
                     if feed is not None and mark is not None else None)
+        supervision = asyncio.create_task(run_supervision(ctx.desk), name="desk-supervision")
         try:
             yield
         finally:
+            supervision.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervision
             if follower is not None:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -94,7 +100,9 @@ def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
     app.include_router(routes_map.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_cap.router)
+    app.include_router(routes_supervision.router)
     app.include_router(routes_pages.router)
+    routes_supervision.install(ctx.templates.env, ctx.desk)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.middleware("http")

@@ -13,9 +13,11 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
+from central_sync.escalation import Escalator
 from central_sync.incidents import Change, Incident, IncidentBook, State, event_payload
 from central_sync.routing import Router, make_command
 from central_sync.store import ChangeFeed, ChangeMark, Changes, Store
+from central_sync.supervision import Supervisor
 from central_sync.web.auth import Principal
 from central_sync.web.live import Backlog, LiveChange, LiveHub
 from central_sync.web.policy import can_see_incident, node_location, redact
@@ -52,7 +54,10 @@ class Desk:
         self.store, self.commands, self.settings, self.hub = store, commands, settings, hub
         self.tables = store.desk()
         self.book = IncidentBook(self.tables, settings.group_window_s)
-        self.posts = PostTable()
+        # Supervision (issue 11): post status with the offline threshold and central's sight.
+        self.supervisor = Supervisor(store, settings.supervision)
+        self.escalator = Escalator(self.tables, self.book, settings.escalation)
+        self.posts = PostTable(self.supervisor.status_of)
         self.posts.load(store.list_nodes())
         self.router = Router(warning_types=settings.rw_warning_types,
                              rw_patterns=settings.rw_warning_patterns,

@@ -19,8 +19,9 @@ from prometheus_client.registry import Collector
 
 from central_sync.web.context import WebContext
 from central_sync.web.desk import as_dict
+from central_sync.web.metrics_supervision import SupervisionCollector
 
-POST_STATES = ("online", "stale", "offline", "unknown")
+POST_STATES = ("online", "offline", "unknown")
 
 
 class DeskCollector(Collector):
@@ -101,4 +102,5 @@ class DeskCollector(Collector):
 def registry_for(ctx: WebContext) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DeskCollector(ctx))
+    registry.register(SupervisionCollector(ctx.desk))
     return registry

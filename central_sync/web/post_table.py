@@ -3,21 +3,28 @@
 Loaded once from ``store.list_nodes()``, then updated with the node rows each commit announces
 (presence, heartbeat, first event of a new post), so a dashboard request or a new incident never
 reads or decodes the whole ``nodes`` table. An index by (kelurahan, RW) finds the posts of one
-RW without scanning all posts (RW warnings), and ``status`` (online / stale / offline) is
-recomputed at read time because "stale" depends on the clock.
+RW without scanning all posts (RW warnings), and ``status`` (the desk passes supervision's rule) is
+recomputed at read time because it depends on the clock.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from central_sync.store import Row
 from central_sync.store.base import node_status
 
 RwKey = tuple[str, int]
+#: ``status`` of a node row at a time (default: the store's ``node_status``; the desk passes
+#: supervision's, which knows the offline threshold and whether central is blind).
+StatusOf = Callable[[Mapping[str, Any], float], str]
+
+
+def _store_status(row: Mapping[str, Any], now: float) -> str:
+    return node_status(bool(row.get("online")), row.get("last_seen"), now)
 
 
 def _rw_key(row: Mapping[str, Any]) -> RwKey | None:
@@ -30,7 +37,8 @@ def _rw_key(row: Mapping[str, Any]) -> RwKey | None:
 class PostTable:
     """Thread-safe: the change feed writes from a worker thread, requests read on the loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, status_of: StatusOf | None = None) -> None:
+        self._status_of: StatusOf = status_of or _store_status
         self._lock = threading.Lock()
         self._rows: dict[str, Row] = {}
         self._by_rw: dict[RwKey, set[str]] = {}
@@ -64,10 +72,9 @@ class PostTable:
         if key is not None:
             self._by_rw.setdefault(key, set()).add(node_id)
 
-    @staticmethod
-    def _view(row: Row, now: float) -> Row:
+    def _view(self, row: Row, now: float) -> Row:
         out = dict(row)
-        out["status"] = node_status(bool(out.get("online")), out.get("last_seen"), now)
+        out["status"] = self._status_of(out, now)
         return out
 
     def get(self, node_id: str) -> Row | None:

@@ -46,12 +46,15 @@ TYPE_NAMES: dict[str, str] = {
     "EVICTION": N_("Old records removed (storage full)"), "SMS_SENT": N_("Backup SMS sent"),
     "COMMAND": N_("Command from central"), "SECURITY": N_("Security warning"),
     "INCIDENT_ACK": N_("Acknowledgement received by the post"), "BOOT": N_("Post started"),
-    "SELFTEST": N_("Self-test"),
+    "SELFTEST": N_("Self-test"), "POST_OFFLINE": N_("Post offline"),
 }
 STATE_NAMES = {"new": N_("New"), "acknowledged": N_("Acknowledged"),
                "resolved": N_("Resolved"), "false_alarm": N_("False alarm")}
 STEP_NAMES = {"new": N_("Opened"), "acknowledged": N_("Acknowledged"),
-              "resolved": N_("Resolved"), "false_alarm": N_("Marked as a false alarm")}
+              "resolved": N_("Resolved"), "false_alarm": N_("Marked as a false alarm"),
+              "restored": N_("Post back online"), "escalated": N_("Escalated to the supervisor"),
+              "escalation_delivered": N_("Supervisor notified"),
+              "escalation_failed": N_("Supervisor notification failed")}
 PRIORITY_NAMES = {1: N_("P1 urgent"), 2: N_("P2 high"), 3: N_("P3 normal"), 4: N_("P4 info")}
 CLOCK_NAMES = {"synced": N_("synchronised"), "holdover": N_("holding (last sync)"),
                "unsynced": N_("not synchronised")}
@@ -105,6 +108,8 @@ def actor_name(actor: str | None) -> str:
         return _("post %(node)s") % {"node": actor[5:]}
     if actor == "staff":
         return _("staff")
+    if actor.startswith("central:"):
+        return _("central (automatic)")
     return actor
 
 
@@ -211,6 +216,8 @@ def desk_strings() -> dict[str, str]:
         "open_incident": _("Open incident"), "no_incidents": _("No open incidents."),
         "no_posts": _("No posts."), "approx": _("approximate position"),
         "resynced": _("Queue re-read from the server"),
+        "link_quiet": _("No message from any post lately: the link to the broker may be broken."),
+        "link_no_ingest": _("No ingest process is connected to the broker."),
     }
 
 

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from central_sync.store.supervision_tables import SupervisionTables
 from edge.incidents import INCIDENTS, IncidentType
 from edge.sync.wire import Command, EventEnvelope, Presence
 
@@ -76,6 +77,7 @@ class WebEnv:
     """A real CentralStore + web app + TestClients for tests (close() when done)."""
 
     PASSWORD = "correct horse battery"
+    LINK_ID = "webenv-ingest"
 
     def __init__(self, db_path: Any, web: dict[str, Any] | None = None) -> None:
         from contextlib import ExitStack
@@ -93,7 +95,15 @@ class WebEnv:
         # of the app's background follower, so each step is visible to the next one.
         self.feed = self.store.change_feed()
         self.mark = self.feed.head()
-        self.app = create_app({"web": web or {}}, self.store, self.sender, follow_changes=False)
+        # No ingest runs here: the harness stands in for one connected ingest process (its link
+        # beat, refreshed by ``sync``), and tests rarely sync every 20 s, so it is trusted for
+        # 600 s unless the test configures supervision itself.
+        web = dict(web or {})
+        web.setdefault("supervision", {"blind_after_s": 600.0, "quiet_after_s": None})
+        self._sup = SupervisionTables(self.store.desk())
+        self._link_since: float | None = None
+        self.link_up()
+        self.app = create_app({"web": web}, self.store, self.sender, follow_changes=False)
         self.ctx = context_of(self.app)
         self.anon = self._stack.enter_context(TestClient(self.app))
 
@@ -123,8 +133,22 @@ class WebEnv:
         self.sync()
         return accepted
 
+    def link_up(self) -> None:
+        """Write the stand-in ingest process's link beat (central can see the broker)."""
+        now = time.time()
+        if self._link_since is None:
+            self._link_since = now
+        self._sup.link_beat(self.LINK_ID, self._link_since, now, now)
+
+    def link_down(self) -> None:
+        """The stand-in ingest process lost the broker (central is blind from now on)."""
+        self._sup.link_down(self.LINK_ID)
+        self._link_since = None
+
     def sync(self) -> None:
         """Apply everything the store's change feed has (as the web app's follower does)."""
+        if self._link_since is not None:
+            self.link_up()
         while True:
             changes = self.feed.wait(self.mark, 0)
             self.mark = changes.mark
