@@ -227,11 +227,16 @@ class SirenPlayer:
         self._emit(events)
         return activation
 
-    def stop(self, reason: str, trigger: Trigger | None = None) -> bool:
-        """Turn the siren off now; True if something was playing."""
+    def stop(self, reason: str, trigger: Trigger | None = None, *,
+             activation_ids: frozenset[str] | None = None) -> bool:
+        """Turn the siren off now; True if something was stopped. With ``activation_ids`` only
+        an activation among them is stopped (checked under the lock: a local alarm that has
+        pre-empted it keeps sounding)."""
         with self._cond:
             job = self._job
             if job is None:
+                return False
+            if activation_ids is not None and job.activation.activation_id not in activation_ids:
                 return False
             event = self._end(job, SirenEventKind.STOPPED, reason, time.monotonic(),
                               stopped_by=trigger)
