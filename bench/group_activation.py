@@ -97,7 +97,8 @@ class SirenFleet(Fleet):
     def __init__(self, spec: SimSpec, verify_key: Any) -> None:
         super().__init__(dataclasses.replace(spec, nodes=[]))
         self.spec = spec
-        self.posts = [SirenPost(self, n, spec, verify_key) for n in spec.nodes]
+        self.siren_posts = [SirenPost(self, n, spec, verify_key) for n in spec.nodes]
+        self.posts = list(self.siren_posts)
         self.result.nodes = len(self.posts)
 
 
@@ -112,10 +113,24 @@ def worker(spec_path: str, out_path: str) -> None:
     signal.signal(signal.SIGTERM, halt)
     fleet.connect_all()
     fleet.run(start_signal=False)
-    Path(out_path).write_text(json.dumps({"answered": sum(p.answered for p in fleet.posts)}))
+    Path(out_path).write_text(json.dumps({"answered": sum(p.answered for p in fleet.siren_posts)}))
 
 
 # -- the run ------------------------------------------------------------------------------------
+
+def port_below_ephemeral_range() -> int:
+    """A free port below the kernel's ephemeral range: 10,000 posts take 10,000 ephemeral ports,
+    and one may take a port ``free_port`` picked before the web app binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in range(max(10_000, low - 2_000), low):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
 
 class Setup:
     """Broker, central config with a CA, an admin user, the central process and the posts."""
@@ -125,7 +140,7 @@ class Setup:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.work = work
         self.broker = LocalMosquitto(work / "mosquitto", extra_conf="max_queued_messages 1000000\n").start()
-        self.web_port = free_port()
+        self.web_port = port_below_ephemeral_range()
         self.cfg = work / "central.toml"
         self.cfg.write_text(f'''log_level = "WARNING"
 database = "{work / 'central.db'}"
@@ -146,11 +161,17 @@ dir = "{work / 'pki'}"
         files = PkiFiles(work / "pki")
         self.signer = CommandSigner(load_signing_key(files.command_key))
         self.nodes = node_ids("post", 0, posts)
+        self.procs = procs
+        self.central: subprocess.Popen[bytes] | None = None
+        self.sims: list[tuple[subprocess.Popen[str], Path]] = []
+
+    def start(self) -> None:
+        work, posts, procs = self.work, len(self.nodes), self.procs
+        files = PkiFiles(work / "pki")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         log = (work / "central.log").open("a")
         self.central = subprocess.Popen([*CLI, "run", "--config", str(self.cfg)], cwd=ROOT, env=env,
                                         stdout=log, stderr=log)
-        self.sims: list[tuple[subprocess.Popen[str], Path]] = []
         per = -(-posts // procs)
         for i in range(procs):
             chunk = self.nodes[i * per:(i + 1) * per]
@@ -167,6 +188,8 @@ dir = "{work / 'pki'}"
             while "ready" not in (line := proc.stdout.readline()):
                 if not line and proc.poll() is not None:
                     raise RuntimeError("a simulated-post process died")
+        if self.central.poll() is not None:
+            raise RuntimeError(f"central exited; see {work / 'central.log'}")
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.web_port}", timeout=60)
         self._login()
 
@@ -180,7 +203,7 @@ dir = "{work / 'pki'}"
                     return
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline or self.central.poll() is not None:
+            if time.monotonic() > deadline or self.central is None or self.central.poll() is not None:
                 raise RuntimeError(f"central did not come up; see {self.work / 'central.log'}")
             time.sleep(0.3)
 
@@ -192,12 +215,16 @@ dir = "{work / 'pki'}"
             time.sleep(1.0)
 
     def close(self) -> None:
-        for proc, _out in self.sims:
+        procs: list[subprocess.Popen[Any]] = [p for p, _o in self.sims]
+        if self.central is not None:
+            procs.insert(0, self.central)
+        for proc in procs:
             proc.terminate()
-        self.central.terminate()
-        for proc, _out in self.sims:
-            proc.wait(60)
-        self.central.wait(60)
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         self.broker.stop()
 
 
@@ -297,6 +324,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-group-") as tmp:
         setup = Setup(Path(tmp), args.posts, args.procs)
         try:
+            setup.start()
             setup.wait_posts_known()
             runs = [run_once(setup) for _ in range(args.repeat)]
         finally:

@@ -244,6 +244,24 @@ class SirenPlayer:
         self._emit([event])
         return True
 
+    def pulse(self, seconds: float, probe: Callable[[], bool]) -> bool | None:
+        """Silent self-test: close the relay for ``seconds`` (too short to sound) and return what
+        ``probe`` (a feedback input) read meanwhile; None if the siren was sounding. A ``play()``
+        during the pulse takes the relay over at once and the pulse leaves it alone. Blocking:
+        call from a worker thread."""
+        with self._cond:
+            if self._job is not None or self._closed:
+                return None
+            self._set_relay(True)
+        try:
+            time.sleep(seconds / 2)
+            return bool(probe())
+        finally:
+            time.sleep(seconds / 2)
+            with self._cond:
+                if self._job is None and not self._closed:
+                    self._set_relay(False)
+
     def state(self) -> SirenState:
         """Current state, with the relay value read back from the device."""
         relay_on = bool(self._relay.value)
