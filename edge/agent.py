@@ -25,6 +25,7 @@ from edge.incidents import Priority, SystemEvent
 from edge.logs import RateLimitedLog, log_event, set_node_id
 from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
 from edge.security_hooks import SecurityHooks, load_security_hooks
+from edge.siren_tests import SirenTester, open_feedback
 from edge.snapshots import SnapshotStore
 from edge.update import health as update_health
 
@@ -59,6 +60,7 @@ class Agent:
         # within 300 s of booting, so a 0.0 sentinel silenced every camera fault of the first
         # five minutes of uptime (and failed the test on a freshly booted machine).
         self._last_camera_fault: float | None = None
+        self.siren_tests: SirenTester | None = None
         self.started_mono = time.monotonic()
         self._rlog = RateLimitedLog(log, interval_s=10.0)  # repeating failures, one line/10 s
 
@@ -88,6 +90,7 @@ class Agent:
         self.engine = AlarmEngine(cfg, self.hw.siren, self.outbox, loop=self.loop,
                                   on_recorded=self._on_recorded,
                                   request_snapshot=self._request_snapshot)
+        self.siren_tests = self._siren_tester()
         for b in cfg.buttons:
             self.buttons[b.name] = ButtonWatcher(b, self.engine.on_button,
                                                  pin_factory=self.hw.pin_factory)
@@ -109,6 +112,8 @@ class Agent:
             watchdog = ModemWatchdog(self.hw.modem, cfg.modem, self._on_modem_fault)
             self._spawn(watchdog.run(), "modem-watchdog")
         self._spawn(self._systemd_watchdog(), "systemd-watchdog")
+        if self.siren_tests is not None:
+            self._spawn(self.siren_tests.run(), "siren-tests")
         log_event(log, "agent_started", version=__version__, simulate=self.simulate,
                   boot_id=self.outbox.boot_id, buttons=sorted(self.buttons))
 
@@ -145,6 +150,21 @@ class Agent:
                                               name="sync")
         self._sync_task.add_done_callback(self._task_done)
         self._tasks.append(self._sync_task)
+
+    def _siren_tester(self) -> SirenTester | None:
+        """The siren's daily silent and monthly audible tests (edge.siren_tests)."""
+        assert self.hw is not None and self.engine is not None
+        try:
+            feedback = open_feedback(self.cfg.siren.self_test, self.hw.pin_factory)
+        except Exception as exc:  # a bad feedback input must not stop the post
+            log_event(log, "siren_feedback_unavailable", logging.ERROR, error=str(exc)[:200])
+            self.engine.record(EventDraft(SystemEvent.SIREN_FAULT.value, int(Priority.P2), {
+                "test": "feedback", "outcome": "fault", "detail": f"feedback input: {exc}"[:200]}))
+            feedback = None
+        if feedback is not None:
+            self.hw.closers.append(feedback[1])
+        return SirenTester(self.cfg.siren.self_test, self.hw.siren, self.engine.record,
+                           feedback=feedback[0] if feedback else None)
 
     def sync_alive(self) -> bool:
         """Watchdog check: the supervised sync task is running (sync disabled counts as alive).

@@ -99,7 +99,7 @@ class SirenSelfTest(Strict):
     and an audible test on a set day of each month. A test never delays a real alarm."""
 
     silent_enabled: bool = Field(True, description="Run the silent self-test every day.")
-    silent_at: dtime = Field(dtime(4, 0), description="Local time (HH:MM) of the daily silent test.")
+    silent_at: dtime = Field(dtime(4, 0), description="Local time (HH:MM[:SS]) of the daily silent test.")
     feedback_pin: GpioPin | None = Field(None, description="GPIO input wired to a feedback contact "
                                          "of the siren relay (or a current sensor): it must read "
                                          "what the relay was told. Without it only the output "
@@ -112,7 +112,7 @@ class SirenSelfTest(Strict):
                           "feedback follows; 0 checks the resting state only.")
     audible_day: int | None = Field(None, ge=1, le=28, description="Day of the month of the "
                                     "audible test (null: no audible test).")
-    audible_at: dtime = Field(dtime(10, 0), description="Local time (HH:MM) of the audible test.")
+    audible_at: dtime = Field(dtime(10, 0), description="Local time (HH:MM[:SS]) of the audible test.")
     audible_seconds: float = Field(5.0, gt=0, le=30, description="How long the audible test "
                                    "sounds.")
     audible_pattern: str = Field("1.1.1", description="Kentongan pattern of the audible test.")

@@ -59,17 +59,27 @@ class TestResult:
 
 def next_daily(now: datetime, at: dtime) -> datetime:
     """The first ``at`` strictly after ``now`` (naive local times)."""
-    today = now.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
+    today = now.replace(hour=at.hour, minute=at.minute, second=at.second, microsecond=0)
     return today if today > now else today + timedelta(days=1)
 
 
 def next_monthly(now: datetime, day: int, at: dtime) -> datetime:
     """The first ``day`` of a month at ``at`` strictly after ``now`` (day <= 28: every month)."""
-    this = now.replace(day=day, hour=at.hour, minute=at.minute, second=0, microsecond=0)
+    this = now.replace(day=day, hour=at.hour, minute=at.minute, second=at.second, microsecond=0)
     if this > now:
         return this
     year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
     return this.replace(year=year, month=month, day=min(day, calendar.monthrange(year, month)[1]))
+
+
+def open_feedback(cfg: SirenSelfTest, pin_factory: Any) -> tuple[Callable[[], bool], Callable[[], None]] | None:
+    """The feedback input (reader, closer), or None when none is wired."""
+    if cfg.feedback_pin is None:
+        return None
+    from gpiozero import DigitalInputDevice
+
+    dev = DigitalInputDevice(cfg.feedback_pin, pull_up=cfg.feedback_pull_up, pin_factory=pin_factory)
+    return (lambda: bool(dev.value)), dev.close
 
 
 class SirenTester:
