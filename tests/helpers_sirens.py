@@ -45,12 +45,13 @@ class Keys:
 
 
 def post_config(state: Path, port: int, node_id: str, rw: int, rt: int, keys: Keys,
-                **extra: Any) -> NodeConfig:
+                self_test: dict[str, Any] | None = None, **extra: Any) -> NodeConfig:
     data: dict[str, Any] = {
         "node": {"node_id": node_id, "kelurahan_code": KEL, "rw": rw, "rt": rt,
                  "display_name": f"Pos {node_id}"},
         "buttons": [{"name": "panic", "pin": 17, "incident": "PANIC", "hold_seconds": 0.1}],
-        "siren": {"pin": RELAY, "quiet_hours": {"enabled": False}},
+        "siren": {"pin": RELAY, "quiet_hours": {"enabled": False},
+                  "self_test": self_test or {"silent_enabled": False}},
         "camera": {"backend": "none"},
         "storage": {"state_dir": str(state)},
         "sync": {"broker_host": "127.0.0.1", "broker_port": port, "heartbeat_seconds": 5},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,39 @@ def test_group_activation_confirms_each_post_and_stops(world: tuple[Central, Pos
     # The activation page renders with the counts.
     page = http.get(f"/sirens/{act_id}")
     assert page.status_code == 200 and 'id="n-confirmed">2<' in page.text
+
+
+def test_siren_self_tests_reach_the_post_page(tmp_path: Path, mosquitto: LocalMosquitto) -> None:
+    """Each post runs its silent test from its own config; a pass and a fault (a feedback
+    contact that never follows the relay's pulse) arrive at central and show on /posts."""
+    keys = Keys(tmp_path / "keys")
+    central = Central(tmp_path, mosquitto, keys)
+    posts = Posts()
+    try:
+        def soon() -> str:  # a few seconds after the post has started (its schedule is set then)
+            return (datetime.now() + timedelta(seconds=8)).time().replace(microsecond=0).isoformat()
+
+        posts.start(post_config(tmp_path / "baik", mosquitto.port, "pos-baik", 7, 1, keys,
+                                self_test={"silent_at": soon()}))
+        posts.start(post_config(tmp_path / "rusak", mosquitto.port, "pos-rusak", 7, 2, keys,
+                                self_test={"silent_at": soon(), "feedback_pin": 22, "pulse_ms": 20}))
+        passed = wait_for(lambda: central.store.last_event_times("SIREN_TEST").get("pos-baik"), 60,
+                          "the good post's SIREN_TEST at central")
+        faults = wait_for(lambda: (f := central.store.last_event_times("SIREN_FAULT")).get("pos-rusak") and f,
+                          60, "the faulty post's SIREN_FAULT at central")
+        assert "pos-baik" not in faults and passed > 0
+        [fault] = [e for e in central.store.list_events(node_id="pos-rusak", limit=1000)
+                   if e["type"] == "SIREN_FAULT"]
+        assert fault["payload"]["test"] == "silent" and "feedback_follows_pulse" in fault["payload"]["detail"]
+        # The faulty post's relay was really pulsed (and released).
+        assert [s.state for s in posts.relay("pos-rusak").states][-2:] == [1, 0]
+        http, _h = central.login("op")
+        page = http.get("/posts", params={"lang": "en"}).text
+        row = page[page.index('data-node-id="pos-rusak"'):]
+        assert "siren-fault" in row[:row.index("</tr>")]
+        good = page[page.index('data-node-id="pos-baik"'):]
+        assert "siren-fault" not in good[:good.index("</tr>")]
+    finally:
+        posts.close()
+        central.close()
+    assert central.error is None, central.error
