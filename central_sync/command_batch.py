@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -55,9 +56,12 @@ async def publish_batch(client: aiomqtt.Client | None, topics: Topics,
         raise CentralError(f"cannot send {len(cmds)} command(s): not connected to the broker")
     if not cmds:
         return []
+    started = time.monotonic()
     bodies = await asyncio.to_thread(_sign_all, sign, cmds)
     signed = [c for c, _b in bodies]
+    sign_s = time.monotonic() - started
     await asyncio.to_thread(record, signed)
+    record_s = time.monotonic() - started - sign_s
     pc = paho_of(client)
     pending: deque[paho.MQTTMessageInfo] = deque()
     sent = 0
@@ -74,5 +78,6 @@ async def publish_batch(client: aiomqtt.Client | None, topics: Topics,
                                f"{paho.error_string(info.rc)}")
         pending.append(info)
         sent += 1
-    log_event(log, "commands_published", count=sent, action=signed[0].action)
+    log_event(log, "commands_published", count=sent, action=signed[0].action, sign_s=round(sign_s, 3),
+              record_s=round(record_s, 3), publish_s=round(time.monotonic() - started - sign_s - record_s, 3))
     return signed

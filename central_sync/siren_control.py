@@ -14,6 +14,7 @@ Command results are read from what ingest stored (``commands`` table), never fro
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -87,6 +88,7 @@ class SirenControl:
         self.tables = tables
         self.sender = sender
         self.ttl_s = ttl_s
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- incident warnings ---------------------------------------------------------------------
     def record_incident_warnings(self, incident: Incident, cmds: Sequence[Command]) -> None:
@@ -135,7 +137,7 @@ class SirenControl:
                                        incident_id=incident_id, created_by=by, created_at=created)
             self.tables.add_commands(act_id, "start", signed, issued_by=by)
 
-        await self.sender.send_commands(cmds, record=record)
+        await self._send(cmds, record)
         log_event(log, "group_activated", activation_id=act_id, scope=scope.key, posts=len(node_ids),
                   incident_type=kind.value, by=by)
         return {"activation_id": act_id, "scope": scope.key, "posts": len(node_ids), "created_at": created}
@@ -158,9 +160,45 @@ class SirenControl:
         def record(signed: list[Command]) -> None:
             self.tables.add_commands(activation_id, "stop", signed, issued_by=by)
 
-        await self.sender.send_commands(cmds, record=record)
+        await self._send(cmds, record)
         log_event(log, "sirens_stopped", activation_id=activation_id, posts=len(cmds), by=by)
         return {"activation_id": activation_id, "stops": len(cmds)}
+
+    async def _send(self, cmds: list[Command], record: Record) -> None:
+        """Send ``cmds``; return once they are recorded (the activation page can show them),
+        while publishing goes on in the background: for a city that takes seconds, and the
+        confirmations start arriving meanwhile. Not connected (nothing recorded): raised."""
+        assert self.sender is not None
+        loop = asyncio.get_running_loop()
+        recorded = asyncio.Event()
+
+        def record_then_tell(signed: list[Command]) -> None:
+            record(signed)
+            loop.call_soon_threadsafe(recorded.set)
+
+        task = loop.create_task(self.sender.send_commands(cmds, record=record_then_tell))
+        self._tasks.add(task)
+        task.add_done_callback(self._sent)
+        waiter = loop.create_task(recorded.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done() and task.exception() is not None and not recorded.is_set():
+            raise SirenControlError(str(task.exception())[:200])
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log_event(log, "siren_commands_not_all_published", logging.ERROR,
+                      error=str(task.exception())[:200])
+
+    async def aclose(self) -> None:
+        """Let publishing in progress finish (bounded), then cancel what is left."""
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=10)
+            for task in pending:
+                task.cancel()
 
     # -- what the desk shows -------------------------------------------------------------------
     def status(self, activation_id: str, *, answered_after: float | None = None) -> dict[str, Any] | None:

@@ -335,6 +335,7 @@ class Desk:
                 for r in rows if r.get("event_id") in wanted]
 
     async def aclose(self) -> None:
+        await self.sirens.aclose()
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(BaseException):
