@@ -105,7 +105,7 @@ class SirenControl:
         """Stop every activation recorded for the incident (its RW warnings, groups started
         for it). Returns {activation id: stop commands sent}."""
         out: dict[str, Any] = {}
-        for row in self.tables.of_incident(incident_id):
+        for row in await asyncio.to_thread(self.tables.of_incident, incident_id):
             out[str(row["activation_id"])] = await self.stop(str(row["activation_id"]), by)
         return out
 
@@ -145,10 +145,10 @@ class SirenControl:
     async def stop(self, activation_id: str, by: str) -> dict[str, Any]:
         """A signed targeted ``stop`` to every post the activation sounded (again if asked
         again: a post that missed the first stop gets another)."""
-        if self.tables.get(activation_id) is None:
+        if await asyncio.to_thread(self.tables.get, activation_id) is None:
             raise SirenControlError(f"no activation {activation_id}")
-        started = self.tables.started(activation_id)
-        self.tables.mark_stopped(activation_id, by, time.time())
+        started = await asyncio.to_thread(self.tables.started, activation_id)
+        await asyncio.to_thread(self.tables.mark_stopped, activation_id, by, time.time())
         if not started:
             return {"activation_id": activation_id, "stops": 0}
         if self.sender is None:
