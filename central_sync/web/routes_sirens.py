@@ -57,6 +57,10 @@ def _status(ctx: WebContext, activation_id: str, answered_after: float | None = 
     found = ctx.desk.sirens.status(activation_id, answered_after=answered_after)
     if found is None:
         raise HTTPException(404, "no such activation")
+    nodes = ctx.desk.nodes()
+    for p in found["posts"]:
+        node = nodes.get(p["node_id"])
+        p["post_name"] = (node or {}).get("display_name") or p["node_id"]
     return found
 
 
@@ -142,8 +146,9 @@ def activation_page(request: Request, activation_id: ActivationId) -> Response:
         return RedirectResponse("/login", status_code=303)
     if not can_command_posts(who.user):
         return HTMLResponse("Forbidden", status_code=403)
-    found = ctx_of(request).desk.sirens.status(activation_id)
-    if found is None:
+    try:
+        found = _status(ctx_of(request), activation_id)
+    except HTTPException:
         return HTMLResponse("Not found", status_code=404)
     return page(request, who, "activation.html", act=found)
 
@@ -158,7 +163,26 @@ def confirmation_text(state: str) -> str:
     return _(CONFIRMATIONS[state]) if state in CONFIRMATIONS else state
 
 
+def scope_text(env: Environment, scope: str) -> str:
+    """An activation's reach in words: "RW 5, Tembalang", "The whole city"..."""
+    kind, _sep, rest = str(scope).partition(":")
+    parts = rest.split("/") if rest else []
+    area = env.filters["area_name"](parts[0]) if parts else ""
+    if kind == "city":
+        return _("The whole city")
+    if kind == "kelurahan" and len(parts) == 1:
+        return str(area)
+    if kind == "rw" and len(parts) == 2:
+        return f"RW {parts[1]}, {area}"
+    if kind == "rt" and len(parts) == 3:
+        return f"RT {parts[2]} / RW {parts[1]}, {area}"
+    if kind == "incident":
+        return _("Warnings of incident %(id)s") % {"id": rest}
+    return str(scope)
+
+
 def install(env: Environment) -> None:
     """The activation page's words (filters for the templates, strings for its script)."""
     env.filters["siren_confirmation"] = confirmation_text
+    env.filters["scope_text"] = lambda scope: scope_text(env, scope)
     env.globals["siren_confirmations"] = lambda: {k: _(v) for k, v in CONFIRMATIONS.items()}

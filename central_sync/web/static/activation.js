@@ -17,7 +17,7 @@
         td.className = cls;
         tr.appendChild(td);
       }
-      tr.children[0].textContent = p.node_id;
+      tr.children[0].textContent = p.post_name || p.node_id;
       tbody.appendChild(tr);
     }
     tr.className = `siren-${p.state}`;
