@@ -355,6 +355,8 @@ class Agent:
             "time": wall,
             "time_quality": quality,
             "siren": self.siren_status(),
+            "siren_tests": ({k: r.payload() for k, r in self.siren_tests.last.items()}
+                            if self.siren_tests is not None else {}),
             "open_incidents": self.engine.status() if self.engine else {},
             "outbox": self.outbox.counts(),
             "storage": self.storage_health(),

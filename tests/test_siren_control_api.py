@@ -128,3 +128,19 @@ def test_an_incident_without_warnings_sends_no_stop(env: WebEnv) -> None:
     r = op.post(f"/api/incidents/{inc_id}/resolve", headers=h, json={})
     assert r.status_code == 200 and r.json()["sirens"] == {}
     assert env.sender.actions("stop") == []
+
+
+def test_an_unanswered_command_past_its_expiry_reads_no_answer(env: WebEnv) -> None:
+    op, csrf = env.client("op")
+    r = op.post("/api/sirens/groups", headers={"X-CSRF-Token": csrf},
+                json={"scope": "rt", "kelurahan_code": "33.74.01.1001", "rw": 6, "rt": 1})
+    act_id = r.json()["activation_id"]
+    [cmd] = env.sender.actions("sound")
+    with env.store.connection() as conn:  # the command expired an hour ago, unanswered
+        conn.execute("UPDATE commands SET expires_at = ? WHERE command_id = ?", (time.time() - 3600, cmd.command_id))
+    status = op.get(f"/api/sirens/activations/{act_id}").json()
+    assert [(p["node_id"], p["state"], p["post_name"]) for p in status["posts"]] == [
+        ("pos-c", "no_answer", "Pos pos-c")]
+    assert status["counts"]["pending"] == 1  # still counted as not confirmed
+    page = op.get(f"/sirens/{act_id}", params={"lang": "en"}).text
+    assert "no answer (expired)" in page and "RT 1 / RW 6" in page
