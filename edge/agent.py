@@ -25,7 +25,7 @@ from edge.incidents import Priority, SystemEvent
 from edge.logs import RateLimitedLog, log_event, set_node_id
 from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
 from edge.security_hooks import SecurityHooks, load_security_hooks
-from edge.siren_tests import SirenTester, open_feedback
+from edge.siren_tests import SirenTester, build_tester
 from edge.snapshots import SnapshotStore
 from edge.update import health as update_health
 
@@ -90,7 +90,8 @@ class Agent:
         self.engine = AlarmEngine(cfg, self.hw.siren, self.outbox, loop=self.loop,
                                   on_recorded=self._on_recorded,
                                   request_snapshot=self._request_snapshot)
-        self.siren_tests = self._siren_tester()
+        self.siren_tests = build_tester(cfg.siren.self_test, self.hw.siren, self.hw.pin_factory,
+                                        self.engine.record, self.hw.closers)
         for b in cfg.buttons:
             self.buttons[b.name] = ButtonWatcher(b, self.engine.on_button,
                                                  pin_factory=self.hw.pin_factory)
@@ -150,21 +151,6 @@ class Agent:
                                               name="sync")
         self._sync_task.add_done_callback(self._task_done)
         self._tasks.append(self._sync_task)
-
-    def _siren_tester(self) -> SirenTester | None:
-        """The siren's daily silent and monthly audible tests (edge.siren_tests)."""
-        assert self.hw is not None and self.engine is not None
-        try:
-            feedback = open_feedback(self.cfg.siren.self_test, self.hw.pin_factory)
-        except Exception as exc:  # a bad feedback input must not stop the post
-            log_event(log, "siren_feedback_unavailable", logging.ERROR, error=str(exc)[:200])
-            self.engine.record(EventDraft(SystemEvent.SIREN_FAULT.value, int(Priority.P2), {
-                "test": "feedback", "outcome": "fault", "detail": f"feedback input: {exc}"[:200]}))
-            feedback = None
-        if feedback is not None:
-            self.hw.closers.append(feedback[1])
-        return SirenTester(self.cfg.siren.self_test, self.hw.siren, self.engine.record,
-                           feedback=feedback[0] if feedback else None)
 
     def sync_alive(self) -> bool:
         """Watchdog check: the supervised sync task is running (sync disabled counts as alive).

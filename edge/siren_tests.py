@@ -82,6 +82,22 @@ def open_feedback(cfg: SirenSelfTest, pin_factory: Any) -> tuple[Callable[[], bo
     return (lambda: bool(dev.value)), dev.close
 
 
+def build_tester(cfg: SirenSelfTest, siren: SirenPlayer, pin_factory: Any, record: Callable[[EventDraft], Any],
+                 closers: list[Callable[[], None]]) -> SirenTester:
+    """The post's tester (the agent's hook). A feedback input that cannot be opened is a
+    SIREN_FAULT; the tests then run without it and the post carries on."""
+    try:
+        feedback = open_feedback(cfg, pin_factory)
+    except Exception as exc:
+        log_event(log, "siren_feedback_unavailable", logging.ERROR, error=str(exc)[:200])
+        record(EventDraft(SystemEvent.SIREN_FAULT.value, int(Priority.P2), {
+            "test": "feedback", "outcome": "fault", "detail": f"feedback input: {exc}"[:200]}))
+        feedback = None
+    if feedback is not None:
+        closers.append(feedback[1])
+    return SirenTester(cfg, siren, record, feedback=feedback[0] if feedback else None)
+
+
 class SirenTester:
     """Runs the tests on schedule (``run``) or on demand (``silent`` / ``audible``)."""
 
