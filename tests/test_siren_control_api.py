@@ -144,3 +144,27 @@ def test_an_unanswered_command_past_its_expiry_reads_no_answer(env: WebEnv) -> N
     assert status["counts"]["pending"] == 1  # still counted as not confirmed
     page = op.get(f"/sirens/{act_id}", params={"lang": "en"}).text
     assert "no answer (expired)" in page and "RT 1 / RW 6" in page
+
+
+def test_a_group_sounded_for_an_incident_stops_when_it_is_resolved(env: WebEnv) -> None:
+    op, csrf = env.client("op")
+    h = {"X-CSRF-Token": csrf}
+    [event_id] = env.events(event("pos-c", "KEBAKARAN"))
+    inc_id = env.incident_of(event_id)
+    assert op.post("/api/sirens/groups", headers=h, json={
+        "scope": "kelurahan", "kelurahan_code": "33.74.01.1001", "incident_id": "no-such"}).status_code == 404
+    r = op.post("/api/sirens/groups", headers=h, json={
+        "scope": "kelurahan", "kelurahan_code": "33.74.01.1001", "incident_id": inc_id})
+    assert r.status_code == 200
+    sounds = {c.node_id: c.command_id for c in env.sender.actions("sound") if c.params.get("reason") == "group"}
+    assert sorted(sounds) == ["pos-a", "pos-b", "pos-c"]
+    op.post(f"/api/incidents/{inc_id}/ack", headers=h, json={})
+    env.sender.sent.clear()
+    r = op.post(f"/api/incidents/{inc_id}/resolve", headers=h, json={})
+    group_id = next(a for a in env.ctx.desk.sirens.recent() if a["kind"] == "group")["activation_id"]
+    assert r.json()["sirens"][group_id]["stops"] == 3
+    stops = {c.node_id: c.params["command_ids"] for c in env.sender.actions("stop")}
+    for node_id, command_id in sounds.items():
+        assert command_id in stops[node_id]
+    assert op.post("/api/sirens/groups", headers=h, json={
+        "scope": "kelurahan", "kelurahan_code": "33.74.01.1001", "incident_id": inc_id}).status_code == 409

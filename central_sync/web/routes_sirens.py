@@ -22,7 +22,7 @@ from central_sync.users import Role
 from central_sync.web.auth import Principal, optional_principal, principal, require_roles
 from central_sync.web.context import WebContext, ctx_of
 from central_sync.web.i18n import _
-from central_sync.web.policy import can_command_posts
+from central_sync.web.policy import can_command_posts, can_see_incident
 from central_sync.web.present import N_
 from central_sync.web.routes_api import csrf_principal
 from central_sync.web.routes_pages import page
@@ -46,6 +46,9 @@ class GroupIn(BaseModel):
     rt: int | None = Field(None, ge=0, le=999, description="For rt.")
     incident_type: IncidentType = Field(IncidentType.BENCANA, description="Whose pattern sounds.")
     confirm: bool = Field(False, description="Required for the whole city.")
+    incident_id: str | None = Field(None, max_length=80, description="An open incident this is "
+                                    "for: resolving it (or marking it a false alarm) stops "
+                                    "these sirens too.")
 
 
 def _staff(who: Principal) -> None:
@@ -79,16 +82,24 @@ async def start_group(request: Request, who: Writer, body: GroupIn) -> dict[str,
         scope = Scope(body.scope, body.kelurahan_code, body.rw, body.rt)
     except SirenControlError as exc:
         raise HTTPException(422, str(exc)) from None
+    if body.incident_id is not None:
+        incident = ctx.desk.book.get(body.incident_id)
+        node = ctx.desk.nodes().get(incident.node_id) if incident else None
+        if incident is None or not can_see_incident(who.user, incident, node):
+            raise HTTPException(404, "no such incident")
+        if incident.state.value not in ("new", "acknowledged"):
+            raise HTTPException(409, "the incident is closed")
     try:
         out = await ctx.desk.sirens.activate(scope, body.incident_type.value, ctx.desk.nodes(),
-                                             by=who.user.name, label=scope.key)
+                                             by=who.user.name, label=scope.key, incident_id=body.incident_id)
     except SirenControlError as exc:
         raise HTTPException(409 if "no posts" in str(exc) else 503, str(exc)) from None
     except Exception as exc:  # the broker dropped midway: what went out is recorded
         raise HTTPException(503, f"not all commands were published: {str(exc)[:200]}") from None
     ctx.audit.record(who.user.name, "siren_group_start", scope.key,
                      {"role": who.user.role.value, "incident_type": body.incident_type.value,
-                      "posts": out["posts"], "activation_id": out["activation_id"]}, who.client)
+                      "posts": out["posts"], "activation_id": out["activation_id"],
+                      "incident_id": body.incident_id}, who.client)
     return out
 
 
