@@ -40,12 +40,13 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiomqtt
 
 from central_sync.acks import AckBook, AckCounters, AckWindow, Delivery, Link, publish_all
+from central_sync.command_batch import Record, publish_batch
 from central_sync.config import CentralConfig
 from central_sync.ingest_commit import (
     Batch,
@@ -472,6 +473,11 @@ class IngestService:
         """Sign (if configured), record and publish a command (QoS 1); ``CentralError`` if offline."""
         client = next(iter(self._clients.values()), None)
         await publish_command(client, self.store, self.topics, self.sign_command, cmd, issued_by=issued_by)
+
+    async def send_commands(self, cmds: Sequence[Command], *, record: Record) -> list[Command]:
+        """Many commands at once (``central_sync.command_batch``)."""
+        client = next(iter(self._clients.values()), None)
+        return await publish_batch(client, self.topics, self.sign_command, cmds, record)
 
     # -- store access ----------------------------------------------------------------------------
     async def _with_store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -149,8 +149,9 @@ class BatchWriter:
         for snap in batch.snapshots:
             self.store.insert_snapshot(snap, now)
             out.snapshots.append((snap.node_id, snap.snapshot_id))
+        if batch.results:
+            self.store.record_command_results(batch.results, now)
         for res in batch.results:
-            self.store.record_command_result(res, now)
             out.updates += 1
             log_event(log, "command_result", node_id=res.node_id, command_id=res.command_id, ok=res.ok)
         return out

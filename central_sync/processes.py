@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import aiomqtt
 
+from central_sync.command_batch import Record, publish_batch
 from central_sync.config import CentralConfig
 from central_sync.errors import CentralError
 from central_sync.mqtt_central import Backoff, connect_spec
@@ -85,3 +86,7 @@ class CommandPublisher:
 
     async def send_command(self, cmd: Command, *, issued_by: str) -> None:
         await publish_command(self._client, self.store, self.topics, self.sign_command, cmd, issued_by=issued_by)
+
+    async def send_commands(self, cmds: Sequence[Command], *, record: Record) -> list[Command]:
+        """Many commands at once (``central_sync.command_batch``)."""
+        return await publish_batch(self._client, self.topics, self.sign_command, cmds, record)

@@ -25,6 +25,7 @@ from edge.incidents import Priority, SystemEvent
 from edge.logs import RateLimitedLog, log_event, set_node_id
 from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
 from edge.security_hooks import SecurityHooks, load_security_hooks
+from edge.siren_tests import SirenTester, build_tester
 from edge.snapshots import SnapshotStore
 from edge.update import health as update_health
 
@@ -59,6 +60,7 @@ class Agent:
         # within 300 s of booting, so a 0.0 sentinel silenced every camera fault of the first
         # five minutes of uptime (and failed the test on a freshly booted machine).
         self._last_camera_fault: float | None = None
+        self.siren_tests: SirenTester | None = None
         self.started_mono = time.monotonic()
         self._siren_fault_reported = False
         self._rlog = RateLimitedLog(log, interval_s=10.0)  # repeating failures, one line/10 s
@@ -89,6 +91,8 @@ class Agent:
         self.engine = AlarmEngine(cfg, self.hw.siren, self.outbox, loop=self.loop,
                                   on_recorded=self._on_recorded,
                                   request_snapshot=self._request_snapshot)
+        self.siren_tests = build_tester(cfg.siren.self_test, self.hw.siren, self.hw.pin_factory,
+                                        self.engine.record, self.hw.closers)
         for b in cfg.buttons:
             self.buttons[b.name] = ButtonWatcher(b, self.engine.on_button,
                                                  pin_factory=self.hw.pin_factory)
@@ -110,6 +114,8 @@ class Agent:
             watchdog = ModemWatchdog(self.hw.modem, cfg.modem, self._on_modem_fault)
             self._spawn(watchdog.run(), "modem-watchdog")
         self._spawn(self._systemd_watchdog(), "systemd-watchdog")
+        if self.siren_tests is not None:
+            self._spawn(self.siren_tests.run(), "siren-tests")
         log_event(log, "agent_started", version=__version__, simulate=self.simulate,
                   boot_id=self.outbox.boot_id, buttons=sorted(self.buttons))
 
@@ -349,6 +355,8 @@ class Agent:
             "time": wall,
             "time_quality": quality,
             "siren": self.siren_status(),
+            "siren_tests": ({k: r.payload() for k, r in self.siren_tests.last.items()}
+                            if self.siren_tests is not None else {}),
             "open_incidents": self.engine.status() if self.engine else {},
             "outbox": self.outbox.counts(),
             "storage": self.storage_health(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,18 @@ from edge.sync.wire import Command
 log = logging.getLogger("kentongan.commands")
 
 Result = tuple[bool, str, dict[str, Any]]
+
+#: Sound commands remembered for a targeted ``stop`` (and stopped ids not yet seen), per kind.
+SOUND_MEMORY = 512
+#: Most command ids one targeted ``stop`` may name.
+STOP_IDS_MAX = 64
+
+
+def _remember(book: OrderedDict[str, str], key: str, value: str) -> None:
+    book[key] = value
+    book.move_to_end(key)
+    while len(book) > SOUND_MEMORY:
+        book.popitem(last=False)
 
 
 class NodeCommands:
@@ -40,6 +53,10 @@ class NodeCommands:
         self.buttons = buttons
         self.take_snapshot = take_snapshot
         self.status = status
+        #: command id of a ``sound`` -> the siren activation it started.
+        self._sounded: OrderedDict[str, str] = OrderedDict()
+        #: command ids a targeted ``stop`` named before their ``sound`` arrived (refused then).
+        self._cancelled: OrderedDict[str, str] = OrderedDict()
 
     async def handle(self, cmd: Command) -> Result:
         handler = getattr(self, f"_do_{cmd.action}", None)
@@ -59,6 +76,8 @@ class NodeCommands:
         return ok, detail, data
 
     async def _do_sound(self, cmd: Command, trigger: Trigger) -> Result:
+        if cmd.command_id in self._cancelled:
+            return False, "cancelled", {}
         params = cmd.params
         kind_text = params.get("incident_type")
         try:
@@ -85,12 +104,28 @@ class NodeCommands:
         log_event(log, "siren_activation", trigger_source="command", trigger_detail=trig.detail,
                   activation_id=act.activation_id, pattern=act.pattern,
                   suppressed=act.suppressed, priority=prio_raw)
+        if act.suppressed is None:
+            _remember(self._sounded, cmd.command_id, act.activation_id)
         data = {"activation_id": act.activation_id, "suppressed": act.suppressed}
         return act.suppressed is None, act.suppressed or "sounding", data
 
     async def _do_stop(self, cmd: Command, trigger: Trigger) -> Result:
-        was = self.siren.stop("command", trigger)
-        return True, "stopped" if was else "was not playing", {}
+        """Without params: whatever is playing. With ``command_ids``: only what those ``sound``
+        commands started (a local alarm that took over keeps sounding); an id not yet seen is
+        remembered so that its ``sound``, arriving late, is refused."""
+        ids = cmd.params.get("command_ids")
+        if ids is None:
+            was = self.siren.stop("command", trigger)
+            return True, "stopped" if was else "was not playing", {"stopped": was}
+        if not (isinstance(ids, list) and 0 < len(ids) <= STOP_IDS_MAX
+                and all(isinstance(i, str) and 0 < len(i) <= 64 for i in ids)):
+            return False, f"command_ids must be a list of 1..{STOP_IDS_MAX} command ids", {}
+        activations = frozenset(self._sounded[i] for i in ids if i in self._sounded)
+        for i in ids:
+            if i not in self._sounded:
+                _remember(self._cancelled, i, cmd.command_id)
+        was = bool(activations) and self.siren.stop("command", trigger, activation_ids=activations)
+        return True, "stopped" if was else "was not playing", {"stopped": was}
 
     async def _do_test(self, cmd: Command, trigger: Trigger) -> Result:
         trig = Trigger("test", trigger.detail, IncidentType.TEST.value)

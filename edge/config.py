@@ -94,6 +94,41 @@ class QuietHours(Strict):
         return t >= self.start or t < self.end
 
 
+class SirenSelfTest(Strict):
+    """The siren's own tests (edge/siren_tests.py): a daily silent test reading the relay back,
+    and an audible test on a set day of each month. A test never delays a real alarm."""
+
+    silent_enabled: bool = Field(True, description="Run the silent self-test every day.")
+    silent_at: dtime = Field(dtime(4, 0), description="Local time (HH:MM[:SS]) of the daily silent test.")
+    feedback_pin: GpioPin | None = Field(None, description="GPIO input wired to a feedback contact "
+                                         "of the siren relay (or a current sensor): it must read "
+                                         "what the relay was told. Without it only the output "
+                                         "pin is read back.")
+    feedback_pull_up: bool = Field(False, description="Internal pull-up on the feedback input "
+                                   "(the contact then pulls it low when the relay is closed); "
+                                   "otherwise pull-down, the contact pulls it high.")
+    pulse_ms: int = Field(0, ge=0, le=100, description="With a feedback input: close the relay "
+                          "this long during the silent test (too short to sound) and check the "
+                          "feedback follows; 0 checks the resting state only.")
+    audible_day: int | None = Field(None, ge=1, le=28, description="Day of the month of the "
+                                    "audible test (null: no audible test).")
+    audible_at: dtime = Field(dtime(10, 0), description="Local time (HH:MM[:SS]) of the audible test.")
+    audible_seconds: float = Field(5.0, gt=0, le=30, description="How long the audible test "
+                                   "sounds.")
+    audible_pattern: str = Field("1.1.1", description="Kentongan pattern of the audible test.")
+    retry_minutes: float = Field(10.0, gt=0, le=1440, description="A test put off because the "
+                                 "siren was sounding runs again this many minutes later.")
+
+    @field_validator("audible_pattern")
+    @classmethod
+    def _audible_parses(cls, value: str) -> str:
+        try:
+            parse_pattern(value)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
 class SirenConfig(Strict):
     """The relay-switched siren (the digital kentongan)."""
 
@@ -109,6 +144,8 @@ class SirenConfig(Strict):
     ack_pattern: str = Field("1.1 x1", description="Played when central acknowledges an incident "
                              "(help is coming).")
     test_max_seconds: float = Field(2.0, gt=0, le=30, description="Maximum duration of a test chirp.")
+    self_test: SirenSelfTest = Field(default_factory=SirenSelfTest, description="Daily silent "
+                                     "test and monthly audible test.")
 
     @field_validator("patterns")
     @classmethod
@@ -269,6 +306,12 @@ class NodeConfig(Strict):
     def _cross_checks(self) -> NodeConfig:
         seen_names: dict[str, int] = {}
         pins: dict[int, str] = {self.siren.pin: "siren.pin"}
+        feedback = self.siren.self_test.feedback_pin
+        if feedback is not None:
+            if feedback in pins:
+                raise ValueError(f"siren.self_test.feedback_pin: GPIO {feedback} is already used "
+                                 f"by {pins[feedback]}")
+            pins[feedback] = "siren.self_test.feedback_pin"
         if self.modem.reset_pin is not None:
             if self.modem.reset_pin in pins:
                 raise ValueError(f"modem.reset_pin: GPIO {self.modem.reset_pin} is already used "

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from central_sync.store.audit_tables import AuditTables
     from central_sync.store.desk_tables import DeskTables
     from central_sync.store.registry_tables import RegistryTables
+    from central_sync.store.siren_tables import SirenTables
 
 #: One stored row, column name -> value (JSON columns already decoded).
 Row = dict[str, Any]
@@ -128,6 +129,10 @@ class CommandStore(Protocol):
 
     def record_command_result(self, r: CommandResult, received_at: float) -> None: ...
 
+    def record_command_results(self, results: Sequence[CommandResult], received_at: float) -> None:
+        """Many answers in one transaction."""
+        ...
+
     def list_commands(self, node_id: str | None = None) -> list[Row]: ...
 
 
@@ -148,6 +153,10 @@ class Store(EventStore, SnapshotStore, NodeStore, RejectionStore, CommandStore, 
 
     def audit_tables(self) -> AuditTables:
         """The administrative audit log in this store (``central_sync.audit``)."""
+        ...
+
+    def siren_tables(self) -> SirenTables:
+        """Siren activations central started (``central_sync.siren_control``)."""
         ...
 
     def close(self) -> None: ...

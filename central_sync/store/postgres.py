@@ -37,6 +37,7 @@ from central_sync.store.postgres_schema import ensure_partition, migrate, month_
 from central_sync.store.postgres_support import CHANNEL, is_pg_transient, notify_chunks
 from central_sync.store.registry_tables import RegistryTables
 from central_sync.store.rows import EVENT_SELECT, NODE_ID, NODE_SELECT, SNAPSHOT_META, loads, node_row
+from central_sync.store.siren_tables import SirenTables
 from central_sync.store.sql import PgRunner
 from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
 from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
@@ -66,6 +67,7 @@ class PostgresStore:
         self._desk = DeskTables(runner)
         self._registry = RegistryTables(runner)
         self._audit = AuditTables(runner)
+        self._sirens = SirenTables(runner)
 
     def desk(self) -> DeskTables:
         return self._desk
@@ -75,6 +77,10 @@ class PostgresStore:
 
     def audit_tables(self) -> AuditTables:
         return self._audit
+
+    def siren_tables(self) -> SirenTables:
+        """Siren activations central started (``central_sync.siren_control``)."""
+        return self._sirens
 
     # -- plumbing --------------------------------------------------------------------------------
     @contextmanager
@@ -373,20 +379,28 @@ class PostgresStore:
                  cmd.expires_at, cmd.issuer, issued_by, cmd.sig is not None))
 
     def record_command_result(self, r: CommandResult, received_at: float) -> None:
-        status = "ok" if r.ok else "failed"
-        data = json.dumps(r.data, default=str)
+        self.record_command_results([r], received_at)
+
+    def record_command_results(self, results: Sequence[CommandResult], received_at: float) -> None:
+        """Many answers in ONE transaction (a group's 10,000)."""
+        if not results:
+            return
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE commands SET status = %s, result_ok = %s, result_detail = %s, result_data = %s, "
-                "result_at = %s, result_received_at = %s WHERE command_id = %s AND node_id = %s",
-                (status, r.ok, r.detail, data, r.at, received_at, r.command_id, r.node_id))
-            if cur.rowcount == 0:
-                conn.execute(
-                    "INSERT INTO commands (command_id, node_id, action, params, issued_at, expires_at, issuer, "
-                    "issued_by, signed, status, result_ok, result_detail, result_data, result_at, result_received_at) "
-                    "VALUES (%s, %s, 'unknown', '{}', 0, 0, 'unknown', 'unknown', false, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT DO NOTHING",
-                    (r.command_id, r.node_id, status, r.ok, r.detail, data, r.at, received_at))
+            for r in results:
+                status = "ok" if r.ok else "failed"
+                data = json.dumps(r.data, default=str)
+                cur = conn.execute(
+                    "UPDATE commands SET status = %s, result_ok = %s, result_detail = %s, result_data = %s, "
+                    "result_at = %s, result_received_at = %s WHERE command_id = %s AND node_id = %s",
+                    (status, r.ok, r.detail, data, r.at, received_at, r.command_id, r.node_id))
+                if cur.rowcount == 0:
+                    conn.execute(
+                        "INSERT INTO commands (command_id, node_id, action, params, issued_at, expires_at, issuer, "
+                        "issued_by, signed, status, result_ok, result_detail, result_data, result_at, "
+                        "result_received_at) "
+                        "VALUES (%s, %s, 'unknown', '{}', 0, 0, 'unknown', 'unknown', false, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        (r.command_id, r.node_id, status, r.ok, r.detail, data, r.at, received_at))
 
     def list_commands(self, node_id: str | None = None) -> list[Row]:
         sql = "SELECT * FROM commands"

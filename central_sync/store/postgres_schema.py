@@ -294,6 +294,28 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX incident_log_step ON incident_log(incident_id, step);
     """),
+    ("0008_siren_activations", """
+        CREATE TABLE siren_activations (
+            activation_id text PRIMARY KEY,
+            kind text NOT NULL,
+            scope text NOT NULL,
+            label text NOT NULL,
+            incident_id text,
+            created_by text NOT NULL,
+            created_at double precision NOT NULL,
+            stopped_at double precision,
+            stopped_by text
+        );
+        CREATE INDEX siren_activations_incident ON siren_activations(incident_id);
+        CREATE INDEX siren_activations_created ON siren_activations(created_at);
+        CREATE TABLE siren_commands (
+            command_id text PRIMARY KEY,
+            activation_id text NOT NULL,
+            node_id text NOT NULL,
+            role text NOT NULL
+        );
+        CREATE INDEX siren_commands_activation ON siren_commands(activation_id, role);
+    """),
 ]
 
 

@@ -33,6 +33,7 @@ from central_sync.store.desk_tables import DeskTables
 from central_sync.store.locking import apply_locked
 from central_sync.store.registry_tables import RegistryTables
 from central_sync.store.rows import EVENT_SELECT, NODE_ID, NODE_SELECT, SNAPSHOT_META, event_row, loads, node_row
+from central_sync.store.siren_tables import SirenTables
 from central_sync.store.sql import SqliteRunner
 from central_sync.store.sqlite_desk_schema import desk_migrations
 from central_sync.store.sqlite_registry_schema import MIGRATIONS as registry_migrations
@@ -66,6 +67,7 @@ class CentralStore:
             self._desk = DeskTables(runner)
             self._registry = RegistryTables(runner)
             self._audit = AuditTables(runner)
+            self._sirens = SirenTables(runner)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open central database {self.path}: {exc}") from exc
         self._closed = False
@@ -127,6 +129,10 @@ class CentralStore:
     def audit_tables(self) -> AuditTables:
         """The administrative audit log in this file."""
         return self._audit
+
+    def siren_tables(self) -> SirenTables:
+        """Siren activations central started (``central_sync.siren_control``)."""
+        return self._sirens
 
     def change_feed(self) -> ChangeFeed:
         """Polls this file for commits of any process (see ``sqlite_feed.SqliteChangeFeed``)."""
@@ -393,22 +399,29 @@ class CentralStore:
 
     def record_command_result(self, r: CommandResult, received_at: float) -> None:
         """Attach a node's answer to its command (status 'ok' or 'failed'); unknown ids are kept too."""
+        self.record_command_results([r], received_at)
+
+    def record_command_results(self, results: Sequence[CommandResult], received_at: float) -> None:
+        """``record_command_result`` for many answers in ONE transaction (a group's 10,000)."""
+        if not results:
+            return
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE commands SET status = ?, result_ok = ?, result_detail = ?, result_data = ?, result_at = ?, "
-                "result_received_at = ? WHERE command_id = ? AND node_id = ?",
-                ("ok" if r.ok else "failed", int(r.ok), r.detail, json.dumps(r.data, default=str), r.at,
-                 received_at, r.command_id, r.node_id),
-            )
-            if cur.rowcount == 0:
-                conn.execute(
-                    "INSERT OR IGNORE INTO commands (command_id, node_id, action, params, issued_at, expires_at, "
-                    "issuer, issued_by, signed, status, result_ok, result_detail, result_data, result_at, "
-                    "result_received_at) VALUES (?, ?, 'unknown', '{}', 0, 0, 'unknown', 'unknown', 0, ?, ?, ?, ?, "
-                    "?, ?)",
-                    (r.command_id, r.node_id, "ok" if r.ok else "failed", int(r.ok), r.detail,
-                     json.dumps(r.data, default=str), r.at, received_at),
+            for r in results:
+                cur = conn.execute(
+                    "UPDATE commands SET status = ?, result_ok = ?, result_detail = ?, result_data = ?, result_at = ?, "
+                    "result_received_at = ? WHERE command_id = ? AND node_id = ?",
+                    ("ok" if r.ok else "failed", int(r.ok), r.detail, json.dumps(r.data, default=str), r.at,
+                     received_at, r.command_id, r.node_id),
                 )
+                if cur.rowcount == 0:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO commands (command_id, node_id, action, params, issued_at, expires_at, "
+                        "issuer, issued_by, signed, status, result_ok, result_detail, result_data, result_at, "
+                        "result_received_at) VALUES (?, ?, 'unknown', '{}', 0, 0, 'unknown', 'unknown', 0, ?, ?, ?, ?, "
+                        "?, ?)",
+                        (r.command_id, r.node_id, "ok" if r.ok else "failed", int(r.ok), r.detail,
+                         json.dumps(r.data, default=str), r.at, received_at),
+                    )
 
     def list_commands(self, node_id: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM commands"

@@ -186,3 +186,32 @@ def m005_supervision(db: Database) -> None:
         CREATE INDEX IF NOT EXISTS incident_log_step ON incident_log(incident_id, step);
         """
     )
+
+
+@desk_migrations()
+def m006_siren_activations(db: Database) -> None:
+    """Siren activations central started and the commands of each (``siren_tables.py``)."""
+    db.executescript(
+        """
+        CREATE TABLE siren_activations (
+            activation_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            label TEXT NOT NULL,
+            incident_id TEXT,
+            created_by TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            stopped_at REAL,
+            stopped_by TEXT
+        );
+        CREATE INDEX siren_activations_incident ON siren_activations(incident_id);
+        CREATE INDEX siren_activations_created ON siren_activations(created_at);
+        CREATE TABLE siren_commands (
+            command_id TEXT PRIMARY KEY,
+            activation_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            role TEXT NOT NULL
+        );
+        CREATE INDEX siren_commands_activation ON siren_commands(activation_id, role);
+        """
+    )

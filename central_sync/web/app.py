@@ -31,6 +31,7 @@ from central_sync.web import (
     routes_map,
     routes_ops,
     routes_pages,
+    routes_sirens,
     routes_supervision,
 )
 from central_sync.web.context import HERE, ConfigSource, WebContext, build_context
@@ -92,6 +93,7 @@ def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
     app.state.metrics = registry_for(ctx)
     i18n.install(ctx.templates.env)
     present.install(ctx.templates.env, ctx.settings, app.state.places)
+    routes_sirens.install(ctx.templates.env)
     app.add_middleware(i18n.LanguageMiddleware, default=ctx.settings.language,
                        secure=ctx.settings.cookie_secure)
     app.include_router(routes_auth.router)
@@ -103,6 +105,7 @@ def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
     app.include_router(routes_supervision.router)
     app.include_router(routes_pages.router)
     routes_supervision.install(ctx.templates.env, ctx.desk)
+    app.include_router(routes_sirens.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.middleware("http")

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from central_sync.escalation import Escalator
 from central_sync.incidents import Change, Incident, IncidentBook, State, event_payload
 from central_sync.routing import Router, make_command
+from central_sync.siren_control import BatchSender, SirenControl
 from central_sync.store import ChangeFeed, ChangeMark, Changes, Store
 from central_sync.supervision import Supervisor
 from central_sync.web.auth import Principal
@@ -59,6 +60,9 @@ class Desk:
         self.escalator = Escalator(self.tables, self.book, settings.escalation)
         self.posts = PostTable(self.supervisor.status_of)
         self.posts.load(store.list_nodes())
+        self.sirens = SirenControl(store.siren_tables(),
+                                   commands if isinstance(commands, BatchSender) else None,
+                                   ttl_s=settings.command_ttl_s)
         self.router = Router(warning_types=settings.rw_warning_types,
                              rw_patterns=settings.rw_warning_patterns,
                              ttl_s=settings.command_ttl_s)
@@ -179,7 +183,13 @@ class Desk:
                           node_id=incident.node_id, type=incident.type,
                           priority=incident.priority)
                 if route:
-                    for cmd in self.router.rw_warnings(incident, self._rw_posts(incident.node_id)):
+                    warnings = self.router.rw_warnings(incident, self._rw_posts(incident.node_id))
+                    try:  # remembered before they go out, so a resolve can stop them
+                        self.sirens.record_incident_warnings(incident, warnings)
+                    except Exception as exc:
+                        log_event(log, "warnings_not_recorded", logging.ERROR,
+                                  incident_id=incident.incident_id, error=str(exc)[:200])
+                    for cmd in warnings:
                         self.spawn(self._send(cmd, "central:routing"))
         if changes:
             self.publish_changes()
@@ -248,9 +258,19 @@ class Desk:
         incident = self.book.step(incident_id, to, who.user.name, note)
         self.publish_changes()
         out: dict[str, Any] = {"incident": incident.as_dict(), "warning": None, "command": None}
+        out["sirens"] = await self._stop_sirens(incident_id, who.user.name)
         if to is State.FALSE_ALARM:
             out.update(await self._false_alarm_check(who, incident))
         return out
+
+    async def _stop_sirens(self, incident_id: str, by: str) -> dict[str, Any]:
+        """Stop the sirens central started for the incident (never fails the lifecycle step)."""
+        try:
+            return await self.sirens.stop_incident(incident_id, by)
+        except Exception as exc:
+            log_event(log, "sirens_not_stopped", logging.ERROR, incident_id=incident_id,
+                      error=str(exc)[:200])
+            return {"error": str(exc)[:200]}
 
     async def _false_alarm_check(self, who: Principal, incident: Incident) -> dict[str, Any]:
         s = self.settings
@@ -320,6 +340,7 @@ class Desk:
                 for r in rows if r.get("event_id") in wanted]
 
     async def aclose(self) -> None:
+        await self.sirens.aclose()
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(BaseException):

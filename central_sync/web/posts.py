@@ -72,6 +72,8 @@ def post_rows(ctx: WebContext, who: Principal,
               rollout: RolloutOverview | None = None) -> list[dict[str, Any]]:
     # The technician's `kentongan-edge selftest` is recorded as a SELFTEST event on the post.
     tests = ctx.store.last_event_times("SELFTEST")
+    # The post's own siren tests (edge.siren_tests): a pass is SIREN_TEST, a failure SIREN_FAULT.
+    siren_passed, siren_faults = ctx.store.last_event_times("SIREN_TEST"), ctx.store.last_event_times("SIREN_FAULT")
     rows = []
     for node_id, n in ctx.desk.nodes().items():
         if not can_see_node(who.user, n):
@@ -84,6 +86,7 @@ def post_rows(ctx: WebContext, who: Principal,
             "backlog": n.get("backlog"), "siren": _jsonish(n.get("siren")),
             "time_quality": n.get("time_quality"), "status": n.get("status"),
             "last_self_test": n.get("last_self_test") or tests.get(node_id),
+            "siren_test_pass": siren_passed.get(node_id), "siren_fault": siren_faults.get(node_id),
             "version": n.get("version"),
             # not "update": Jinja would find the dict method first
             "update_state": _update_state(rollout, node_id, n.get("version")),

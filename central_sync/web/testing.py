@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,14 @@ class RecordingSender:
         if self.fail:
             raise ConnectionError("broker down")
         self.sent.append((cmd, issued_by))
+
+    async def send_commands(self, cmds: Sequence[Command], *,
+                            record: Callable[[list[Command]], None]) -> list[Command]:
+        if self.fail:
+            raise ConnectionError("broker down")
+        record(list(cmds))
+        self.sent.extend((c, "batch") for c in cmds)
+        return list(cmds)
 
     def actions(self, action: str | None = None) -> list[Command]:
         return [c for c, _ in self.sent if action is None or c.action == action]

@@ -227,17 +227,40 @@ class SirenPlayer:
         self._emit(events)
         return activation
 
-    def stop(self, reason: str, trigger: Trigger | None = None) -> bool:
-        """Turn the siren off now; True if something was playing."""
+    def stop(self, reason: str, trigger: Trigger | None = None, *,
+             activation_ids: frozenset[str] | None = None) -> bool:
+        """Turn the siren off now; True if something was stopped. With ``activation_ids`` only
+        an activation among them is stopped (checked under the lock: a local alarm that has
+        pre-empted it keeps sounding)."""
         with self._cond:
             job = self._job
             if job is None:
+                return False
+            if activation_ids is not None and job.activation.activation_id not in activation_ids:
                 return False
             event = self._end(job, SirenEventKind.STOPPED, reason, time.monotonic(),
                               stopped_by=trigger)
             self._cond.notify()
         self._emit([event])
         return True
+
+    def pulse(self, seconds: float, probe: Callable[[], bool]) -> bool | None:
+        """Silent self-test: close the relay for ``seconds`` (too short to sound) and return what
+        ``probe`` (a feedback input) read meanwhile; None if the siren was sounding. A ``play()``
+        during the pulse takes the relay over at once and the pulse leaves it alone. Blocking:
+        call from a worker thread."""
+        with self._cond:
+            if self._job is not None or self._closed:
+                return None
+            self._set_relay(True)
+        try:
+            time.sleep(seconds / 2)
+            return bool(probe())
+        finally:
+            time.sleep(seconds / 2)
+            with self._cond:
+                if self._job is None and not self._closed:
+                    self._set_relay(False)
 
     def state(self) -> SirenState:
         """Current state, with the relay value read back from the device."""
