@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from central_sync.broker import LocalMosquitto, free_port
 from central_sync.config import CentralConfig, parse_central_config
 from central_sync.ingest import IngestService
+from central_sync.registry import Registry
 from central_sync.store import CentralStore
 from central_sync.users import UserStore
 from central_sync.web.app import serve
@@ -81,7 +83,9 @@ class Posts:
         self.thread.start()
         self.agents: dict[str, Agent] = {}
 
-    def start(self, cfg: NodeConfig) -> Agent:
+    def start(self, cfg: NodeConfig, central: Central) -> Agent:
+        """Enrol the post at ``central`` (its place is the registry's) and start its agent."""
+        central.enrol(cfg)
         agent = Agent(cfg, simulate=True)
         asyncio.run_coroutine_threadsafe(agent.start(), self.loop).result(60)
         self.agents[cfg.node.node_id] = agent
@@ -126,6 +130,17 @@ class Central:
         self.base = f"http://127.0.0.1:{self.web_port}"
         wait_for(self._web_up, 60, "central's web app")
         wait_for(self.ingest.connected.is_set, 60, "central connected to the broker")
+
+    def enrol(self, cfg: NodeConfig) -> None:
+        """What ``kentongan-central enrol`` records (without the certificate): the post's key and
+        its place, which central uses for routing and the desk."""
+        key = serialization.load_pem_private_key(cfg.security.node_signing_key_file.read_bytes(), None)
+        assert isinstance(key, Ed25519PrivateKey)
+        Registry(self.store.registry_tables()).add(
+            node_id=cfg.node.node_id, signing_public_key=public_key_pem(key),
+            kelurahan_code=cfg.node.kelurahan_code, rw=cfg.node.rw, rt=cfg.node.rt,
+            display_name=cfg.node.display_name, cert_serial=uuid.uuid4().hex,
+            cert_not_after=time.time() + 86400, replace=True)
 
     def _web_up(self) -> bool:
         try:

@@ -27,7 +27,7 @@ def world(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[tuple[Central, 
     posts = Posts()
     try:
         for node_id, rw, rt in (("pos-asal", 5, 3), ("pos-tetangga", 5, 4), ("pos-jauh", 6, 1)):
-            posts.start(post_config(tmp_path / node_id, mosquitto.port, node_id, rw, rt, keys))
+            posts.start(post_config(tmp_path / node_id, mosquitto.port, node_id, rw, rt, keys), central)
         http, _h = central.login("op")
         wait_for(lambda: {n["node_id"] for n in http.get("/api/nodes").json() if n.get("rw")}
                  >= {"pos-asal", "pos-tetangga", "pos-jauh"}, 60, "three posts known at central")
@@ -128,9 +128,9 @@ def test_siren_self_tests_reach_the_post_page(tmp_path: Path, mosquitto: LocalMo
             return (datetime.now() + timedelta(seconds=8)).time().replace(microsecond=0).isoformat()
 
         posts.start(post_config(tmp_path / "baik", mosquitto.port, "pos-baik", 7, 1, keys,
-                                self_test={"silent_at": soon()}))
+                                self_test={"silent_at": soon()}), central)
         posts.start(post_config(tmp_path / "rusak", mosquitto.port, "pos-rusak", 7, 2, keys,
-                                self_test={"silent_at": soon(), "feedback_pin": 22, "pulse_ms": 20}))
+                                self_test={"silent_at": soon(), "feedback_pin": 22, "pulse_ms": 20}), central)
         passed = wait_for(lambda: central.store.last_event_times("SIREN_TEST").get("pos-baik"), 60,
                           "the good post's SIREN_TEST at central")
         faults = wait_for(lambda: (f := central.store.last_event_times("SIREN_FAULT")).get("pos-rusak") and f,

@@ -31,7 +31,7 @@ def world(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[tuple[Central, 
     posts = Posts()
     try:
         for node_id, rw, rt in (("pos-mawar", 5, 3), ("pos-melati", 5, 4), ("pos-kenanga", 6, 1)):
-            posts.start(post_config(tmp_path / node_id, mosquitto.port, node_id, rw, rt, keys))
+            posts.start(post_config(tmp_path / node_id, mosquitto.port, node_id, rw, rt, keys), central)
         http, _h = central.login("op")
         wait_for(lambda: len([n for n in http.get("/api/nodes").json() if n.get("rw")]) == 3, 60,
                  "three posts known at central")
