@@ -67,6 +67,7 @@ class SimSpec:
     start_now: bool = False
     payload_bytes: int = 40
     drain_s: float = 30.0  # after the stop: keep collecting Acks (and resending) this long
+    p1_channel: bool = True  # P1s first on {prefix}/up/<node>/event/p1, then on event (as a post does)
 
 
 @dataclass
@@ -173,9 +174,14 @@ class Post:
 
     def publish(self, event_id: str, body: bytes, prio: int, now: float) -> None:
         self.unacked[event_id] = (now, now, body, prio)
-        self.client.publish(self.topics.up(self.node, "event"), body, qos=1)
+        self._send(body, prio)
         self.sim.result.offered += 1
         self.sim.result.sent_msgs += 1
+
+    def _send(self, body: bytes, prio: int) -> None:
+        if prio == 1 and self.spec.p1_channel:
+            self.client.publish(self.topics.up(self.node, "event/p1"), body, qos=1)
+        self.client.publish(self.topics.up(self.node, "event"), body, qos=1)
 
     def pump(self, now: float) -> None:
         """Urgent first, then backlog batches within the window; resends; heartbeat."""
@@ -204,7 +210,7 @@ class Post:
         due = [(i, e) for i, e in self.unacked.items() if now - e[1] > self.backoff]
         for event_id, (first, _last, body, prio) in due[: self.spec.window]:
             self.unacked[event_id] = (first, now, body, prio)
-            self.client.publish(self.topics.up(self.node, "event"), body, qos=1)
+            self._send(body, prio)
             self.sim.result.resent += 1
         if due:
             self.backoff = min(self.backoff * 2, self.spec.ack_timeout * 8) * random.uniform(0.8, 1.2)

@@ -50,6 +50,7 @@ from central_sync.ingest_commit import (
     as_batch_verifier,
 )
 from central_sync.ingest_decode import decode_events, payload_suspect, unstorable
+from central_sync.ingest_p1 import P1Lane
 from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import (
     Backoff,
@@ -70,6 +71,7 @@ from edge.errors import SecurityError, WireError
 from edge.logs import log_event
 from edge.sync.transport import raise_if_cancelling
 from edge.sync.wire import (
+    EVENT_CHANNELS,
     Command,
     CommandResult,
     EventEnvelope,
@@ -116,7 +118,8 @@ class IngestService:
             cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"shared_group": shared_group})})
         self.cfg = cfg
         self.store = store
-        self.writer = BatchWriter(store, as_batch_verifier(verify_event), on_events)
+        verifier = as_batch_verifier(verify_event)
+        self.writer = BatchWriter(store, verifier, on_events)
         self.sign_command = sign_command
         self.topics = Topics(cfg.topic_prefix)
         self.stats = IngestStats()
@@ -138,6 +141,9 @@ class IngestService:
         self._room.set()
         self._gates: set[ReadGate] = set()
         self._commit_lock = asyncio.Lock()
+        #: The P1 channel's own connection, queue and commits (``central_sync.ingest_p1``).
+        self.p1 = (P1Lane(cfg, BatchWriter(store, verifier, on_events), self.stats, self.rejections, self._count_drop)
+                   if cfg.ingest.p1_lane else None)
 
     @property
     def on_events(self) -> Callable[[list[dict[str, Any]]], None] | None:
@@ -147,6 +153,8 @@ class IngestService:
     @on_events.setter
     def on_events(self, fn: Callable[[list[dict[str, Any]]], None] | None) -> None:
         self.writer.on_events = fn
+        if self.p1 is not None:
+            self.p1.writer.on_events = fn
 
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -154,7 +162,8 @@ class IngestService:
         helpers = [asyncio.create_task(self._batcher(), name="ingest-batcher"),
                    asyncio.create_task(self._rejection_flusher(), name="ingest-rejections")]
         try:
-            await asyncio.gather(*(self._connection_loop(cid) for cid in worker_client_ids(self.cfg)))
+            await asyncio.gather(*(self._connection_loop(cid) for cid in worker_client_ids(self.cfg)),
+                                 *([self.p1.run()] if self.p1 is not None else []))
         finally:
             for task in helpers:
                 task.cancel()
@@ -255,7 +264,7 @@ class IngestService:
         direction, _node, channel = self.topics.parse(topic)
         if direction != "up":
             raise WireError("wrong_topic", f"not an uplink topic: {topic[:120]}")
-        if channel == "event":
+        if channel in EVENT_CHANNELS:
             self._handle_events(topic, payload, delivery)
             return
         node_id, msg = decode_on_topic(self.topics, topic, payload)

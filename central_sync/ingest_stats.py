@@ -31,6 +31,9 @@ class IngestStats:
     buffer_peak: int = 0  # most received messages ever waiting to be decoded
     floods: int = 0  # intervals in which one node sent flood_threshold or more rejected messages
     flooding: dict[str, float] = field(default_factory=dict)  # node -> last flagged (epoch s)
+    p1_received: int = 0  # messages on the P1 lane (central_sync.ingest_p1); also in ``received``
+    p1_batches: int = 0  # commits of the P1 lane (also in ``batches``)
+    p1_committed: int = 0  # envelopes the P1 lane stored or found duplicate (also in inserted/duplicates)
 
     def rejected_total(self) -> int:
         return sum(self.rejected.values())

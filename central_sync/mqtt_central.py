@@ -283,11 +283,12 @@ async def next_messages(client: aiomqtt.Client, buffer: MessageBuffer, limit: in
     return [first, *buffer.take(limit - 1)]
 
 
-def make_client(cfg: CentralConfig, client_id: str,
-                on_drop: Callable[[], None] | None = None) -> tuple[aiomqtt.Client, MessageBuffer]:
+def make_client(cfg: CentralConfig, client_id: str, on_drop: Callable[[], None] | None = None, *,
+                announce: bool = True) -> tuple[aiomqtt.Client, MessageBuffer]:
     """An aiomqtt client for a persistent MQTT 5 session under ``client_id`` (not yet connected),
-    with manual PUBACKs (``central_sync.acks``), central's retained-state last will, and its
-    incoming message buffer."""
+    with manual PUBACKs (``central_sync.acks``), central's retained-state last will (unless
+    ``announce`` is False: the P1 lane's connection is no central presence), and its incoming
+    message buffer."""
     buffers: list[MessageBuffer] = []
 
     def queue_factory(maxsize: int = 0) -> MessageBuffer:
@@ -298,7 +299,7 @@ def make_client(cfg: CentralConfig, client_id: str,
         return buffer
 
     # Every central connection registers its retained "offline" presence as its last will.
-    spec = connect_spec(cfg, client_id, will=central_state_will(cfg, client_id))
+    spec = connect_spec(cfg, client_id, will=central_state_will(cfg, client_id) if announce else None)
     client = transport.make_client(
         spec,
         logger=MQTT_LOGGER,

@@ -15,6 +15,13 @@ Batching: the events of one claim are published as ``event_batch`` messages of u
 claims P1 events only, so an alarm leaves in its own small message. Each envelope keeps its own
 signature and is acked or rejected on its own.
 
+P1 channel: with ``p1_topic`` set, the P1 events of every claim are published FIRST on
+``{prefix}/up/{node}/event/p1`` (central's priority lane: its own connection, queue and commits,
+so an alarm is not queued behind other posts' backlogs at the broker or at central) and then,
+with the rest of the claim, on the normal ``event`` topic as before. The second copy is what an
+older central (which does not consume the P1 channel) acknowledges; a newer one finds it a
+duplicate by ``event_id`` and acknowledges it again. One window slot either way.
+
 Central presence (``edge.sync.presence``): while no central is online the lane is idle: nothing is
 claimed, published or timed out. The moment one comes online everything still in flight goes back
 to ``ready`` and is resent at once (with the backlog behind it), so a PANIC published before
@@ -93,6 +100,7 @@ class UplinkStats:
     reconnects: int = 0
     ack_timeouts: int = 0  # rounds of ack timeouts (each releases every overdue event)
     central_resends: int = 0  # events resent at once because central came online
+    p1_messages: int = 0  # messages published on the P1 channel (their events also go on ``event``)
     last_connect_mono: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -130,11 +138,12 @@ class EventUplink:
     def __init__(self, outbox: Outbox, clock: Clock, *, node_id: str, topic: str, window: int,
                  ack_timeout_s: float, sign_event: Callable[[EventEnvelope], EventEnvelope] | None,
                  stats: UplinkStats, p1_reserve: int | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, p1_topic: str | None = None) -> None:
         self.outbox = outbox
         self.clock = clock
         self.node_id = node_id
         self.topic = topic
+        self.p1_topic = p1_topic
         self.window = window
         self.p1_reserve = p1_reserve if p1_reserve is not None else min(20, max(1, window // 10))
         if self.p1_reserve >= window:
@@ -265,6 +274,8 @@ class EventUplink:
             events = await self._claim()
             for ev in events:
                 self.inflight[ev.event_id] = time.monotonic()
+            if self.p1_topic is not None:
+                self._publish_p1(pub, self.p1_topic, events)
             start = 0
             while start < len(events):
                 body, count = self._next_message(events, start)
@@ -278,6 +289,16 @@ class EventUplink:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.01, next_tick - time.monotonic()))
+
+    def _publish_p1(self, pub: Publisher, topic: str, events: list[StoredEvent]) -> None:
+        """The P1 events of a claim on the P1 channel (before the whole claim goes on ``event``)."""
+        urgent = [ev for ev in events if ev.priority == 1]
+        start = 0
+        while start < len(urgent):
+            body, count = self._next_message(urgent, start)
+            pub.publish_nowait(topic, body)
+            start += count
+            self.stats.p1_messages += 1
 
     def _body(self, ev: StoredEvent, anchor: float | None) -> bytes:
         if self.sign_event is not None:
