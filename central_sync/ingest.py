@@ -88,6 +88,8 @@ log = logging.getLogger("central_sync.ingest")
 _PERMANENT_WIRE_REASONS = frozenset({"bad_field"})
 #: Messages taken from the client's buffer per wake-up.
 _READ_BURST = 1000
+#: Longest stretch of decoding before other tasks (the P1 lane, the batcher) get the loop.
+_DECODE_SLICE_S = 0.02
 
 
 class IngestService:
@@ -214,10 +216,14 @@ class IngestService:
         self._gates.add(gate)
         try:
             while True:
+                until = time.monotonic() + _DECODE_SLICE_S
                 for message in await next_messages(client, buffer, _READ_BURST):
                     payload = message.payload
                     body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
                     self.handle(message.topic.value, bytes(body), Delivery(link, message.mid, message.qos))
+                    if time.monotonic() >= until:  # a burst of big batches: let an alarm through
+                        await asyncio.sleep(0)
+                        until = time.monotonic() + _DECODE_SLICE_S
                 if not self._room.is_set():
                     await self._room.wait()  # backpressure: the gate stopped reading the socket
                 gate.poke()

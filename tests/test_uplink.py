@@ -171,3 +171,24 @@ def test_backlog_is_sent_in_batches_and_a_p1_alone(mosquitto: LocalMosquitto, ou
             assert len(acker.unique_ids()) == 1001
     finally:
         acker.close()
+
+
+def test_p1_goes_first_on_the_p1_channel_then_on_event(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
+    """A P1 leaves on ``up/<node>/event/p1`` before its copy on ``event``; a central without the
+    P1 lane (this acker ignores ``event/p1``) still acknowledges the copy. Backlog stays off the lane."""
+    outbox.record_many([EventDraft("PATROLI", 4, {"i": i}) for i in range(300)])
+    acker = PahoAcker(mosquitto.port)
+    try:
+        svc = _service(mosquitto.port, outbox)
+        with running_service(svc):
+            wait_until(lambda: outbox.counts()["acked"] == 300, 60, what="backlog acked")
+            p1 = outbox.record(EventDraft("PANIC", 1, {"button": "utama"}))
+            wait_until(lambda: outbox.counts()["acked"] == 301, 30, what="P1 acked through the event copy")
+            with acker.lock:
+                arrivals = list(acker.arrivals)
+            lane = [i for ch, i in arrivals if ch == "event/p1"]
+            assert lane == [p1.event_id]  # only the alarm used the lane, once
+            assert arrivals.index(("event/p1", p1.event_id)) < arrivals.index(("event", p1.event_id))
+            assert svc.stats.p1_messages == 1
+    finally:
+        acker.close()
