@@ -68,6 +68,7 @@ class SimSpec:
     payload_bytes: int = 40
     drain_s: float = 30.0  # after the stop: keep collecting Acks (and resending) this long
     p1_channel: bool = True  # P1s first on {prefix}/up/<node>/event/p1, then on event (as a post does)
+    adaptive_timeout: bool = True  # ack timeout grows with the measured publish->Ack time (as a post's)
 
 
 @dataclass
@@ -100,9 +101,11 @@ class Post:
         "next_hb",
         "node",
         "prefix_bytes",
+        "rttvar",
         "seq",
         "sim",
         "spec",
+        "srtt",
         "topics",
         "unacked",
         "urgent",
@@ -120,6 +123,8 @@ class Post:
         self.prefix_bytes = batch_prefix(node)
         self.next_hb = 0.0
         self.backoff = spec.ack_timeout
+        self.srtt: float | None = None
+        self.rttvar = 0.0
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sim-{node}", protocol=paho.MQTTv5)
         c.max_inflight_messages_set(65535)
         c.on_message = self._on_message
@@ -153,6 +158,7 @@ class Post:
         now = time.monotonic()
         data = json.loads(msg.payload)
         res = self.sim.result
+        oldest = now
         for kind, ids in (("ok", data.get("event_ids", ())),
                           ("rej", [r["event_id"] for r in data.get("rejected", ())])):
             for event_id in ids:
@@ -160,6 +166,7 @@ class Post:
                 if entry is None:
                     res.duplicate_acks += 1
                     continue
+                oldest = min(oldest, entry[1])
                 if kind == "ok":
                     res.acked += 1
                 else:
@@ -168,7 +175,14 @@ class Post:
                     res.latencies.append(now - entry[0])
                     if entry[3] == 1:
                         res.p1_latencies.append(now - entry[0])
-        self.backoff = self.spec.ack_timeout  # progress: back to the base ack timeout
+        if oldest < now:  # the post's adaptive ack timeout (edge/sync/uplink.py: RFC 6298 style)
+            sample = now - oldest
+            if self.srtt is None:
+                self.srtt, self.rttvar = sample, sample / 2
+            else:
+                self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
+                self.srtt = 0.875 * self.srtt + 0.125 * sample
+        self.backoff = self.base_timeout()  # progress: back to the base ack timeout
         if self.backlog:
             self.sim.active.add(self)
 
@@ -204,6 +218,11 @@ class Post:
         if not self.backlog or len(self.unacked) >= self.spec.window:
             self.sim.active.discard(self)
 
+    def base_timeout(self) -> float:
+        if self.srtt is None or not self.spec.adaptive_timeout:
+            return self.spec.ack_timeout
+        return min(max(self.spec.ack_timeout, self.srtt + 4 * self.rttvar), self.spec.ack_timeout * 16)
+
     def resend(self, now: float) -> None:
         """Resend what has no Ack after the ack timeout; without progress the timeout doubles
         (with jitter, up to 8x), as a real post backs off."""
@@ -213,7 +232,7 @@ class Post:
             self._send(body, prio)
             self.sim.result.resent += 1
         if due:
-            self.backoff = min(self.backoff * 2, self.spec.ack_timeout * 8) * random.uniform(0.8, 1.2)
+            self.backoff = min(self.backoff * 2, self.base_timeout() * 8) * random.uniform(0.8, 1.2)
 
     def heartbeat(self) -> None:
         hb = Heartbeat(node_id=self.node, boot_id=self.boot, at=time.time(), version="bench",

@@ -192,3 +192,30 @@ def test_p1_goes_first_on_the_p1_channel_then_on_event(mosquitto: LocalMosquitto
             assert svc.stats.p1_messages == 1
     finally:
         acker.close()
+
+
+def test_ack_timeout_adapts_to_slow_acks_and_back(outbox: Outbox) -> None:
+    """When Acks come minutes after publishing (a fleet's backlog queued at the broker), the ack
+    timeout grows with the measured publish->Ack time instead of resending what is only queued;
+    it never drops below the configured one and is capped."""
+    import time as _time
+
+    from edge.sync.uplink import MAX_ADAPTIVE_FACTOR, EventUplink, UplinkStats
+    from edge.sync.wire import Ack
+
+    up = EventUplink(outbox, outbox.clock, node_id=NODE, topic="t", window=100, ack_timeout_s=10.0,
+                     sign_event=None, stats=UplinkStats())
+    assert 10.0 <= up.current_timeout_s <= 12.5
+    up.jitter = 0.0
+    for n in range(5):  # Acks arriving 60 s after the publish
+        up.inflight[f"e{n}"] = _time.monotonic() - 60.0
+        up.on_ack(Ack(node_id=NODE, event_ids=[f"e{n}"], central_time=0.0))
+    assert 60.0 < up.current_timeout_s <= 10.0 * MAX_ADAPTIVE_FACTOR
+    for n in range(5):  # a 1-hour Ack: capped
+        up.inflight[f"h{n}"] = _time.monotonic() - 3600.0
+        up.on_ack(Ack(node_id=NODE, event_ids=[f"h{n}"], central_time=0.0))
+    assert up.current_timeout_s == 10.0 * MAX_ADAPTIVE_FACTOR
+    for n in range(60):  # central is quick again: back to the configured timeout
+        up.inflight[f"q{n}"] = _time.monotonic() - 0.01
+        up.on_ack(Ack(node_id=NODE, event_ids=[f"q{n}"], central_time=0.0))
+    assert up.current_timeout_s == 10.0
