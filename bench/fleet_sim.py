@@ -93,6 +93,7 @@ class SimResult:
 
 class Post:
     __slots__ = (
+        "acked_sent",
         "backlog",
         "backoff",
         "boot",
@@ -125,6 +126,7 @@ class Post:
         self.backoff = spec.ack_timeout
         self.srtt: float | None = None
         self.rttvar = 0.0
+        self.acked_sent = float("-inf")  # latest send time of an acked non-P1 event (loss evidence)
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sim-{node}", protocol=paho.MQTTv5)
         c.max_inflight_messages_set(65535)
         c.on_message = self._on_message
@@ -167,6 +169,8 @@ class Post:
                     res.duplicate_acks += 1
                     continue
                 oldest = min(oldest, entry[1])
+                if entry[3] != 1:
+                    self.acked_sent = max(self.acked_sent, entry[1])
                 if kind == "ok":
                     res.acked += 1
                 else:
@@ -227,6 +231,9 @@ class Post:
         """Resend what has no Ack after the ack timeout; without progress the timeout doubles
         (with jitter, up to 8x), as a real post backs off."""
         due = [(i, e) for i, e in self.unacked.items() if now - e[1] > self.backoff]
+        if self.spec.adaptive_timeout and due:  # as a post: resend what was overtaken, else probe
+            lost = [(i, e) for i, e in due if e[1] < self.acked_sent]
+            due = lost or sorted(due, key=lambda d: d[1][1])[:20]
         for event_id, (first, _last, body, prio) in due[: self.spec.window]:
             self.unacked[event_id] = (first, now, body, prio)
             self._send(body, prio)

@@ -34,7 +34,12 @@ central acknowledges every post's events minutes after they were published, and 
 still waits in the broker's queue only multiplies the queue (measured: 1.5 million resends for
 a million events). After a round of timeouts the next limit is the base times ``2**n`` (``n``
 capped by ``MAX_TIMEOUT_DOUBLINGS``) times a random factor in [1, 1 + ``TIMEOUT_JITTER``]; any
-ack resets ``n``. One check runs per ``TICK_S`` (one timer for the whole window).
+ack resets ``n``. One check runs per ``TICK_S`` (one timer for the whole window). What an
+overdue round resends: the overdue events published BEFORE an event central has since
+acknowledged (evidence they were lost: the broker and central keep a post's order); with no
+such evidence (no Ack at all since: central slow, absent or everything lost) only the oldest
+``PROBE_EVENTS`` go again as a probe, and their Ack is then the evidence for the rest. P1 Acks
+(they overtake everything on their own channel) are no evidence.
 
 Snapshots have their own lane (:class:`SnapshotUplink`) with a byte budget (token bucket), so they
 never delay events.
@@ -86,6 +91,8 @@ TIMEOUT_JITTER = 0.25
 RTT_ALPHA, RTT_BETA, RTT_K = 0.125, 0.25, 4.0
 #: The adaptive base timeout is at most this many times ``ack_timeout_s``.
 MAX_ADAPTIVE_FACTOR = 16.0
+#: Overdue events resent in a round without evidence of loss (see the module doc).
+PROBE_EVENTS = 20
 
 
 class Publisher(Protocol):
@@ -176,6 +183,8 @@ class EventUplink:
         self.jitter = TIMEOUT_JITTER
         self.timeout_doublings = 0
         self.srtt: float | None = None  # smoothed publish->Ack time (s)
+        self._p1_ids: set[str] = set()  # P1 events in flight
+        self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
         self.rttvar = 0.0
         self.current_timeout_s = self._timeout_for(0)
 
@@ -228,7 +237,16 @@ class EventUplink:
                       event_id=r.event_id, reason=r.reason)
             self._spawn(self._mark_rejected(r.event_id, r.reason))
         now = time.monotonic()
-        sent = [t for t in (self.inflight.pop(i, None) for i in ids) if t is not None]
+        sent: list[float] = []
+        for i in ids:
+            t = self.inflight.pop(i, None)
+            if t is None:
+                continue
+            sent.append(t)
+            if i in self._p1_ids:
+                self._p1_ids.discard(i)
+            elif t > self._acked_sent:
+                self._acked_sent = t
         if sent:
             self._observe(now - min(sent))
         if ids:
@@ -301,6 +319,8 @@ class EventUplink:
             events = await self._claim()
             for ev in events:
                 self.inflight[ev.event_id] = time.monotonic()
+                if ev.priority == 1:
+                    self._p1_ids.add(ev.event_id)
             if self.p1_topic is not None:
                 self._publish_p1(pub, self.p1_topic, events)
             start = 0
@@ -377,8 +397,11 @@ class EventUplink:
         old = [i for i, t in self.inflight.items() if now - t > limit]
         if not old:
             return
+        lost = [i for i in old if self.inflight[i] < self._acked_sent]
+        old = lost or sorted(old, key=self.inflight.__getitem__)[:PROBE_EVENTS]
         for i in old:
             self.inflight.pop(i, None)
+            self._p1_ids.discard(i)
         n = await asyncio.to_thread(self.outbox.release, old)
         self.stats.requeued += n
         self.stats.ack_timeouts += 1
@@ -393,6 +416,7 @@ class EventUplink:
         in this same pass (priority order), without waiting for an ack timeout."""
         ids = list(self.inflight)
         self.inflight.clear()
+        self._p1_ids.clear()
         self._maybe_ready = True
         self._p1 = True
         if ids:
@@ -407,6 +431,7 @@ class EventUplink:
         for t in list(self._tasks):
             t.cancel()
         self.inflight.clear()
+        self._p1_ids.clear()
         n = await asyncio.to_thread(self.outbox.release, None)
         self.stats.requeued += n
 
