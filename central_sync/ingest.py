@@ -9,6 +9,8 @@ no I/O and never raises:
 * ``presence`` / ``heartbeat``: coalesced per node (the newest wins) and written with the next
   batch in one store call (``apply_node_updates``), not one transaction per message.
 * ``snapshot`` / ``cmd_result``: written with the next batch.
+* ``event/p1``: consumed by ``central_sync.ingest_p1.P1Lane`` on its own connection, queue and
+  commits (alarms ahead of any backlog); here, if one arrives anyway, it is an ordinary event.
 
 The batcher commits up to ``ingest.batch_max`` events (or after ``ingest.batch_wait_ms``): verify
 (``CachedEventVerifier`` over the received canonical bytes), ``store.commit_events`` (which
