@@ -168,9 +168,10 @@ class Post:
                 if entry is None:
                     res.duplicate_acks += 1
                     continue
-                oldest = min(oldest, entry[1])
-                if entry[3] != 1:
-                    self.acked_sent = max(self.acked_sent, entry[1])
+                if entry[0] == entry[1]:  # never resent (Karn's rule, as the post)
+                    oldest = min(oldest, entry[1])
+                    if entry[3] != 1:
+                        self.acked_sent = max(self.acked_sent, entry[1])
                 if kind == "ok":
                     res.acked += 1
                 else:

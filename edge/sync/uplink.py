@@ -39,7 +39,9 @@ overdue round resends: the overdue events published BEFORE an event central has 
 acknowledged (evidence they were lost: the broker and central keep a post's order); with no
 such evidence (no Ack at all since: central slow, absent or everything lost) only the oldest
 ``PROBE_EVENTS`` go again as a probe, and their Ack is then the evidence for the rest. P1 Acks
-(they overtake everything on their own channel) are no evidence.
+(they overtake everything on their own channel) are no evidence, nor are Acks of resent events
+(Karn's rule: the Ack may be for the first copy, so neither the resend's time nor its round trip
+is known); those give no round-trip sample either.
 
 Snapshots have their own lane (:class:`SnapshotUplink`) with a byte budget (token bucket), so they
 never delay events.
@@ -93,6 +95,8 @@ RTT_ALPHA, RTT_BETA, RTT_K = 0.125, 0.25, 4.0
 MAX_ADAPTIVE_FACTOR = 16.0
 #: Overdue events resent in a round without evidence of loss (see the module doc).
 PROBE_EVENTS = 20
+#: Resent event ids remembered for Karn's rule at most (then forgotten at once).
+MAX_RESENT_TRACKED = 100_000
 
 
 class Publisher(Protocol):
@@ -184,6 +188,7 @@ class EventUplink:
         self.timeout_doublings = 0
         self.srtt: float | None = None  # smoothed publish->Ack time (s)
         self._p1_ids: set[str] = set()  # P1 events in flight
+        self._resent: set[str] = set()  # events released by an ack timeout and not acked since
         self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
         self.rttvar = 0.0
         self.current_timeout_s = self._timeout_for(0)
@@ -241,6 +246,10 @@ class EventUplink:
         for i in ids:
             t = self.inflight.pop(i, None)
             if t is None:
+                continue
+            if i in self._resent:
+                self._resent.discard(i)
+                self._p1_ids.discard(i)
                 continue
             sent.append(t)
             if i in self._p1_ids:
@@ -399,6 +408,7 @@ class EventUplink:
             return
         lost = [i for i in old if self.inflight[i] < self._acked_sent]
         old = lost or sorted(old, key=self.inflight.__getitem__)[:PROBE_EVENTS]
+        self._mark_resent(old)
         for i in old:
             self.inflight.pop(i, None)
             self._p1_ids.discard(i)
@@ -411,10 +421,16 @@ class EventUplink:
                   count=len(old), requeued=n, timeout_s=round(limit, 2),
                   next_timeout_s=round(self.current_timeout_s, 2))
 
+    def _mark_resent(self, ids: list[str]) -> None:
+        if len(self._resent) + len(ids) > MAX_RESENT_TRACKED:  # bounded; only costs accuracy
+            self._resent.clear()
+        self._resent.update(ids)
+
     async def _resend_inflight(self) -> None:
         """Central just came online: everything in flight goes back to ready and is claimed again
         in this same pass (priority order), without waiting for an ack timeout."""
         ids = list(self.inflight)
+        self._mark_resent(ids)
         self.inflight.clear()
         self._p1_ids.clear()
         self._maybe_ready = True
@@ -430,6 +446,7 @@ class EventUplink:
         """Connection gone: cancel publishes, put everything in flight back to ready."""
         for t in list(self._tasks):
             t.cancel()
+        self._mark_resent(list(self.inflight))
         self.inflight.clear()
         self._p1_ids.clear()
         n = await asyncio.to_thread(self.outbox.release, None)
