@@ -100,6 +100,7 @@ class Post:
         "client",
         "key",
         "next_hb",
+        "next_round",
         "node",
         "prefix_bytes",
         "rttvar",
@@ -127,6 +128,7 @@ class Post:
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.acked_sent = float("-inf")  # latest send time of an acked non-P1 event (loss evidence)
+        self.next_round = float("-inf")  # resend rounds are a timeout apart (as the post's)
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sim-{node}", protocol=paho.MQTTv5)
         c.max_inflight_messages_set(65535)
         c.on_message = self._on_message
@@ -231,6 +233,8 @@ class Post:
     def resend(self, now: float) -> None:
         """Resend what has no Ack after the ack timeout; without progress the timeout doubles
         (with jitter, up to 8x), as a real post backs off."""
+        if self.spec.adaptive_timeout and now < self.next_round:
+            return
         due = [(i, e) for i, e in self.unacked.items() if now - e[1] > self.backoff]
         if self.spec.adaptive_timeout and due:  # as a post: resend what was overtaken, else probe
             lost = [(i, e) for i, e in due if e[1] < self.acked_sent]
@@ -241,6 +245,7 @@ class Post:
             self.sim.result.resent += 1
         if due:
             self.backoff = min(self.backoff * 2, self.base_timeout() * 8) * random.uniform(0.8, 1.2)
+            self.next_round = now + self.backoff
 
     def heartbeat(self) -> None:
         hb = Heartbeat(node_id=self.node, boot_id=self.boot, at=time.time(), version="bench",

@@ -189,6 +189,7 @@ class EventUplink:
         self.srtt: float | None = None  # smoothed publish->Ack time (s)
         self._p1_ids: set[str] = set()  # P1 events in flight
         self._resent: set[str] = set()  # events released by an ack timeout and not acked since
+        self._next_round = float("-inf")  # no timeout round before this (monotonic)
         self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
         self.rttvar = 0.0
         self.current_timeout_s = self._timeout_for(0)
@@ -403,6 +404,8 @@ class EventUplink:
 
     async def _expire(self, now: float) -> None:
         limit = self.current_timeout_s
+        if now < self._next_round:  # rounds are a timeout apart (a probe leaves the rest overdue)
+            return
         old = [i for i, t in self.inflight.items() if now - t > limit]
         if not old:
             return
@@ -417,6 +420,7 @@ class EventUplink:
         self.stats.ack_timeouts += 1
         self.timeout_doublings = min(self.max_doublings, self.timeout_doublings + 1)
         self.current_timeout_s = self._timeout_for(self.timeout_doublings)
+        self._next_round = now + self.current_timeout_s
         log_event(log, "ack_timeout_requeued", logging.WARNING, node_id=self.node_id,
                   count=len(old), requeued=n, timeout_s=round(limit, 2),
                   next_timeout_s=round(self.current_timeout_s, 2))
