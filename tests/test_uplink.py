@@ -219,3 +219,33 @@ def test_ack_timeout_adapts_to_slow_acks_and_back(outbox: Outbox) -> None:
         up.inflight[f"q{n}"] = _time.monotonic() - 0.01
         up.on_ack(Ack(node_id=NODE, event_ids=[f"q{n}"], central_time=0.0))
     assert up.current_timeout_s == 10.0
+
+
+def test_timeout_round_probes_then_resends_what_a_later_ack_shows_lost(outbox: Outbox) -> None:
+    """Without an Ack since, an overdue round resends only the oldest PROBE_EVENTS (the rest may
+    just be queued at the broker behind other posts' backlogs); once an event published later is
+    acknowledged, the older overdue ones are resent; rounds are a timeout apart."""
+    import asyncio
+    import time as _time
+
+    from edge.sync.uplink import PROBE_EVENTS, EventUplink, UplinkStats
+    from edge.sync.wire import Ack
+
+    up = EventUplink(outbox, outbox.clock, node_id=NODE, topic="t", window=500, ack_timeout_s=1.0,
+                     sign_event=None, stats=UplinkStats())
+    t0 = _time.monotonic() - 100.0
+    for n in range(100):
+        up.inflight[f"old{n}"] = t0 + n * 0.001
+    up.inflight["later"] = t0 + 50.0
+    asyncio.run(up._expire(_time.monotonic()))
+    assert up.stats.ack_timeouts == 1 and len(up.inflight) == 101 - PROBE_EVENTS
+    assert all(f"old{n}" not in up.inflight for n in range(PROBE_EVENTS))  # the oldest went
+    asyncio.run(up._expire(_time.monotonic()))
+    assert up.stats.ack_timeouts == 1  # the next round waits a timeout
+    up.on_ack(Ack(node_id=NODE, event_ids=["later"], central_time=0.0))  # published after them
+    up._next_round = float("-inf")
+    asyncio.run(up._expire(_time.monotonic()))
+    assert up.stats.ack_timeouts == 2 and up.inflight == {}  # the overtaken ones all go again
+    up.inflight[f"old{PROBE_EVENTS}"] = _time.monotonic() + 1000.0  # claimed again, in flight
+    up.on_ack(Ack(node_id=NODE, event_ids=[f"old{PROBE_EVENTS}"], central_time=0.0))
+    assert up._acked_sent == t0 + 50.0  # Karn: the Ack of a resent event is no evidence
