@@ -319,7 +319,7 @@ def start_fleet(setup: Setup, args: argparse.Namespace, tag: str) -> list[tuple[
                 "rate": args.rate * len(nodes) / len(setup.nodes),
                 "p1_rate": args.p1_rate * len(nodes) / len(setup.nodes), "heartbeat_s": args.heartbeat,
                 "backlog": args.backlog, "signed": not args.unsigned, "drain_s": args.drain,
-                "ack_timeout": args.ack_timeout}
+                "ack_timeout": args.ack_timeout, "p1_channel": not args.no_p1_channel}
         spec_path = setup.work / f"fleet-{tag}-{i}.json"
         spec_path.write_text(json.dumps(spec))
         out = setup.work / f"fleet-{tag}-{i}.out.json"
@@ -440,6 +440,7 @@ def main() -> None:
     ap.add_argument("--dashboards", type=int, default=2)
     ap.add_argument("--no-web", action="store_true", help="ingest workers only (no web process, no dashboards)")
     ap.add_argument("--unsigned", action="store_true")
+    ap.add_argument("--no-p1-channel", action="store_true", help="posts send P1s on event only (as before the P1 lane)")
     ap.add_argument("--postgres", action="store_true", help="central on a throwaway PostgreSQL cluster (fsync on)")
     ap.add_argument("--no-echo", action="store_true")
     ap.add_argument("--repeat", type=int, default=1)

@@ -67,6 +67,8 @@ class SimSpec:
     start_now: bool = False
     payload_bytes: int = 40
     drain_s: float = 30.0  # after the stop: keep collecting Acks (and resending) this long
+    p1_channel: bool = True  # P1s first on {prefix}/up/<node>/event/p1, then on event (as a post does)
+    adaptive_timeout: bool = True  # ack timeout grows with the measured publish->Ack time (as a post's)
 
 
 @dataclass
@@ -91,17 +93,21 @@ class SimResult:
 
 class Post:
     __slots__ = (
+        "acked_sent",
         "backlog",
         "backoff",
         "boot",
         "client",
         "key",
         "next_hb",
+        "next_round",
         "node",
         "prefix_bytes",
+        "rttvar",
         "seq",
         "sim",
         "spec",
+        "srtt",
         "topics",
         "unacked",
         "urgent",
@@ -119,6 +125,10 @@ class Post:
         self.prefix_bytes = batch_prefix(node)
         self.next_hb = 0.0
         self.backoff = spec.ack_timeout
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.acked_sent = float("-inf")  # latest send time of an acked non-P1 event (loss evidence)
+        self.next_round = float("-inf")  # resend rounds are a timeout apart (as the post's)
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sim-{node}", protocol=paho.MQTTv5)
         c.max_inflight_messages_set(65535)
         c.on_message = self._on_message
@@ -155,6 +165,7 @@ class Post:
         now = time.monotonic()
         data = json.loads(msg.payload)
         res = self.sim.result
+        oldest = now
         for kind, ids in (("ok", data.get("event_ids", ())),
                           ("rej", [r["event_id"] for r in data.get("rejected", ())])):
             for event_id in ids:
@@ -162,6 +173,10 @@ class Post:
                 if entry is None:
                     res.duplicate_acks += 1
                     continue
+                if entry[0] == entry[1]:  # never resent (Karn's rule, as the post)
+                    oldest = min(oldest, entry[1])
+                    if entry[3] != 1:
+                        self.acked_sent = max(self.acked_sent, entry[1])
                 if kind == "ok":
                     res.acked += 1
                 else:
@@ -170,15 +185,27 @@ class Post:
                     res.latencies.append(now - entry[0])
                     if entry[3] == 1:
                         res.p1_latencies.append(now - entry[0])
-        self.backoff = self.spec.ack_timeout  # progress: back to the base ack timeout
+        if oldest < now:  # the post's adaptive ack timeout (edge/sync/uplink.py: RFC 6298 style)
+            sample = now - oldest
+            if self.srtt is None:
+                self.srtt, self.rttvar = sample, sample / 2
+            else:
+                self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
+                self.srtt = 0.875 * self.srtt + 0.125 * sample
+        self.backoff = self.base_timeout()  # progress: back to the base ack timeout
         if self.backlog:
             self.sim.active.add(self)
 
     def publish(self, event_id: str, body: bytes, prio: int, now: float) -> None:
         self.unacked[event_id] = (now, now, body, prio)
-        self.client.publish(self.topics.up(self.node, "event"), body, qos=1)
+        self._send(body, prio)
         self.sim.result.offered += 1
         self.sim.result.sent_msgs += 1
+
+    def _send(self, body: bytes, prio: int) -> None:
+        if prio == 1 and self.spec.p1_channel:
+            self.client.publish(self.topics.up(self.node, "event/p1"), body, qos=1)
+        self.client.publish(self.topics.up(self.node, "event"), body, qos=1)
 
     def pump(self, now: float) -> None:
         """Urgent first, then backlog batches within the window; resends; heartbeat."""
@@ -201,16 +228,27 @@ class Post:
         if not self.backlog or len(self.unacked) >= self.spec.window:
             self.sim.active.discard(self)
 
+    def base_timeout(self) -> float:
+        if self.srtt is None or not self.spec.adaptive_timeout:
+            return self.spec.ack_timeout
+        return min(max(self.spec.ack_timeout, self.srtt + 4 * self.rttvar), self.spec.ack_timeout * 16)
+
     def resend(self, now: float) -> None:
         """Resend what has no Ack after the ack timeout; without progress the timeout doubles
         (with jitter, up to 8x), as a real post backs off."""
+        if self.spec.adaptive_timeout and now < self.next_round:
+            return
         due = [(i, e) for i, e in self.unacked.items() if now - e[1] > self.backoff]
+        if self.spec.adaptive_timeout and due:  # as a post: resend what was overtaken, else probe
+            lost = [(i, e) for i, e in due if e[1] < self.acked_sent]
+            due = lost or sorted(due, key=lambda d: d[1][1])[:20]
         for event_id, (first, _last, body, prio) in due[: self.spec.window]:
             self.unacked[event_id] = (first, now, body, prio)
-            self.client.publish(self.topics.up(self.node, "event"), body, qos=1)
+            self._send(body, prio)
             self.sim.result.resent += 1
         if due:
-            self.backoff = min(self.backoff * 2, self.spec.ack_timeout * 8) * random.uniform(0.8, 1.2)
+            self.backoff = min(self.backoff * 2, self.base_timeout() * 8) * random.uniform(0.8, 1.2)
+            self.next_round = now + self.backoff
 
     def heartbeat(self) -> None:
         hb = Heartbeat(node_id=self.node, boot_id=self.boot, at=time.time(), version="bench",

@@ -127,6 +127,11 @@ class IngestConfig(Strict):
                               "(central_sync/reject_budget.py).")
     reject_rate_per_s: float = Field(20.0, gt=0, description="Rate at which a node's rejection "
                                      "budget (reject_burst) refills, per second.")
+    p1_lane: bool = Field(True, description="Consume the P1 channel ({prefix}/up/+/event/p1) on a "
+                          "separate connection with its own queue and commits, so alarms are "
+                          "acknowledged ahead of any backlog (central_sync.ingest_p1).")
+    p1_max_pending: int = Field(2000, ge=10, description="P1 envelopes (and messages) waiting for "
+                                "the P1 lane's commit before it stops reading its socket.")
 
     @model_validator(mode="after")
     def _workers(self) -> IngestConfig:

@@ -9,6 +9,8 @@ no I/O and never raises:
 * ``presence`` / ``heartbeat``: coalesced per node (the newest wins) and written with the next
   batch in one store call (``apply_node_updates``), not one transaction per message.
 * ``snapshot`` / ``cmd_result``: written with the next batch.
+* ``event/p1``: consumed by ``central_sync.ingest_p1.P1Lane`` on its own connection, queue and
+  commits (alarms ahead of any backlog); here, if one arrives anyway, it is an ordinary event.
 
 Every non-event message is first authenticated (``authenticate``, ``central_sync.message_auth``:
 registry status and the node key's signature); a refused one is dropped and counted like any
@@ -58,6 +60,7 @@ from central_sync.ingest_commit import (
     as_batch_verifier,
 )
 from central_sync.ingest_decode import decode_events, payload_suspect, unstorable
+from central_sync.ingest_p1 import P1Lane
 from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import (
     Backoff,
@@ -80,6 +83,7 @@ from edge.errors import SecurityError, WireError
 from edge.logs import log_event
 from edge.sync.transport import raise_if_cancelling
 from edge.sync.wire import (
+    EVENT_CHANNELS,
     Command,
     CommandResult,
     EventEnvelope,
@@ -96,6 +100,8 @@ log = logging.getLogger("central_sync.ingest")
 _PERMANENT_WIRE_REASONS = frozenset({"bad_field"})
 #: Messages taken from the client's buffer per wake-up.
 _READ_BURST = 1000
+#: Longest stretch of decoding before other tasks (the P1 lane, the batcher) get the loop.
+_DECODE_SLICE_S = 0.02
 
 
 class IngestService:
@@ -129,7 +135,8 @@ class IngestService:
             cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"shared_group": shared_group})})
         self.cfg = cfg
         self.store = store
-        self.writer = BatchWriter(store, as_batch_verifier(verify_event), on_events)
+        verifier = as_batch_verifier(verify_event)
+        self.writer = BatchWriter(store, verifier, on_events)
         self.sign_command = sign_command
         self.authenticate = authenticate
         self.topics = Topics(cfg.topic_prefix)
@@ -155,6 +162,9 @@ class IngestService:
         self._commit_lock = asyncio.Lock()
         #: When any uplink message last arrived (the link beat reports it; None: none yet).
         self.last_message_at: float | None = None
+        #: The P1 channel's own connection, queue and commits (``central_sync.ingest_p1``).
+        self.p1 = (P1Lane(cfg, BatchWriter(store, verifier, on_events), self.stats, self.rejections, self._count_drop)
+                   if cfg.ingest.p1_lane else None)
 
     @property
     def on_events(self) -> Callable[[list[dict[str, Any]]], None] | None:
@@ -164,6 +174,8 @@ class IngestService:
     @on_events.setter
     def on_events(self, fn: Callable[[list[dict[str, Any]]], None] | None) -> None:
         self.writer.on_events = fn
+        if self.p1 is not None:
+            self.p1.writer.on_events = fn
 
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -171,7 +183,8 @@ class IngestService:
         helpers = [asyncio.create_task(self._batcher(), name="ingest-batcher"),
                    asyncio.create_task(self._rejection_flusher(), name="ingest-rejections")]
         try:
-            await asyncio.gather(*(self._connection_loop(cid) for cid in worker_client_ids(self.cfg)))
+            await asyncio.gather(*(self._connection_loop(cid) for cid in worker_client_ids(self.cfg)),
+                                 *([self.p1.run()] if self.p1 is not None else []))
         finally:
             for task in helpers:
                 task.cancel()
@@ -230,10 +243,14 @@ class IngestService:
         self._gates.add(gate)
         try:
             while True:
+                until = time.monotonic() + _DECODE_SLICE_S
                 for message in await next_messages(client, buffer, _READ_BURST):
                     payload = message.payload
                     body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
                     self.handle(message.topic.value, bytes(body), Delivery(link, message.mid, message.qos))
+                    if time.monotonic() >= until:  # a burst of big batches: let an alarm through
+                        await asyncio.sleep(0)
+                        until = time.monotonic() + _DECODE_SLICE_S
                 if not self._room.is_set():
                     await self._room.wait()  # backpressure: the gate stopped reading the socket
                 gate.poke()
@@ -286,7 +303,7 @@ class IngestService:
         direction, _node, channel = self.topics.parse(topic)
         if direction != "up":
             raise WireError("wrong_topic", f"not an uplink topic: {topic[:120]}")
-        if channel == "event":
+        if channel in EVENT_CHANNELS:
             self._handle_events(topic, payload, delivery)
             return
         node_id, msg, data = decode_on_topic_data(self.topics, topic, payload)

@@ -32,6 +32,9 @@ class IngestStats:
     floods: int = 0  # intervals in which one node sent flood_threshold or more rejected messages
     flooding: dict[str, float] = field(default_factory=dict)  # node -> last flagged (epoch s)
     place_mismatches: int = 0  # presences whose place disagreed with the registry (never applied)
+    p1_received: int = 0  # messages on the P1 lane (central_sync.ingest_p1); also in ``received``
+    p1_batches: int = 0  # commits of the P1 lane (also in ``batches``)
+    p1_committed: int = 0  # envelopes the P1 lane stored or found duplicate (also in inserted/duplicates)
 
     def rejected_total(self) -> int:
         return sum(self.rejected.values())

@@ -71,6 +71,8 @@ class PahoAcker:
         self.results: list[dict[str, Any]] = []
         self.presence: list[dict[str, Any]] = []
         self.heartbeats: list[dict[str, Any]] = []
+        #: (channel, event id) of every envelope received, in arrival order (``event/p1`` too).
+        self.arrivals: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-acker",
                                   protocol=paho.MQTTv5)
@@ -90,10 +92,14 @@ class PahoAcker:
         _d, node, channel = self.topics.parse(msg.topic)
         data = json.loads(msg.payload)
         with self.lock:
-            if channel == "event":
+            if channel == "event/p1":  # recorded only: this acker plays a central without the P1 lane
+                envs = data["events"] if data.get("kind") == "event_batch" else [data]
+                self.arrivals.extend((channel, e["event_id"]) for e in envs)
+            elif channel == "event":
                 envs = data["events"] if data.get("kind") == "event_batch" else [data]
                 self.events.extend(envs)
                 self.seen.update(e["event_id"] for e in envs)
+                self.arrivals.extend((channel, e["event_id"]) for e in envs)
                 if not self.ack:
                     return
                 ok = [e["event_id"] for e in envs if not self.reject.get(e["type"])]

@@ -241,6 +241,19 @@ def test_node_cannot_publish_as_another_node(probes: dict[str, Probe]) -> None:
     assert b"self-cmd" not in a.payloads()
 
 
+def test_p1_channel_is_the_nodes_own_and_reaches_centrals_p1_lane(probes: dict[str, Probe]) -> None:
+    """The P1 channel (two levels, ``up/<node>/event/p1``) is inside each node's own uplink tree:
+    the node may write its own, never another node's; central's lane subscription (as
+    ``central_sync.ingest_p1.p1_subscription`` with a shared group) receives it."""
+    a, b, central = probes["rt01-a"], probes["rt02-b"], probes["central"]
+    assert not central.subscribe(f"$share/ingest/{UP}/+/event/p1")[0].is_failure
+    assert not a.publish(f"{UP}/rt01-a/event/p1", b"a-p1").is_failure
+    assert central.wait_for(b"a-p1")
+    rc = b.publish(f"{UP}/rt01-a/event/p1", b"p1-forged-by-b")
+    assert rc.is_failure and rc.value == 0x87
+    assert not central.wait_for(b"p1-forged-by-b", 0.3)
+
+
 def test_node_cannot_read_other_nodes_traffic(probes: dict[str, Probe]) -> None:
     a, b, central = probes["rt01-a"], probes["rt02-b"], probes["central"]
     a.subscribe(f"{DOWN}/rt02-b/#")  # granted by MQTT, but every message is filtered

@@ -171,3 +171,81 @@ def test_backlog_is_sent_in_batches_and_a_p1_alone(mosquitto: LocalMosquitto, ou
             assert len(acker.unique_ids()) == 1001
     finally:
         acker.close()
+
+
+def test_p1_goes_first_on_the_p1_channel_then_on_event(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
+    """A P1 leaves on ``up/<node>/event/p1`` before its copy on ``event``; a central without the
+    P1 lane (this acker ignores ``event/p1``) still acknowledges the copy. Backlog stays off the lane."""
+    outbox.record_many([EventDraft("PATROLI", 4, {"i": i}) for i in range(300)])
+    acker = PahoAcker(mosquitto.port)
+    try:
+        svc = _service(mosquitto.port, outbox)
+        with running_service(svc):
+            wait_until(lambda: outbox.counts()["acked"] == 300, 60, what="backlog acked")
+            p1 = outbox.record(EventDraft("PANIC", 1, {"button": "utama"}))
+            wait_until(lambda: outbox.counts()["acked"] == 301, 30, what="P1 acked through the event copy")
+            with acker.lock:
+                arrivals = list(acker.arrivals)
+            lane = [i for ch, i in arrivals if ch == "event/p1"]
+            assert lane == [p1.event_id]  # only the alarm used the lane, once
+            assert arrivals.index(("event/p1", p1.event_id)) < arrivals.index(("event", p1.event_id))
+            assert svc.stats.p1_messages == 1
+    finally:
+        acker.close()
+
+
+def test_ack_timeout_adapts_to_slow_acks_and_back(outbox: Outbox) -> None:
+    """When Acks come minutes after publishing (a fleet's backlog queued at the broker), the ack
+    timeout grows with the measured publish->Ack time instead of resending what is only queued;
+    it never drops below the configured one and is capped."""
+    import time as _time
+
+    from edge.sync.uplink import MAX_ADAPTIVE_FACTOR, EventUplink, UplinkStats
+    from edge.sync.wire import Ack
+
+    up = EventUplink(outbox, outbox.clock, node_id=NODE, topic="t", window=100, ack_timeout_s=10.0,
+                     sign_event=None, stats=UplinkStats())
+    assert 10.0 <= up.current_timeout_s <= 12.5
+    up.jitter = 0.0
+    for n in range(5):  # Acks arriving 60 s after the publish
+        up.inflight[f"e{n}"] = _time.monotonic() - 60.0
+        up.on_ack(Ack(node_id=NODE, event_ids=[f"e{n}"], central_time=0.0))
+    assert 60.0 < up.current_timeout_s <= 10.0 * MAX_ADAPTIVE_FACTOR
+    for n in range(5):  # a 1-hour Ack: capped
+        up.inflight[f"h{n}"] = _time.monotonic() - 3600.0
+        up.on_ack(Ack(node_id=NODE, event_ids=[f"h{n}"], central_time=0.0))
+    assert up.current_timeout_s == 10.0 * MAX_ADAPTIVE_FACTOR
+    for n in range(60):  # central is quick again: back to the configured timeout
+        up.inflight[f"q{n}"] = _time.monotonic() - 0.01
+        up.on_ack(Ack(node_id=NODE, event_ids=[f"q{n}"], central_time=0.0))
+    assert up.current_timeout_s == 10.0
+
+
+def test_timeout_round_probes_then_resends_what_a_later_ack_shows_lost(outbox: Outbox) -> None:
+    """Without an Ack since, an overdue round resends only the oldest PROBE_EVENTS (the rest may
+    just be queued at the broker behind other posts' backlogs); once an event published later is
+    acknowledged, the older overdue ones are resent; rounds are a timeout apart."""
+    import asyncio
+    import time as _time
+
+    from edge.sync.uplink import PROBE_EVENTS, EventUplink, UplinkStats
+    from edge.sync.wire import Ack
+
+    up = EventUplink(outbox, outbox.clock, node_id=NODE, topic="t", window=500, ack_timeout_s=1.0,
+                     sign_event=None, stats=UplinkStats())
+    t0 = _time.monotonic() - 100.0
+    for n in range(100):
+        up.inflight[f"old{n}"] = t0 + n * 0.001
+    up.inflight["later"] = t0 + 50.0
+    asyncio.run(up._expire(_time.monotonic()))
+    assert up.stats.ack_timeouts == 1 and len(up.inflight) == 101 - PROBE_EVENTS
+    assert all(f"old{n}" not in up.inflight for n in range(PROBE_EVENTS))  # the oldest went
+    asyncio.run(up._expire(_time.monotonic()))
+    assert up.stats.ack_timeouts == 1  # the next round waits a timeout
+    up.on_ack(Ack(node_id=NODE, event_ids=["later"], central_time=0.0))  # published after them
+    up._next_round = float("-inf")
+    asyncio.run(up._expire(_time.monotonic()))
+    assert up.stats.ack_timeouts == 2 and up.inflight == {}  # the overtaken ones all go again
+    up.inflight[f"old{PROBE_EVENTS}"] = _time.monotonic() + 1000.0  # claimed again, in flight
+    up.on_ack(Ack(node_id=NODE, event_ids=[f"old{PROBE_EVENTS}"], central_time=0.0))
+    assert up._acked_sent == t0 + 50.0  # Karn: the Ack of a resent event is no evidence

@@ -45,6 +45,7 @@ from edge.sync.sms_fallback import SmsFallback
 from edge.sync.transport import raise_if_cancelling
 from edge.sync.uplink import EventUplink, SnapshotUplink, UplinkStats
 from edge.sync.wire import (
+    P1_CHANNEL,
     Ack,
     Command,
     CommandResult,
@@ -124,7 +125,7 @@ class SyncService:
         self.events = EventUplink(
             outbox, clock, node_id=self.node_id, topic=self.topics.up(self.node_id, "event"),
             window=cfg.sync.inflight_window, ack_timeout_s=cfg.sync.ack_timeout_seconds,
-            sign_event=sign_event, stats=self.stats)
+            sign_event=sign_event, stats=self.stats, p1_topic=self.topics.up(self.node_id, P1_CHANNEL))
         self.snaps = (SnapshotUplink(
             snapshots, node_id=self.node_id, topic=self.topics.up(self.node_id, "snapshot"),
             bytes_per_second=cfg.sync.snapshot_bytes_per_second,

@@ -15,14 +15,33 @@ Batching: the events of one claim are published as ``event_batch`` messages of u
 claims P1 events only, so an alarm leaves in its own small message. Each envelope keeps its own
 signature and is acked or rejected on its own.
 
+P1 channel: with ``p1_topic`` set, the P1 events of every claim are published FIRST on
+``{prefix}/up/{node}/event/p1`` (central's priority lane: its own connection, queue and commits,
+so an alarm is not queued behind other posts' backlogs at the broker or at central) and then,
+with the rest of the claim, on the normal ``event`` topic as before. The second copy is what an
+older central (which does not consume the P1 channel) acknowledges; a newer one finds it a
+duplicate by ``event_id`` and acknowledges it again. One window slot either way.
+
 Central presence (``edge.sync.presence``): while no central is online the lane is idle: nothing is
 claimed, published or timed out. The moment one comes online everything still in flight goes back
 to ``ready`` and is resent at once (with the backlog behind it), so a PANIC published before
 central's first subscription is acknowledged right after central is up, not an ack timeout later.
 
-Ack timeouts back off: after a round of timeouts the next limit is ``ack_timeout_s * 2**n``
-(``n`` capped by ``MAX_TIMEOUT_DOUBLINGS``) times a random factor in [1, 1 + ``TIMEOUT_JITTER``];
-any ack resets it. One check runs per ``TICK_S`` (one timer for the whole window).
+Ack timeouts adapt and back off: the base limit is ``ack_timeout_s`` or, when Acks take longer,
+the smoothed publish->Ack time plus four times its deviation (RFC 6298's retransmission timer,
+capped at ``MAX_ADAPTIVE_FACTOR * ack_timeout_s``): when a whole fleet reconnects with a backlog,
+central acknowledges every post's events minutes after they were published, and resending what
+still waits in the broker's queue only multiplies the queue (measured: 1.5 million resends for
+a million events). After a round of timeouts the next limit is the base times ``2**n`` (``n``
+capped by ``MAX_TIMEOUT_DOUBLINGS``) times a random factor in [1, 1 + ``TIMEOUT_JITTER``]; any
+ack resets ``n``. One check runs per ``TICK_S`` (one timer for the whole window). What an
+overdue round resends: the overdue events published BEFORE an event central has since
+acknowledged (evidence they were lost: the broker and central keep a post's order); with no
+such evidence (no Ack at all since: central slow, absent or everything lost) only the oldest
+``PROBE_EVENTS`` go again as a probe, and their Ack is then the evidence for the rest. P1 Acks
+(they overtake everything on their own channel) are no evidence, nor are Acks of resent events
+(Karn's rule: the Ack may be for the first copy, so neither the resend's time nor its round trip
+is known); those give no round-trip sample either.
 
 Snapshots have their own lane (:class:`SnapshotUplink`) with a byte budget (token bucket), so they
 never delay events.
@@ -70,6 +89,14 @@ TICK_S = 0.5
 MAX_TIMEOUT_DOUBLINGS = 3
 #: Ack timeouts are stretched by a random factor in [1, 1 + this] so posts do not resend in step.
 TIMEOUT_JITTER = 0.25
+#: Ack round-trip smoothing (RFC 6298: alpha, beta, K) for the adaptive ack timeout.
+RTT_ALPHA, RTT_BETA, RTT_K = 0.125, 0.25, 4.0
+#: The adaptive base timeout is at most this many times ``ack_timeout_s``.
+MAX_ADAPTIVE_FACTOR = 16.0
+#: Overdue events resent in a round without evidence of loss (see the module doc).
+PROBE_EVENTS = 20
+#: Resent event ids remembered for Karn's rule at most (then forgotten at once).
+MAX_RESENT_TRACKED = 100_000
 
 
 class Publisher(Protocol):
@@ -93,6 +120,7 @@ class UplinkStats:
     reconnects: int = 0
     ack_timeouts: int = 0  # rounds of ack timeouts (each releases every overdue event)
     central_resends: int = 0  # events resent at once because central came online
+    p1_messages: int = 0  # messages published on the P1 channel (their events also go on ``event``)
     last_connect_mono: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -130,11 +158,12 @@ class EventUplink:
     def __init__(self, outbox: Outbox, clock: Clock, *, node_id: str, topic: str, window: int,
                  ack_timeout_s: float, sign_event: Callable[[EventEnvelope], EventEnvelope] | None,
                  stats: UplinkStats, p1_reserve: int | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, p1_topic: str | None = None) -> None:
         self.outbox = outbox
         self.clock = clock
         self.node_id = node_id
         self.topic = topic
+        self.p1_topic = p1_topic
         self.window = window
         self.p1_reserve = p1_reserve if p1_reserve is not None else min(20, max(1, window // 10))
         if self.p1_reserve >= window:
@@ -157,6 +186,12 @@ class EventUplink:
         self.max_doublings = MAX_TIMEOUT_DOUBLINGS
         self.jitter = TIMEOUT_JITTER
         self.timeout_doublings = 0
+        self.srtt: float | None = None  # smoothed publish->Ack time (s)
+        self._p1_ids: set[str] = set()  # P1 events in flight
+        self._resent: set[str] = set()  # events released by an ack timeout and not acked since
+        self._next_round = float("-inf")  # no timeout round before this (monotonic)
+        self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
+        self.rttvar = 0.0
         self.current_timeout_s = self._timeout_for(0)
 
     # ------------------------------------------------------------ signals (loop thread)
@@ -175,13 +210,27 @@ class EventUplink:
         self.central_present = present
         self._wake.set()
 
+    def base_timeout_s(self) -> float:
+        """``ack_timeout_s``, or more while Acks are slower (RTT estimate, capped)."""
+        if self.srtt is None:
+            return self.ack_timeout_s
+        adaptive = self.srtt + RTT_K * self.rttvar
+        return min(max(self.ack_timeout_s, adaptive), self.ack_timeout_s * MAX_ADAPTIVE_FACTOR)
+
     def _timeout_for(self, doublings: int) -> float:
-        return self.ack_timeout_s * (2 ** doublings) * self._rng.uniform(1.0, 1.0 + self.jitter)
+        return self.base_timeout_s() * (2 ** doublings) * self._rng.uniform(1.0, 1.0 + self.jitter)
+
+    def _observe(self, sample: float) -> None:
+        """One publish->Ack time (the slowest event of one Ack)."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = sample, sample / 2
+        else:
+            self.rttvar = (1 - RTT_BETA) * self.rttvar + RTT_BETA * abs(self.srtt - sample)
+            self.srtt = (1 - RTT_ALPHA) * self.srtt + RTT_ALPHA * sample
 
     def _reset_timeout(self) -> None:
-        if self.timeout_doublings:
-            self.timeout_doublings = 0
-            self.current_timeout_s = self._timeout_for(0)
+        self.timeout_doublings = 0
+        self.current_timeout_s = self._timeout_for(0)
 
     def on_ack(self, ack: Ack) -> None:
         """Central committed these events: free their window slots now, commit the outbox ack in
@@ -193,8 +242,23 @@ class EventUplink:
             log_event(log, "event_rejected", logging.WARNING, node_id=self.node_id,
                       event_id=r.event_id, reason=r.reason)
             self._spawn(self._mark_rejected(r.event_id, r.reason))
+        now = time.monotonic()
+        sent: list[float] = []
         for i in ids:
-            self.inflight.pop(i, None)
+            t = self.inflight.pop(i, None)
+            if t is None:
+                continue
+            if i in self._resent:
+                self._resent.discard(i)
+                self._p1_ids.discard(i)
+                continue
+            sent.append(t)
+            if i in self._p1_ids:
+                self._p1_ids.discard(i)
+            elif t > self._acked_sent:
+                self._acked_sent = t
+        if sent:
+            self._observe(now - min(sent))
         if ids:
             self._reset_timeout()
         self._pending_acks.extend(ids)
@@ -265,6 +329,10 @@ class EventUplink:
             events = await self._claim()
             for ev in events:
                 self.inflight[ev.event_id] = time.monotonic()
+                if ev.priority == 1:
+                    self._p1_ids.add(ev.event_id)
+            if self.p1_topic is not None:
+                self._publish_p1(pub, self.p1_topic, events)
             start = 0
             while start < len(events):
                 body, count = self._next_message(events, start)
@@ -278,6 +346,16 @@ class EventUplink:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.01, next_tick - time.monotonic()))
+
+    def _publish_p1(self, pub: Publisher, topic: str, events: list[StoredEvent]) -> None:
+        """The P1 events of a claim on the P1 channel (before the whole claim goes on ``event``)."""
+        urgent = [ev for ev in events if ev.priority == 1]
+        start = 0
+        while start < len(urgent):
+            body, count = self._next_message(urgent, start)
+            pub.publish_nowait(topic, body)
+            start += count
+            self.stats.p1_messages += 1
 
     def _body(self, ev: StoredEvent, anchor: float | None) -> bytes:
         if self.sign_event is not None:
@@ -326,25 +404,39 @@ class EventUplink:
 
     async def _expire(self, now: float) -> None:
         limit = self.current_timeout_s
+        if now < self._next_round:  # rounds are a timeout apart (a probe leaves the rest overdue)
+            return
         old = [i for i, t in self.inflight.items() if now - t > limit]
         if not old:
             return
+        lost = [i for i in old if self.inflight[i] < self._acked_sent]
+        old = lost or sorted(old, key=self.inflight.__getitem__)[:PROBE_EVENTS]
+        self._mark_resent(old)
         for i in old:
             self.inflight.pop(i, None)
+            self._p1_ids.discard(i)
         n = await asyncio.to_thread(self.outbox.release, old)
         self.stats.requeued += n
         self.stats.ack_timeouts += 1
         self.timeout_doublings = min(self.max_doublings, self.timeout_doublings + 1)
         self.current_timeout_s = self._timeout_for(self.timeout_doublings)
+        self._next_round = now + self.current_timeout_s
         log_event(log, "ack_timeout_requeued", logging.WARNING, node_id=self.node_id,
                   count=len(old), requeued=n, timeout_s=round(limit, 2),
                   next_timeout_s=round(self.current_timeout_s, 2))
+
+    def _mark_resent(self, ids: list[str]) -> None:
+        if len(self._resent) + len(ids) > MAX_RESENT_TRACKED:  # bounded; only costs accuracy
+            self._resent.clear()
+        self._resent.update(ids)
 
     async def _resend_inflight(self) -> None:
         """Central just came online: everything in flight goes back to ready and is claimed again
         in this same pass (priority order), without waiting for an ack timeout."""
         ids = list(self.inflight)
+        self._mark_resent(ids)
         self.inflight.clear()
+        self._p1_ids.clear()
         self._maybe_ready = True
         self._p1 = True
         if ids:
@@ -358,7 +450,9 @@ class EventUplink:
         """Connection gone: cancel publishes, put everything in flight back to ready."""
         for t in list(self._tasks):
             t.cancel()
+        self._mark_resent(list(self.inflight))
         self.inflight.clear()
+        self._p1_ids.clear()
         n = await asyncio.to_thread(self.outbox.release, None)
         self.stats.requeued += n
 

@@ -3,6 +3,8 @@
 Topic tree under a prefix (default ``kentongan/v1``)::
 
     {prefix}/up/{node_id}/event        node -> central   QoS 1   one event envelope or a batch
+    {prefix}/up/{node_id}/event/p1     node -> central   QoS 1   P1 (alarm) events only: central's
+                                                                priority lane (docs/protocol.md)
     {prefix}/up/{node_id}/snapshot     node -> central   QoS 1   one snapshot (own lane)
     {prefix}/up/{node_id}/presence     node -> central   QoS 1   retained birth / last will
     {prefix}/up/{node_id}/heartbeat    node -> central   QoS 0   periodic status
@@ -49,7 +51,12 @@ MAX_BATCH_BYTES = 64 * 1024
 #: Broker-side limit (message_size_limit) must be at least this.
 MAX_MESSAGE_BYTES = MAX_SNAPSHOT_BYTES + 64 * 1024
 
-UP_CHANNELS = ("event", "snapshot", "presence", "heartbeat", "cmd_result")
+#: The P1 channel: the same envelopes as ``event`` (priority 1 only), consumed by central on its
+#: own connection so an alarm never queues behind a backlog (``{prefix}/up/{node}/event/p1``).
+P1_CHANNEL = "event/p1"
+UP_CHANNELS = ("event", "snapshot", "presence", "heartbeat", "cmd_result", P1_CHANNEL)
+#: Channels that carry event envelopes (``decode_event_message``).
+EVENT_CHANNELS = ("event", P1_CHANNEL)
 DOWN_CHANNELS = ("ack", "cmd")
 
 NodeId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")]
@@ -209,11 +216,12 @@ CHANNEL_KIND = {
     "presence": "presence",
     "heartbeat": "heartbeat",
     "cmd_result": "command_result",
+    P1_CHANNEL: "event",
     "ack": "ack",
     "cmd": "command",
 }
 #: Kinds also accepted on a channel besides ``CHANNEL_KIND[channel]``.
-CHANNEL_EXTRA_KINDS = {"event": ("event_batch",)}
+CHANNEL_EXTRA_KINDS = {"event": ("event_batch",), P1_CHANNEL: ("event_batch",)}
 _LIMITS = {"snapshot": MAX_SNAPSHOT_BYTES + 8 * 1024, "event": MAX_EVENT_BYTES,
            "event_batch": MAX_BATCH_BYTES}
 
@@ -248,10 +256,11 @@ class Topics:
         return central_id
 
     def parse(self, topic: str) -> tuple[str, str, str]:
-        """Split ``{prefix}/{up|down}/{node}/{channel}``; ``WireError('wrong_topic')`` otherwise."""
+        """Split ``{prefix}/{up|down}/{node}/{channel}``; ``WireError('wrong_topic')`` otherwise.
+        (The channel may have two levels: ``event/p1``.)"""
         if not topic.startswith(self.prefix + "/"):
             raise WireError("wrong_topic", topic)
-        parts = topic[len(self.prefix) + 1:].split("/")
+        parts = topic[len(self.prefix) + 1:].split("/", 2)
         if len(parts) != 3 or parts[0] not in ("up", "down"):
             raise WireError("wrong_topic", topic)
         direction, node_id, channel = parts
@@ -403,7 +412,7 @@ def decode_event_message(topics: Topics, topic: str,
     one bad envelope does not spoil the rest. A single envelope raises ``WireError`` as before.
     """
     _direction, node_id, channel = topics.parse(topic)
-    if channel != "event":
+    if channel not in EVENT_CHANNELS:
         raise WireError("wrong_kind", f"{channel} is not an event channel")
     kind, data, raw = _parse(payload, _channel_kinds(channel))
     if kind == "event":
