@@ -52,7 +52,11 @@ class Central:
     def __init__(self, cfg: Any, store: CentralStore, webs: int) -> None:
         self.cfg, self.store = cfg, store
         self.ingest = IngestService(cfg, store)
-        self.ports = [free_port() for _ in range(webs)]
+        self.ports: list[int] = []
+        while len(self.ports) < webs:  # free_port may hand out the same port twice in a row
+            port = free_port()
+            if port not in self.ports:
+                self.ports.append(port)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.main: asyncio.Task[Any] | None = None
         self.servers: list[DeskServer] = []
