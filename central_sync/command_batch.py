@@ -29,6 +29,8 @@ log = logging.getLogger("central_sync.command_batch")
 
 #: QoS 1 commands of one batch not yet confirmed by the broker (below paho's in-flight limit).
 COMMAND_WINDOW = 100
+#: How long the last window's PUBACKs may take before the batch is reported unconfirmed.
+CONFIRM_TIMEOUT_S = 30.0
 #: How often a full window is looked at again.
 WINDOW_POLL_S = 0.002
 
@@ -78,6 +80,18 @@ async def publish_batch(client: aiomqtt.Client | None, topics: Topics,
                                f"{paho.error_string(info.rc)}")
         pending.append(info)
         sent += 1
+    # The last window's PUBACKs: return once the broker holds every command (a caller that then
+    # disconnects loses none), or say how many it never confirmed.
+    deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+    while pending:
+        while pending and pending[0].is_published():
+            pending.popleft()
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise CentralError(f"{len(pending)} of {sent} command(s) not confirmed by the broker "
+                               f"within {CONFIRM_TIMEOUT_S:.0f} s")
+        await asyncio.sleep(WINDOW_POLL_S)
     log_event(log, "commands_published", count=sent, action=signed[0].action, sign_s=round(sign_s, 3),
               record_s=round(record_s, 3), publish_s=round(time.monotonic() - started - sign_s - record_s, 3))
     return signed

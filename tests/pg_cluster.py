@@ -9,6 +9,7 @@ and the data directory is created outside pytest's root-only temp tree and given
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -20,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
 from pytest_postgresql.executors import PostgreSQLExecutor
 
 SUPERUSER = "kentongan_test"
@@ -62,21 +64,42 @@ class PgCluster:
                 os.chown(self.root / sub, owner.pw_uid, owner.pw_gid)
         else:
             (self.root / "sock").mkdir()
+        self._executable = executable
+        self._fsync = fsync
         self.port = free_port()
-        self.executor = PostgreSQLExecutor(
-            executable=executable, host="127.0.0.1", port=self.port, datadir=str(self.root / "data"),
+        self.executor = self._executor(self.port)
+
+    def _executor(self, port: int) -> PostgreSQLExecutor:
+        executor = PostgreSQLExecutor(
+            executable=self._executable, host="127.0.0.1", port=port, datadir=str(self.root / "data"),
             unixsocketdir=str(self.root / "sock"), logfile=str(self.root / "postgresql.log"),
             startparams="-w", dbname="postgres", user=SUPERUSER, timeout=120,
             postgres_options="-c listen_addresses=127.0.0.1 -c max_connections=200"
-                             + ("" if fsync else " -c fsync=off"))
+                             + ("" if self._fsync else " -c fsync=off"))
         if os.geteuid() == 0:
             # pg_ctl -l writes the log as the postgres user.
             log = self.root / "postgresql.log"
             log.touch()
             os.chown(log, pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid)
+        return executor
 
-    def start(self) -> PgCluster:
-        self.executor.start()
+    def start(self, attempts: int = 5) -> PgCluster:
+        """Start the cluster. On a busy machine the free port picked may be taken by someone else
+        before the server binds it: then try again on another port (the log's tail is kept in
+        the error if every attempt fails)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.executor.start()
+                break
+            except (ProcessExitedWithError, TimeoutExpired) as exc:
+                log = self.root / "postgresql.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                with contextlib.suppress(Exception):  # it did not start: nothing to stop
+                    self.executor.stop()
+                if attempt == attempts:
+                    raise RuntimeError(f"PostgreSQL did not start after {attempts} attempts; log:\n{tail}") from exc
+                self.port = free_port()
+                self.executor = self._executor(self.port)
         self.wait_ready()
         return self
 
@@ -99,7 +122,7 @@ class PgCluster:
     def restart(self) -> None:
         """Stop (fast shutdown: every connection is cut) and start again on the same port."""
         self.executor.stop()
-        self.start()
+        self.start(attempts=1)  # the clients reconnect to the same port
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"

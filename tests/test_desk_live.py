@@ -272,8 +272,8 @@ def test_live_changes_follow_the_replay(served: tuple[WebEnv, httpx.Client]) -> 
 
     def later() -> None:
         time.sleep(0.5)
+        fired.set()  # before the commit: the stream may deliver it before env.events returns
         env.events(event("pos-b", "PANIC"))
-        fired.set()
 
     threading.Thread(target=later, daemon=True).start()
     got = _read_events(http, {"Last-Event-ID": str(seen)},
