@@ -328,13 +328,15 @@ class Agent:
             return {}
         st = self.hw.siren.state()
         now = time.monotonic()
-        trig = st.trigger
+        trig, last = st.trigger, st.last_trigger
         return {
             "playing": st.playing,
             "relay_on": st.relay_on,
             "pattern": st.pattern,
             "trigger": None if trig is None else {"source": trig.source, "detail": trig.detail,
                                                   "incident_type": trig.incident_type},
+            "last_trigger": None if last is None else {"source": last.source, "detail": last.detail,
+                                                       "incident_type": last.incident_type},
             "history": [[round(now - t, 3), on] for t, on in list(st.history)[-20:]],
         }
 

@@ -150,6 +150,8 @@ def test_chirp_finishes_by_itself(pin_factory: MockFactory, player: SirenPlayer,
                 max_seconds=player.cfg.test_max_seconds)
     rec.wait_for(SirenEventKind.FINISHED)
     assert [lvl for _, lvl in edges(pin)] == [1.0, 0.0]
+    st = player.state()  # the activation is over; its trigger stays readable as the last one
+    assert st.trigger is None and st.last_trigger == Trigger("test", "selftest")
 
 
 def test_stop_mid_pattern_turns_relay_off_promptly(pin_factory: MockFactory,

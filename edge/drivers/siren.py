@@ -121,6 +121,8 @@ class SirenState:
     activation_id: str | None
     last_end_reason: str | None
     history: list[tuple[float, bool]] = field(default_factory=list)
+    #: The trigger of the latest activation that sounded (kept after it ended; None: none yet).
+    last_trigger: Trigger | None = None
 
 
 @dataclass
@@ -164,6 +166,7 @@ class SirenPlayer:
         self._job: _Job | None = None
         self._closed = False
         self._last_end_reason: str | None = None
+        self._last_trigger: Trigger | None = None
         self._history: deque[tuple[float, bool]] = deque(maxlen=HISTORY_LEN)
         self._relay_state = False
         # Activation ids: random per process, then a counter, so play() makes no syscall
@@ -219,6 +222,7 @@ class SirenPlayer:
                 self._set_relay(True)  # the first strike: on the caller's thread, right now
                 job.phase_end = time.monotonic() + steps[0][0] / 1000.0
                 self._job = job
+                self._last_trigger = trigger
                 self._cond.notify()
                 events.append(self._event(job, SirenEventKind.STARTED, None, now))
         if reason is not None:
@@ -277,6 +281,7 @@ class SirenPlayer:
                 activation_id=job.activation.activation_id if job else None,
                 last_end_reason=self._last_end_reason,
                 history=list(self._history),
+                last_trigger=self._last_trigger,
             )
 
     def alive(self) -> bool:
