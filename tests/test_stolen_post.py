@@ -53,14 +53,15 @@ PASSWORD = "kata sandi yang panjang 2026"
 TOPICS = Topics()
 
 
-def _wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+def _wait(cond: Callable[[], Any], timeout: float, what: str, log: Path | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         got = cond()
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"timed out waiting for {what}\n{tail}")
         time.sleep(0.2)
 
 
@@ -154,9 +155,14 @@ class Site:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.bystanders: dict[str, Bystander] = {}
         self.broker: LocalMosquitto | None = None
+
+    def start(self) -> None:
+        """CA, production broker, enrolment, desk accounts, then central."""
+        root = self.root
         mqtt_port, self.web_port = free_port(), free_port()
         cdir = root / "central"
         cdir.mkdir(parents=True)
+        self.cdir, self.mqtt_port = cdir, mqtt_port
         self.cfg = cdir / "central.toml"
         self.cfg.write_text(_central_toml(cdir, mqtt_port, self.web_port))
         self.db = cdir / "central.db"
@@ -174,14 +180,42 @@ class Site:
             self.bundles[node_id] = bundle
         self.central("user", "add", "admin", "--role", "admin", stdin=PASSWORD + "\n")
         self.central("user", "add", "ketua-rt11", "--role", "rt_admin", "--rt", f"{KEL}/1/1", stdin=PASSWORD + "\n")
-        self.spawn([PY, "-m", "central_sync.cli", "run", "--config", str(self.cfg)], cdir / "central.log")
+        self.log = cdir / "central.log"
+        self.central_proc = self.start_central()
+
+    def start_central(self) -> subprocess.Popen[bytes]:
+        """``kentongan-central run``, answering on its desk port. On a busy machine another
+        process may take the free port before central binds it: then central exits and is
+        started again on another port (a bounded number of times)."""
+        for _attempt in range(5):
+            self.log.write_bytes(b"")
+            proc = self.spawn([PY, "-m", "central_sync.cli", "run", "--config", str(self.cfg)], self.log)
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and time.monotonic() < deadline and not self.web_up():
+                time.sleep(0.2)
+            if proc.poll() is None and self.web_up():
+                return proc
+            text = self.log.read_text(errors="replace")
+            if proc.poll() is None or "address already in use" not in text:
+                raise AssertionError(f"central did not start:\n{text[-3000:]}")
+            self.web_port = free_port()
+            self.cfg.write_text(_central_toml(self.cdir, self.mqtt_port, self.web_port))
+        raise AssertionError("central found no free desk port")
+
+    def web_up(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.web_port}/login", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def central(self, *args: str, stdin: str | None = None) -> str:
         return _run(["-m", "central_sync.cli", *args, "--config", str(self.cfg)], stdin)
 
-    def spawn(self, args: list[str], log: Path) -> None:
-        self.procs.append(subprocess.Popen(args, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                                           start_new_session=True))
+    def spawn(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
 
     def start_thief(self) -> Path:
         """The stolen post: its real bundle installed, its config edited to claim RW 1 / RT 1,
@@ -221,6 +255,7 @@ class Site:
 def site(tmp_path: Path) -> Iterator[Site]:
     s = Site(tmp_path)
     try:
+        s.start()
         yield s
     finally:
         s.close()
@@ -233,16 +268,8 @@ def _login(site: Site, user: str) -> tuple[httpx.Client, dict[str, str]]:
     return client, {"X-CSRF-Token": r.json()["csrf_token"]}
 
 
-def _web_up(site: Site) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{site.web_port}/login", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def test_stolen_post_claiming_another_rw_sounds_only_its_registry_rw(site: Site) -> None:
     assert site.broker is not None
-    _wait(lambda: _web_up(site), 90, "central's desk to answer")
     for node_id in BYSTANDERS:
         site.bystanders[node_id] = Bystander(node_id, site.bundles[node_id], site.root / node_id, site.ca,
                                              site.broker.port)
@@ -257,7 +284,7 @@ def test_stolen_post_claiming_another_rw_sounds_only_its_registry_rw(site: Site)
         thief_cfg = site.start_thief()
         # Its presence (claiming RW 1 / RT 1) arrives: recorded as a security event, not applied.
         events = _wait(lambda: [e for e in store.registry_tables().security_events() if e["node_id"] == THIEF],
-                       120, "the place claim recorded as a security event")
+                       120, "the place claim recorded as a security event", site.log)
         assert json.loads(events[0]["claimed"]) == {"kelurahan_code": KEL, "rw": 1, "rt": 1}
         assert json.loads(events[0]["registered"]) == {"kelurahan_code": KEL, "rw": 2, "rt": 1}
         thief_row = _wait(lambda: next((n for n in store.list_nodes() if n["node_id"] == THIEF and n["online"]),
@@ -269,7 +296,7 @@ def test_stolen_post_claiming_another_rw_sounds_only_its_registry_rw(site: Site)
         delta = site.bystanders["rw2-delta"]
         warned = _wait(lambda: [c for c in delta.received() if c["action"] == "sound"
                                 and c["params"].get("source_node") == THIEF], 120,
-                       "the RW 2 warning at the thief's registry neighbour")
+                       "the RW 2 warning at the thief's registry neighbour", site.log)
         assert warned[0]["params"]["incident_type"] == "PERAMPOKAN" and warned[0]["sig"]
 
         # Ordering barrier: an operator chirp to each RW 1 post travels after anything routed
