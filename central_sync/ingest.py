@@ -56,6 +56,7 @@ from central_sync.mqtt_central import (
     MessageBuffer,
     ReadGate,
     central_presence,
+    deliver_inline,
     make_client,
     next_messages,
     paho_of,
@@ -170,8 +171,9 @@ class IngestService:
             link: Link | None = None
             try:
                 client, buffer = make_client(self.cfg, client_id, on_drop=self._count_drop)
+                link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
+                deliver_inline(client, self.topics.up_tree(), self._inline_handler(link))
                 async with client:
-                    link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
                     granted = await client.subscribe(subscriptions(self.cfg))
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:  # e.g. an ACL that does not grant central the uplink tree
@@ -218,6 +220,14 @@ class IngestService:
             self._gates.discard(gate)
             self.stats.read_pauses += gate.pauses
             self.stats.buffer_peak = max(self.stats.buffer_peak, buffer.peak)
+
+    def _inline_handler(self, link: Link) -> Callable[[str, bytes, int, int], None]:
+        handle = self.handle
+
+        def on_message(topic: str, payload: bytes, mid: int, qos: int) -> None:
+            handle(topic, payload, Delivery(link, mid, qos))
+
+        return on_message
 
     def _count_drop(self) -> None:
         self.stats.dropped_qos0 += 1
@@ -369,6 +379,8 @@ class IngestService:
             self._room.set()
             for gate in self._gates:
                 gate.poke()
+        if self._gates:
+            self.stats.read_pauses_live = sum(gate.pauses for gate in self._gates)
         batch = Batch(events, list(self._presences.values()), list(self._heartbeats.values()), self._snapshots,
                       self._results)
         settle = self._settle + [m.delivery for m in events if m.delivery is not None]
