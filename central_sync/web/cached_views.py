@@ -1,0 +1,61 @@
+"""The dashboard's two heavy bodies through ``BodyCache``: the incident queue's rows (``GET /``,
+``GET /fragments/queue``) and the post overview's JSON (``GET /api/nodes``).
+
+What each body depends on, and so its cache key and version:
+
+* queue rows: the user's incident visibility (role and RTs) and the language; the data version
+  is (stream head, ``PostTable.labels_version``): an incident change moves the stream head, a
+  post's name or place moves the labels version; heartbeats move neither;
+* post overview: the user's post visibility (staff, or the RTs); version ``PostTable.version``
+  (every presence/heartbeat), so under a live fleet it is rebuilt at most once per
+  ``max_age_s`` in the background and served as stored in between.
+
+The queue's stream id is the head read BEFORE its rows were built (``QueueRows.head``): the
+page's live stream replays every change after it, so rows a little behind are caught up by the
+browser, never lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+from markupsafe import Markup
+
+from central_sync.users import Role, User
+from central_sync.web import i18n
+from central_sync.web.body_cache import Cached, QueueRows
+from central_sync.web.posts import post_rows
+
+if TYPE_CHECKING:  # context.py imports this module
+    from central_sync.web.auth import Principal
+    from central_sync.web.context import WebContext
+
+def _scope(user: User) -> Hashable:
+    """What visibility depends on: admins and operators see by role, RT admins by their RTs."""
+    return user.role, (frozenset() if user.role in (Role.ADMIN, Role.OPERATOR) else user.rts)
+
+
+def queue_rows(ctx: WebContext, who: Principal) -> Cached[QueueRows]:
+    """The visible queue rows, rendered (``.value.head``: the stream id they are as new as)."""
+    head = ctx.hub.head  # before reading anything
+    version = (head, ctx.desk.posts.labels_version)
+
+    def build() -> QueueRows:
+        nodes = ctx.desk.nodes()
+        incidents = [ctx.desk.summary(i, nodes.get(i.node_id)) for i in ctx.desk.visible(who, nodes)]
+        html = ctx.templates.get_template("queue_fragment.html").render(incidents=incidents)
+        return QueueRows(Markup(html), len(incidents), head)
+
+    return ctx.bodies.queue.get((_scope(who.user), i18n.current()), version, build)
+
+
+def nodes_json(ctx: WebContext, who: Principal) -> Cached[bytes]:
+    """``GET /api/nodes``'s body, serialised once per version."""
+    version = ctx.desk.posts.version
+
+    def build() -> bytes:
+        return json.dumps(post_rows(ctx, who), separators=(",", ":"), ensure_ascii=False).encode()
+
+    return ctx.bodies.nodes.get(_scope(who.user), version, build)
