@@ -150,7 +150,7 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
             raise
         return DecodedEvents(node, [], named, True)
     items = _items(payload)
-    suspect = _SUSPECT.search(payload) is not None
+    suspect = payload_suspect(payload)
     bad_index = {b.index for b in bad}
     good_items = [item for i, item in enumerate(items) if i not in bad_index]
     if len(good_items) != len(envs):  # cannot happen for what decode_event_message accepted
@@ -176,8 +176,16 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
 
 
 def payload_suspect(payload: bytes) -> bool:
-    """False when the JSON text cannot hold an unstorable value (fast pre-check of ``unstorable``)."""
-    return _SUSPECT.search(payload) is not None
+    """False when the JSON text cannot hold an unstorable value (fast pre-check of ``unstorable``):
+    no suspect escape or number, and strict UTF-8 (``json.loads`` decodes bytes with
+    ``surrogatepass``, so a surrogate encoded as raw bytes would become a lone surrogate)."""
+    if _SUSPECT.search(payload) is not None:
+        return True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def unstorable(value: Any) -> tuple[str, str] | None:
