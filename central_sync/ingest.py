@@ -135,6 +135,7 @@ class IngestService:
         self._settle: list[Delivery] = []  # PUBACK after the next commit
         self._acks_due = AckBook()  # rejections named before the next commit
         self._wake = asyncio.Event()
+        self._batch_full = asyncio.Event()  # set once ``batch_max`` events wait: commit now
         self._room = asyncio.Event()
         self._room.set()
         self._gates: set[ReadGate] = set()
@@ -305,6 +306,8 @@ class IngestService:
         if decoded.good:
             self._events.append(EventMsg(topic, decoded.node_id, decoded.good, delivery))
             self._pending_events += len(decoded.good)
+            if self._pending_events >= self.cfg.ingest.batch_max:
+                self._batch_full.set()
             if self._pending_events >= self.cfg.ingest.max_pending_events:
                 self._room.clear()
         elif delivery is not None:
@@ -341,14 +344,16 @@ class IngestService:
         while True:
             await self._wake.wait()
             if wait_s > 0 and self._pending_events < self.cfg.ingest.batch_max:
+                # One timed wait per batch (not a wake-up per arriving message): until the
+                # batch is full or ``batch_wait_ms`` has passed.
+                self._batch_full.clear()
                 deadline = loop.time() + wait_s
                 while self._pending_events < self.cfg.ingest.batch_max:
                     left = deadline - loop.time()
                     if left <= 0:
                         break
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), left)
+                        await asyncio.wait_for(self._batch_full.wait(), left)
             try:
                 await self._commit_once()
             except asyncio.CancelledError:
