@@ -87,3 +87,33 @@ def test_ack_bodies_are_the_bytes_encode_writes_split_past_the_wire_limit() -> N
     bodies = book.bodies(1234.5)
     assert [(n, k, b) for n, k, b in bodies] == [(a.node_id, len(a.event_ids), encode(a)) for a in book.acks(1234.5)]
     assert [(n, k) for n, k, _b in bodies] == [("node-a", ACK_IDS_MAX), ("node-a", 3), ("node-b", 0), ("node-c", 1)]
+
+
+def test_a_resend_of_verified_bytes_skips_ed25519_but_nothing_else() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge.errors import SecurityError
+    from edge.signing import EventSigner, EventVerifier, NodeKey
+
+    key = Ed25519PrivateKey.generate()
+    registry = {"node-a": NodeKey("node-a", key.public_key(), "enrolled")}
+    verifier = EventVerifier(registry.get)
+    signed = EventSigner(key)(ev())
+    verifier(signed)
+    verifier(signed)  # the post resent it: a duplicate, not a second verification
+    assert verifier.verifications == 1
+    forged = signed.model_copy(update={"sig": EventSigner(Ed25519PrivateKey.generate())(ev()).sig})
+    with pytest.raises(SecurityError) as exc:
+        verifier(forged)  # same content, another signature: checked, and refused
+    assert exc.value.reason == "bad_signature" and verifier.verifications == 2
+    with pytest.raises(SecurityError) as exc:
+        verifier(signed.model_copy(update={"sig": None}))
+    assert exc.value.reason == "unsigned"
+    other = EventSigner(key)(ev(event_id=signed.event_id, seq=99))
+    with pytest.raises(SecurityError) as exc:
+        verifier(other)  # the same event id with other content: a replay
+    assert exc.value.reason == "replay"
+    registry["node-a"] = NodeKey("node-a", key.public_key(), "revoked")
+    with pytest.raises(SecurityError) as exc:
+        verifier(signed)  # revocation bites even for bytes verified before
+    assert exc.value.reason == "revoked"
