@@ -1,7 +1,8 @@
 """Central ingest: store-and-forward sync, central side.
 
 Every uplink message goes through ``IngestService.handle(topic, payload, delivery)``, which does
-no I/O and never raises:
+no I/O and never raises, so it is called right where paho parses the message
+(``mqtt_central.deliver_inline``: no queue, no task hop per message):
 
 * ``event``: one envelope or an ``event_batch`` (``central_sync.ingest_decode``), queued whole for
   the next commit batch; envelopes for another node than the topic's are rejected PERMANENTLY
