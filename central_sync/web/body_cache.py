@@ -54,6 +54,8 @@ class BodyCache(Generic[T]):
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age_s = max_age_s
         self.capacity = capacity
+        #: False: every ``get`` builds (the uncached behaviour, for comparisons and debugging).
+        self.enabled = True
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[Hashable, Cached[T]] = {}
@@ -65,6 +67,8 @@ class BodyCache(Generic[T]):
     def get(self, key: Hashable, version: Hashable, build: Callable[[], T]) -> Cached[T]:
         """The body for ``key``: built now if there is none, else the stored one (rebuilt in the
         background once it is behind ``version`` and older than ``max_age_s``)."""
+        if not self.enabled:
+            return Cached(version, build(), self._clock())
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
