@@ -125,3 +125,6 @@ class DeskBodies:
 
     queue: BodyCache[QueueRows] = field(default_factory=lambda: BodyCache(MAX_AGE_S))
     nodes: BodyCache[bytes] = field(default_factory=lambda: BodyCache(MAX_AGE_S))
+    #: Rendered queue rows by (language, time slot, summary) (``cached_views.render_rows``);
+    #: written by one rebuild at a time per scope, a plain dict is enough.
+    rows: dict[Hashable, Markup] = field(default_factory=dict)
