@@ -61,6 +61,8 @@ def render_rows(ctx: WebContext, incidents: list[dict[str, Any]]) -> Markup:
     ``queue_fragment.html`` does), each rendered once per (summary, language, ``ROW_AGE_S``
     slot) and kept in ``ctx.bodies.rows``: a rebuild renders only the incidents that changed."""
     macro = ctx.templates.get_template("_row.html").module.incident_row  # type: ignore[attr-defined]
+    if not ctx.bodies.queue.enabled:  # uncached: as queue_fragment.html renders them
+        return Markup("").join(Markup(macro(summary)) for summary in incidents)
     rows = ctx.bodies.rows
     slot = (i18n.current(), int(time.time() // ROW_AGE_S))
     if len(rows) > 4 * max(len(incidents), 1000):
