@@ -30,52 +30,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
-from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import median, pct, table  # noqa: E402
-from bench.fleet_sim import node_ids, node_key  # noqa: E402
-from central_sync.broker import LocalMosquitto, free_port  # noqa: E402
-from central_sync.store import open_store  # noqa: E402
-from edge.signing import public_key_pem  # noqa: E402
-
-PY = sys.executable
-CLI = [PY, "-m", "central_sync.cli"]
-ECHO = r'''
-import json, sys, time
-import paho.mqtt.client as paho
-port, prefix = int(sys.argv[1]), sys.argv[2]
-c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-echo", protocol=paho.MQTTv5)
-c.max_inflight_messages_set(65535)
-def on_connect(client, u, f, rc, p=None):
-    client.subscribe(prefix + "/up/+/event", qos=1)
-    print("ready", flush=True)
-def on_message(client, u, msg):
-    node = msg.topic.split("/")[-2]
-    data = json.loads(msg.payload)
-    ids = [e["event_id"] for e in data["events"]] if data.get("kind") == "event_batch" else [data["event_id"]]
-    body = json.dumps({"v": 1, "kind": "ack", "node_id": node, "event_ids": ids, "snapshot_ids": [],
-                       "rejected": [], "central_time": time.time()}, separators=(",", ":"))
-    client.publish(prefix + "/down/" + node + "/ack", body, qos=1)
-c.on_connect, c.on_message = on_connect, on_message
-c.connect("127.0.0.1", port)
-c.loop_forever()
-'''
+from bench._common import median, pct, table
+from bench.fleet_procs import (
+    ECHO,
+    Dashboards,
+    cpu_seconds,
+    peak_rss_mib,
+    start_central,
+    start_fleet,
+    stop,
+    wait_line,
+)
+from bench.fleet_setup import PY, Setup
 
 
 @dataclass
@@ -94,241 +71,6 @@ class PhaseResult:
     lost: int = 0
     duplicated: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def wait_line(proc: subprocess.Popen[str], text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode} before {text!r}")
-            continue
-        if text in line:
-            return
-    raise RuntimeError(f"timed out waiting for {text!r}")
-
-
-def port_outside_ephemeral_range() -> int:
-    """A free loopback port below the kernel's ephemeral range: 10,000 simulated posts take
-    10,000 ephemeral ports, and one of them may take a port picked earlier by ``free_port``
-    before the web process binds it."""
-    import random
-    import socket
-
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(200):
-        port = random.randrange(10_000, max(low, 10_001))
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
-
-
-class Database:
-    """Counting queries on central's store (SQLite file or PostgreSQL URL), and bulk key
-    registration (one transaction for the whole fleet)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
-
-    def query(self, sql: str, rows: list[tuple[Any, ...]] | None = None) -> Any:
-        if self.path is not None:
-            conn = sqlite3.connect(self.path, timeout=30)
-            try:
-                with conn:
-                    if rows is not None:
-                        conn.executemany(sql, rows)
-                        return None
-                    return conn.execute(sql).fetchone()
-            finally:
-                conn.close()
-        import psycopg
-
-        with psycopg.connect(self.url) as pg:
-            if rows is not None:
-                with pg.cursor() as cur:
-                    cur.executemany(sql.replace("?", "%s"), rows)
-                return None
-            return pg.execute(sql).fetchone()
-
-
-def start_postgres(work: Path) -> tuple[Any, str]:
-    """A throwaway PostgreSQL cluster (tests/pg_cluster.py: initdb in a temp dir, free loopback
-    port) with fsync ON, as a production server would run; returns (cluster, database URL)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import psycopg
-    from pg_cluster import PgCluster
-
-    cluster = PgCluster().start()
-    with psycopg.connect(cluster.url(), autocommit=True) as conn:
-        conn.execute("ALTER SYSTEM SET fsync = on")
-        conn.execute("ALTER SYSTEM SET synchronous_commit = on")
-        conn.execute("SELECT pg_reload_conf()")
-    return cluster, cluster.new_database()
-
-
-class Setup:
-    """Broker, central config, CA, registered keys and a dashboard user in a temp dir."""
-
-    def __init__(self, work: Path, posts: int, seed: str, postgres: bool = False, signed: bool = True) -> None:
-        self.work = work
-        self.pg: Any = None
-        url = f"sqlite:///{work / 'central.db'}"
-        if postgres:
-            self.pg, url = start_postgres(work)
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        self.broker = LocalMosquitto(work / "mosquitto", extra_conf="set_tcp_nodelay true\n"
-                                     "max_queued_messages 1000000\n").start()
-        self.web_port = port_outside_ephemeral_range()
-        self.db = Database(url)
-        self.cfg = work / "central.toml"
-        self.url, self.signed = url, signed
-        self.configure(0)
-        subprocess.run([*CLI, "ca", "init", "--config", str(self.cfg)], check=True, capture_output=True, cwd=ROOT)
-        if not signed:  # the CA is still needed for "user add"; central verifies only with [pki]
-            self.configure(0, pki=False)
-        self.nodes = node_ids("post", 0, posts)
-        open_store(url).close()  # creates (migrates) every table
-        now = time.time()
-        self.db.query("INSERT INTO node_registry VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
-                      [(n, public_key_pem(node_key(seed, n)), "33.74.10.1001", 1 + i // 500, 1 + i % 500,
-                        f"Pos {n}", "enrolled", f"{i:x}", now + 86400 * 365, now)
-                       for i, n in enumerate(self.nodes)])
-        pw = work / "pw"
-        pw.write_text("bench-password-123\n")
-        subprocess.run([*CLI, "user", "add", "bench", "--role", "admin", "--password-file", str(pw), "--config",
-                        str(self.cfg)], check=True, capture_output=True, cwd=ROOT)
-
-    def configure(self, repeat: int, pki: bool | None = None) -> None:
-        """(Re)write central's config; each repeat gets its own shared group, so a stopped
-        worker's session (expiring after 5 s) does not collect the next phase's messages."""
-        with_pki = self.signed if pki is None else pki
-        self.cfg.write_text(f'''log_level = "WARNING"
-[broker]
-port = {self.broker.port}
-client_id = "central"
-[ingest]
-shared_group = "bench-r{repeat}"
-shared_session_expiry_seconds = 5
-[web]
-port = {self.web_port}
-[store]
-url = "{self.url}"
-''' + (f'[pki]\ndir = "{self.work / "pki"}"\n' if with_pki else ""))
-
-    def events(self) -> int:
-        return int(self.db.query("SELECT COUNT(*) FROM events")[0])
-
-    def duplicated(self) -> int:
-        return int(self.db.query("SELECT COUNT(*) - COUNT(DISTINCT event_id) FROM events")[0])
-
-    def close(self) -> None:
-        self.broker.stop()
-        if self.pg is not None:
-            self.pg.close()
-
-
-class Dashboards:
-    """``n`` logged-in operators polling ``GET /`` and ``GET /api/nodes`` every second, each with
-    an SSE stream open; GET latencies in seconds."""
-
-    def __init__(self, port: int, n: int) -> None:
-        self.port, self.n = port, n
-        self.latencies: list[float] = []
-        self.errors = 0
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
-
-    def _opener(self) -> urllib.request.OpenerDirector:
-        jar = CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-        body = json.dumps({"username": "bench", "password": "bench-password-123"}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/login", body,
-                                     {"Content-Type": "application/json"})
-        opener.open(req, timeout=30).read()
-        return opener
-
-    def _stream(self, opener: urllib.request.OpenerDirector) -> None:
-        try:
-            with opener.open(f"http://127.0.0.1:{self.port}/api/stream", timeout=5) as resp:
-                while not self.stop.is_set():
-                    resp.readline()
-        except Exception:
-            return
-
-    def _run(self) -> None:
-        try:
-            opener = self._opener()
-        except Exception:
-            self.errors += 1
-            return
-        threading.Thread(target=self._stream, args=(opener,), daemon=True).start()
-        while not self.stop.is_set():
-            for path in ("/", "/api/nodes"):
-                t0 = time.monotonic()
-                try:
-                    opener.open(f"http://127.0.0.1:{self.port}{path}", timeout=30).read()
-                    self.latencies.append(time.monotonic() - t0)
-                except Exception:
-                    self.errors += 1
-            self.stop.wait(1.0)
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(5)
-
-
-def start_fleet(setup: Setup, args: argparse.Namespace, tag: str) -> list[tuple[subprocess.Popen[str], Path]]:
-    procs = []
-    per = -(-len(setup.nodes) // args.procs)
-    for i in range(args.procs):
-        nodes = setup.nodes[i * per:(i + 1) * per]
-        if not nodes:
-            continue
-        spec = {"port": setup.broker.port, "nodes": nodes, "seed": args.seed,
-                "rate": args.rate * len(nodes) / len(setup.nodes),
-                "p1_rate": args.p1_rate * len(nodes) / len(setup.nodes), "heartbeat_s": args.heartbeat,
-                "backlog": args.backlog, "signed": not args.unsigned, "drain_s": args.drain,
-                "ack_timeout": args.ack_timeout, "p1_channel": not args.no_p1_channel}
-        spec_path = setup.work / f"fleet-{tag}-{i}.json"
-        spec_path.write_text(json.dumps(spec))
-        out = setup.work / f"fleet-{tag}-{i}.out.json"
-        proc = subprocess.Popen([PY, str(ROOT / "bench" / "fleet_sim.py"), str(spec_path), str(out)],
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        procs.append((proc, out))
-    for proc, _out in procs:
-        wait_line(proc, "ready", 600)
-    return procs
 
 
 def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list[subprocess.Popen[str]],
@@ -381,48 +123,6 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
                  "web_rss_mib": round(peak_rss_mib(web.pid)) if web is not None else None,
                  }
     return res
-
-
-def start_central(setup: Setup, args: argparse.Namespace
-                  ) -> tuple[list[subprocess.Popen[str]], subprocess.Popen[str] | None]:
-    """The receiving processes (ingest workers, or the all-in-one) and the web process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs: list[subprocess.Popen[str]] = []
-    web: subprocess.Popen[str] | None = None
-    log = (setup.work / "central.log").open("a")
-    if args.ingest == 0:
-        procs.append(subprocess.Popen([*CLI, "run", "--config", str(setup.cfg)], cwd=ROOT, env=env,
-                                      stdout=log, stderr=log, text=True))
-    else:
-        for i in range(args.ingest):
-            cli = [PY, "-m", "cProfile", "-o", str(args.profile / f"ingest-{i + 1}.prof"), "-m", "central_sync.cli"] \
-                if args.profile else CLI
-            procs.append(subprocess.Popen([*cli, "ingest", "--config", str(setup.cfg), "--worker-id", str(i + 1)],
-                                          cwd=ROOT, env=env, stdout=log, stderr=log, text=True))
-        if not args.no_web:
-            web = subprocess.Popen([*CLI, "web", "--config", str(setup.cfg)], cwd=ROOT, env=env,
-                                   stdout=log, stderr=log, text=True)
-    deadline = time.monotonic() + 120
-    import socket
-
-    while time.monotonic() < deadline and not args.no_web:
-        try:
-            with socket.create_connection(("127.0.0.1", setup.web_port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.2)
-    time.sleep(2.0)  # the ingest workers' subscriptions (their STATE is retained; good enough here)
-    return procs, web
-
-
-def stop(procs: list[subprocess.Popen[str]]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
@@ -86,30 +87,40 @@ class AckBook:
 
     def bodies(self, central_time: float) -> list[tuple[str, int, bytes]]:
         """(node id, event ids acknowledged, JSON body) per Ack: the bytes ``encode(Ack(...))``
-        writes, built without a pydantic round trip (every id and reason was validated when it
-        arrived)."""
+        writes, built without a pydantic model per Ack (every id and reason was validated when
+        it arrived)."""
         out: list[tuple[str, int, bytes]] = []
-        for ack in self.acks(central_time):
-            body = json.dumps({"v": 1, "kind": "ack", "node_id": ack.node_id, "event_ids": ack.event_ids,
-                               "snapshot_ids": ack.snapshot_ids,
-                               "rejected": [{"event_id": r.event_id, "reason": r.reason} for r in ack.rejected],
-                               "central_time": ack.central_time}, separators=(",", ":"), ensure_ascii=False)
-            out.append((ack.node_id, len(ack.event_ids), body.encode()))
+        encode_json = _ACK_JSON.encode
+        for node_id, ids, rejected, snapshot_ids in self._rounds():
+            body = encode_json({"v": 1, "kind": "ack", "node_id": node_id, "event_ids": ids,
+                                "snapshot_ids": snapshot_ids,
+                                "rejected": [{"event_id": r.event_id, "reason": r.reason} for r in rejected],
+                                "central_time": central_time})
+            out.append((node_id, len(ids), body.encode()))
         return out
 
     def acks(self, central_time: float) -> list[Ack]:
-        out: list[Ack] = []
+        return [Ack.model_construct(v=1, sig=None, kind="ack", node_id=node_id, central_time=central_time,
+                                    event_ids=ids, rejected=rejected, snapshot_ids=snapshot_ids)
+                for node_id, ids, rejected, snapshot_ids in self._rounds()]
+
+    def _rounds(self) -> Iterator[tuple[str, list[str], list[Rejection], list[str]]]:
+        """(node id, event ids, rejections, snapshot ids) of each Ack, split past the wire limits."""
         for node_id, n in self._nodes.items():
-            ids = list(dict.fromkeys(n.event_ids))
+            ids = n.event_ids if len(n.event_ids) < 2 else list(dict.fromkeys(n.event_ids))
+            if len(ids) <= ACK_IDS_MAX and len(n.rejected) <= ACK_IDS_MAX and len(n.snapshot_ids) <= ACK_SNAPSHOTS_MAX:
+                yield node_id, ids, n.rejected, n.snapshot_ids
+                continue
             rounds = max(-(-len(ids) // ACK_IDS_MAX), -(-len(n.rejected) // ACK_IDS_MAX),
-                         -(-len(n.snapshot_ids) // ACK_SNAPSHOTS_MAX), 1)
+                         -(-len(n.snapshot_ids) // ACK_SNAPSHOTS_MAX))
             for r in range(rounds):
-                out.append(Ack.model_construct(
-                    v=1, sig=None, kind="ack", node_id=node_id, central_time=central_time,
-                    event_ids=ids[r * ACK_IDS_MAX:(r + 1) * ACK_IDS_MAX],
-                    rejected=n.rejected[r * ACK_IDS_MAX:(r + 1) * ACK_IDS_MAX],
-                    snapshot_ids=n.snapshot_ids[r * ACK_SNAPSHOTS_MAX:(r + 1) * ACK_SNAPSHOTS_MAX]))
-        return out
+                yield (node_id, ids[r * ACK_IDS_MAX:(r + 1) * ACK_IDS_MAX],
+                       n.rejected[r * ACK_IDS_MAX:(r + 1) * ACK_IDS_MAX],
+                       n.snapshot_ids[r * ACK_SNAPSHOTS_MAX:(r + 1) * ACK_SNAPSHOTS_MAX])
+
+
+#: The compact JSON ``encode(Ack)`` writes, without building an encoder per Ack.
+_ACK_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(eq=False)

@@ -1,7 +1,8 @@
 """Central ingest: store-and-forward sync, central side.
 
 Every uplink message goes through ``IngestService.handle(topic, payload, delivery)``, which does
-no I/O and never raises:
+no I/O and never raises, so it is called right where paho parses the message
+(``mqtt_central.deliver_inline``: no queue, no task hop per message):
 
 * ``event``: one envelope or an ``event_batch`` (``central_sync.ingest_decode``), queued whole for
   the next commit batch; envelopes for another node than the topic's are rejected PERMANENTLY
@@ -67,6 +68,7 @@ from central_sync.mqtt_central import (
     MessageBuffer,
     ReadGate,
     central_presence,
+    deliver_inline,
     make_client,
     next_messages,
     paho_of,
@@ -156,6 +158,7 @@ class IngestService:
         self._settle: list[Delivery] = []  # PUBACK after the next commit
         self._acks_due = AckBook()  # rejections named before the next commit
         self._wake = asyncio.Event()
+        self._batch_full = asyncio.Event()  # set once ``batch_max`` events wait: commit now
         self._room = asyncio.Event()
         self._room.set()
         self._gates: set[ReadGate] = set()
@@ -200,8 +203,9 @@ class IngestService:
             link: Link | None = None
             try:
                 client, buffer = make_client(self.cfg, client_id, on_drop=self._count_drop)
+                link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
+                deliver_inline(client, self.topics.up_tree(), self._inline_handler(link))
                 async with client:
-                    link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
                     granted = await client.subscribe(subscriptions(self.cfg))
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:  # e.g. an ACL that does not grant central the uplink tree
@@ -260,6 +264,14 @@ class IngestService:
             self._gates.discard(gate)
             self.stats.read_pauses += gate.pauses
             self.stats.buffer_peak = max(self.stats.buffer_peak, buffer.peak)
+
+    def _inline_handler(self, link: Link) -> Callable[[str, bytes, int, int], None]:
+        handle = self.handle
+
+        def on_message(topic: str, payload: bytes, mid: int, qos: int) -> None:
+            handle(topic, payload, Delivery(link, mid, qos))
+
+        return on_message
 
     def _count_drop(self) -> None:
         self.stats.dropped_qos0 += 1
@@ -347,6 +359,8 @@ class IngestService:
         if decoded.good:
             self._events.append(EventMsg(topic, decoded.node_id, decoded.good, delivery))
             self._pending_events += len(decoded.good)
+            if self._pending_events >= self.cfg.ingest.batch_max:
+                self._batch_full.set()
             if self._pending_events >= self.cfg.ingest.max_pending_events:
                 self._room.clear()
         elif delivery is not None:
@@ -385,14 +399,16 @@ class IngestService:
         while True:
             await self._wake.wait()
             if wait_s > 0 and self._pending_events < self.cfg.ingest.batch_max:
+                # One timed wait per batch (not a wake-up per arriving message): until the
+                # batch is full or ``batch_wait_ms`` has passed.
+                self._batch_full.clear()
                 deadline = loop.time() + wait_s
                 while self._pending_events < self.cfg.ingest.batch_max:
                     left = deadline - loop.time()
                     if left <= 0:
                         break
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), left)
+                        await asyncio.wait_for(self._batch_full.wait(), left)
             try:
                 await self._commit_once()
             except asyncio.CancelledError:
@@ -423,6 +439,8 @@ class IngestService:
             self._room.set()
             for gate in self._gates:
                 gate.poke()
+        if self._gates:
+            self.stats.read_pauses_live = sum(gate.pauses for gate in self._gates)
         batch = Batch(events, list(self._presences.values()), list(self._heartbeats.values()), self._snapshots,
                       self._results)
         settle = self._settle + [m.delivery for m in events if m.delivery is not None]

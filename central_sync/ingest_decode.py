@@ -82,22 +82,52 @@ def _canonical(item: Any) -> bytes | None:
     return canonical_bytes(item)
 
 
+class _Unstorable(ValueError):
+    """A number the stores cannot hold, met while parsing (the full path then names it)."""
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise _Unstorable(text[:40])
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Unstorable(text[:40])
+    return value
+
+
+def _constant(text: str) -> float:
+    raise _Unstorable(text)
+
+
+#: The fast path's parser: the C scanner, with every number checked as it is parsed (ints within
+#: signed 64 bits, finite floats, no NaN/Infinity), so no regex or walk over the body is needed.
+_CHECKED = json.JSONDecoder(parse_int=_int64, parse_float=_finite, parse_constant=_constant)
+
+
 def _single_fast(node_id: str, payload: bytes) -> DecodedEvents | None:
-    """The common case, one well-formed envelope for the topic's node, with ONE JSON parse;
-    None when anything is off (the full path then says exactly what)."""
+    """The common case, one well-formed, storable envelope for the topic's node, with ONE JSON
+    parse and no scan of the body; None when anything is off (the full path then says exactly
+    what). Strict UTF-8 (no encoded surrogates); numbers are range-checked by ``_CHECKED``; a
+    lone surrogate can then only come from a ``\\u`` escape, so only a body with one is walked."""
     if len(payload) > MAX_EVENT_BYTES:
         return None
     try:
-        data = json.loads(payload)
-    except (ValueError, RecursionError):
+        text = payload.decode("utf-8")
+        data = _CHECKED.decode(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, _Unstorable
         return None
     if type(data) is not dict or data.get("v") != 1 or data.get("kind") != "event" or data.get("node_id") != node_id:
+        return None
+    if "\\u" in text and unstorable(data) is not None:
         return None
     try:
         env = EventEnvelope.model_validate(data)
     except ValidationError:
-        return None
-    if _SUSPECT.search(payload) is not None and unstorable(data) is not None:
         return None
     return DecodedEvents(node_id, [GoodEnvelope(env, _canonical(data))], [], False)
 
@@ -120,7 +150,7 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
             raise
         return DecodedEvents(node, [], named, True)
     items = _items(payload)
-    suspect = _SUSPECT.search(payload) is not None
+    suspect = payload_suspect(payload)
     bad_index = {b.index for b in bad}
     good_items = [item for i, item in enumerate(items) if i not in bad_index]
     if len(good_items) != len(envs):  # cannot happen for what decode_event_message accepted
@@ -146,8 +176,16 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
 
 
 def payload_suspect(payload: bytes) -> bool:
-    """False when the JSON text cannot hold an unstorable value (fast pre-check of ``unstorable``)."""
-    return _SUSPECT.search(payload) is not None
+    """False when the JSON text cannot hold an unstorable value (fast pre-check of ``unstorable``):
+    no suspect escape or number, and strict UTF-8 (``json.loads`` decodes bytes with
+    ``surrogatepass``, so a surrogate encoded as raw bytes would become a lone surrogate)."""
+    if _SUSPECT.search(payload) is not None:
+        return True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def unstorable(value: Any) -> tuple[str, str] | None:

@@ -309,6 +309,25 @@ async def next_messages(client: aiomqtt.Client, buffer: MessageBuffer, limit: in
     return [first, *buffer.take(limit - 1)]
 
 
+def deliver_inline(client: aiomqtt.Client, topic_filter: str,
+                   on_message: Callable[[str, bytes, int, int], None]) -> None:
+    """Hand every message matching ``topic_filter`` to ``on_message(topic, payload, mid, qos)``
+    right where paho parses it (on the event loop, inside the socket reader: aiomqtt drives paho
+    from the loop), through paho's public per-filter callbacks (``message_callback_add``).
+
+    Ingest's per-message work does no I/O, so nothing is gained by queueing first: this skips
+    aiomqtt's ``Message`` (with its topic validation), its queue and the consumer's wake-up per
+    burst. Backpressure is unchanged: ``ReadGate`` stops reading the socket while ingest is
+    full, and then paho parses nothing. Messages matching no such filter still go to aiomqtt's
+    queue (``MessageBuffer``). Register before connecting: a persistent session's queued
+    messages arrive right after the CONNACK."""
+    def callback(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        payload = message.payload
+        on_message(message.topic, payload if type(payload) is bytes else bytes(payload), message.mid, message.qos)
+
+    paho_of(client).message_callback_add(topic_filter, callback)
+
+
 def make_client(cfg: CentralConfig, client_id: str, on_drop: Callable[[], None] | None = None, *,
                 announce: bool = True) -> tuple[aiomqtt.Client, MessageBuffer]:
     """An aiomqtt client for a persistent MQTT 5 session under ``client_id`` (not yet connected),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from central_sync.store import Store
 from central_sync.store.desk_tables import DeskTables
 from central_sync.users import UserStore
 from central_sync.web.auth import AccessLog, LoginLimiter, SessionManager
+from central_sync.web.body_cache import DeskBodies
 from central_sync.web.desk import CommandSender, Desk
 from central_sync.web.live import LiveHub
 from central_sync.web_settings import WebSettings
@@ -45,6 +46,7 @@ class WebContext:
     audit: AuditLog
     unsealer: Unsealer | None = None
     cap_sender: str = "kentongan-central@localhost"
+    bodies: DeskBodies = field(default_factory=DeskBodies)  # render-once caches (cached_views)
 
 
 def fmt_time(ts: float | None) -> str:

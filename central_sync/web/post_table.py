@@ -25,6 +25,8 @@ StatusOf = Callable[[Mapping[str, Any], float], str]
 
 def _store_status(row: Mapping[str, Any], now: float) -> str:
     return node_status(bool(row.get("online")), row.get("last_seen"), now)
+#: Post fields the incident queue shows (``Desk.summary``).
+LABELS = ("display_name", "kelurahan_code", "rw", "rt", "time_quality")
 
 
 def _rw_key(row: Mapping[str, Any]) -> RwKey | None:
@@ -42,6 +44,11 @@ class PostTable:
         self._lock = threading.Lock()
         self._rows: dict[str, Row] = {}
         self._by_rw: dict[RwKey, set[str]] = {}
+        #: Bumped by every change (cache versions of bodies that show post state).
+        self.version = 0
+        #: Bumped only when a post is added or one of ``LABELS`` changes (bodies that show
+        #: posts' names and places, not their heartbeat state: the incident queue).
+        self.labels_version = 0
 
     def load(self, rows: Iterable[Row]) -> None:
         """Replace the whole table (start-up, or a resync after a lost connection)."""
@@ -50,6 +57,8 @@ class PostTable:
             self._by_rw.clear()
             for row in rows:
                 self._put(row)
+            self.version += 1
+            self.labels_version += 1
 
     def update(self, rows: Iterable[Row]) -> None:
         with self._lock:
@@ -59,6 +68,9 @@ class PostTable:
     def _put(self, row: Row) -> None:
         node_id = str(row["node_id"])
         old = self._rows.get(node_id)
+        self.version += 1
+        if old is None or any(old.get(k) != row.get(k) for k in LABELS):
+            self.labels_version += 1
         if old is not None:
             key = _rw_key(old)
             if key is not None:

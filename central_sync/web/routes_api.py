@@ -15,10 +15,11 @@ from central_sync.routing import RT_NOTICE_TYPES
 from central_sync.snapshot_policy import SNAPSHOT_HEADERS, disposition, servable_image
 from central_sync.users import Role
 from central_sync.web.auth import Principal, check_csrf, principal, require_roles
+from central_sync.web.cached_views import nodes_json
 from central_sync.web.context import WebContext, ctx_of
 from central_sync.web.desk import as_dict
 from central_sync.web.policy import can_command_posts, can_see_incident, can_see_node
-from central_sync.web.posts import post_rows, security_events
+from central_sync.web.posts import security_events
 from edge.errors import SecurityError
 from edge.logs import log_event
 
@@ -114,11 +115,16 @@ async def false_alarm(request: Request, who: Writer, incident_id: IncidentId,
     return await _step(request, who, incident_id, State.FALSE_ALARM, body.note)
 
 
-@router.get("/nodes")
-def list_nodes(request: Request, who: Who) -> list[dict[str, Any]]:
-    """Posts visible to you, grouped order: kelurahan, RW, RT, name."""
-    ctx = ctx_of(request)
-    return post_rows(ctx, who)
+@router.get("/nodes", response_model=list[dict[str, Any]])
+def list_nodes(request: Request, who: Who) -> Response:
+    """Posts visible to you, grouped order: kelurahan, RW, RT, name. Serialised once per change
+    (at most about a second behind the posts' state: ``cached_views``), with an ``ETag``."""
+    body = nodes_json(ctx_of(request), who)
+    etag = '"n' + str(hash(body.version) & 0xFFFFFFFFFFFF) + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body.value, media_type="application/json", headers=headers)
 
 
 def _visible_node(ctx: WebContext, who: Principal, node_id: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from central_sync.web.auth import Principal, optional_principal
+from central_sync.web.cached_views import queue_rows as cached_queue_rows
 from central_sync.web.context import ctx_of
 from central_sync.web.policy import can_command_posts, can_see_incident
 from central_sync.web.posts import post_rows, rollout_overview, security_events
@@ -20,7 +21,8 @@ router = APIRouter(include_in_schema=False)
 def page(request: Request, who: Principal, name: str, **extra: object) -> Response:
     ctx = ctx_of(request)
     settings = ctx.settings
-    config = {"stream_head": ctx.hub.head,
+    head = extra.get("stream_head")
+    config = {"stream_head": head if isinstance(head, int) else ctx.hub.head,
               "targets": {str(k): v for k, v in settings.response_target_s.items()},
               "post_status": {k: post_status(k) for k in POST_STATUS}}
     return ctx.templates.TemplateResponse(request, name, {
@@ -34,11 +36,9 @@ def dashboard(request: Request) -> Response:
     if who is None:
         return RedirectResponse("/login", status_code=303)
     ctx = ctx_of(request)
-    head = ctx.hub.head          # before reading: a change after it is replayed, not lost
-    nodes = ctx.desk.nodes()
-    incidents = [ctx.desk.summary(i, nodes.get(i.node_id)) for i in ctx.desk.visible(who, nodes)]
-    return page(request, who, "dashboard.html", incidents=incidents, stream_head=head,
-                 warnings=ctx.desk.warnings() if who.user.is_staff else [])
+    rows = cached_queue_rows(ctx, who)  # rendered once per change; as new as its stream id at least
+    return page(request, who, "dashboard.html", queue_rows=rows.value.html, has_incidents=rows.value.count > 0,
+                stream_head=rows.value.head, warnings=ctx.desk.warnings() if who.user.is_staff else [])
 
 
 def _lookup(ctx: Any, who: Any, incident_id: str) -> tuple[Any, Any, bool]:
@@ -99,13 +99,9 @@ def queue_rows(request: Request) -> Response:
     who = optional_principal(request)
     if who is None:
         return HTMLResponse("login required", status_code=401)
-    ctx = ctx_of(request)
-    head = ctx.hub.head
-    nodes = ctx.desk.nodes()
-    incidents = [ctx.desk.summary(i, nodes.get(i.node_id)) for i in ctx.desk.visible(who, nodes)]
-    response = ctx.templates.TemplateResponse(request, "queue_fragment.html",
-                                              {"incidents": incidents})
-    response.headers["X-Stream-Head"] = str(head)
+    rows = cached_queue_rows(ctx_of(request), who)
+    response = HTMLResponse(rows.value.html)
+    response.headers["X-Stream-Head"] = str(rows.value.head)
     response.headers["Cache-Control"] = "no-store"
     return response
 

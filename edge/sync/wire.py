@@ -243,6 +243,10 @@ class Topics:
     def up_wildcard(self, channel: str = "+") -> str:
         return f"{self.prefix}/up/+/{channel}"
 
+    def up_tree(self) -> str:
+        """Every uplink topic (``{prefix}/up/#``)."""
+        return f"{self.prefix}/up/#"
+
     def central_state(self, central_id: str = "+") -> str:
         """Retained central presence of one ingest process (``+``: the filter for all of them)."""
         return f"{self.prefix}/central/state/{central_id}"
@@ -270,11 +274,16 @@ class Topics:
         return direction, node_id, channel
 
 
+#: ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` without building
+#: an encoder per call (central computes this for every received event).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
     """The exact bytes a signature covers: the message without ``sig``, sorted keys, compact."""
     data = msg.model_dump(mode="json") if isinstance(msg, BaseModel) else dict(msg)
     data.pop("sig", None)
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(data).encode()
 
 
 def signed_bytes(msg: BaseModel | dict[str, Any]) -> bytes:

@@ -1,0 +1,93 @@
+"""The dashboard's two heavy bodies through ``BodyCache``: the incident queue's rows (``GET /``,
+``GET /fragments/queue``) and the post overview's JSON (``GET /api/nodes``).
+
+What each body depends on, and so its cache key and version:
+
+* queue rows: the user's incident visibility (role and RTs) and the language; the data version
+  is (stream head, ``PostTable.labels_version``): an incident change moves the stream head, a
+  post's name or place moves the labels version; heartbeats move neither;
+* post overview: the user's post visibility (staff, or the RTs); version ``PostTable.version``
+  (every presence/heartbeat), so under a live fleet it is rebuilt at most once per
+  ``max_age_s`` in the background and served as stored in between.
+
+The queue's stream id is the head read BEFORE its rows were built (``QueueRows.head``): the
+page's live stream replays every change after it, so rows a little behind are caught up by the
+browser, never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from markupsafe import Markup
+
+from central_sync.users import Role, User
+from central_sync.web import i18n
+from central_sync.web.body_cache import Cached, QueueRows
+from central_sync.web.posts import post_rows
+
+#: How stale a post's clock-derived status may be in the cached post overview (seconds).
+STATUS_SLOT_S = 5.0
+
+if TYPE_CHECKING:  # context.py imports this module
+    from central_sync.web.auth import Principal
+    from central_sync.web.context import WebContext
+
+def _scope(user: User) -> Hashable:
+    """What visibility depends on: admins and operators see by role, RT admins by their RTs."""
+    return user.role, (frozenset() if user.role in (Role.ADMIN, Role.OPERATOR) else user.rts)
+
+
+def queue_rows(ctx: WebContext, who: Principal) -> Cached[QueueRows]:
+    """The visible queue rows, rendered (``.value.head``: the stream id they are as new as)."""
+    head = ctx.hub.head  # before reading anything
+    version = (head, ctx.desk.posts.labels_version)
+
+    def build() -> QueueRows:
+        nodes = ctx.desk.nodes()
+        incidents = [ctx.desk.summary(i, nodes.get(i.node_id)) for i in ctx.desk.visible(who, nodes)]
+        return QueueRows(render_rows(ctx, incidents), len(incidents), head)
+
+    return ctx.bodies.queue.get((_scope(who.user), i18n.current()), version, build)
+
+
+#: Seconds a rendered row's time-dependent parts (its age text, "late") may lag: the browser's
+#: dashboard script recomputes both every second anyway.
+ROW_AGE_S = 30
+
+
+def render_rows(ctx: WebContext, incidents: list[dict[str, Any]]) -> Markup:
+    """The queue rows (``_row.html``'s ``incident_row`` of each summary, concatenated as
+    ``queue_fragment.html`` does), each rendered once per (summary, language, ``ROW_AGE_S``
+    slot) and kept in ``ctx.bodies.rows``: a rebuild renders only the incidents that changed."""
+    macro = ctx.templates.get_template("_row.html").module.incident_row  # type: ignore[attr-defined]
+    if not ctx.bodies.queue.enabled:  # uncached: as queue_fragment.html renders them
+        return Markup("").join(Markup(macro(summary)) for summary in incidents)
+    rows = ctx.bodies.rows
+    slot = (i18n.current(), int(time.time() // ROW_AGE_S))
+    if len(rows) > 4 * max(len(incidents), 1000):
+        rows.clear()
+    out = []
+    for summary in incidents:
+        key = (slot, repr(sorted(summary.items())))
+        html = rows.get(key)
+        if html is None:
+            html = rows[key] = Markup(macro(summary))
+        out.append(html)
+    return Markup("").join(out)
+
+
+def nodes_json(ctx: WebContext, who: Principal) -> Cached[bytes]:
+    """``GET /api/nodes``'s body, serialised once per version. A post's status also moves with the
+    clock (silence turns it offline, a blind central makes it unknown) and its siren-test times
+    come from events, so the version includes a ``STATUS_SLOT_S`` time slot: a status is at most
+    that much later than the data's own changes."""
+    version = (ctx.desk.posts.version, int(time.time() // STATUS_SLOT_S))
+
+    def build() -> bytes:
+        return json.dumps(post_rows(ctx, who), separators=(",", ":"), ensure_ascii=False).encode()
+
+    return ctx.bodies.nodes.get(_scope(who.user), version, build)
