@@ -110,7 +110,8 @@ class Setup:
         self.nodes = node_ids("post", 0, posts)
         open_store(url).close()  # creates (migrates) every table
         now = time.time()
-        self.db.query("INSERT INTO node_registry VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
+        self.db.query("INSERT INTO node_registry (node_id, signing_public_key, kelurahan_code, rw, rt, display_name, "
+                      "status, cert_serial, cert_not_after, enrolled_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                       [(n, public_key_pem(node_key(seed, n)), "33.74.10.1001", 1 + i // 500, 1 + i % 500,
                         f"Pos {n}", "enrolled", f"{i:x}", now + 86400 * 365, now)
                        for i, n in enumerate(self.nodes)])

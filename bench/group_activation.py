@@ -50,12 +50,14 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 from bench._common import median, pct, table  # noqa: E402
-from bench.fleet_sim import Fleet, Post, SimSpec, node_ids  # noqa: E402
+from bench.fleet_setup import Database  # noqa: E402
+from bench.fleet_sim import Fleet, Post, SimSpec, node_ids, node_key  # noqa: E402
 from central_sync.broker import LocalMosquitto, free_port  # noqa: E402
 from central_sync.pki import PkiFiles  # noqa: E402
 from central_sync.routing import make_command  # noqa: E402
-from edge.signing import CommandSigner, load_signing_key, load_verify_key, verify_bytes  # noqa: E402
-from edge.sync.wire import Topics, canonical_bytes, encode  # noqa: E402
+from central_sync.store import open_store  # noqa: E402
+from edge.signing import CommandSigner, MessageSigner, load_signing_key, load_verify_key, public_key_pem, verify_bytes  # noqa: E402
+from edge.sync.wire import CommandResult, Topics, canonical_bytes, encode  # noqa: E402
 
 PY = sys.executable
 CLI = [PY, "-m", "central_sync.cli"]
@@ -90,9 +92,10 @@ class SirenPost(Post):
             verify_bytes(self.verify_key, canonical_bytes(data), data.get("sig") or "")
         except Exception:
             ok, detail = False, "bad_signature"
-        result = {"v": 1, "kind": "command_result", "command_id": data["command_id"], "node_id": self.node,
-                  "ok": ok, "detail": detail, "at": time.time(), "data": {}}
-        c.publish(self.topics.up(self.node, "cmd_result"), json.dumps(result, separators=(",", ":")), qos=1)
+        # Signed by the post's key like every other kind (central drops unsigned results).
+        result = MessageSigner(self.key).sign(CommandResult(
+            command_id=str(data["command_id"])[:64], node_id=self.node, ok=ok, detail=detail, at=time.time()))
+        c.publish(self.topics.up(self.node, "cmd_result"), encode(result), qos=1)
         self.answered += 1
 
 
@@ -189,6 +192,14 @@ dir = "{work / 'pki'}"
         files = PkiFiles(work / "pki")
         self.signer = CommandSigner(load_signing_key(files.command_key))
         self.nodes = node_ids("post", 0, posts)
+        # Enrol every post (key and place: central takes both from its registry only).
+        open_store(f"sqlite:///{work / 'central.db'}").close()  # creates (migrates) every table
+        Database(f"sqlite:///{work / 'central.db'}").query(
+            "INSERT INTO node_registry (node_id, signing_public_key, kelurahan_code, rw, rt, display_name, "
+                      "status, cert_serial, cert_not_after, enrolled_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(n, public_key_pem(node_key("fleet", n)), "33.74.10.1001", 1 + i // 500, 1 + i % 500,
+              f"Pos {n}", "enrolled", f"{i:x}", time.time() + 86400 * 365, time.time())
+             for i, n in enumerate(self.nodes)])
         self.procs = procs
         self.central: subprocess.Popen[bytes] | None = None
         self.sims: list[tuple[subprocess.Popen[str], Path]] = []
@@ -204,7 +215,7 @@ dir = "{work / 'pki'}"
         for i in range(procs):
             chunk = self.nodes[i * per:(i + 1) * per]
             spec = {**dataclasses.asdict(SimSpec(port=self.broker.port, nodes=chunk, heartbeat_s=0,
-                                                 start_now=True, signed=False)),
+                                                 start_now=True, signed=True)),
                     "command_pub": str(files.command_pub)}
             spec_path, out = work / f"sim-{i}.json", work / f"sim-{i}.out.json"
             spec_path.write_text(json.dumps(spec))
