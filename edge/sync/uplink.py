@@ -27,24 +27,12 @@ claimed, published or timed out. The moment one comes online everything still in
 to ``ready`` and is resent at once (with the backlog behind it), so a PANIC published before
 central's first subscription is acknowledged right after central is up, not an ack timeout later.
 
-Ack timeouts adapt and back off: the base limit is ``ack_timeout_s`` or, when Acks take longer,
-the smoothed publish->Ack time plus four times its deviation (RFC 6298's retransmission timer,
-capped at ``MAX_ADAPTIVE_FACTOR * ack_timeout_s``): when a whole fleet reconnects with a backlog,
-central acknowledges every post's events minutes after they were published, and resending what
-still waits in the broker's queue only multiplies the queue (measured: 1.5 million resends for
-a million events). After a round of timeouts the next limit is the base times ``2**n`` (``n``
-capped by ``MAX_TIMEOUT_DOUBLINGS``) times a random factor in [1, 1 + ``TIMEOUT_JITTER``]; any
-ack resets ``n``. One check runs per ``TICK_S`` (one timer for the whole window). What an
-overdue round resends: the overdue events published BEFORE an event central has since
-acknowledged (evidence they were lost: the broker and central keep a post's order); with no
-such evidence (no Ack at all since: central slow, absent or everything lost) only the oldest
-``PROBE_EVENTS`` go again as a probe, and their Ack is then the evidence for the rest. P1 Acks
-(they overtake everything on their own channel) are no evidence, nor are Acks of resent events
-(Karn's rule: the Ack may be for the first copy, so neither the resend's time nor its round trip
-is known); those give no round-trip sample either.
+Ack timeouts adapt and back off, and an overdue round resends only what is evidently lost (or a
+small probe): the policy is ``edge.sync.ack_timeout``. One check runs per ``TICK_S`` (one timer
+for the whole window).
 
-Snapshots have their own lane (:class:`SnapshotUplink`) with a byte budget (token bucket), so they
-never delay events.
+Snapshots have their own lane (``edge.sync.uplink_snapshot.SnapshotUplink``, re-exported here)
+with a byte budget (token bucket), so they never delay events.
 """
 
 from __future__ import annotations
@@ -54,30 +42,31 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from edge.clock import Clock
 from edge.errors import KentonganError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
-from edge.snapshots import SnapshotStore, StoredSnapshot
+from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, overdue_to_resend
 from edge.sync.transport import raise_if_cancelling
+from edge.sync.uplink_envelope import envelope_dict, envelope_for
+from edge.sync.uplink_snapshot import SnapshotUplink
+from edge.sync.uplink_types import Publisher, UplinkStats
 from edge.sync.wire import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
     Ack,
     EventEnvelope,
-    SnapshotEnvelope,
-    b64,
     batch_prefix,
     encode,
     envelope_json,
     join_batch,
 )
 
-__all__ = ["EventUplink", "Publisher", "SnapshotUplink", "UplinkStats", "envelope_for"]
+__all__ = ["MAX_ADAPTIVE_FACTOR", "PROBE_EVENTS", "EventUplink", "Publisher", "SnapshotUplink", "UplinkStats",
+           "envelope_for"]
 
 log = logging.getLogger(__name__)
 
@@ -85,71 +74,8 @@ log = logging.getLogger(__name__)
 CLAIM_FRACTION = 0.25
 #: How often ack timeouts are checked and the outbox is polled without a wake-up.
 TICK_S = 0.5
-#: Ack-timeout backoff: at most this many doublings of ``ack_timeout_s``.
-MAX_TIMEOUT_DOUBLINGS = 3
-#: Ack timeouts are stretched by a random factor in [1, 1 + this] so posts do not resend in step.
-TIMEOUT_JITTER = 0.25
-#: Ack round-trip smoothing (RFC 6298: alpha, beta, K) for the adaptive ack timeout.
-RTT_ALPHA, RTT_BETA, RTT_K = 0.125, 0.25, 4.0
-#: The adaptive base timeout is at most this many times ``ack_timeout_s``.
-MAX_ADAPTIVE_FACTOR = 16.0
-#: Overdue events resent in a round without evidence of loss (see the module doc).
-PROBE_EVENTS = 20
 #: Resent event ids remembered for Karn's rule at most (then forgotten at once).
 MAX_RESENT_TRACKED = 100_000
-
-
-class Publisher(Protocol):
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
-                      retain: bool = False) -> None: ...
-
-    def publish_nowait(self, topic: str, payload: bytes) -> None:
-        """QoS 1 publish handed to the client's ordered send queue (no PUBACK wait)."""
-        ...
-
-
-@dataclass
-class UplinkStats:
-    published: int = 0  # events
-    messages: int = 0  # event messages (a batch counts once)
-    acked: int = 0
-    rejected: int = 0
-    requeued: int = 0
-    snapshots_published: int = 0
-    snapshots_acked: int = 0
-    reconnects: int = 0
-    ack_timeouts: int = 0  # rounds of ack timeouts (each releases every overdue event)
-    central_resends: int = 0  # events resent at once because central came online
-    p1_messages: int = 0  # messages published on the P1 channel (their events also go on ``event``)
-    last_connect_mono: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def envelope_for(ev: StoredEvent, clock: Clock, boot_id: str,
-                 sign: Callable[[EventEnvelope], EventEnvelope] | None) -> EventEnvelope:
-    """Wire form of ``ev``: events recorded ``unsynced`` in this boot are sent on central's time
-    line (quality ``corrected``) once an offset is known, placed by their monotonic stamp so a
-    wall-clock step in between does not move them (``Clock.anchor``); then signed."""
-    env = ev.envelope()
-    anchor = clock.anchor()
-    if ev.time_quality == "unsynced" and ev.boot_id == boot_id and anchor is not None:
-        env = env.model_copy(update={"wall_time": max(0.0, anchor + ev.mono_ns / 1e9),
-                                     "time_quality": "corrected"})
-    return sign(env) if sign is not None else env
-
-
-def envelope_dict(ev: StoredEvent, anchor: float | None, boot_id: str) -> dict[str, Any]:
-    """The unsigned wire form of ``ev`` as a dict, equal to
-    ``envelope_for(ev, clock, boot_id, None).model_dump(mode="json")`` without ``sig`` (built
-    directly: the outbox holds validated events, and central validates every envelope anyway).
-    ``anchor``: ``clock.anchor()``."""
-    wall, quality = max(ev.wall_time, 0.0), ev.time_quality
-    if quality == "unsynced" and ev.boot_id == boot_id and anchor is not None:
-        wall, quality = max(0.0, anchor + ev.mono_ns / 1e9), "corrected"
-    return {"v": 1, "kind": "event", "event_id": ev.event_id, "node_id": ev.node_id,
-            "boot_id": ev.boot_id, "seq": ev.seq, "mono_ns": ev.mono_ns, "wall_time": wall,
-            "time_quality": quality, "type": ev.type, "priority": ev.priority,
-            "incident_id": ev.incident_id, "payload": ev.payload}
 
 
 class EventUplink:
@@ -168,7 +94,6 @@ class EventUplink:
         self.p1_reserve = p1_reserve if p1_reserve is not None else min(20, max(1, window // 10))
         if self.p1_reserve >= window:
             self.p1_reserve = max(0, window - 1)
-        self.ack_timeout_s = ack_timeout_s
         self.sign_event = sign_event
         self.stats = stats
         self.inflight: dict[str, float] = {}  # event_id -> monotonic publish time
@@ -182,17 +107,12 @@ class EventUplink:
         self._rng = rng or random.Random()
         self.central_present = True
         self._resend = False
-        #: Backoff settings (benchmarks set 0 / 0.0 to reproduce a fixed ack timeout).
-        self.max_doublings = MAX_TIMEOUT_DOUBLINGS
-        self.jitter = TIMEOUT_JITTER
-        self.timeout_doublings = 0
-        self.srtt: float | None = None  # smoothed publish->Ack time (s)
         self._p1_ids: set[str] = set()  # P1 events in flight
         self._resent: set[str] = set()  # events released by an ack timeout and not acked since
         self._next_round = float("-inf")  # no timeout round before this (monotonic)
         self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
-        self.rttvar = 0.0
-        self.current_timeout_s = self._timeout_for(0)
+        #: The adaptive, backed-off ack timeout (``edge.sync.ack_timeout``).
+        self.timeout = AckTimeout(ack_timeout_s, self._rng)
 
     # ------------------------------------------------------------ signals (loop thread)
 
@@ -206,31 +126,36 @@ class EventUplink:
         """Central presence changed: ``False`` -> idle window; ``True`` -> resend at once."""
         if present:
             self._resend = True
-            self._reset_timeout()
+            self.timeout.reset()
         self.central_present = present
         self._wake.set()
 
     def base_timeout_s(self) -> float:
         """``ack_timeout_s``, or more while Acks are slower (RTT estimate, capped)."""
-        if self.srtt is None:
-            return self.ack_timeout_s
-        adaptive = self.srtt + RTT_K * self.rttvar
-        return min(max(self.ack_timeout_s, adaptive), self.ack_timeout_s * MAX_ADAPTIVE_FACTOR)
+        return self.timeout.base_s()
 
-    def _timeout_for(self, doublings: int) -> float:
-        return self.base_timeout_s() * (2 ** doublings) * self._rng.uniform(1.0, 1.0 + self.jitter)
+    @property
+    def current_timeout_s(self) -> float:
+        """The limit of the next timeout round."""
+        return self.timeout.current_s
 
-    def _observe(self, sample: float) -> None:
-        """One publish->Ack time (the slowest event of one Ack)."""
-        if self.srtt is None:
-            self.srtt, self.rttvar = sample, sample / 2
-        else:
-            self.rttvar = (1 - RTT_BETA) * self.rttvar + RTT_BETA * abs(self.srtt - sample)
-            self.srtt = (1 - RTT_ALPHA) * self.srtt + RTT_ALPHA * sample
+    @property
+    def max_doublings(self) -> int:
+        """Backoff doublings at most (benchmarks set 0 to reproduce a fixed ack timeout)."""
+        return self.timeout.max_doublings
 
-    def _reset_timeout(self) -> None:
-        self.timeout_doublings = 0
-        self.current_timeout_s = self._timeout_for(0)
+    @max_doublings.setter
+    def max_doublings(self, n: int) -> None:
+        self.timeout.max_doublings = n
+
+    @property
+    def jitter(self) -> float:
+        """Random stretch of each timeout (benchmarks and tests set 0.0)."""
+        return self.timeout.jitter
+
+    @jitter.setter
+    def jitter(self, j: float) -> None:
+        self.timeout.jitter = j
 
     def on_ack(self, ack: Ack) -> None:
         """Central committed these events: free their window slots now, commit the outbox ack in
@@ -258,9 +183,9 @@ class EventUplink:
             elif t > self._acked_sent:
                 self._acked_sent = t
         if sent:
-            self._observe(now - min(sent))
+            self.timeout.observe(now - min(sent))
         if ids:
-            self._reset_timeout()
+            self.timeout.reset()
         self._pending_acks.extend(ids)
         self._ack_flush.set()
         self._wake.set()
@@ -406,11 +331,9 @@ class EventUplink:
         limit = self.current_timeout_s
         if now < self._next_round:  # rounds are a timeout apart (a probe leaves the rest overdue)
             return
-        old = [i for i, t in self.inflight.items() if now - t > limit]
+        old = overdue_to_resend(self.inflight, now, limit, self._acked_sent)
         if not old:
             return
-        lost = [i for i in old if self.inflight[i] < self._acked_sent]
-        old = lost or sorted(old, key=self.inflight.__getitem__)[:PROBE_EVENTS]
         self._mark_resent(old)
         for i in old:
             self.inflight.pop(i, None)
@@ -418,9 +341,7 @@ class EventUplink:
         n = await asyncio.to_thread(self.outbox.release, old)
         self.stats.requeued += n
         self.stats.ack_timeouts += 1
-        self.timeout_doublings = min(self.max_doublings, self.timeout_doublings + 1)
-        self.current_timeout_s = self._timeout_for(self.timeout_doublings)
-        self._next_round = now + self.current_timeout_s
+        self._next_round = now + self.timeout.back_off()
         log_event(log, "ack_timeout_requeued", logging.WARNING, node_id=self.node_id,
                   count=len(old), requeued=n, timeout_s=round(limit, 2),
                   next_timeout_s=round(self.current_timeout_s, 2))
@@ -455,87 +376,3 @@ class EventUplink:
         self._p1_ids.clear()
         n = await asyncio.to_thread(self.outbox.release, None)
         self.stats.requeued += n
-
-
-class SnapshotUplink:
-    """Snapshot lane: byte-budgeted (token bucket), acked by ``snapshot_ids`` in ``Ack``."""
-
-    def __init__(self, store: SnapshotStore, *, node_id: str, topic: str, bytes_per_second: int,
-                 ack_timeout_s: float, stats: UplinkStats,
-                 sign: Callable[[SnapshotEnvelope], SnapshotEnvelope] | None = None) -> None:
-        self.store = store
-        #: Signs each envelope (metadata + SHA-256 of the bytes as sent) with the node key.
-        self.sign = sign
-        self.node_id = node_id
-        self.topic = topic
-        self.rate = float(bytes_per_second)
-        self.burst = float(max(bytes_per_second, 1))
-        self.tokens = self.burst
-        self.ack_timeout_s = ack_timeout_s
-        self.stats = stats
-        self.inflight: dict[str, float] = {}
-        self._wake = asyncio.Event()
-
-    def poke(self) -> None:
-        self._wake.set()
-
-    def on_ack(self, snapshot_ids: Iterable[str]) -> list[str]:
-        ids = [i for i in snapshot_ids]
-        for i in ids:
-            self.inflight.pop(i, None)
-        self._wake.set()
-        return ids
-
-    async def commit_acks(self, ids: list[str]) -> None:
-        if ids:
-            self.stats.snapshots_acked += await asyncio.to_thread(self.store.ack, ids)
-
-    async def run(self, pub: Publisher) -> None:
-        last = time.monotonic()
-        while True:
-            raise_if_cancelling()
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - last) * self.rate)
-            last = now
-            old = [i for i, t in self.inflight.items() if now - t > self.ack_timeout_s]
-            if old:
-                for i in old:
-                    self.inflight.pop(i, None)
-                await asyncio.to_thread(self.store.release, old)
-            snaps: list[StoredSnapshot] = []
-            if self.tokens > 0 and len(self.inflight) < 8:
-                snaps = await asyncio.to_thread(self.store.claim, int(self.tokens))
-            for snap in snaps:
-                await self._send(pub, snap)
-            if not snaps:
-                self._wake.clear()
-                wait = 1.0 if self.tokens > 0 else max(0.05, -self.tokens / self.rate)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(wait, 5.0))
-            elif self.tokens < 0:
-                await asyncio.sleep(min(5.0, -self.tokens / self.rate))
-
-    async def _send(self, pub: Publisher, snap: StoredSnapshot) -> None:
-        try:
-            data = await asyncio.to_thread(self.store.read, snap)
-        except KentonganError as exc:
-            log_event(log, "snapshot_unreadable", logging.ERROR, snapshot_id=snap.snapshot_id,
-                      error=str(exc))
-            await asyncio.to_thread(self.store.ack, [snap.snapshot_id])  # never retried forever
-            return
-        env = SnapshotEnvelope(snapshot_id=snap.snapshot_id, event_id=snap.event_id,
-                               node_id=self.node_id, taken_at=snap.taken_at, sealed=snap.sealed,
-                               # The camera's type, sealed or not: central allows only image types
-                               # and checks a sealed one's bytes after unsealing (snapshot_policy).
-                               content_type="image/jpeg", data=b64(data))
-        if self.sign is not None:  # hashes up to 1 MiB: off the event loop
-            env = await asyncio.to_thread(self.sign, env)
-        body = encode(env)
-        self.tokens -= len(body)
-        self.inflight[snap.snapshot_id] = time.monotonic()
-        await pub.publish(self.topic, body, qos=1)
-        self.stats.snapshots_published += 1
-
-    async def detach(self) -> None:
-        self.inflight.clear()
-        await asyncio.to_thread(self.store.release, None)

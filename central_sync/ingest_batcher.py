@@ -1,0 +1,155 @@
+"""The commit side of ingest (``central_sync.ingest``): batch, commit, acknowledge.
+
+``Committer.run`` waits for queued work, then (once ``ingest.batch_max`` events wait or after
+``ingest.batch_wait_ms``) commits one batch: ``BatchWriter.write`` in a worker thread (verify,
+``store.commit_events``, the coalesced node updates), then ONE ``Ack`` per node
+(``central_sync.acks``) on a live broker connection and the MQTT PUBACKs of the deliveries the
+batch settled. Locked/busy/unreachable databases are retried with backoff
+(``with_store``) and nothing is acknowledged until the commit succeeds; a batch that cannot be
+committed for another reason is rejected as ``internal`` (the nodes resend). The aggregated
+rejections are written once per ``ingest.rejection_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from central_sync.acks import AckCounters, Link, publish_all
+from central_sync.config import IngestConfig
+from central_sync.ingest_commit import BatchOutcome, BatchWriter, RowRejection
+from central_sync.ingest_dispatch import UplinkDispatcher
+from central_sync.ingest_queue import IngestQueue
+from central_sync.ingest_stats import IngestStats
+from central_sync.mqtt_central import Backoff
+from central_sync.rejections import RejectionAggregator
+from central_sync.store import Store, is_transient
+from edge.logs import log_event
+from edge.sync.wire import Topics
+
+log = logging.getLogger("central_sync.ingest")
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+
+class Committer:
+    """Commits what ``queue`` holds in batches and acknowledges it on the link ``link()`` gives."""
+
+    def __init__(self, settings: IngestConfig, store: Store, writer: BatchWriter, queue: IngestQueue,
+                 dispatcher: UplinkDispatcher, stats: IngestStats, rejections: RejectionAggregator,
+                 topics: Topics, link: Callable[[], Link | None]) -> None:
+        self.settings = settings
+        self.store = store
+        self.writer = writer
+        self.queue = queue
+        self.dispatcher = dispatcher
+        self.stats = stats
+        self.rejections = rejections
+        self.topics = topics
+        self.link = link
+        self._acks = AckCounters()
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        """Commit batches forever (cancel to stop); an unexpected failure never ends the loop."""
+        wait_s = self.settings.batch_wait_ms / 1000
+        loop = asyncio.get_running_loop()
+        queue = self.queue
+        while True:
+            await queue.wake.wait()
+            if wait_s > 0 and queue.pending_events < self.settings.batch_max:
+                # One timed wait per batch (not a wake-up per arriving message): until the
+                # batch is full or ``batch_wait_ms`` has passed.
+                queue.batch_full.clear()
+                deadline = loop.time() + wait_s
+                while queue.pending_events < self.settings.batch_max:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(queue.batch_full.wait(), left)
+            try:
+                await self.commit_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let the batcher die
+                log_event(log, "batch_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
+                await asyncio.sleep(0.5)
+
+    async def flush(self) -> None:
+        """Commit and acknowledge everything queued so far, and write the rejection summaries."""
+        while self.queue.has_work():
+            await self.commit_once()
+        await self.flush_rejections()
+
+    async def commit_once(self) -> None:
+        """Commit one batch of what is queued, then publish its Acks and PUBACKs."""
+        async with self._lock:
+            batch, settle, acks = self.queue.take(self.stats)
+            try:
+                out = await self.with_store(self.writer.write, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # not transient and not the input's fault: the nodes resend
+                log_event(log, "batch_not_committed", logging.ERROR, events=sum(len(m.envs) for m in batch.events),
+                          error=f"{type(exc).__name__}: {exc}"[:300])
+                out = BatchOutcome(rejections=[RowRejection(m.topic, m.node_id, "internal", str(exc)[:200], None)
+                                               for m in batch.events for _ in m.envs])
+            self.stats.batches += 1 if batch.events else 0
+            self.stats.inserted += out.inserted
+            self.stats.duplicates += out.duplicates
+            self.stats.snapshots += len(out.snapshots)
+            self.stats.updates += out.updates
+            self.stats.place_mismatches += out.place_mismatches
+            for node, event_id in out.stored:
+                acks.stored(node, event_id)
+            for node, snapshot_id in out.snapshots:
+                acks.snapshot(node, snapshot_id)
+            for r in out.rejections:
+                self.dispatcher.reject(r.topic, r.reason, r.detail, node_id=r.node_id)
+                if r.event_id is not None:
+                    acks.reject(r.node_id, r.event_id, r.reason)
+            before = self._acks.event_ids
+            publish_all(acks, self.link(), self.topics, time.time(), self._acks)
+            self.stats.acked += self._acks.event_ids - before
+            self.stats.acks_published, self.stats.acks_unsent = self._acks.published, self._acks.unsent
+            self.stats.acks_qos0 = self._acks.qos0
+            for delivery in settle:
+                self.dispatcher.settle_now(delivery)
+
+    async def rejection_flusher(self) -> None:
+        """Write the aggregated rejections once per ``rejection_interval_s`` (cancel to stop)."""
+        while True:
+            await asyncio.sleep(self.settings.rejection_interval_s)
+            with contextlib.suppress(Exception):
+                await self.flush_rejections()
+
+    async def flush_rejections(self) -> None:
+        """Write the aggregated rejections of the interval in one store call."""
+        summaries = self.rejections.drain()
+        self.stats.floods, self.stats.flooding = self.rejections.floods, dict(self.rejections.flooding)
+        if not summaries:
+            return
+        try:
+            await self.with_store(self.store.record_rejections, summaries)
+        except Exception as exc:  # counted and logged already
+            log_event(log, "rejections_not_recorded", logging.ERROR, error=str(exc)[:200], rows=len(summaries))
+
+    async def with_store(self, fn: Callable[[_A], _T], arg: _A) -> _T:
+        """Run a store call in a thread, retrying locked/busy errors with capped backoff."""
+        backoff = Backoff(0.05, self.settings.db_retry_max_seconds)
+        while True:
+            try:
+                return await asyncio.to_thread(fn, arg)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.stats.store_retries += 1
+                delay = backoff.next_delay()
+                log_event(log, "store_busy_retry", logging.WARNING, error=str(exc)[:200], delay_s=round(delay, 3))
+                await asyncio.sleep(delay)

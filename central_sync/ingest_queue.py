@@ -1,0 +1,82 @@
+"""What ingest has received and not yet committed (``central_sync.ingest``).
+
+``IngestQueue`` holds the decoded events (whole messages, in arrival order), the coalesced node
+updates (the newest presence and heartbeat per node), snapshots and command results, the
+deliveries to PUBACK after the next commit and the Ack entries named before it. It also owns
+the signals between the receiving side and the batcher: ``wake`` (work is queued),
+``batch_full`` (``batch_max`` events wait: commit now) and ``room`` (cleared past
+``max_pending_events``: the read gates stop reading the broker sockets until a commit takes
+events). No I/O here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from central_sync.acks import AckBook, Delivery
+from central_sync.config import IngestConfig
+from central_sync.ingest_commit import Batch, EventMsg
+from central_sync.ingest_stats import IngestStats
+from central_sync.mqtt_central import ReadGate
+from edge.sync.wire import CommandResult, Heartbeat, Presence, SnapshotEnvelope
+
+
+class IngestQueue:
+    """The uncommitted work of one ``IngestService`` and its wake-up/backpressure signals."""
+
+    def __init__(self, settings: IngestConfig) -> None:
+        self.settings = settings  # ``batch_max``, ``max_pending_events``
+        self.events: deque[EventMsg] = deque()
+        self.pending_events = 0
+        self.presences: dict[str, Presence] = {}
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self.snapshots: list[SnapshotEnvelope] = []
+        self.results: list[CommandResult] = []
+        self.settle: list[Delivery] = []  # PUBACK after the next commit
+        self.acks_due = AckBook()  # rejections named before the next commit
+        self.wake = asyncio.Event()
+        self.batch_full = asyncio.Event()  # set once ``batch_max`` events wait: commit now
+        self.room = asyncio.Event()
+        self.room.set()
+        #: The read gates of the live broker connections (poked when room returns).
+        self.gates: set[ReadGate] = set()
+
+    def add_events(self, msg: EventMsg) -> None:
+        """Queue one message's good envelopes whole for the next commit batch."""
+        self.events.append(msg)
+        self.pending_events += len(msg.envs)
+        if self.pending_events >= self.settings.batch_max:
+            self.batch_full.set()
+        if self.pending_events >= self.settings.max_pending_events:
+            self.room.clear()
+
+    def has_work(self) -> bool:
+        return bool(self.events or self.presences or self.heartbeats or self.snapshots or self.results
+                    or self.settle or self.acks_due)
+
+    def take(self, stats: IngestStats) -> tuple[Batch, list[Delivery], AckBook]:
+        """The next commit batch (up to ``batch_max`` events, whole messages), the deliveries it
+        settles and the Ack entries due; reopens the read gates once there is room again."""
+        events: list[EventMsg] = []
+        n = 0
+        while self.events and (not events or n + len(self.events[0].envs) <= self.settings.batch_max):
+            msg = self.events.popleft()
+            events.append(msg)
+            n += len(msg.envs)
+        self.pending_events -= n
+        if self.pending_events < self.settings.max_pending_events:
+            self.room.set()
+            for gate in self.gates:
+                gate.poke()
+        if self.gates:
+            stats.read_pauses_live = sum(gate.pauses for gate in self.gates)
+        batch = Batch(events, list(self.presences.values()), list(self.heartbeats.values()), self.snapshots,
+                      self.results)
+        settle = self.settle + [m.delivery for m in events if m.delivery is not None]
+        acks = self.acks_due
+        self.presences, self.heartbeats, self.snapshots, self.results = {}, {}, [], []
+        self.settle, self.acks_due = [], AckBook()
+        if not self.has_work():
+            self.wake.clear()
+        return batch, settle, acks

@@ -1,0 +1,37 @@
+"""The wire form of an outbox event as the event uplink (``edge.sync.uplink``) sends it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edge.clock import Clock
+from edge.outbox import StoredEvent
+from edge.sync.wire import EventEnvelope
+
+
+def envelope_for(ev: StoredEvent, clock: Clock, boot_id: str,
+                 sign: Callable[[EventEnvelope], EventEnvelope] | None) -> EventEnvelope:
+    """Wire form of ``ev``: events recorded ``unsynced`` in this boot are sent on central's time
+    line (quality ``corrected``) once an offset is known, placed by their monotonic stamp so a
+    wall-clock step in between does not move them (``Clock.anchor``); then signed."""
+    env = ev.envelope()
+    anchor = clock.anchor()
+    if ev.time_quality == "unsynced" and ev.boot_id == boot_id and anchor is not None:
+        env = env.model_copy(update={"wall_time": max(0.0, anchor + ev.mono_ns / 1e9),
+                                     "time_quality": "corrected"})
+    return sign(env) if sign is not None else env
+
+
+def envelope_dict(ev: StoredEvent, anchor: float | None, boot_id: str) -> dict[str, Any]:
+    """The unsigned wire form of ``ev`` as a dict, equal to
+    ``envelope_for(ev, clock, boot_id, None).model_dump(mode="json")`` without ``sig`` (built
+    directly: the outbox holds validated events, and central validates every envelope anyway).
+    ``anchor``: ``clock.anchor()``."""
+    wall, quality = max(ev.wall_time, 0.0), ev.time_quality
+    if quality == "unsynced" and ev.boot_id == boot_id and anchor is not None:
+        wall, quality = max(0.0, anchor + ev.mono_ns / 1e9), "corrected"
+    return {"v": 1, "kind": "event", "event_id": ev.event_id, "node_id": ev.node_id,
+            "boot_id": ev.boot_id, "seq": ev.seq, "mono_ns": ev.mono_ns, "wall_time": wall,
+            "time_quality": quality, "type": ev.type, "priority": ev.priority,
+            "incident_id": ev.incident_id, "payload": ev.payload}

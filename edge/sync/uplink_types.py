@@ -1,0 +1,33 @@
+"""What the uplink lanes share (``edge.sync.uplink``, ``edge.sync.uplink_snapshot``): the
+publisher they write to and their counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                      retain: bool = False) -> None: ...
+
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        """QoS 1 publish handed to the client's ordered send queue (no PUBACK wait)."""
+        ...
+
+
+@dataclass
+class UplinkStats:
+    published: int = 0  # events
+    messages: int = 0  # event messages (a batch counts once)
+    acked: int = 0
+    rejected: int = 0
+    requeued: int = 0
+    snapshots_published: int = 0
+    snapshots_acked: int = 0
+    reconnects: int = 0
+    ack_timeouts: int = 0  # rounds of ack timeouts (each releases every overdue event)
+    central_resends: int = 0  # events resent at once because central came online
+    p1_messages: int = 0  # messages published on the P1 channel (their events also go on ``event``)
+    last_connect_mono: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
