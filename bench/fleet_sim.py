@@ -279,13 +279,16 @@ class Fleet:
         if fd in self._by_sock:
             self.sel.modify(sock, events, self._by_sock[fd])
 
-    def connect_all(self) -> None:
+    def connect_all(self, *, keepalive: int = 120, serve_every: int = 0, wait_s: float = 300) -> None:
+        """Connect every post; with ``serve_every`` the posts already connected are served after
+        each that many connects (a busy broker accepts slowly: without it the first posts of a
+        large fleet may miss their keepalive before the last ones are in)."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0
-        for post in self.posts:
+        for i, post in enumerate(self.posts):
             for attempt in range(50):
                 try:
-                    post.client.connect("127.0.0.1", self.spec.port, keepalive=120, clean_start=True,
+                    post.client.connect("127.0.0.1", self.spec.port, keepalive=keepalive, clean_start=True,
                                         properties=props)
                     break
                 except OSError:
@@ -295,7 +298,9 @@ class Fleet:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._by_sock[sock.fileno()] = post
             self.sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, post)
-        deadline = time.monotonic() + 300
+            if serve_every and i % serve_every == serve_every - 1:
+                self.poll(0)
+        deadline = time.monotonic() + wait_s
         while self.result.connected < len(self.posts) and time.monotonic() < deadline:
             self.poll(0.05)
 

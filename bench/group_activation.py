@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 import resource
-import selectors
 import signal
 import socket
 import subprocess
@@ -46,13 +45,11 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import paho.mqtt.client as paho  # noqa: E402
-from paho.mqtt.packettypes import PacketTypes  # noqa: E402
-from paho.mqtt.properties import Properties  # noqa: E402
 
 from bench._common import median, pct, table  # noqa: E402
-from bench.fleet_setup import Database  # noqa: E402
+from bench.fleet_setup import Database, port_outside_ephemeral_range  # noqa: E402
 from bench.fleet_sim import Fleet, Post, SimSpec, node_ids, node_key  # noqa: E402
-from central_sync.broker import LocalMosquitto, free_port  # noqa: E402
+from central_sync.broker import LocalMosquitto  # noqa: E402
 from central_sync.pki import PkiFiles  # noqa: E402
 from central_sync.routing import make_command  # noqa: E402
 from central_sync.store import open_store  # noqa: E402
@@ -107,30 +104,9 @@ class SirenFleet(Fleet):
         self.posts = list(self.siren_posts)
         self.result.nodes = len(self.posts)
 
-    def connect_all(self) -> None:
-        """As ``Fleet.connect_all``, but the posts already connected are served while the rest
-        connect (a busy broker accepts slowly: without this the first posts miss their
-        keepalive and are dropped before the last ones are in)."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
-        for i, post in enumerate(self.posts):
-            for attempt in range(50):
-                try:
-                    post.client.connect("127.0.0.1", self.spec.port, keepalive=600, clean_start=True,
-                                        properties=props)
-                    break
-                except OSError:
-                    time.sleep(0.05 * (attempt + 1))
-            sock = post.client.socket()
-            assert isinstance(sock, socket.socket)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._by_sock[sock.fileno()] = post
-            self.sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, post)
-            if i % 50 == 49:
-                self.poll(0)
-        deadline = time.monotonic() + 600
-        while self.result.connected < len(self.posts) and time.monotonic() < deadline:
-            self.poll(0.05)
+    def connect_all(self, *, keepalive: int = 600, serve_every: int = 50, wait_s: float = 600) -> None:
+        """As ``Fleet.connect_all``, serving the posts already connected while the rest connect."""
+        super().connect_all(keepalive=keepalive, serve_every=serve_every, wait_s=wait_s)
 
 
 def worker(spec_path: str, out_path: str) -> None:
@@ -149,20 +125,6 @@ def worker(spec_path: str, out_path: str) -> None:
 
 # -- the run ------------------------------------------------------------------------------------
 
-def port_below_ephemeral_range() -> int:
-    """A free port below the kernel's ephemeral range: 10,000 posts take 10,000 ephemeral ports,
-    and one may take a port ``free_port`` picked before the web app binds it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in range(max(10_000, low - 2_000), low):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
-
-
 class Setup:
     """Broker, central config with a CA, an admin user, the central process and the posts."""
 
@@ -171,7 +133,7 @@ class Setup:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.work = work
         self.broker = LocalMosquitto(work / "mosquitto", extra_conf="max_queued_messages 1000000\n").start()
-        self.web_port = port_below_ephemeral_range()
+        self.web_port = port_outside_ephemeral_range()
         self.cfg = work / "central.toml"
         self.cfg.write_text(f'''log_level = "WARNING"
 database = "{work / 'central.db'}"

@@ -25,6 +25,7 @@ from central_sync.web.app import serve
 from edge.agent import Agent
 from edge.config import NodeConfig, parse_config
 from edge.signing import CommandSigner, public_key_pem
+from tests.waits import wait_for
 
 PASSWORD = "correct horse battery"
 RELAY = 18
@@ -62,16 +63,6 @@ def post_config(state: Path, port: int, node_id: str, rw: int, rt: int, keys: Ke
     }
     data.update(extra)
     return parse_config(data)
-
-
-def wait_for(pred: Any, timeout: float = 45.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Posts:

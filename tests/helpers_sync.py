@@ -29,6 +29,7 @@ import paho.mqtt.client as paho
 from edge.clock import Clock
 from edge.config import NodeConfig, parse_config
 from edge.sync.wire import Ack, Command, Topics, decode, encode
+from tests.waits import wait_for
 
 
 def node_config(port: int, node_id: str = "pos-rt03", **sync: Any) -> NodeConfig:
@@ -47,12 +48,8 @@ def node_config(port: int, node_id: str = "pos-rt03", **sync: Any) -> NodeConfig
 
 def wait_until(cond: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05,
                what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """``tests.waits.wait_for`` with this module's historical argument order."""
+    wait_for(cond, timeout, what, interval)
 
 
 class PahoAcker:

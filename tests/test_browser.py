@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from central_sync.users import UserStore
 from central_sync.web.app import serve
 from central_sync.web.testing import event, presence, register
 from edge.sync.wire import Topics, encode
+from tests.waits import wait_for as _wait
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -71,16 +71,6 @@ class Central:
         if self.task is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(self.task.cancel)
         self.thread.join(15)
-
-
-def _wait(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _launch(pw: Any) -> Any:
@@ -185,8 +175,6 @@ def test_panic_appears_live_and_is_acknowledged(mosquitto: LocalMosquitto,
     finally:
         node.loop_stop()
         node.disconnect()
-
-
 
 
 def test_simulated_post_panic_is_acknowledged_and_the_post_records_it(tmp_path: Path) -> None:

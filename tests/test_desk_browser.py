@@ -34,6 +34,7 @@ from central_sync.web.app import context_of, create_app
 from central_sync.web.server import DeskServer
 from central_sync.web.testing import event, presence, register
 from edge.sync.wire import Topics, encode
+from tests.waits import wait_for as _wait
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,16 +112,6 @@ class Central:
         if self.main is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(self.main.cancel)
         self.thread.join(15)
-
-
-def _wait(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

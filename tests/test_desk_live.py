@@ -20,6 +20,7 @@ from central_sync.web.app import create_app
 from central_sync.web.live import LiveHub, parse_event_id
 from central_sync.web.routes_live import events_for
 from central_sync.web.testing import WebEnv, event
+from tests.waits import wait_for as _wait_for
 
 
 class FakeClock:
@@ -305,10 +306,3 @@ def test_closing_the_hub_ends_open_streams_at_once(served: tuple[WebEnv, httpx.C
     assert [e.get("event") for e in got] == ["hello"]          # then the stream ended
     assert time.monotonic() - started < 8                      # well before a heartbeat wait
     _wait_for(lambda: env.ctx.hub.subscribers == 0)
-
-
-def _wait_for(predicate: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from edge.sync.wire import (
     encode,
     join_batch,
 )
+from tests.waits import wait_for as wait_until
 
 PREFIX = "kentongan/v1"
 WAIT = 30.0
@@ -67,14 +68,6 @@ def make_cfg(tmp: Path, port: int, **ingest: Any) -> CentralConfig:
                    "reconnect_max_seconds": 0.5},
         "ingest": {"batch_wait_ms": 10, **ingest},
     })
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class ServiceThread:

@@ -27,6 +27,7 @@ from central_sync.ingest_p1 import p1_subscription
 from central_sync.store import CentralStore
 from edge.sync.wire import EventEnvelope, Topics, encode
 from tests.helpers_central import ROOT, StateWatcher, start, write_config
+from tests.waits import wait_for as _wait
 
 POSTS = 30
 BACKLOG = 3000  # events per post: 90,000 queued at central's broker session
@@ -40,14 +41,6 @@ def _count(db: Path, where: str = "", what: str = "COUNT(*)") -> int:
         return 0
     finally:
         conn.close()
-
-
-def _wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _median(xs: list[float]) -> float:

@@ -19,7 +19,6 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from tests.helpers_central import StateWatcher
 from tests.helpers_sync import node_config, running_service
 from tests.test_ingest import ServiceThread, make_cfg, up
 from tests.test_ingest import wait_until as wait
+from tests.waits import wait_for as _wait
 
 ROOT = Path(__file__).resolve().parent.parent
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 4
@@ -349,14 +349,6 @@ def _rejections(db: Path) -> dict[tuple[str, str], int]:
             "SELECT node_id, reason, SUM(count) FROM rejections GROUP BY node_id, reason")}
     finally:
         conn.close()
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_revoked_connected_post_is_dropped_for_every_kind_within_5s(tmp_path: Path,

@@ -41,13 +41,6 @@ def modem(fake: FakeModem) -> Iterator[Modem]:
     m.close()
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
 def test_open_turns_echo_off_and_commands_work(fake: FakeModem, modem: Modem) -> None:
     assert fake.echo is False
     assert modem.ping()

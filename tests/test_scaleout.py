@@ -11,11 +11,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from central_sync.broker import LocalMosquitto
 from tests.helpers_central import ROOT, StateWatcher, start, write_config
+from tests.waits import wait_for as _wait
 
 
 def _count(db: Path) -> int:
@@ -26,14 +26,6 @@ def _count(db: Path) -> int:
         return 0
     finally:
         conn.close()
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_two_ingest_processes_share_load_and_survive_a_sigkill(tmp_path: Path, mosquitto: LocalMosquitto) -> None:

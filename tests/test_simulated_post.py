@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from edge.control import socket_path
+from tests.waits import wait_for
 
 CLI = [sys.executable, "-m", "edge.cli"]
 
@@ -82,17 +82,6 @@ def status(cfg: Path) -> dict[str, Any]:
     res = run_cli("status", "--config", str(cfg), "--json")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
-
-
-def wait_for(pred: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
 class Post:
@@ -231,8 +220,6 @@ def test_nc_loop_cut_is_tamper_not_alarm(tmp_path: Path) -> None:
         assert st["siren"]["playing"] is False
     finally:
         p.stop()
-
-
 
 
 def test_control_socket_works_under_a_long_state_dir(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from edge.config import parse_config
 from edge.control import request, socket_path
 from edge.outbox import EventDraft, Outbox
 from tests.fs_helpers import fill, small_fs
+from tests.waits import wait_for as _wait
 
 CLI = [sys.executable, "-m", "edge.cli"]
 NODE = "full-disk-post"
@@ -57,17 +58,6 @@ min_free_mb = 0
 enabled = false
 """)
     return p
-
-
-def _wait(pred: Any, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
 class Agent_:

@@ -17,6 +17,7 @@ from edge.errors import StorageFullError
 from edge.outbox import EventDraft, Outbox, StorageQuota
 from edge.snapshots import SnapshotStore
 from tests.fs_helpers import fill, small_fs
+from tests.waits import wait_for as _wait
 
 RESERVE = 1 << 20
 QUOTA = StorageQuota(disk_quota_bytes=1 << 40, snapshot_quota_bytes=1 << 40, min_free_bytes=0,
@@ -27,15 +28,6 @@ QUOTA = StorageQuota(disk_quota_bytes=1 << 40, snapshot_quota_bytes=1 << 40, min
 def disk(tmp_path: Path) -> Iterator[Path]:
     with small_fs(tmp_path / "mnt", 16) as mnt:
         yield mnt
-
-
-def _wait(pred: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:

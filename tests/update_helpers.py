@@ -21,8 +21,6 @@ import sqlite3
 import sys
 import sysconfig
 import textwrap
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,20 +42,11 @@ from edge.update.install import InstallOptions
 from edge.update.supervisor import Supervisor, SupervisorClient
 from edge.update.switch import Layout
 from edge.update.updater import Updater
+from tests.waits import wait_for as wait_for  # re-exported for the update tests
 
 REPO = Path(__file__).resolve().parent.parent
 SITE = sysconfig.get_paths()["purelib"]
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
-
-
-def wait_for(pred: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- central side ----------------------------------------------------------------------------
