@@ -2,7 +2,7 @@
 measured in the same run as the baseline.
 
     .venv/bin/python bench/fleet.py --posts 10000 --rate 1000 --heartbeat 20 --duration 30 \\
-        [--procs 4] [--ingest 1] [--p1-rate 0] [--backlog 0] [--dashboards 2] [--unsigned] \\
+        [--procs 4] [--ingest 1] [--p1-rate 0] [--backlog 0] [--dashboards 2] [--rw-posts 500] [--unsigned] \\
         [--no-echo] [--repeat 1] [--json out.json]
 
 Everything runs on this machine, on loopback: a LocalMosquitto with the project's dev config
@@ -138,6 +138,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4, help="processes of simulated posts")
     ap.add_argument("--ingest", type=int, default=1, help="ingest workers (0: all-in-one 'run')")
     ap.add_argument("--dashboards", type=int, default=2)
+    ap.add_argument("--rw-posts", type=int, default=500,
+                    help="posts per RW: every 50th event is a PANIC whose new incident warns the rest of its RW")
     ap.add_argument("--no-web", action="store_true", help="ingest workers only (no web process, no dashboards)")
     ap.add_argument("--unsigned", action="store_true")
     ap.add_argument("--no-p1-channel", action="store_true", help="posts send P1s on event only (as before the P1 lane)")
@@ -154,7 +156,8 @@ def main() -> None:
         tmp = str(args.keep) if args.keep else tmp_dir
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
-        setup = Setup(Path(tmp), args.posts, args.seed, postgres=args.postgres, signed=not args.unsigned)
+        setup = Setup(Path(tmp), args.posts, args.seed, postgres=args.postgres, signed=not args.unsigned,
+                      rw_posts=args.rw_posts)
         try:
             for repeat in range(args.repeat):
                 setup.configure(repeat)
@@ -197,7 +200,8 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
           f"heartbeat {args.heartbeat:g} s, backlog {args.backlog}/post, "
           f"{'unsigned' if args.unsigned else 'signed'}, {args.duration:g} s x {args.repeat}, "
           f"ingest {'all-in-one run' if args.ingest == 0 else f'{args.ingest} worker(s)'}"
-          f"{'' if args.no_web else ' + web'}, store {'PostgreSQL' if args.postgres else 'SQLite'}")
+          f"{'' if args.no_web else ' + web'}, store {'PostgreSQL' if args.postgres else 'SQLite'}, "
+          f"{args.rw_posts} posts per RW")
     print(table(["system", "offered/s", "committed/s", "acked/s", "Ack p50 ms", "Ack p99 ms", "P1 p99 ms",
                  "CPU ms/ev", "vs echo", "RSS MiB", "GET p50 ms", "GET p99 ms", "lost", "dup"], out))
     for name, rs in rows.items():

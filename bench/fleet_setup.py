@@ -89,7 +89,10 @@ def start_postgres(work: Path) -> tuple[Any, str]:
 class Setup:
     """Broker, central config, CA, registered keys and a dashboard user in a temp dir."""
 
-    def __init__(self, work: Path, posts: int, seed: str, postgres: bool = False, signed: bool = True) -> None:
+    def __init__(self, work: Path, posts: int, seed: str, postgres: bool = False, signed: bool = True,
+                 rw_posts: int = 500) -> None:
+        """``rw_posts``: posts per RW (one per RT), so an incident's RW warning reaches
+        ``rw_posts - 1`` other posts; RWs are numbered 1.. in one kelurahan."""
         self.work = work
         self.pg: Any = None
         url = f"sqlite:///{work / 'central.db'}"
@@ -112,7 +115,7 @@ class Setup:
         now = time.time()
         self.db.query("INSERT INTO node_registry (node_id, signing_public_key, kelurahan_code, rw, rt, display_name, "
                       "status, cert_serial, cert_not_after, enrolled_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      [(n, public_key_pem(node_key(seed, n)), "33.74.10.1001", 1 + i // 500, 1 + i % 500,
+                      [(n, public_key_pem(node_key(seed, n)), "33.74.10.1001", 1 + i // rw_posts, 1 + i % rw_posts,
                         f"Pos {n}", "enrolled", f"{i:x}", now + 86400 * 365, now)
                        for i, n in enumerate(self.nodes)])
         pw = work / "pw"

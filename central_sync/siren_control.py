@@ -5,6 +5,10 @@
   marking it a false alarm sends each of those posts a signed ``stop`` naming the ``sound``
   command ids it was sent, so the post stops exactly what central started (a local alarm that
   took over the siren keeps sounding).
+  The warnings themselves are queued (``queue_incident_warnings``, any thread) and published
+  by one coroutine (``publish_warnings``) as coalesced batches (``central_sync.command_batch``:
+  signed in a worker thread, recorded in one transaction, a bounded window in flight): a burst
+  of incidents in a large RW is a few batches, not one task, signature and commit per command.
 * **Group activation.** An RT, an RW, a kelurahan or the whole city: one ``sound`` per post,
   signed, recorded and published as one batch (``central_sync.command_batch``); each post's
   command result is its confirmation. ``stop`` ends the group the same way as an incident.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +38,8 @@ from edge.sync.wire import Command
 log = logging.getLogger("central_sync.siren_control")
 
 ScopeKind = Literal["rt", "rw", "kelurahan", "city"]
+#: The most RW warnings one coalesced batch publishes.
+WARNING_BATCH = 5000
 Record = Callable[[list[Command]], None]
 
 
@@ -89,6 +96,9 @@ class SirenControl:
         self.sender = sender
         self.ttl_s = ttl_s
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._warn_lock = threading.Lock()
+        self._warnings: list[Command] = []
+        self._publishing = False
 
     # -- incident warnings ---------------------------------------------------------------------
     def record_incident_warnings(self, incident: Incident, cmds: Sequence[Command]) -> None:
@@ -100,6 +110,47 @@ class SirenControl:
                                    label=f"{incident.type} {incident.node_id}", incident_id=incident.incident_id,
                                    created_by="central:routing", created_at=time.time())
         self.tables.add_commands(act_id, "start", cmds, issued_by="central:routing", link_only=True)
+
+    def queue_incident_warnings(self, incident: Incident, cmds: Sequence[Command]) -> bool:
+        """Record the warnings (linked to the incident's activation, so a resolve can stop them)
+        and queue them for ``publish_warnings`` (any thread). True: the caller must start
+        ``publish_warnings`` on the loop (nothing is publishing the queue now)."""
+        if not cmds or self.sender is None:
+            return False
+        self.record_incident_warnings(incident, cmds)
+        with self._warn_lock:
+            self._warnings.extend(cmds)
+            start, self._publishing = not self._publishing, True
+        return start
+
+    async def publish_warnings(self) -> int:
+        """Publish the queued warnings in batches of up to ``WARNING_BATCH`` until the queue is
+        empty; returns how many were handed to the broker. A failed batch is logged (its
+        commands are not retried: a warning is only worth its moment)."""
+        sent = 0
+        while True:
+            with self._warn_lock:
+                batch, self._warnings = self._warnings[:WARNING_BATCH], self._warnings[WARNING_BATCH:]
+                if not batch or self.sender is None:
+                    self._publishing = False
+                    return sent
+            try:
+                await self.sender.send_commands(batch, record=self._record_warnings)
+                sent += len(batch)
+            except asyncio.CancelledError:
+                with self._warn_lock:
+                    self._publishing = False
+                raise
+            except Exception as exc:
+                log_event(log, "rw_warnings_not_sent", logging.WARNING, count=len(batch), error=str(exc)[:200])
+
+    def drop_queued_warnings(self) -> None:
+        """Forget the queue (there is no loop to publish it on)."""
+        with self._warn_lock:
+            self._warnings, self._publishing = [], False
+
+    def _record_warnings(self, signed: list[Command]) -> None:
+        self.tables.record_sent(signed, issued_by="central:routing")
 
     async def stop_incident(self, incident_id: str, by: str) -> dict[str, Any]:
         """Stop every activation recorded for the incident (its RW warnings, groups started

@@ -137,7 +137,8 @@ class DeskTables:
         self._order = runner.dialect.insertion_order
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self.runner.tx() as tx:
+        """A read: no write lock on SQLite (``SqlRunner.read``)."""
+        with self.runner.read() as tx:
             return tx.rows(sql, params)
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:

@@ -41,7 +41,7 @@ class RegistryTables:
         self.runner = runner
 
     def get(self, node_id: str) -> Row | None:
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             return one(tx, f"SELECT {_COLS} FROM node_registry WHERE node_id = ?", (node_id,))
 
     def put(self, row: Row, *, revoke_older_certs_at: float | None) -> None:
@@ -95,29 +95,29 @@ class RegistryTables:
 
     def revoked_certs(self, valid_after: float) -> list[tuple[str, float]]:
         """(serial hex, revoked_at) of revoked certificates still valid after ``valid_after``."""
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             return [(str(r["serial"]), float(r["revoked_at"])) for r in tx.rows(
                 "SELECT serial, revoked_at FROM node_certs WHERE revoked_at IS NOT NULL AND not_after > ? "
                 "ORDER BY serial", (valid_after,))]
 
     def listing(self) -> list[Row]:
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             return tx.rows(f"SELECT {_COLS} FROM node_registry ORDER BY node_id")
 
     def statuses(self) -> dict[str, str]:
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             return {str(r["node_id"]): str(r["status"]) for r in tx.rows(
                 "SELECT node_id, status FROM node_registry ORDER BY node_id")}
 
     def generation(self) -> tuple[object, ...]:
         """A value that changes whenever a node is enrolled, re-enrolled or revoked."""
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             row = one(tx, "SELECT COUNT(*) AS n, MAX(enrolled_at) AS e, MAX(revoked_at) AS r, "
                       "SUM(CASE WHEN status = 'revoked' THEN 1 ELSE 0 END) AS k FROM node_registry")
         return () if row is None else (row["n"], row["e"], row["r"], row["k"])
 
     def digest(self, node_id: str, event_id: str) -> bytes | None:
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             row = one(tx, "SELECT digest FROM event_digests WHERE node_id = ? AND event_id = ?", (node_id, event_id))
         return bytes(row["digest"]) if row else None
 
@@ -160,6 +160,6 @@ class RegistryTables:
 
     def security_events(self, limit: int = 500) -> list[Row]:
         """Security events, the most recent first."""
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             return tx.rows(f"SELECT {_SECURITY_COLS} FROM security_events ORDER BY last_at DESC, node_id LIMIT ?",
                            (limit,))

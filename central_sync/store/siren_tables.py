@@ -17,13 +17,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from central_sync.store.base import Row
-from central_sync.store.sql import SqlRunner, one
+from central_sync.store.sql import SqlRunner, SqlTx, one
 from edge.sync.wire import Command
 
 _STATUS_SELECT = (
     "SELECT s.node_id, s.command_id, c.status, c.result_ok, c.result_detail, c.result_received_at, "
     "c.expires_at FROM siren_commands s JOIN commands c ON c.command_id = s.command_id "
     "WHERE s.activation_id = ? AND s.role = ?")
+
+
+def _insert_sent(tx: SqlTx, cmds: Sequence[Command], issued_by: str) -> None:
+    tx.many(
+        "INSERT INTO commands (command_id, node_id, action, params, issued_at, expires_at, issuer, "
+        "issued_by, signed, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'sent') ON CONFLICT DO NOTHING",
+        [(c.command_id, c.node_id, c.action, json.dumps(c.params, default=str), c.issued_at,
+          c.expires_at, c.issuer, issued_by, c.sig is not None) for c in cmds])
 
 
 class SirenTables:
@@ -48,27 +56,30 @@ class SirenTables:
             return
         with self.runner.tx() as tx:
             if not link_only:
-                tx.many(
-                    "INSERT INTO commands (command_id, node_id, action, params, issued_at, expires_at, issuer, "
-                    "issued_by, signed, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'sent') ON CONFLICT DO NOTHING",
-                    [(c.command_id, c.node_id, c.action, json.dumps(c.params, default=str), c.issued_at,
-                      c.expires_at, c.issuer, issued_by, c.sig is not None) for c in cmds])
+                _insert_sent(tx, cmds, issued_by)
             tx.many(
                 "INSERT INTO siren_commands (command_id, activation_id, node_id, role) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING",
                 [(c.command_id, activation_id, c.node_id, role) for c in cmds])
 
+    def record_sent(self, cmds: Sequence[Command], *, issued_by: str) -> None:
+        """Record commands about to be published (status 'sent') in one transaction, for
+        commands already linked to their activations (``add_commands(..., link_only=True)``)."""
+        if cmds:
+            with self.runner.tx() as tx:
+                _insert_sent(tx, cmds, issued_by)
+
     def get(self, activation_id: str) -> Row | None:
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             return one(tx, "SELECT * FROM siren_activations WHERE activation_id = ?", (activation_id,))
 
     def recent(self, limit: int) -> list[Row]:
         """Newest first."""
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             return tx.rows("SELECT * FROM siren_activations ORDER BY created_at DESC LIMIT ?", (limit,))
 
     def of_incident(self, incident_id: str) -> list[Row]:
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             return tx.rows("SELECT * FROM siren_activations WHERE incident_id = ? ORDER BY created_at",
                            (incident_id,))
 
@@ -80,7 +91,7 @@ class SirenTables:
 
     def started(self, activation_id: str) -> dict[str, list[str]]:
         """The ``sound`` command ids of the activation, by post."""
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             rows = tx.rows("SELECT node_id, command_id FROM siren_commands WHERE activation_id = ? "
                            "AND role = 'start' ORDER BY command_id", (activation_id,))
         out: dict[str, list[str]] = {}
@@ -90,7 +101,7 @@ class SirenTables:
 
     def counts(self, activation_id: str, role: str = "start") -> dict[str, int]:
         """How many of the activation's commands are in each ``commands.status``."""
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             rows = tx.rows("SELECT c.status AS status, COUNT(*) AS n FROM siren_commands s JOIN commands c "
                            "ON c.command_id = s.command_id WHERE s.activation_id = ? AND s.role = ? "
                            "GROUP BY c.status", (activation_id, role))
@@ -105,7 +116,7 @@ class SirenTables:
         if answered_after is not None:
             sql += " AND c.result_received_at > ?"
             params.append(answered_after)
-        with self.runner.tx() as tx:
+        with self.runner.read() as tx:
             rows = tx.rows(sql + " ORDER BY s.node_id LIMIT ?", (*params, limit))
         return [{"node_id": r["node_id"], "command_id": r["command_id"], "status": r["status"],
                  "ok": None if r["result_ok"] is None else bool(r["result_ok"]),

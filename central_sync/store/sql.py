@@ -59,6 +59,11 @@ class SqlRunner(Protocol):
 
     def tx(self) -> AbstractContextManager[SqlTx]: ...
 
+    def read(self) -> AbstractContextManager[SqlTx]:
+        """For reads only: on SQLite no write lock is taken (a ``tx`` begins IMMEDIATE, which
+        would queue every desk read behind the ingest workers' commits and hold theirs up)."""
+        ...
+
 
 def one(tx: SqlTx, sql: str, params: Sequence[Any] = ()) -> Row | None:
     rows = tx.rows(sql, params)
@@ -113,6 +118,13 @@ class SqliteRunner:
                 raise
             conn.execute("RELEASE sql_tx" if nested else "COMMIT")
 
+    @contextmanager
+    def read(self) -> Iterator[SqlTx]:
+        """Statements in autocommit mode (each one its own consistent snapshot), or inside the
+        transaction this thread already has open on the connection."""
+        with self.lock:
+            yield _SqliteTx(self.conn)
+
 
 class _PgTx:
     def __init__(self, conn: Any, dialect: Dialect) -> None:
@@ -142,3 +154,5 @@ class PgRunner:
     def tx(self) -> Iterator[SqlTx]:
         with self._tx_factory() as conn:
             yield _PgTx(conn, self.dialect)
+
+    read = tx  # PostgreSQL reads take no lock that holds a writer up

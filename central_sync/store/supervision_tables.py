@@ -51,7 +51,8 @@ class SupervisionTables:
         self.runner: SqlRunner = desk.runner
 
     def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[Row]:
-        with self.runner.tx() as tx:
+        """A read: no write lock on SQLite (``SqlRunner.read``)."""
+        with self.runner.read() as tx:
             return tx.rows(sql, params)
 
     # -- central's own link (written by ingest processes) -----------------------------------

@@ -183,17 +183,30 @@ class Desk:
                           node_id=incident.node_id, type=incident.type,
                           priority=incident.priority)
                 if route:
-                    warnings = self.router.rw_warnings(incident, self._rw_posts(incident.node_id))
-                    try:  # remembered before they go out, so a resolve can stop them
-                        self.sirens.record_incident_warnings(incident, warnings)
-                    except Exception as exc:
-                        log_event(log, "warnings_not_recorded", logging.ERROR,
-                                  incident_id=incident.incident_id, error=str(exc)[:200])
-                    for cmd in warnings:
-                        self.spawn(self._send(cmd, "central:routing"))
+                    self._warn_rw(incident)
         if changes:
             self.publish_changes()
         return changes
+
+    def _warn_rw(self, incident: Incident) -> None:
+        """Sound the incident's RW: queued and published in batches when the sender can (the
+        broker gets them in bounded windows, signed off the loop), else one command at a time."""
+        warnings = self.router.rw_warnings(incident, self._rw_posts(incident.node_id))
+        if not warnings:
+            return
+        try:  # remembered before they go out, so a resolve can stop them
+            if self.sirens.sender is not None:
+                if self.sirens.queue_incident_warnings(incident, warnings) and \
+                        not self.spawn(self.sirens.publish_warnings()):
+                    self.sirens.drop_queued_warnings()
+                return
+            self.sirens.record_incident_warnings(incident, warnings)
+        except Exception as exc:
+            log_event(log, "warnings_not_recorded", logging.ERROR,
+                      incident_id=incident.incident_id, error=str(exc)[:200])
+            return
+        for cmd in warnings:
+            self.spawn(self._send(cmd, "central:routing"))
 
     def _rw_posts(self, node_id: str) -> list[dict[str, Any]]:
         """The posts of ``node_id``'s RW (itself included), by index."""
@@ -203,8 +216,9 @@ class Desk:
         return self.posts.in_rw(str(origin["kelurahan_code"]), int(origin["rw"]))
 
     # -- commands ---------------------------------------------------------------------------
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run a coroutine on the web app's loop, from that loop or from another thread."""
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> bool:
+        """Run a coroutine on the web app's loop, from that loop or from another thread
+        (False: there is no loop; the coroutine was dropped)."""
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -213,13 +227,14 @@ class Desk:
             task: asyncio.Future[Any] = running.create_task(coro)
         elif self.loop is not None and not self.loop.is_closed():
             asyncio.run_coroutine_threadsafe(coro, self.loop)
-            return
+            return True
         else:
             coro.close()
             log_event(log, "command_not_sent", logging.WARNING, reason="no event loop")
-            return
+            return False
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     async def _send(self, cmd: Command, issued_by: str) -> bool:
         if self.commands is None:
