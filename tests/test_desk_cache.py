@@ -121,3 +121,26 @@ def test_post_overview_etag_and_catching_up(env: WebEnv) -> None:
     assert client.get("/api/nodes", headers={"If-None-Match": etag}).status_code == 200
     rt_client, _ = env.client("rt")
     assert [p["node_id"] for p in rt_client.get("/api/nodes").json()] == ["pos-a"]
+
+
+def test_post_overview_serialises_only_changed_posts_and_matches_a_full_build(env: WebEnv) -> None:
+    import json
+
+    from central_sync.web.auth import Principal
+    from central_sync.web.posts import post_rows
+
+    for i in range(6):
+        env.node(f"pos-{i}", f"33.74.01.1001/{5 + i % 2}/{6 - i}")
+    ctx = env.ctx
+    for name in ("op", "rt"):
+        user = ctx.users.get(name)
+        assert user is not None
+        who = Principal(user, "csrf", "test")
+        full = json.dumps(post_rows(ctx, who), separators=(",", ":"), ensure_ascii=False).encode()
+        assert ctx.bodies.post_json.build(ctx, who) == full
+    before = ctx.bodies.post_json.serialised
+    env.node("pos-2", "33.74.01.1001/5/4")  # one post announces itself again
+    who = Principal(ctx.users.get("op"), "csrf", "test")  # type: ignore[arg-type]
+    body = ctx.bodies.post_json.build(ctx, who)
+    assert ctx.bodies.post_json.serialised == before + 1
+    assert body == json.dumps(post_rows(ctx, who), separators=(",", ":"), ensure_ascii=False).encode()

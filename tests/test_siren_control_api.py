@@ -168,3 +168,18 @@ def test_a_group_sounded_for_an_incident_stops_when_it_is_resolved(env: WebEnv) 
         assert command_id in stops[node_id]
     assert op.post("/api/sirens/groups", headers=h, json={
         "scope": "kelurahan", "kelurahan_code": "33.74.01.1001", "incident_id": inc_id}).status_code == 409
+
+
+def test_rw_warnings_go_out_as_one_recorded_batch(env: WebEnv) -> None:
+    """A new incident's RW warnings are queued and published together (signed off the loop,
+    recorded in one transaction), each recorded as sent and linked to the incident."""
+    for rt in range(5, 9):
+        env.node(f"pos-rw{rt}", f"33.74.01.1001/5/{rt}")
+    [event_id] = env.events(event("pos-a", "PERAMPOKAN"))
+    _wait_sent(env, 5)
+    warnings = env.sender.actions("sound")
+    assert sorted(c.node_id for c in warnings) == ["pos-b", "pos-rw5", "pos-rw6", "pos-rw7", "pos-rw8"]
+    assert {issued for c, issued in env.sender.sent} == {"batch"}
+    inc_id = env.incident_of(event_id)
+    act = env.ctx.desk.sirens.status(f"incident-{inc_id}")
+    assert act is not None and act["counts"] == {"confirmed": 0, "failed": 0, "pending": 5, "total": 5}

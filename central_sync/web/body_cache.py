@@ -23,6 +23,7 @@ in the caller's ``contextvars`` context (the language of the request that trigge
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import threading
@@ -33,6 +34,7 @@ from typing import Generic, TypeVar
 
 from markupsafe import Markup
 
+from central_sync.web.post_json import PostJson
 from edge.logs import log_event
 
 log = logging.getLogger("central.web.cache")
@@ -69,6 +71,19 @@ class BodyCache(Generic[T]):
         background once it is behind ``version`` and older than ``max_age_s``)."""
         if not self.enabled:
             return Cached(version, build(), self._clock())
+        entry = self._stored(key, version, build)
+        return entry if entry is not None else self._build(key, version, build)
+
+    async def aget(self, key: Hashable, version: Hashable, build: Callable[[], T]) -> Cached[T]:
+        """``get`` for the event loop: a stored body is returned at once, a build (the first
+        of a key, or every one when disabled) runs in a worker thread, never on the loop."""
+        if not self.enabled:
+            return Cached(version, await asyncio.to_thread(build), self._clock())
+        entry = self._stored(key, version, build)
+        return entry if entry is not None else await asyncio.to_thread(self._build, key, version, build)
+
+    def _stored(self, key: Hashable, version: Hashable, build: Callable[[], T]) -> Cached[T] | None:
+        """The stored body (a background rebuild started when it is due), or None."""
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
@@ -83,7 +98,7 @@ class BodyCache(Generic[T]):
                     threading.Thread(target=ctx.run, args=(self._rebuild, key, version, build),
                                      name="body-cache", daemon=True).start()
                 return entry
-        return self._build(key, version, build)
+        return None
 
     def _build(self, key: Hashable, version: Hashable, build: Callable[[], T]) -> Cached[T]:
         entry = Cached(version, build(), self._clock())
@@ -128,3 +143,5 @@ class DeskBodies:
     #: Rendered queue rows by (language, time slot, summary) (``cached_views.render_rows``);
     #: written by one rebuild at a time per scope, a plain dict is enough.
     rows: dict[Hashable, Markup] = field(default_factory=dict)
+    #: The post overview's rows, serialised once per change (``post_json``).
+    post_json: PostJson = field(default_factory=PostJson)

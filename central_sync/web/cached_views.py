@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
@@ -41,8 +41,9 @@ def _scope(user: User) -> Hashable:
     return user.role, (frozenset() if user.role in (Role.ADMIN, Role.OPERATOR) else user.rts)
 
 
-def queue_rows(ctx: WebContext, who: Principal) -> Cached[QueueRows]:
-    """The visible queue rows, rendered (``.value.head``: the stream id they are as new as)."""
+def queue_rows(ctx: WebContext, who: Principal) -> Awaitable[Cached[QueueRows]]:
+    """The visible queue rows, rendered (``.value.head``: the stream id they are as new as);
+    awaited on the loop (a build runs in a worker thread)."""
     head = ctx.hub.head  # before reading anything
     version = (head, ctx.desk.posts.labels_version)
 
@@ -51,7 +52,7 @@ def queue_rows(ctx: WebContext, who: Principal) -> Cached[QueueRows]:
         incidents = [ctx.desk.summary(i, nodes.get(i.node_id)) for i in ctx.desk.visible(who, nodes)]
         return QueueRows(render_rows(ctx, incidents), len(incidents), head)
 
-    return ctx.bodies.queue.get((_scope(who.user), i18n.current()), version, build)
+    return ctx.bodies.queue.aget((_scope(who.user), i18n.current()), version, build)
 
 
 #: Seconds a rendered row's time-dependent parts (its age text, "late") may lag: the browser's
@@ -80,7 +81,7 @@ def render_rows(ctx: WebContext, incidents: list[dict[str, Any]]) -> Markup:
     return Markup("").join(out)
 
 
-def nodes_json(ctx: WebContext, who: Principal) -> Cached[bytes]:
+def nodes_json(ctx: WebContext, who: Principal) -> Awaitable[Cached[bytes]]:
     """``GET /api/nodes``'s body, serialised once per version. A post's status also moves with the
     clock (silence turns it offline, a blind central makes it unknown) and its siren-test times
     come from events, so the version includes a ``STATUS_SLOT_S`` time slot: a status is at most
@@ -88,6 +89,8 @@ def nodes_json(ctx: WebContext, who: Principal) -> Cached[bytes]:
     version = (ctx.desk.posts.version, int(time.time() // STATUS_SLOT_S))
 
     def build() -> bytes:
-        return json.dumps(post_rows(ctx, who), separators=(",", ":"), ensure_ascii=False).encode()
+        if not ctx.bodies.nodes.enabled:  # uncached: every row serialised, as before
+            return json.dumps(post_rows(ctx, who), separators=(",", ":"), ensure_ascii=False).encode()
+        return ctx.bodies.post_json.build(ctx, who)
 
-    return ctx.bodies.nodes.get(_scope(who.user), version, build)
+    return ctx.bodies.nodes.aget(_scope(who.user), version, build)

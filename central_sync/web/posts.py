@@ -5,14 +5,18 @@ place (``security_events``, recorded by ``central_sync.place_check``)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from central_sync.release.overview import RolloutOverview, read_overview
+from central_sync.store import Row
 from central_sync.users import Role
 from central_sync.web.auth import Principal
-from central_sync.web.context import WebContext
 from central_sync.web.policy import can_see_node
+
+if TYPE_CHECKING:  # context.py imports this module (through body_cache and post_json)
+    from central_sync.web.context import WebContext
 
 
 def _jsonish(value: Any) -> Any:
@@ -68,29 +72,42 @@ def security_events(ctx: WebContext, who: Principal) -> list[dict[str, Any]]:
     return out
 
 
+def post_row(node_id: str, n: Row, status: str, tests: Mapping[str, float], siren_passed: Mapping[str, float],
+             siren_faults: Mapping[str, float], rollout: RolloutOverview | None = None) -> dict[str, Any]:
+    """One post of the overview (``post_rows``, and ``post_json`` one row at a time)."""
+    return {
+        "node_id": node_id,
+        "display_name": n.get("display_name") or node_id,
+        "kelurahan_code": n.get("kelurahan_code"), "rw": n.get("rw"), "rt": n.get("rt"),
+        "online": bool(n.get("online")), "last_seen": n.get("last_seen"),
+        "backlog": n.get("backlog"), "siren": _jsonish(n.get("siren")),
+        "time_quality": n.get("time_quality"), "status": status,
+        "last_self_test": n.get("last_self_test") or tests.get(node_id),
+        "siren_test_pass": siren_passed.get(node_id), "siren_fault": siren_faults.get(node_id),
+        "version": n.get("version"),
+        # not "update": Jinja would find the dict method first
+        "update_state": _update_state(rollout, node_id, n.get("version")),
+    }
+
+
+def order_key(row: Mapping[str, Any]) -> tuple[str, int, int, str]:
+    """The overview's order: kelurahan, RW, RT, name (posts without a place last)."""
+    return (str(row.get("kelurahan_code") or "~"), row.get("rw") or 0, row.get("rt") or 0,
+            str(row.get("display_name") or row.get("node_id")))
+
+
+def event_times(ctx: WebContext) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Per post: its last SELFTEST (the technician's ``kentongan-edge selftest``), SIREN_TEST
+    (its own siren test passed) and SIREN_FAULT (failed) times."""
+    store = ctx.store
+    return (store.last_event_times("SELFTEST"), store.last_event_times("SIREN_TEST"),
+            store.last_event_times("SIREN_FAULT"))
+
+
 def post_rows(ctx: WebContext, who: Principal,
               rollout: RolloutOverview | None = None) -> list[dict[str, Any]]:
-    # The technician's `kentongan-edge selftest` is recorded as a SELFTEST event on the post.
-    tests = ctx.store.last_event_times("SELFTEST")
-    # The post's own siren tests (edge.siren_tests): a pass is SIREN_TEST, a failure SIREN_FAULT.
-    siren_passed, siren_faults = ctx.store.last_event_times("SIREN_TEST"), ctx.store.last_event_times("SIREN_FAULT")
-    rows = []
-    for node_id, n in ctx.desk.nodes().items():
-        if not can_see_node(who.user, n):
-            continue
-        rows.append({
-            "node_id": node_id,
-            "display_name": n.get("display_name") or node_id,
-            "kelurahan_code": n.get("kelurahan_code"), "rw": n.get("rw"), "rt": n.get("rt"),
-            "online": bool(n.get("online")), "last_seen": n.get("last_seen"),
-            "backlog": n.get("backlog"), "siren": _jsonish(n.get("siren")),
-            "time_quality": n.get("time_quality"), "status": n.get("status"),
-            "last_self_test": n.get("last_self_test") or tests.get(node_id),
-            "siren_test_pass": siren_passed.get(node_id), "siren_fault": siren_faults.get(node_id),
-            "version": n.get("version"),
-            # not "update": Jinja would find the dict method first
-            "update_state": _update_state(rollout, node_id, n.get("version")),
-        })
-    rows.sort(key=lambda r: (str(r["kelurahan_code"] or "~"), r["rw"] or 0, r["rt"] or 0,
-                             r["display_name"]))
+    tests, siren_passed, siren_faults = event_times(ctx)
+    rows = [post_row(node_id, n, str(n.get("status")), tests, siren_passed, siren_faults, rollout)
+            for node_id, n in ctx.desk.nodes().items() if can_see_node(who.user, n)]
+    rows.sort(key=order_key)
     return rows

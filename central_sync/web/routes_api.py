@@ -116,10 +116,11 @@ async def false_alarm(request: Request, who: Writer, incident_id: IncidentId,
 
 
 @router.get("/nodes", response_model=list[dict[str, Any]])
-def list_nodes(request: Request, who: Who) -> Response:
+async def list_nodes(request: Request, who: Who) -> Response:
     """Posts visible to you, grouped order: kelurahan, RW, RT, name. Serialised once per change
-    (at most about a second behind the posts' state: ``cached_views``), with an ``ETag``."""
-    body = nodes_json(ctx_of(request), who)
+    (at most about a second behind the posts' state: ``cached_views``), with an ``ETag``.
+    Async: a stored body is sent from the loop; only a first build goes to a worker thread."""
+    body = await nodes_json(ctx_of(request), who)
     etag = '"n' + str(hash(body.version) & 0xFFFFFFFFFFFF) + '"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if request.headers.get("if-none-match") == etag:

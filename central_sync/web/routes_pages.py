@@ -3,6 +3,7 @@ and the fragments the live scripts fetch (one queue row, the whole queue)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -31,14 +32,17 @@ def page(request: Request, who: Principal, name: str, **extra: object) -> Respon
 
 
 @router.get("/", response_class=HTMLResponse)
-def dashboard(request: Request) -> Response:
-    who = optional_principal(request)
+async def dashboard(request: Request) -> Response:
+    """Async: the session and warnings are read in worker threads, the queue rows come from
+    their cache (built off the loop), and only the page around them is rendered here."""
+    who = await asyncio.to_thread(optional_principal, request)
     if who is None:
         return RedirectResponse("/login", status_code=303)
     ctx = ctx_of(request)
-    rows = cached_queue_rows(ctx, who)  # rendered once per change; as new as its stream id at least
+    rows = await cached_queue_rows(ctx, who)  # rendered once per change; as new as its stream id at least
+    warnings = await asyncio.to_thread(ctx.desk.warnings) if who.user.is_staff else []
     return page(request, who, "dashboard.html", queue_rows=rows.value.html, has_incidents=rows.value.count > 0,
-                stream_head=rows.value.head, warnings=ctx.desk.warnings() if who.user.is_staff else [])
+                stream_head=rows.value.head, warnings=warnings)
 
 
 def _lookup(ctx: Any, who: Any, incident_id: str) -> tuple[Any, Any, bool]:
@@ -93,13 +97,13 @@ def incident_row(request: Request,
 
 
 @router.get("/fragments/queue", response_class=HTMLResponse)
-def queue_rows(request: Request) -> Response:
+async def queue_rows(request: Request) -> Response:
     """Every queue row, server-rendered: what the page re-reads after a gap in its stream.
     ``X-Stream-Head`` is the stream id the rows are at least as new as."""
-    who = optional_principal(request)
+    who = await asyncio.to_thread(optional_principal, request)
     if who is None:
         return HTMLResponse("login required", status_code=401)
-    rows = cached_queue_rows(ctx_of(request), who)
+    rows = await cached_queue_rows(ctx_of(request), who)
     response = HTMLResponse(rows.value.html)
     response.headers["X-Stream-Head"] = str(rows.value.head)
     response.headers["Cache-Control"] = "no-store"
