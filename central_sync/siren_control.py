@@ -7,8 +7,9 @@
   took over the siren keeps sounding).
   The warnings themselves are queued (``queue_incident_warnings``, any thread) and published
   by one coroutine (``publish_warnings``) as coalesced batches (``central_sync.command_batch``:
-  signed in a worker thread, recorded in one transaction, a bounded window in flight): a burst
-  of incidents in a large RW is a few batches, not one task, signature and commit per command.
+  signed in a worker thread, recorded in one transaction, a bounded window in flight) at a
+  bounded rate: a burst of incidents in a large RW is a paced series of batches, not one task,
+  signature and commit per command all at once.
 * **Group activation.** An RT, an RW, a kelurahan or the whole city: one ``sound`` per post,
   signed, recorded and published as one batch (``central_sync.command_batch``); each post's
   command result is its confirmation. ``stop`` ends the group the same way as an incident.
@@ -38,8 +39,12 @@ from edge.sync.wire import Command
 log = logging.getLogger("central_sync.siren_control")
 
 ScopeKind = Literal["rt", "rw", "kelurahan", "city"]
-#: The most RW warnings one coalesced batch publishes.
-WARNING_BATCH = 5000
+#: The most RW warnings one coalesced batch publishes (one commit of that many rows).
+WARNING_BATCH = 250
+#: RW warnings published per second at most: a burst of incidents in large RWs (thousands of
+#: warnings) is spread out instead of taking the broker, the database's write lock and the CPU
+#: from ingest (alarms are acknowledged first; a warning waits at most its share of the burst).
+WARNING_RATE = 500.0
 Record = Callable[[list[Command]], None]
 
 
@@ -124,8 +129,9 @@ class SirenControl:
         return start
 
     async def publish_warnings(self) -> int:
-        """Publish the queued warnings in batches of up to ``WARNING_BATCH`` until the queue is
-        empty; returns how many were handed to the broker. A failed batch is logged (its
+        """Publish the queued warnings in batches of up to ``WARNING_BATCH``, at most
+        ``WARNING_RATE`` a second, until the queue is empty; returns how many were handed to
+        the broker. A failed batch is logged (its
         commands are not retried: a warning is only worth its moment)."""
         sent = 0
         while True:
@@ -134,9 +140,11 @@ class SirenControl:
                 if not batch or self.sender is None:
                     self._publishing = False
                     return sent
+            started = time.monotonic()
             try:
                 await self.sender.send_commands(batch, record=self._record_warnings)
                 sent += len(batch)
+                await asyncio.sleep(max(0.0, len(batch) / WARNING_RATE - (time.monotonic() - started)))
             except asyncio.CancelledError:
                 with self._warn_lock:
                     self._publishing = False
