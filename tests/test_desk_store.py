@@ -194,3 +194,43 @@ def test_login_limiter_on_every_backend(any_store: Store) -> None:
     limiter.succeeded("op", "10.0.0.1")
     limiter.failed("op", "10.0.0.1")
     limiter.check("op", "10.0.0.1")  # a success forgot the earlier failures
+
+
+def test_desk_reads_wait_neither_for_the_writing_connection_nor_for_another_writer(tmp_path: Path) -> None:
+    """A desk read (``SqlRunner.read``) takes no SQLite write lock and does not queue behind
+    this process's writing connection (held by a writer that may itself be waiting for the
+    write lock); a read inside a transaction still sees that transaction's writes."""
+    import sqlite3
+    import threading
+
+    store = CentralStore(tmp_path / "central.db")
+    other = sqlite3.connect(str(tmp_path / "central.db"), isolation_level=None)
+    try:
+        tables = store.desk()
+        tables.set_state("k", "v1")
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        held, release = threading.Event(), threading.Event()
+
+        def writer_waiting() -> None:
+            with store.lock:  # this process's writing connection, busy
+                held.set()
+                release.wait(30)
+
+        t = threading.Thread(target=writer_waiting)
+        t.start()
+        assert held.wait(30)
+        done: list[str] = []
+        reader = threading.Thread(target=lambda: done.append(tables.get_state("k")))
+        reader.start()
+        reader.join(10)
+        assert done == ["v1"], "the read waited for a writer"
+        release.set()
+        t.join(30)
+        other.execute("ROLLBACK")
+        with store.desk().runner.tx() as tx:
+            tx.run("INSERT INTO web_state(key, value) VALUES ('k2', 'mine')")
+            assert tables.get_state("k2") == "mine"  # own uncommitted write
+        assert tables.get_state("k2") == "mine"
+    finally:
+        other.close()
+        store.close()

@@ -90,10 +90,17 @@ class SqliteRunner:
 
     dialect = SQLITE
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock | None = None,
+                 reader: sqlite3.Connection | None = None) -> None:
         conn.row_factory = sqlite3.Row
         self.conn = conn
         self.lock = lock if lock is not None else threading.RLock()
+        #: A second connection for ``read`` (its own lock): a read never waits for the writing
+        #: connection's lock, which a writer holds while it waits for SQLite's write lock.
+        self.reader = reader
+        self._read_lock = threading.Lock()
+        if reader is not None:
+            reader.row_factory = sqlite3.Row
 
     @contextmanager
     def tx(self) -> Iterator[SqlTx]:
@@ -120,10 +127,15 @@ class SqliteRunner:
 
     @contextmanager
     def read(self) -> Iterator[SqlTx]:
-        """Statements in autocommit mode (each one its own consistent snapshot), or inside the
-        transaction this thread already has open on the connection."""
-        with self.lock:
-            yield _SqliteTx(self.conn)
+        """Statements in autocommit mode (each one its own consistent snapshot) on the reading
+        connection; on the writing one when this thread holds it (a read inside its own
+        transaction sees that transaction's writes) or when there is no reading connection."""
+        if self.reader is None or self.lock._is_owned():  # type: ignore[attr-defined]
+            with self.lock:
+                yield _SqliteTx(self.conn)
+            return
+        with self._read_lock:
+            yield _SqliteTx(self.reader)
 
 
 class _PgTx:

@@ -63,7 +63,11 @@ class CentralStore:
             self._db = Database(conn)
             with self.lock:
                 apply_locked(conn, migrations, desk_migrations, registry_migrations)
-            runner = SqliteRunner(conn, self.lock)
+            reader = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                     check_same_thread=False)
+            reader.execute("PRAGMA query_only=ON")
+            self._reader = reader
+            runner = SqliteRunner(conn, self.lock, reader)
             self._desk = DeskTables(runner)
             self._registry = RegistryTables(runner)
             self._audit = AuditTables(runner)
@@ -145,6 +149,7 @@ class CentralStore:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
+                self._reader.close()
 
     # -- events ----------------------------------------------------------------------------------
     def commit_events(self, envs: Sequence[EventEnvelope], received_at: float) -> EventCommit:
