@@ -59,6 +59,7 @@ SYSTEM_INCIDENTS: dict[str, IncidentInfo] = {
 #: Event types that open or join incidents (POST_OFFLINE is opened by central, not by an event).
 GROUPED_TYPES = (frozenset(t.value for t in IncidentType) - {IncidentType.PATROLI, IncidentType.AMAN}
                  | (frozenset(SYSTEM_INCIDENTS) - {"POST_OFFLINE"}))
+_GROUPED_OR_AMAN = GROUPED_TYPES | {IncidentType.AMAN.value}
 
 
 def incident_info(kind: str) -> IncidentInfo:
@@ -154,7 +155,11 @@ class IncidentBook:
     def add_events(self, events: Iterable[Mapping[str, Any]]) -> list[Change]:
         """Group events (store rows or envelopes as dicts); duplicates are ignored."""
         changes: dict[str, Change] = {}
-        ordered = sorted(events, key=event_time)
+        # Only incident types and all-clears are grouped: a batch of status events (most of a
+        # live fleet's) takes no incident transaction, i.e. no write lock.
+        ordered = sorted((ev for ev in events if ev.get("type") in _GROUPED_OR_AMAN), key=event_time)
+        if not ordered:
+            return []
         with self.tables.incident_tx() as tx:
             for ev in ordered:
                 event_id, node_id, kind = ev.get("event_id"), ev.get("node_id"), ev.get("type")

@@ -28,6 +28,8 @@ from edge.logs import log_event
 from edge.sync.wire import Command
 
 log = logging.getLogger("central.web.desk")
+#: Seconds between writes of the desk's feed position when no incident changed.
+STATE_EVERY_S = 5.0
 
 
 class CommandSender(Protocol):
@@ -71,6 +73,7 @@ class Desk:
         #: The highest incident change number handed to the hub (see ``publish_changes``).
         self._published = hub.head if hub.durable else self.tables.incident_change_head()
         self._publish_lock = threading.Lock()
+        self._state_written = float("-inf")  # monotonic time ``last_rowid`` was last written
 
     # -- live stream ------------------------------------------------------------------------
     def publish_changes(self, batch: int = 500) -> int:
@@ -171,9 +174,13 @@ class Desk:
     def _feed(self, rows: list[dict[str, Any]], route: bool) -> list[Change]:
         changes = self.book.add_events(rows)
         rowids = [int(r["rowid"]) for r in rows if r.get("rowid")]
-        if rowids and route:
+        now = time.monotonic()
+        # Where a restart's catch_up starts: written with every change, else at most every
+        # STATE_EVERY_S (a restart re-reads those events; grouping ignores what it has).
+        if rowids and route and (changes or now - self._state_written >= STATE_EVERY_S):
             last = int(self.tables.get_state("last_rowid", "0"))
             self.tables.set_state("last_rowid", str(max(last, *rowids)))
+            self._state_written = now
         for change in changes:
             incident = self.book.get(change.incident_id)
             if incident is None:
