@@ -121,6 +121,8 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
                  "dashboard_errors": dashboards.errors if dashboards else 0, "stored": setup.events(),
                  "rss_per_receiver_mib": [round(peak_rss_mib(p.pid)) for p in receivers],
                  "web_rss_mib": round(peak_rss_mib(web.pid)) if web is not None else None,
+                 "get_p50_p99_ms_by_path": {path: [round(pct(v, 50) * 1000, 1), round(pct(v, 99) * 1000, 1)]
+                                            for path, v in dashboards.by_path.items() if v} if dashboards else None,
                  }
     return res
 

@@ -80,6 +80,7 @@ class Dashboards:
     def __init__(self, port: int, n: int) -> None:
         self.port, self.n = port, n
         self.latencies: list[float] = []
+        self.by_path: dict[str, list[float]] = {"/": [], "/api/nodes": []}
         self.errors = 0
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
@@ -118,6 +119,7 @@ class Dashboards:
                 try:
                     opener.open(f"http://127.0.0.1:{self.port}{path}", timeout=30).read()
                     self.latencies.append(time.monotonic() - t0)
+                    self.by_path[path].append(self.latencies[-1])
                 except Exception:
                     self.errors += 1
             self.stop.wait(1.0)
