@@ -78,6 +78,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     fleet = start_fleet(setup, args, name)
     time.sleep(args.heartbeat and 1.0)
     cpu0 = sum(cpu_seconds(p.pid) for p in receivers)
+    web_cpu0 = cpu_seconds(web.pid) if web is not None else 0.0
     n0 = setup.events()
     t0 = time.monotonic()
     for proc, _ in fleet:
@@ -87,6 +88,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     time.sleep(args.duration)
     window = time.monotonic() - t0
     cpu = sum(cpu_seconds(p.pid) for p in receivers) - cpu0
+    web_cpu = cpu_seconds(web.pid) - web_cpu0 if web is not None else None
     n1 = setup.events()
     if dashboards is not None:
         dashboards.close()
@@ -121,6 +123,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
                  "dashboard_errors": dashboards.errors if dashboards else 0, "stored": setup.events(),
                  "rss_per_receiver_mib": [round(peak_rss_mib(p.pid)) for p in receivers],
                  "web_rss_mib": round(peak_rss_mib(web.pid)) if web is not None else None,
+                 "web_cpu_s": round(web_cpu, 1) if web_cpu is not None else None,
                  "get_p50_p99_ms_by_path": {path: [round(pct(v, 50) * 1000, 1), round(pct(v, 99) * 1000, 1)]
                                             for path, v in dashboards.by_path.items() if v} if dashboards else None,
                  }
