@@ -33,14 +33,18 @@ def page(request: Request, who: Principal, name: str, **extra: object) -> Respon
 
 @router.get("/", response_class=HTMLResponse)
 async def dashboard(request: Request) -> Response:
-    """Async: the session and warnings are read in worker threads, the queue rows come from
-    their cache (built off the loop), and only the page around them is rendered here."""
-    who = await asyncio.to_thread(optional_principal, request)
+    """Async: the session and warnings are read in one worker-thread hop, the queue rows come
+    from their cache (built off the loop), and only the page around them is rendered here."""
+    ctx = ctx_of(request)
+
+    def session_and_warnings() -> tuple[Principal | None, list[dict[str, Any]]]:
+        who = optional_principal(request)
+        return who, ctx.desk.warnings() if who is not None and who.user.is_staff else []
+
+    who, warnings = await asyncio.to_thread(session_and_warnings)
     if who is None:
         return RedirectResponse("/login", status_code=303)
-    ctx = ctx_of(request)
     rows = await cached_queue_rows(ctx, who)  # rendered once per change; as new as its stream id at least
-    warnings = await asyncio.to_thread(ctx.desk.warnings) if who.user.is_staff else []
     return page(request, who, "dashboard.html", queue_rows=rows.value.html, has_incidents=rows.value.count > 0,
                 stream_head=rows.value.head, warnings=warnings)
 
