@@ -45,7 +45,8 @@ __all__ = ["CentralStore", "is_sqlite_transient", "migrations"]
 
 
 _INSERT_EVENT = ("INSERT OR IGNORE INTO events (event_id, node_id, boot_id, seq, mono_ns, wall_time, time_quality, "
-                 "type, priority, incident_id, payload, sig, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 "type, priority, incident_id, payload, sig, received_at) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 #: ``json.dumps(payload, separators=(",", ":"), ensure_ascii=False)`` without an encoder per row.
 _PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
