@@ -21,8 +21,10 @@ it on the next session, and it is a duplicate then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -131,6 +133,42 @@ class Link:
     paho: paho.Client
     window: AckWindow
     alive: bool = True
+
+    def flush(self) -> None:
+        """Write what is queued on this connection now (the Acks and PUBACKs of one commit batch)
+        in as few TCP segments as possible: paho sends each packet with its own ``send``, and with
+        ``TCP_NODELAY`` every one of them would be a segment of its own, pushed through the TCP
+        stack (on loopback: the broker's receive path too) one by one. ``TCP_CORK`` (Linux) holds
+        them until it is cleared, here right after, so nothing waits on a timer. Elsewhere, or on
+        any socket error, paho writes them as before (its writer stays registered)."""
+        if not self.alive or not self.paho.want_write():
+            return
+        sock = self.paho.socket()
+        if _CORK is None or not isinstance(sock, socket.socket):
+            self.paho.loop_write()
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        except OSError:
+            return  # a broken socket: paho's own writer or reader meets the error
+        try:
+            self.paho.loop_write()
+        finally:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+
+
+def flush_links(links: set[Link]) -> None:
+    """``Link.flush`` each of ``links``. Schedule it with ``loop.call_soon`` after queueing the
+    packets, never call it right away: aiomqtt registers paho's socket writer with
+    ``call_soon_threadsafe``, so a write done before that runs would leave a writer registered
+    that paho believes removed (it would then fire on every loop iteration)."""
+    for link in links:
+        link.flush()
+
+
+#: Linux's ``TCP_CORK`` (None where the platform has none).
+_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from central_sync.acks import AckCounters, Link, publish_all
+from central_sync.acks import AckCounters, Link, flush_links, publish_all
 from central_sync.config import IngestConfig
 from central_sync.ingest_commit import BatchOutcome, BatchWriter, RowRejection
 from central_sync.ingest_dispatch import UplinkDispatcher
@@ -32,6 +32,13 @@ from edge.logs import log_event
 from edge.sync.wire import Topics
 
 log = logging.getLogger("central_sync.ingest")
+
+#: Presence and heartbeat state is written at most this often by the batcher (``flush`` writes
+#: it at once). Each write is a transaction of its own (an fsync): written with every event batch
+#: it cost central a quarter of a millisecond of CPU per batch (measured, docs/scale.md), for
+#: state the desk shows at a one-second resolution anyway. Heartbeats are QoS 0; a presence's
+#: PUBACK waits for its write like every other delivery's.
+NODE_UPDATES_EVERY_S = 0.5
 
 _T = TypeVar("_T")
 _A = TypeVar("_A")
@@ -60,26 +67,33 @@ class Committer:
         wait_s = self.settings.batch_wait_ms / 1000
         loop = asyncio.get_running_loop()
         queue = self.queue
+        nodes_at = float("-inf")  # when node updates were last written
+        nodes_timer: asyncio.TimerHandle | None = None
         while True:
             await queue.wake.wait()
             if wait_s > 0 and queue.pending_events < self.settings.batch_max:
-                # One timed wait per batch (not a wake-up per arriving message): until the
-                # batch is full or ``batch_wait_ms`` has passed.
+                # One timer per batch (not a wake-up per arriving message, nor a task per wait):
+                # until the batch is full or ``batch_wait_ms`` has passed.
                 queue.batch_full.clear()
-                deadline = loop.time() + wait_s
-                while queue.pending_events < self.settings.batch_max:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(queue.batch_full.wait(), left)
+                timer = loop.call_later(wait_s, queue.batch_full.set)
+                try:
+                    await queue.batch_full.wait()
+                finally:
+                    timer.cancel()
+            nodes = loop.time() - nodes_at >= NODE_UPDATES_EVERY_S
             try:
-                await self.commit_once()
+                await self.commit_once(nodes=nodes)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never let the batcher die
                 log_event(log, "batch_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
                 await asyncio.sleep(0.5)
+            if nodes:
+                nodes_at = loop.time()
+            if queue.has_node_updates() and (nodes_timer is None or nodes_timer.cancelled()
+                                             or nodes_timer.when() <= loop.time()):
+                # Node updates left for later: wake up when they are due.
+                nodes_timer = loop.call_at(nodes_at + NODE_UPDATES_EVERY_S, queue.wake.set)
 
     async def flush(self) -> None:
         """Commit and acknowledge everything queued so far, and write the rejection summaries."""
@@ -87,10 +101,11 @@ class Committer:
             await self.commit_once()
         await self.flush_rejections()
 
-    async def commit_once(self) -> None:
-        """Commit one batch of what is queued, then publish its Acks and PUBACKs."""
+    async def commit_once(self, nodes: bool = True) -> None:
+        """Commit one batch of what is queued, then publish its Acks and PUBACKs (``nodes=False``:
+        the presence/heartbeat updates wait for a later batch)."""
         async with self._lock:
-            batch, settle, acks = self.queue.take(self.stats)
+            batch, settle, acks = self.queue.take(self.stats, nodes)
             try:
                 out = await self.with_store(self.writer.write, batch)
             except asyncio.CancelledError:
@@ -115,12 +130,17 @@ class Committer:
                 if r.event_id is not None:
                     acks.reject(r.node_id, r.event_id, r.reason)
             before = self._acks.event_ids
-            publish_all(acks, self.link(), self.topics, time.time(), self._acks)
+            link = self.link()
+            publish_all(acks, link, self.topics, time.time(), self._acks)
             self.stats.acked += self._acks.event_ids - before
             self.stats.acks_published, self.stats.acks_unsent = self._acks.published, self._acks.unsent
             self.stats.acks_qos0 = self._acks.qos0
+            links = {link} if link is not None else set()
             for delivery in settle:
                 self.dispatcher.settle_now(delivery)
+                links.add(delivery.link)
+            if links:  # the batch's Acks and PUBACKs in as few TCP segments as possible
+                asyncio.get_running_loop().call_soon(flush_links, links)
 
     async def rejection_flusher(self) -> None:
         """Write the aggregated rejections once per ``rejection_interval_s`` (cancel to stop)."""

@@ -27,7 +27,11 @@ from edge.sync.wire import MAX_EVENT_BYTES, EventEnvelope, Topics, canonical_byt
 _INT64 = (-(2**63), 2**63 - 1)
 #: What the JSON text of an unstorable value must contain: a surrogate escape, a run of 19+
 #: digits, NaN/Infinity, or a 3-digit exponent. A body without any is storable as a whole.
-_SUSPECT = re.compile(rb"\\u[dD][89a-fA-F]|[0-9]{19}|NaN|Infinity|[eE][+-]?[0-9]{3}")
+#: Searched one by one (``payload_suspect``): one alternation of them all took 40 us on a
+#: 440-byte heartbeat, the separate searches 5 us.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_BIG_EXPONENT = re.compile(rb"[eE][+-]?[0-9]{3}")
 #: Fields of an envelope besides ``sig``: a received object with all of them is canonical as is.
 _FIELDS = len(EventEnvelope.model_fields) - 1
 
@@ -179,7 +183,8 @@ def payload_suspect(payload: bytes) -> bool:
     """False when the JSON text cannot hold an unstorable value (fast pre-check of ``unstorable``):
     no suspect escape or number, and strict UTF-8 (``json.loads`` decodes bytes with
     ``surrogatepass``, so a surrogate encoded as raw bytes would become a lone surrogate)."""
-    if _SUSPECT.search(payload) is not None:
+    if (b"NaN" in payload or b"Infinity" in payload or _SURROGATE_ESCAPE.search(payload) is not None
+            or _LONG_DIGITS.search(payload) is not None or _BIG_EXPONENT.search(payload) is not None):
         return True
     try:
         payload.decode("utf-8")

@@ -101,18 +101,21 @@ class UplinkDispatcher:
                 queue.acks_due.snapshot(node_id, msg.snapshot_id)
                 queue.wake.set()
             raise
+        settle = queue.settle
         if isinstance(msg, SnapshotEnvelope):
             queue.snapshots.append(msg)
         elif isinstance(msg, Presence):
             queue.presences[node_id] = msg
+            settle = queue.settle_nodes
         elif isinstance(msg, Heartbeat):
             queue.heartbeats[node_id] = msg
+            settle = queue.settle_nodes
         elif isinstance(msg, CommandResult):
             queue.results.append(msg)
         else:  # pragma: no cover - decode_on_topic only yields uplink kinds on uplink topics
             raise WireError("wrong_kind", type(msg).__name__)
         if delivery is not None:
-            queue.settle.append(delivery)
+            settle.append(delivery)
         queue.wake.set()
 
     def _handle_events(self, topic: str, payload: bytes, delivery: Delivery | None) -> None:

@@ -34,6 +34,7 @@ class IngestQueue:
         self.snapshots: list[SnapshotEnvelope] = []
         self.results: list[CommandResult] = []
         self.settle: list[Delivery] = []  # PUBACK after the next commit
+        self.settle_nodes: list[Delivery] = []  # PUBACK once the node updates are written
         self.acks_due = AckBook()  # rejections named before the next commit
         self.wake = asyncio.Event()
         self.batch_full = asyncio.Event()  # set once ``batch_max`` events wait: commit now
@@ -51,13 +52,19 @@ class IngestQueue:
         if self.pending_events >= self.settings.max_pending_events:
             self.room.clear()
 
-    def has_work(self) -> bool:
-        return bool(self.events or self.presences or self.heartbeats or self.snapshots or self.results
-                    or self.settle or self.acks_due)
+    def has_work(self, nodes: bool = True) -> bool:
+        """Whether anything waits for a commit (``nodes=False``: leaving node updates aside)."""
+        return bool(self.events or self.snapshots or self.results or self.settle or self.acks_due
+                    or (nodes and self.has_node_updates()))
 
-    def take(self, stats: IngestStats) -> tuple[Batch, list[Delivery], AckBook]:
+    def has_node_updates(self) -> bool:
+        return bool(self.presences or self.heartbeats or self.settle_nodes)
+
+    def take(self, stats: IngestStats, nodes: bool = True) -> tuple[Batch, list[Delivery], AckBook]:
         """The next commit batch (up to ``batch_max`` events, whole messages), the deliveries it
-        settles and the Ack entries due; reopens the read gates once there is room again."""
+        settles and the Ack entries due; reopens the read gates once there is room again. With
+        ``nodes=False`` the coalesced presence/heartbeat updates (and the PUBACKs of their
+        deliveries) stay queued for a later batch; ``wake`` then stays set only for other work."""
         events: list[EventMsg] = []
         n = 0
         while self.events and (not events or n + len(self.events[0].envs) <= self.settings.batch_max):
@@ -71,12 +78,17 @@ class IngestQueue:
                 gate.poke()
         if self.gates:
             stats.read_pauses_live = sum(gate.pauses for gate in self.gates)
-        batch = Batch(events, list(self.presences.values()), list(self.heartbeats.values()), self.snapshots,
-                      self.results)
         settle = self.settle + [m.delivery for m in events if m.delivery is not None]
+        if nodes:
+            batch = Batch(events, list(self.presences.values()), list(self.heartbeats.values()), self.snapshots,
+                          self.results)
+            settle += self.settle_nodes
+            self.presences, self.heartbeats, self.settle_nodes = {}, {}, []
+        else:
+            batch = Batch(events, [], [], self.snapshots, self.results)
         acks = self.acks_due
-        self.presences, self.heartbeats, self.snapshots, self.results = {}, {}, [], []
+        self.snapshots, self.results = [], []
         self.settle, self.acks_due = [], AckBook()
-        if not self.has_work():
+        if not self.has_work(nodes):
             self.wake.clear()
         return batch, settle, acks

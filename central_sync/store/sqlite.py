@@ -43,6 +43,13 @@ from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Pre
 
 __all__ = ["CentralStore", "is_sqlite_transient", "migrations"]
 
+
+_INSERT_EVENT = ("INSERT OR IGNORE INTO events (event_id, node_id, boot_id, seq, mono_ns, wall_time, time_quality, "
+                 "type, priority, incident_id, payload, sig, received_at) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+#: ``json.dumps(payload, separators=(",", ":"), ensure_ascii=False)`` without an encoder per row.
+_PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 class CentralStore:
     """Central's database. See the module docstring for durability and thread-safety."""
 
@@ -168,14 +175,15 @@ class CentralStore:
         if not good:
             return out
         with self._tx() as conn:
-            outcome: dict[int, bool | RejectedRow] = {}
-            self._insert_split(conn, list(enumerate(good)), received_at, outcome, 0)
-            touched = sorted({env.node_id for i, env in enumerate(good) if outcome.get(i) is True})
-            seq = self._bump(conn) if touched else 0
-            for node_id in touched:
-                self._ensure_node(conn, node_id)
-                conn.execute("UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?), change_seq = ? "
-                             "WHERE node_id = ?", (received_at, seq, node_id))
+            outcome = self._insert_rows(conn, good, received_at)
+            touched = sorted({env.node_id for i, env in enumerate(good) if outcome[i] is True})
+            if touched:
+                seq = self._bump(conn)
+                conn.executemany(
+                    "INSERT INTO nodes (node_id, last_seen, change_seq) VALUES (?, ?, ?) ON CONFLICT (node_id) "
+                    "DO UPDATE SET last_seen = MAX(COALESCE(last_seen, 0), excluded.last_seen), "
+                    "change_seq = excluded.change_seq",
+                    [(node_id, received_at, seq) for node_id in touched])
         for i, env in enumerate(good):
             result = outcome[i]
             if isinstance(result, RejectedRow):
@@ -186,37 +194,29 @@ class CentralStore:
                 out.duplicates.append(env.event_id)
         return out
 
-    def _insert_split(self, conn: sqlite3.Connection, rows: list[tuple[int, EventEnvelope]], received_at: float,
-                      outcome: dict[int, bool | RejectedRow], depth: int) -> None:
-        name = f"batch_{depth}"
-        conn.execute(f"SAVEPOINT {name}")
-        try:
-            for i, env in rows:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO events (event_id, node_id, boot_id, seq, mono_ns, wall_time, "
-                    "time_quality, type, priority, incident_id, payload, sig, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (env.event_id, env.node_id, env.boot_id, env.seq, env.mono_ns, env.wall_time,
-                     env.time_quality, env.type, env.priority, env.incident_id,
-                     json.dumps(env.payload, separators=(",", ":"), ensure_ascii=False), env.sig, received_at),
-                )
-                outcome[i] = cur.rowcount == 1
-        except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-                OverflowError, UnicodeError, ValueError, TypeError) as exc:
-            conn.execute(f"ROLLBACK TO {name}")
-            conn.execute(f"RELEASE {name}")
-            for i, _env in rows:
-                outcome.pop(i, None)
-            if len(rows) == 1:
-                i, env = rows[0]
-                outcome[i] = RejectedRow(safe_text(env.event_id, 64), "store_refused",
-                                         safe_text(f"{type(exc).__name__}: {exc}", 300))
-                return
-            half = len(rows) // 2
-            self._insert_split(conn, rows[:half], received_at, outcome, depth + 1)
-            self._insert_split(conn, rows[half:], received_at, outcome, depth + 1)
-            return
-        conn.execute(f"RELEASE {name}")
+    @staticmethod
+    def _insert_rows(conn: sqlite3.Connection, envs: list[EventEnvelope],
+                     received_at: float) -> list[bool | RejectedRow]:
+        """Insert each row with a statement of its own: True (new), False (duplicate) or the
+        rejection of a row the database refused. SQLite undoes a failing statement alone
+        (statement atomicity) and the transaction goes on with the other rows, so no savepoint
+        is needed (its sub-journal copied every page the batch touched, past 64 KiB into a
+        temporary file: measured at a fifth of the commit's CPU)."""
+        out: list[bool | RejectedRow] = []
+        execute = conn.execute
+        for env in envs:
+            try:
+                cur = execute(_INSERT_EVENT, (
+                    env.event_id, env.node_id, env.boot_id, env.seq, env.mono_ns, env.wall_time,
+                    env.time_quality, env.type, env.priority, env.incident_id,
+                    _PAYLOAD_JSON(env.payload), env.sig, received_at))
+            except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                    OverflowError, UnicodeError, ValueError, TypeError) as exc:
+                out.append(RejectedRow(safe_text(env.event_id, 64), "store_refused",
+                                       safe_text(f"{type(exc).__name__}: {exc}", 300)))
+                continue
+            out.append(cur.rowcount == 1)
+        return out
 
     def insert_events(self, envs: Sequence[EventEnvelope], received_at: float) -> tuple[list[str], list[str]]:
         """``commit_events`` returning (new ids, duplicate ids) in input order (rejected rows are left out)."""
