@@ -138,6 +138,11 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4, help="processes of simulated posts")
     ap.add_argument("--ingest", type=int, default=1, help="ingest workers (0: all-in-one 'run')")
     ap.add_argument("--dashboards", type=int, default=2)
+    ap.add_argument("--mqtt-window", type=int, default=2,
+                    help="backlog messages per post not yet PUBACKed by the broker at most (0: no limit, "
+                         "the simulator before the post's MAX_UNCONFIRMED)")
+    ap.add_argument("--p1-process", action="store_true",
+                    help="ingest workers with --lane bulk plus one 'ingest --lane p1' process (needs --ingest >= 1)")
     ap.add_argument("--no-web", action="store_true", help="ingest workers only (no web process, no dashboards)")
     ap.add_argument("--unsigned", action="store_true")
     ap.add_argument("--no-p1-channel", action="store_true", help="posts send P1s on event only (as before the P1 lane)")
@@ -197,6 +202,7 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
           f"heartbeat {args.heartbeat:g} s, backlog {args.backlog}/post, "
           f"{'unsigned' if args.unsigned else 'signed'}, {args.duration:g} s x {args.repeat}, "
           f"ingest {'all-in-one run' if args.ingest == 0 else f'{args.ingest} worker(s)'}"
+          f"{' + P1 process' if args.p1_process else ''}"
           f"{'' if args.no_web else ' + web'}, store {'PostgreSQL' if args.postgres else 'SQLite'}")
     print(table(["system", "offered/s", "committed/s", "acked/s", "Ack p50 ms", "Ack p99 ms", "P1 p99 ms",
                  "CPU ms/ev", "vs echo", "RSS MiB", "GET p50 ms", "GET p99 ms", "lost", "dup"], out))
