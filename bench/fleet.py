@@ -50,6 +50,7 @@ from bench.fleet_procs import (
     start_central,
     start_fleet,
     stop,
+    tree_cpu_seconds,
     wait_line,
 )
 from bench.fleet_setup import PY, Setup
@@ -73,11 +74,22 @@ class PhaseResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def other_cpu(setup: Setup, fleet: list[tuple[subprocess.Popen[str], Path]]) -> dict[str, float]:
+    """CPU seconds so far of the broker, the PostgreSQL cluster and the simulated posts."""
+    out = {"broker": cpu_seconds(setup.broker.proc.pid) if setup.broker.proc is not None else 0.0,
+           "posts": sum(cpu_seconds(p.pid) for p, _ in fleet)}
+    if setup.pg is not None:
+        pid_file = setup.pg.root / "data" / "postmaster.pid"
+        out["postgres"] = tree_cpu_seconds(int(pid_file.read_text().split()[0])) if pid_file.exists() else 0.0
+    return out
+
+
 def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list[subprocess.Popen[str]],
               dashboards: Dashboards | None, web: subprocess.Popen[str] | None = None) -> PhaseResult:
     fleet = start_fleet(setup, args, name)
     time.sleep(args.heartbeat and 1.0)
     cpu0 = sum(cpu_seconds(p.pid) for p in receivers)
+    others0 = other_cpu(setup, fleet)
     n0 = setup.events()
     t0 = time.monotonic()
     for proc, _ in fleet:
@@ -87,6 +99,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     time.sleep(args.duration)
     window = time.monotonic() - t0
     cpu = sum(cpu_seconds(p.pid) for p in receivers) - cpu0
+    others = {k: round(v - others0[k], 1) for k, v in other_cpu(setup, fleet).items()}
     n1 = setup.events()
     if dashboards is not None:
         dashboards.close()
@@ -121,6 +134,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
                  "dashboard_errors": dashboards.errors if dashboards else 0, "stored": setup.events(),
                  "rss_per_receiver_mib": [round(peak_rss_mib(p.pid)) for p in receivers],
                  "web_rss_mib": round(peak_rss_mib(web.pid)) if web is not None else None,
+                 "cpu_s": {"receivers": round(cpu, 1), **others},
                  }
     return res
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from central_sync.broker import LocalMosquitto
 from edge.clock import Clock
 from edge.outbox import EventDraft, Outbox
 from edge.sync.service import SyncService
+from edge.sync.uplink import MAX_UNCONFIRMED
+from edge.sync.wire import MAX_BATCH_EVENTS
 
 NODE = "pos-rt03"
 
@@ -249,3 +253,36 @@ def test_timeout_round_probes_then_resends_what_a_later_ack_shows_lost(outbox: O
     up.inflight[f"old{PROBE_EVENTS}"] = _time.monotonic() + 1000.0  # claimed again, in flight
     up.on_ack(Ack(node_id=NODE, event_ids=[f"old{PROBE_EVENTS}"], central_time=0.0))
     assert up._acked_sent == t0 + 50.0  # Karn: the Ack of a resent event is no evidence
+
+
+def test_a_new_p1_overtakes_the_backlog_still_in_the_post(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
+    """A backlog message leaves the post only while fewer than ``MAX_UNCONFIRMED`` earlier ones wait
+    for the broker's PUBACK. With the broker frozen (SIGSTOP: a broker swamped by a reconnecting
+    fleet) the rest of a 3,000-event claim waits in the post, so a P1 recorded now is published at
+    once and reaches the broker behind at most ``MAX_UNCONFIRMED`` backlog messages, not behind
+    the whole claim."""
+    acker = PahoAcker(mosquitto.port)
+    assert mosquitto.proc is not None
+    pid = mosquitto.proc.pid
+    try:
+        svc = _service(mosquitto.port, outbox)
+        with running_service(svc):
+            wait_until(lambda: any(p["state"] == "online" for p in acker.presence), 30, what="post online")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                outbox.record_many([EventDraft("PATROLI", 4, {"i": i}) for i in range(3000)])
+                wait_until(lambda: outbox.counts()["in_flight"] >= 2900, 30, what="backlog claimed")
+                wait_until(lambda: svc.stats.messages >= MAX_UNCONFIRMED, 30, what="first messages handed over")
+                assert svc.stats.messages == MAX_UNCONFIRMED  # the rest waits for the broker's PUBACKs
+                p1 = outbox.record(EventDraft("PANIC", 1, {"button": "utama"}))
+                wait_until(lambda: svc.stats.p1_messages == 1, 30, what="P1 published while the broker is frozen")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            wait_until(lambda: outbox.counts()["acked"] == 3001, 60, what="everything acked")
+        with acker.lock:
+            normal = [i for ch, i in acker.arrivals if ch == "event"]
+        ahead = normal.index(p1.event_id)
+        assert ahead <= MAX_UNCONFIRMED * MAX_BATCH_EVENTS, ahead  # not behind the other ~2,900
+        assert len(set(normal)) == 3001
+    finally:
+        acker.close()
