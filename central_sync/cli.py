@@ -1,6 +1,7 @@
 """``kentongan-central``: central's command line (the only place with user-facing wording).
 
-Subcommands here: ``run`` (all-in-one), ``ingest`` (one worker of a shared-subscription group),
+Subcommands here: ``run`` (all-in-one), ``ingest`` (one worker of a shared-subscription group;
+``--lane bulk`` without the P1 lane, ``--lane p1`` the P1 lane alone: ``central_sync.ingest_p1``),
 ``web`` (the dashboard alone; see central_sync.processes and docs/scale.md), ``events``,
 ``nodes``, ``validate-config``. Other modules extend the
 parser: each module named in ``EXTENSIONS`` that exists must expose
