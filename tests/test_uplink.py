@@ -255,6 +255,37 @@ def test_timeout_round_probes_then_resends_what_a_later_ack_shows_lost(outbox: O
     assert up._acked_sent == t0 + 50.0  # Karn: the Ack of a resent event is no evidence
 
 
+def test_probes_double_while_their_acks_come_back(outbox: Outbox) -> None:
+    """A window lost as a whole (a broker restart while the post published it): no first-copy Ack
+    can ever show it lost, only the probes' Acks come back (Karn: no evidence). Each round whose
+    probes were acknowledged doubles the next probe; a first-copy Ack resets it."""
+    import asyncio
+    import time as _time
+
+    from edge.sync.uplink import PROBE_EVENTS, EventUplink, UplinkStats
+    from edge.sync.wire import Ack
+
+    up = EventUplink(outbox, outbox.clock, node_id=NODE, topic="t", window=1000, ack_timeout_s=1.0,
+                     sign_event=None, stats=UplinkStats())
+    t0 = _time.monotonic() - 100.0
+    for n in range(700):
+        up.inflight[f"lost{n}"] = t0 + n * 0.001
+    sizes = []
+    for _round in range(5):
+        before = len(up.inflight)
+        up._next_round = float("-inf")
+        asyncio.run(up._expire(_time.monotonic()))
+        probe = [f"lost{n}" for n in range(700) if f"lost{n}" not in up.inflight and f"lost{n}" in up._resent]
+        sizes.append(before - len(up.inflight))
+        for i in probe:  # claimed and published again
+            up.inflight[i] = _time.monotonic()
+        up.on_ack(Ack(node_id=NODE, event_ids=probe, central_time=0.0))  # the probes' Acks (resent: Karn)
+    assert sizes == [PROBE_EVENTS, 2 * PROBE_EVENTS, 4 * PROBE_EVENTS, 8 * PROBE_EVENTS, 16 * PROBE_EVENTS]
+    up.inflight["fresh"] = _time.monotonic()
+    up.on_ack(Ack(node_id=NODE, event_ids=["fresh"], central_time=0.0))  # a first copy: evidence again
+    assert up._probe == PROBE_EVENTS
+
+
 def test_a_new_p1_overtakes_the_backlog_still_in_the_post(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
     """A backlog message leaves the post only while fewer than ``MAX_UNCONFIRMED`` earlier ones wait
     for the broker's PUBACK. With the broker frozen (SIGSTOP: a broker swamped by a reconnecting
