@@ -157,6 +157,8 @@ def main() -> None:
                          "the simulator before the post's MAX_UNCONFIRMED)")
     ap.add_argument("--p1-process", action="store_true",
                     help="ingest workers with --lane bulk plus one 'ingest --lane p1' process (needs --ingest >= 1)")
+    ap.add_argument("--p1-nice", type=int, default=0,
+                    help="run the P1 process under 'nice -n N' (-5: kentongan-ingest-p1.service's Nice=; needs root)")
     ap.add_argument("--no-web", action="store_true", help="ingest workers only (no web process, no dashboards)")
     ap.add_argument("--unsigned", action="store_true")
     ap.add_argument("--no-p1-channel", action="store_true", help="posts send P1s on event only (as before the P1 lane)")

@@ -187,7 +187,8 @@ def start_central(setup: Setup, args: argparse.Namespace
             procs.append(subprocess.Popen([*cli, "ingest", "--config", str(setup.cfg), "--worker-id", str(i + 1),
                                            *lane], cwd=ROOT, env=env, stdout=log, stderr=log, text=True))
         if args.p1_process:  # the P1 lane in its own process (systemd: kentongan-ingest-p1.service)
-            procs.append(subprocess.Popen([*CLI, "ingest", "--config", str(setup.cfg), "--worker-id", "p1",
+            nice = ["nice", "-n", str(args.p1_nice)] if args.p1_nice else []  # the unit's Nice= (needs root)
+            procs.append(subprocess.Popen([*nice, *CLI, "ingest", "--config", str(setup.cfg), "--worker-id", "p1",
                                            "--lane", "p1"], cwd=ROOT, env=env, stdout=log, stderr=log, text=True))
         if not args.no_web:
             web = subprocess.Popen([*CLI, "web", "--config", str(setup.cfg)], cwd=ROOT, env=env,
