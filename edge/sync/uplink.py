@@ -59,18 +59,13 @@ from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, next_probe, overdue_to_resend
 from edge.sync.transport import raise_if_cancelling
-from edge.sync.uplink_envelope import envelope_dict, envelope_for
+from edge.sync.uplink_envelope import envelope_for, next_message
 from edge.sync.uplink_snapshot import SnapshotUplink
 from edge.sync.uplink_types import Publisher, Sent, UplinkStats
 from edge.sync.wire import (
-    MAX_BATCH_BYTES,
-    MAX_BATCH_EVENTS,
     Ack,
     EventEnvelope,
     batch_prefix,
-    encode,
-    envelope_json,
-    join_batch,
 )
 
 __all__ = ["MAX_ADAPTIVE_FACTOR", "PROBE_EVENTS", "EventUplink", "Publisher", "SnapshotUplink", "UplinkStats",
@@ -332,27 +327,8 @@ class EventUplink:
             start += count
             self.stats.p1_messages += 1
 
-    def _body(self, ev: StoredEvent, anchor: float | None) -> bytes:
-        if self.sign_event is not None:
-            return encode(envelope_for(ev, self.clock, self.outbox.boot_id, self.sign_event))
-        return envelope_json(envelope_dict(ev, anchor, self.outbox.boot_id))
-
     def _next_message(self, events: list[StoredEvent], start: int) -> tuple[bytes, int]:
-        """The next message from ``events[start:]``: as many envelopes as fit one batch (in claim
-        order, so P1s first), or a plain envelope when only one fits or is left."""
-        anchor = self.clock.anchor()
-        budget = MAX_BATCH_BYTES - len(self._batch_prefix) - 2
-        bodies: list[bytes] = []
-        size = 0
-        for ev in events[start:start + MAX_BATCH_EVENTS]:
-            body = self._body(ev, anchor)
-            if bodies and size + len(body) + 1 > budget:
-                break
-            bodies.append(body)
-            size += len(body) + 1
-        if len(bodies) == 1:
-            return bodies[0], 1
-        return join_batch(self._batch_prefix, bodies), len(bodies)
+        return next_message(events, start, self.clock, self.outbox.boot_id, self.sign_event, self._batch_prefix)
 
     async def _claim(self) -> list[StoredEvent]:
         free = self.window - len(self.inflight)
