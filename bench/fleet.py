@@ -3,7 +3,7 @@ measured in the same run as the baseline.
 
     .venv/bin/python bench/fleet.py --posts 10000 --rate 1000 --heartbeat 20 --duration 30 \\
         [--procs 4] [--ingest 1] [--p1-rate 0] [--backlog 0] [--dashboards 2] [--unsigned] \\
-        [--no-echo] [--repeat 1] [--json out.json]
+        [--no-echo] [--repeat 1] [--json out.json] [--p1-process [--p1-nice -5]] [--mqtt-window 2]
 
 Everything runs on this machine, on loopback: a LocalMosquitto with the project's dev config
 (plus ``set_tcp_nodelay true``) on a free port; a central config with a CA (``ca init``), every
@@ -16,7 +16,9 @@ Per repeat, two phases with the same fleet and load:
 1. **echo**: a plain paho subscriber answers one Ack per event message (no storage, no checks);
 2. **central**: ``--ingest N`` workers (``kentongan-central ingest``, one shared-subscription
    group) plus ``kentongan-central web``; ``--ingest 0`` runs the all-in-one ``kentongan-central
-   run`` instead. ``--dashboards`` clients log in and poll ``GET /`` and ``GET /api/nodes`` every
+   run`` instead. ``--p1-process``: the workers run ``--lane bulk`` and one more process
+   ``ingest --lane p1`` consumes the P1 channel (``kentongan-ingest-p1.service``).
+   ``--dashboards`` clients log in and poll ``GET /`` and ``GET /api/nodes`` every
    second while one SSE stream (``/api/stream``) stays open per dashboard.
 
 Printed per phase: offered / committed / acked events/s, publish->Ack p50/p99 (ms; P1 p99 when
