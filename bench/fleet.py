@@ -2,8 +2,8 @@
 measured in the same run as the baseline.
 
     .venv/bin/python bench/fleet.py --posts 10000 --rate 1000 --heartbeat 20 --duration 30 \\
-        [--procs 4] [--ingest 1] [--p1-rate 0] [--backlog 0] [--dashboards 2] [--rw-posts 500] [--unsigned] \\
-        [--no-echo] [--repeat 1] [--json out.json]
+        [--procs 4] [--ingest 1] [--p1-rate 0] [--backlog 0] [--dashboards 2] [--rw-posts 7] [--unsigned] \\
+        [--no-echo] [--repeat 1] [--json out.json] [--p1-process [--p1-nice -5]] [--mqtt-window 2]
 
 Everything runs on this machine, on loopback: a LocalMosquitto with the project's dev config
 (plus ``set_tcp_nodelay true``) on a free port; a central config with a CA (``ca init``), every
@@ -16,7 +16,9 @@ Per repeat, two phases with the same fleet and load:
 1. **echo**: a plain paho subscriber answers one Ack per event message (no storage, no checks);
 2. **central**: ``--ingest N`` workers (``kentongan-central ingest``, one shared-subscription
    group) plus ``kentongan-central web``; ``--ingest 0`` runs the all-in-one ``kentongan-central
-   run`` instead. ``--dashboards`` clients log in and poll ``GET /`` and ``GET /api/nodes`` every
+   run`` instead. ``--p1-process``: the workers run ``--lane bulk`` and one more process
+   ``ingest --lane p1`` consumes the P1 channel (``kentongan-ingest-p1.service``).
+   ``--dashboards`` clients log in and poll ``GET /`` and ``GET /api/nodes`` every
    second while one SSE stream (``/api/stream``) stays open per dashboard.
 
 Printed per phase: offered / committed / acked events/s, publish->Ack p50/p99 (ms; P1 p99 when
@@ -50,6 +52,7 @@ from bench.fleet_procs import (
     start_central,
     start_fleet,
     stop,
+    tree_cpu_seconds,
     wait_line,
 )
 from bench.fleet_setup import PY, Setup
@@ -73,12 +76,23 @@ class PhaseResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def other_cpu(setup: Setup, fleet: list[tuple[subprocess.Popen[str], Path]]) -> dict[str, float]:
+    """CPU seconds so far of the broker, the PostgreSQL cluster and the simulated posts."""
+    out = {"broker": cpu_seconds(setup.broker.proc.pid) if setup.broker.proc is not None else 0.0,
+           "posts": sum(cpu_seconds(p.pid) for p, _ in fleet)}
+    if setup.pg is not None:
+        pid_file = setup.pg.root / "data" / "postmaster.pid"
+        out["postgres"] = tree_cpu_seconds(int(pid_file.read_text().split()[0])) if pid_file.exists() else 0.0
+    return out
+
+
 def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list[subprocess.Popen[str]],
               dashboards: Dashboards | None, web: subprocess.Popen[str] | None = None) -> PhaseResult:
     fleet = start_fleet(setup, args, name)
     time.sleep(args.heartbeat and 1.0)
     cpu0 = sum(cpu_seconds(p.pid) for p in receivers)
     web_cpu0 = cpu_seconds(web.pid) if web is not None else 0.0
+    others0 = other_cpu(setup, fleet)
     n0 = setup.events()
     t0 = time.monotonic()
     for proc, _ in fleet:
@@ -89,6 +103,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     window = time.monotonic() - t0
     cpu = sum(cpu_seconds(p.pid) for p in receivers) - cpu0
     web_cpu = cpu_seconds(web.pid) - web_cpu0 if web is not None else None
+    others = {k: round(v - others0[k], 1) for k, v in other_cpu(setup, fleet).items()}
     n1 = setup.events()
     if dashboards is not None:
         dashboards.close()
@@ -126,6 +141,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
                  "web_cpu_s": round(web_cpu, 1) if web_cpu is not None else None,
                  "get_p50_p99_ms_by_path": {path: [round(pct(v, 50) * 1000, 1), round(pct(v, 99) * 1000, 1)]
                                             for path, v in dashboards.by_path.items() if v} if dashboards else None,
+                 "cpu_s": {"receivers": round(cpu, 1), **others},
                  }
     return res
 
@@ -143,8 +159,16 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4, help="processes of simulated posts")
     ap.add_argument("--ingest", type=int, default=1, help="ingest workers (0: all-in-one 'run')")
     ap.add_argument("--dashboards", type=int, default=2)
-    ap.add_argument("--rw-posts", type=int, default=500,
-                    help="posts per RW: every 50th event is a PANIC whose new incident warns the rest of its RW")
+    ap.add_argument("--rw-posts", type=int, default=7,
+                    help="posts per RW (default 7: a city like Semarang has about 10,000 RTs in 1,518 RWs; "
+                         "docs/scale.md); every 50th event is a PANIC whose new incident warns the rest of its RW")
+    ap.add_argument("--mqtt-window", type=int, default=2,
+                    help="backlog messages per post not yet PUBACKed by the broker at most (0: no limit, "
+                         "the simulator before the post's MAX_UNCONFIRMED)")
+    ap.add_argument("--p1-process", action="store_true",
+                    help="ingest workers with --lane bulk plus one 'ingest --lane p1' process (needs --ingest >= 1)")
+    ap.add_argument("--p1-nice", type=int, default=0,
+                    help="run the P1 process under 'nice -n N' (-5: kentongan-ingest-p1.service's Nice=; needs root)")
     ap.add_argument("--no-web", action="store_true", help="ingest workers only (no web process, no dashboards)")
     ap.add_argument("--unsigned", action="store_true")
     ap.add_argument("--no-p1-channel", action="store_true", help="posts send P1s on event only (as before the P1 lane)")
@@ -205,6 +229,7 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
           f"heartbeat {args.heartbeat:g} s, backlog {args.backlog}/post, "
           f"{'unsigned' if args.unsigned else 'signed'}, {args.duration:g} s x {args.repeat}, "
           f"ingest {'all-in-one run' if args.ingest == 0 else f'{args.ingest} worker(s)'}"
+          f"{' + P1 process' if args.p1_process else ''}"
           f"{'' if args.no_web else ' + web'}, store {'PostgreSQL' if args.postgres else 'SQLite'}, "
           f"{args.rw_posts} posts per RW")
     print(table(["system", "offered/s", "committed/s", "acked/s", "Ack p50 ms", "Ack p99 ms", "P1 p99 ms",

@@ -49,6 +49,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid``, its reaped children and its living children (PostgreSQL's backends)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            child = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(child[1]) == pid:
+            total += (int(child[11]) + int(child[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def peak_rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -141,7 +158,8 @@ def start_fleet(setup: Setup, args: argparse.Namespace, tag: str) -> list[tuple[
                 "rate": args.rate * len(nodes) / len(setup.nodes),
                 "p1_rate": args.p1_rate * len(nodes) / len(setup.nodes), "heartbeat_s": args.heartbeat,
                 "backlog": args.backlog, "signed": not args.unsigned, "drain_s": args.drain,
-                "ack_timeout": args.ack_timeout, "p1_channel": not args.no_p1_channel}
+                "ack_timeout": args.ack_timeout, "p1_channel": not args.no_p1_channel,
+                "mqtt_window": args.mqtt_window}
         spec_path = setup.work / f"fleet-{tag}-{i}.json"
         spec_path.write_text(json.dumps(spec))
         out = setup.work / f"fleet-{tag}-{i}.out.json"
@@ -164,11 +182,16 @@ def start_central(setup: Setup, args: argparse.Namespace
         procs.append(subprocess.Popen([*CLI, "run", "--config", str(setup.cfg)], cwd=ROOT, env=env,
                                       stdout=log, stderr=log, text=True))
     else:
+        lane = ["--lane", "bulk"] if args.p1_process else []
         for i in range(args.ingest):
             cli = [PY, "-m", "cProfile", "-o", str(args.profile / f"ingest-{i + 1}.prof"), "-m", "central_sync.cli"] \
                 if args.profile else CLI
-            procs.append(subprocess.Popen([*cli, "ingest", "--config", str(setup.cfg), "--worker-id", str(i + 1)],
-                                          cwd=ROOT, env=env, stdout=log, stderr=log, text=True))
+            procs.append(subprocess.Popen([*cli, "ingest", "--config", str(setup.cfg), "--worker-id", str(i + 1),
+                                           *lane], cwd=ROOT, env=env, stdout=log, stderr=log, text=True))
+        if args.p1_process:  # the P1 lane in its own process (systemd: kentongan-ingest-p1.service)
+            nice = ["nice", "-n", str(args.p1_nice)] if args.p1_nice else []  # the unit's Nice= (needs root)
+            procs.append(subprocess.Popen([*nice, *CLI, "ingest", "--config", str(setup.cfg), "--worker-id", "p1",
+                                           "--lane", "p1"], cwd=ROOT, env=env, stdout=log, stderr=log, text=True))
         if not args.no_web:
             web = subprocess.Popen([*CLI, "web", "--config", str(setup.cfg)], cwd=ROOT, env=env,
                                    stdout=log, stderr=log, text=True)

@@ -78,11 +78,15 @@ def start_postgres(work: Path) -> tuple[Any, str]:
     import psycopg
     from pg_cluster import PgCluster
 
-    cluster = PgCluster().start()
+    # fsync=True: PgCluster() alone passes "-c fsync=off" on the command line, which ALTER SYSTEM
+    # cannot override (the bench ran without fsync until this was found).
+    cluster = PgCluster(fsync=True).start()
     with psycopg.connect(cluster.url(), autocommit=True) as conn:
-        conn.execute("ALTER SYSTEM SET fsync = on")
         conn.execute("ALTER SYSTEM SET synchronous_commit = on")
         conn.execute("SELECT pg_reload_conf()")
+        fsync = conn.execute("SHOW fsync").fetchone()
+    if fsync is None or fsync[0] != "on":
+        raise RuntimeError(f"the bench's PostgreSQL runs with fsync {fsync}")
     return cluster, cluster.new_database()
 
 
@@ -90,7 +94,7 @@ class Setup:
     """Broker, central config, CA, registered keys and a dashboard user in a temp dir."""
 
     def __init__(self, work: Path, posts: int, seed: str, postgres: bool = False, signed: bool = True,
-                 rw_posts: int = 500) -> None:
+                 rw_posts: int = 7) -> None:
         """``rw_posts``: posts per RW (one per RT), so an incident's RW warning reaches
         ``rw_posts - 1`` other posts; RWs are numbered 1.. in one kelurahan."""
         self.work = work

@@ -69,6 +69,9 @@ class SimSpec:
     drain_s: float = 30.0  # after the stop: keep collecting Acks (and resending) this long
     p1_channel: bool = True  # P1s first on {prefix}/up/<node>/event/p1, then on event (as a post does)
     adaptive_timeout: bool = True  # ack timeout grows with the measured publish->Ack time (as a post's)
+    #: Backlog messages not yet PUBACKed by the broker at most (as a post's ``MAX_UNCONFIRMED``):
+    #: a new P1 is then behind at most this many messages in the post's own connection. 0: no limit.
+    mqtt_window: int = 2
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Post:
         "srtt",
         "topics",
         "unacked",
+        "unconfirmed",
         "urgent",
     )
 
@@ -129,10 +133,12 @@ class Post:
         self.rttvar = 0.0
         self.acked_sent = float("-inf")  # latest send time of an acked non-P1 event (loss evidence)
         self.next_round = float("-inf")  # resend rounds are a timeout apart (as the post's)
+        self.unconfirmed: set[int] = set()  # mids of backlog messages the broker has not PUBACKed
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sim-{node}", protocol=paho.MQTTv5)
         c.max_inflight_messages_set(65535)
         c.on_message = self._on_message
         c.on_connect = self._on_connect
+        c.on_publish = self._on_publish
         c.on_socket_register_write = sim.want_write
         c.on_socket_unregister_write = sim.no_write
         self.client = c
@@ -196,6 +202,18 @@ class Post:
         if self.backlog:
             self.sim.active.add(self)
 
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: Any = None, _p: Any = None) -> None:
+        if mid in self.unconfirmed:
+            self.unconfirmed.discard(mid)
+            if self.backlog:
+                self.sim.active.add(self)
+
+    def _room(self) -> bool:
+        """Room for one more backlog message: the in-flight window (central's Acks) and the
+        broker-level window (PUBACKs)."""
+        limit = self.spec.mqtt_window
+        return len(self.unacked) < self.spec.window and (limit <= 0 or len(self.unconfirmed) < limit)
+
     def publish(self, event_id: str, body: bytes, prio: int, now: float) -> None:
         self.unacked[event_id] = (now, now, body, prio)
         self._send(body, prio)
@@ -212,7 +230,7 @@ class Post:
         while self.urgent:
             event_id, body = self.urgent.popleft()
             self.publish(event_id, body, 1, now)
-        while self.backlog and len(self.unacked) < self.spec.window:
+        while self.backlog and self._room():
             chunk: list[tuple[str, bytes]] = []
             size = 0
             while self.backlog and len(chunk) < self.spec.batch_events and size < 48_000:
@@ -221,11 +239,13 @@ class Post:
                 size += len(item[1]) + 1
             for event_id, body in chunk:
                 self.unacked[event_id] = (now, now, body, 3)
-            self.client.publish(self.topics.up(self.node, "event"),
-                                join_batch(self.prefix_bytes, [b for _i, b in chunk]), qos=1)
+            info = self.client.publish(self.topics.up(self.node, "event"),
+                                       join_batch(self.prefix_bytes, [b for _i, b in chunk]), qos=1)
+            if not info.is_published():
+                self.unconfirmed.add(info.mid)
             self.sim.result.offered += len(chunk)
             self.sim.result.sent_msgs += 1
-        if not self.backlog or len(self.unacked) >= self.spec.window:
+        if not self.backlog or not self._room():
             self.sim.active.discard(self)
 
     def base_timeout(self) -> float:

@@ -1,6 +1,7 @@
 """``kentongan-central``: central's command line (the only place with user-facing wording).
 
-Subcommands here: ``run`` (all-in-one), ``ingest`` (one worker of a shared-subscription group),
+Subcommands here: ``run`` (all-in-one), ``ingest`` (one worker of a shared-subscription group;
+``--lane bulk`` without the P1 lane, ``--lane p1`` the P1 lane alone: ``central_sync.ingest_p1``),
 ``web`` (the dashboard alone; see central_sync.processes and docs/scale.md), ``events``,
 ``nodes``, ``validate-config``. Other modules extend the
 parser: each module named in ``EXTENSIONS`` that exists must expose
@@ -35,6 +36,7 @@ from typing import Any
 from central_sync.config import CentralConfig, load_central_config
 from central_sync.errors import CentralConfigError, CentralError
 from central_sync.ingest import IngestService
+from central_sync.ingest_p1 import P1Process
 from central_sync.processes import DEFAULT_SHARED_GROUP, CommandPublisher
 from central_sync.registry import registry_status
 from central_sync.store import Store, open_store, redact_url
@@ -48,6 +50,9 @@ WEB_APP_MODULE = "central_sync.web.app"
 log = logging.getLogger("central_sync.cli")
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: ``ingest --lane``: what one ingest process consumes (docs/scale.md, "P1 process").
+LANES = ("all", "bulk", "p1")
 
 
 def _load_extension(name: str) -> Any | None:
@@ -74,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, type=Path, help="central config file (TOML)")
     p.add_argument("--worker-id", required=True, type=_worker_id,
                    help="this worker's fixed id (client id '<broker.client_id>-<ID>'; systemd: %%i)")
+    p.add_argument("--lane", choices=LANES, default="all",
+                   help="'all': bulk ingest with the P1 lane in-process; 'bulk': without the P1 lane "
+                        "(a separate 'p1' process consumes it); 'p1': the P1 lane alone")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("web", help="the command-centre web app alone (reads the database)")
@@ -215,14 +223,23 @@ async def _serve(tasks: list[asyncio.Task[Any]]) -> None:
 
 
 async def serve_central(cfg: CentralConfig, store: Store, *, worker_id: str | None = None,
-                        with_web: bool = True) -> None:
+                        with_web: bool = True, lane: str = "all") -> None:
     """Run ingest (and the web app hook) until cancelled or until one of them fails. With
-    ``worker_id`` this is one worker of a shared-subscription group (``kentongan-central ingest``)."""
+    ``worker_id`` this is one worker of a shared-subscription group (``kentongan-central ingest``);
+    ``lane`` is one of ``LANES``."""
     from central_sync.security_wiring import central_hooks
 
     hooks = central_hooks(cfg)
     client_id = None if worker_id is None else f"{cfg.broker.client_id}-{worker_id}"
     group = None if worker_id is None else (cfg.ingest.shared_group or DEFAULT_SHARED_GROUP)
+    if lane == "p1":
+        p1 = P1Process(cfg, store, verify_event=hooks.verify_event, client_id=client_id or cfg.broker.client_id,
+                       shared_group=group)
+        await _serve([asyncio.create_task(p1.run(), name="ingest-p1"),
+                      asyncio.create_task(_systemd_watchdog(), name="systemd-watchdog")])
+        return
+    if lane == "bulk":
+        cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"p1_lane": False})})
     ingest = IngestService(cfg, store, verify_event=hooks.verify_event, sign_command=hooks.sign_command,
                            authenticate=hooks.authenticate, client_id=client_id, shared_group=group)
     tasks = [asyncio.create_task(ingest.run(), name="ingest"),
@@ -278,8 +295,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    return _run_process(args, f"ingest-{args.worker_id}",
-                        lambda cfg, store: serve_central(cfg, store, worker_id=args.worker_id, with_web=False))
+    return _run_process(args, f"ingest-{args.worker_id}" + ("" if args.lane == "all" else f"-{args.lane}"),
+                        lambda cfg, store: serve_central(cfg, store, worker_id=args.worker_id, with_web=False,
+                                                                 lane=args.lane))
 
 
 def cmd_web(args: argparse.Namespace) -> int:

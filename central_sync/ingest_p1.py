@@ -17,6 +17,14 @@ named in the node's Ack, so a post cannot jump its backlog ahead of other posts'
 
 The lane does not announce central presence (no retained state, no last will): the main
 connection does. If the lane is down, P1s still arrive on the normal channel.
+
+Own process (``P1Process``, ``kentongan-central ingest --lane p1``): in one process the lane
+shares the interpreter lock and the event loop with bulk ingest, which decodes and verifies a
+reconnecting fleet's backlog flat out; a P1 then waits for CPU behind it (measured: P1 p99 2.5-10 s
+with 1,000 posts draining 1,000 events each). Run as its own process (systemd
+``kentongan-ingest-p1.service``, higher ``CPUWeight``), with the bulk workers started with
+``--lane bulk``, the lane has a core's share of its own. ``run`` (all-in-one) keeps the lane
+in-process.
 """
 
 from __future__ import annotations
@@ -34,16 +42,24 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central_sync.acks import AckBook, AckCounters, AckWindow, Delivery, Link, publish_all
 from central_sync.config import CentralConfig
-from central_sync.ingest_commit import Batch, BatchOutcome, BatchWriter, EventMsg, RowRejection
+from central_sync.ingest_commit import (
+    Batch,
+    BatchOutcome,
+    BatchVerifier,
+    BatchWriter,
+    EventMsg,
+    RowRejection,
+    as_batch_verifier,
+)
 from central_sync.ingest_decode import decode_events
 from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import Backoff, MessageBuffer, ReadGate, make_client, next_messages, paho_of
 from central_sync.rejections import RejectionAggregator
-from central_sync.store import is_transient
+from central_sync.store import Store, is_transient
 from edge.errors import WireError
 from edge.logs import log_event
 from edge.sync.transport import raise_if_cancelling
-from edge.sync.wire import P1_CHANNEL, Topics
+from edge.sync.wire import P1_CHANNEL, EventEnvelope, Topics
 
 log = logging.getLogger("central_sync.ingest_p1")
 
@@ -265,3 +281,51 @@ class P1Lane:
                 delay = backoff.next_delay()
                 log_event(log, "p1_store_busy_retry", logging.WARNING, error=str(exc)[:200], delay_s=round(delay, 3))
                 await asyncio.sleep(delay)
+
+
+class P1Process:
+    """The P1 lane alone (``kentongan-central ingest --lane p1``): its connection, commits, Acks and
+    the rejection summaries of what it refused; nothing else runs in this process.
+
+    ``client_id`` / ``shared_group`` are the process's (as an ingest worker's): the lane connects
+    as ``<client_id>-p1`` in that group, so several P1 processes (on several machines) split the
+    P1 channel between them."""
+
+    def __init__(self, cfg: CentralConfig, store: Store, *,
+                 verify_event: BatchVerifier | Callable[[EventEnvelope], None] | None,
+                 client_id: str, shared_group: str | None) -> None:
+        cfg = cfg.model_copy(update={
+            "broker": cfg.broker.model_copy(update={"client_id": client_id}),
+            "ingest": cfg.ingest.model_copy(update={"shared_group": shared_group})})
+        self.cfg, self.store = cfg, store
+        self.stats = IngestStats()
+        self.rejections = RejectionAggregator(flood_threshold=cfg.ingest.flood_threshold)
+        self.lane = P1Lane(cfg, BatchWriter(store, as_batch_verifier(verify_event), None), self.stats,
+                           self.rejections)
+        self.connected = self.lane.connected
+
+    async def run(self) -> None:
+        """Run the lane (reconnecting) and write rejection summaries each interval; cancel to stop."""
+        flusher = asyncio.create_task(self._flush_rejections_forever(), name="ingest-p1-rejections")
+        try:
+            await self.lane.run()
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.flush_rejections())
+
+    async def _flush_rejections_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.ingest.rejection_interval_s)
+            await self.flush_rejections()
+
+    async def flush_rejections(self) -> None:
+        summaries = self.rejections.drain()
+        if not summaries:
+            return
+        try:
+            await asyncio.to_thread(self.store.record_rejections, summaries)
+        except Exception as exc:  # counted and logged already
+            log_event(log, "p1_rejections_not_recorded", logging.ERROR, error=str(exc)[:200], rows=len(summaries))

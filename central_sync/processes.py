@@ -4,6 +4,8 @@
 * ``kentongan-central ingest --worker-id N``: one ingest worker, any number of them, each with
   its own MQTT client id ``<broker.client_id>-<N>``, all in ONE MQTT 5 shared-subscription group
   (``ingest.shared_group``, default ``kentongan-ingest``), so the broker splits the posts' load;
+* ``kentongan-central ingest --lane p1``: the P1 lane alone (``central_sync.ingest_p1.P1Process``),
+  with the workers started ``--lane bulk``, so a backlog cannot delay an alarm's Ack for CPU;
 * ``kentongan-central web``: the dashboard, reading the database. The desk follows what the
   ingest workers commit through the store's change feed (PostgreSQL LISTEN/NOTIFY, SQLite
   polling) and publishes its commands over its own broker connection (``CommandPublisher``),

@@ -75,7 +75,8 @@ class PgCluster:
             unixsocketdir=str(self.root / "sock"), logfile=str(self.root / "postgresql.log"),
             startparams="-w", dbname="postgres", user=SUPERUSER, timeout=120,
             postgres_options="-c listen_addresses=127.0.0.1 -c max_connections=200"
-                             + ("" if self._fsync else " -c fsync=off"))
+                             # pytest-postgresql always passes -F (fsync off) first: a later -c wins.
+                             + (" -c fsync=on" if self._fsync else " -c fsync=off"))
         if os.geteuid() == 0:
             # pg_ctl -l writes the log as the postgres user.
             log = self.root / "postgresql.log"

@@ -152,3 +152,58 @@ def test_p1_lane_rejects_non_p1_and_dedups_the_normal_copy(tmp_path: Path, mosqu
         node.loop_stop()
         node.disconnect()
         store.close()
+
+
+def test_p1_process_acks_alarms_while_bulk_ingest_is_paused(tmp_path: Path, mosquitto: LocalMosquitto) -> None:
+    """``ingest --lane p1`` is the P1 lane alone in its own process; ``--lane bulk`` workers leave
+    the P1 channel to it. With the bulk worker frozen (SIGSTOP: busy with a backlog, or hung) a
+    P1 is still stored and acknowledged by the P1 process, a P3 waits; once the worker runs again
+    it acknowledges the P3 and the P1's copy from the normal channel (a duplicate: stored once)."""
+    import paho.mqtt.client as paho
+
+    cfg = write_config(tmp_path / "central.toml", mosquitto.port, shared_group="lanes", batch_wait_ms=10)
+    db = tmp_path / "central.db"
+    log = tmp_path / "central.log"
+    watcher = StateWatcher(mosquitto.port)
+    bulk = start(["ingest", "--config", str(cfg), "--worker-id", "1", "--lane", "bulk"], log)
+    lane = start(["ingest", "--config", str(cfg), "--worker-id", "p1", "--lane", "p1"], log)
+    topics = Topics()
+    acks: list[dict[str, Any]] = []
+    node = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="lane-node", protocol=paho.MQTTv5)
+    node.on_message = lambda _c, _u, m: acks.append(json.loads(m.payload))
+    node.connect("127.0.0.1", mosquitto.port)
+    node.subscribe(topics.down("node-a", "ack"), qos=1)
+    node.loop_start()
+
+    def env(priority: int) -> EventEnvelope:
+        return EventEnvelope(event_id=uuid.uuid4().hex, node_id="node-a", boot_id="b", seq=1, mono_ns=1,
+                             wall_time=time.time(), time_quality="synced", type="PANIC", priority=priority)
+
+    def acked(event_id: str) -> int:
+        return [i for a in list(acks) for i in a["event_ids"]].count(event_id)
+
+    try:
+        watcher.wait_online({"central-1"})
+        _wait(lambda: "p1_lane_connected" in log.read_text(errors="replace"), 60, "P1 process subscribed")
+        assert "central-p1" not in watcher.states  # the P1 process announces no central presence
+        bulk.send_signal(signal.SIGSTOP)
+        try:
+            alarm, status = env(1), env(3)
+            node.publish(topics.up("node-a", "event/p1"), encode(alarm), qos=1)
+            node.publish(topics.up("node-a", "event"), encode(alarm), qos=1)
+            node.publish(topics.up("node-a", "event"), encode(status), qos=1)
+            _wait(lambda: acked(alarm.event_id) >= 1, 60, "P1 acknowledged by the P1 process")
+            assert _count(db, f"WHERE event_id = '{alarm.event_id}'") == 1  # committed before the Ack
+            assert acked(status.event_id) == 0  # the bulk worker is frozen
+        finally:
+            bulk.send_signal(signal.SIGCONT)
+        _wait(lambda: acked(status.event_id) == 1 and acked(alarm.event_id) == 2, 60, "bulk worker caught up")
+        assert _count(db) == 2  # the P1's second copy was a duplicate
+    finally:
+        node.loop_stop()
+        node.disconnect()
+        watcher.close()
+        for proc in (bulk, lane):
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            proc.wait(30)

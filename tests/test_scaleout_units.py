@@ -23,7 +23,8 @@ def _directives(path: Path) -> dict[str, list[str]]:
     return out
 
 
-@pytest.mark.parametrize("unit", ["kentongan-ingest@.service", "kentongan-central-web.service"])
+@pytest.mark.parametrize("unit", ["kentongan-ingest@.service", "kentongan-ingest-p1.service",
+                                  "kentongan-central-web.service"])
 def test_scaleout_units_are_hardened_notify_services(unit: str) -> None:
     d = _directives(UNITS / unit)
     assert d["Type"] == ["notify"] and d["Restart"] == ["always"] and int(d["WatchdogSec"][0]) > 0
@@ -36,12 +37,16 @@ def test_scaleout_units_are_hardened_notify_services(unit: str) -> None:
     argv = [a.replace("%i", "3") for a in argv]
     args = build_parser().parse_args(argv)
     assert args.command in ("ingest", "web")
-    if args.command == "ingest":
-        assert args.worker_id == "3"
+    if unit == "kentongan-ingest-p1.service":  # the P1 lane alone, ahead of the bulk workers for CPU
+        assert (args.lane, args.worker_id) == ("p1", "p1")
+        assert int(d["CPUWeight"][0]) > 100 and int(d["Nice"][0]) < 0
+    elif args.command == "ingest":  # bulk only: the P1 process consumes the P1 channel
+        assert (args.lane, args.worker_id) == ("bulk", "3")
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 @pytest.mark.parametrize("unit,instance", [("kentongan-ingest@.service", "kentongan-ingest@1.service"),
+                                           ("kentongan-ingest-p1.service", "kentongan-ingest-p1.service"),
                                            ("kentongan-central-web.service", "kentongan-central-web.service"),
                                            ("kentongan-central.target", "kentongan-central.target")])
 def test_systemd_analyze_verify(unit: str, instance: str, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from central_sync.broker import LocalMosquitto
 from edge.clock import Clock
 from edge.outbox import EventDraft, Outbox
 from edge.sync.service import SyncService
+from edge.sync.uplink import MAX_UNCONFIRMED
+from edge.sync.wire import MAX_BATCH_EVENTS
 
 NODE = "pos-rt03"
 
@@ -249,3 +253,67 @@ def test_timeout_round_probes_then_resends_what_a_later_ack_shows_lost(outbox: O
     up.inflight[f"old{PROBE_EVENTS}"] = _time.monotonic() + 1000.0  # claimed again, in flight
     up.on_ack(Ack(node_id=NODE, event_ids=[f"old{PROBE_EVENTS}"], central_time=0.0))
     assert up._acked_sent == t0 + 50.0  # Karn: the Ack of a resent event is no evidence
+
+
+def test_probes_double_while_their_acks_come_back(outbox: Outbox) -> None:
+    """A window lost as a whole (a broker restart while the post published it): no first-copy Ack
+    can ever show it lost, only the probes' Acks come back (Karn: no evidence). Each round whose
+    probes were acknowledged doubles the next probe; a first-copy Ack resets it."""
+    import asyncio
+    import time as _time
+
+    from edge.sync.uplink import PROBE_EVENTS, EventUplink, UplinkStats
+    from edge.sync.wire import Ack
+
+    up = EventUplink(outbox, outbox.clock, node_id=NODE, topic="t", window=1000, ack_timeout_s=1.0,
+                     sign_event=None, stats=UplinkStats())
+    t0 = _time.monotonic() - 100.0
+    for n in range(700):
+        up.inflight[f"lost{n}"] = t0 + n * 0.001
+    sizes = []
+    for _round in range(5):
+        before = len(up.inflight)
+        up._next_round = float("-inf")
+        asyncio.run(up._expire(_time.monotonic()))
+        probe = [f"lost{n}" for n in range(700) if f"lost{n}" not in up.inflight and f"lost{n}" in up._resent]
+        sizes.append(before - len(up.inflight))
+        for i in probe:  # claimed and published again
+            up.inflight[i] = _time.monotonic()
+        up.on_ack(Ack(node_id=NODE, event_ids=probe, central_time=0.0))  # the probes' Acks (resent: Karn)
+    assert sizes == [PROBE_EVENTS, 2 * PROBE_EVENTS, 4 * PROBE_EVENTS, 8 * PROBE_EVENTS, 16 * PROBE_EVENTS]
+    up.inflight["fresh"] = _time.monotonic()
+    up.on_ack(Ack(node_id=NODE, event_ids=["fresh"], central_time=0.0))  # a first copy: evidence again
+    assert up._probe == PROBE_EVENTS
+
+
+def test_a_new_p1_overtakes_the_backlog_still_in_the_post(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
+    """A backlog message leaves the post only while fewer than ``MAX_UNCONFIRMED`` earlier ones wait
+    for the broker's PUBACK. With the broker frozen (SIGSTOP: a broker swamped by a reconnecting
+    fleet) the rest of a 3,000-event claim waits in the post, so a P1 recorded now is published at
+    once and reaches the broker behind at most ``MAX_UNCONFIRMED`` backlog messages, not behind
+    the whole claim."""
+    acker = PahoAcker(mosquitto.port)
+    assert mosquitto.proc is not None
+    pid = mosquitto.proc.pid
+    try:
+        svc = _service(mosquitto.port, outbox)
+        with running_service(svc):
+            wait_until(lambda: any(p["state"] == "online" for p in acker.presence), 30, what="post online")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                outbox.record_many([EventDraft("PATROLI", 4, {"i": i}) for i in range(3000)])
+                wait_until(lambda: outbox.counts()["in_flight"] >= 2900, 30, what="backlog claimed")
+                wait_until(lambda: svc.stats.messages >= MAX_UNCONFIRMED, 30, what="first messages handed over")
+                assert svc.stats.messages == MAX_UNCONFIRMED  # the rest waits for the broker's PUBACKs
+                p1 = outbox.record(EventDraft("PANIC", 1, {"button": "utama"}))
+                wait_until(lambda: svc.stats.p1_messages == 1, 30, what="P1 published while the broker is frozen")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            wait_until(lambda: outbox.counts()["acked"] == 3001, 60, what="everything acked")
+        with acker.lock:
+            normal = [i for ch, i in acker.arrivals if ch == "event"]
+        ahead = normal.index(p1.event_id)
+        assert ahead <= MAX_UNCONFIRMED * MAX_BATCH_EVENTS, ahead  # not behind the other ~2,900
+        assert len(set(normal)) == 3001
+    finally:
+        acker.close()

@@ -14,6 +14,10 @@ absent or everything lost) only the oldest ``PROBE_EVENTS`` go again as a probe,
 is then the evidence for the rest. P1 Acks (they overtake everything on their own channel) are
 no evidence, nor are Acks of resent events (Karn's rule: the Ack may be for the first copy, so
 neither the resend's time nor its round trip is known); those give no round-trip sample either.
+So when a whole window was lost (a broker restart while the post published it) the probes'
+Acks are the only ones: each round whose probes were acknowledged doubles the next probe
+(``next_probe``), so the lost window goes again in a few rounds instead of ``PROBE_EVENTS`` per
+round; any first-copy Ack (real evidence) resets it.
 """
 
 from __future__ import annotations
@@ -76,13 +80,20 @@ class AckTimeout:
         return self.current_s
 
 
-def overdue_to_resend(inflight: dict[str, float], now: float, limit: float, acked_sent: float) -> list[str]:
+def overdue_to_resend(inflight: dict[str, float], now: float, limit: float, acked_sent: float,
+                      probe: int = PROBE_EVENTS) -> list[str]:
     """The event ids of ``inflight`` (id -> publish time) to resend in a timeout round: those
     overdue (older than ``limit``) and published before ``acked_sent`` (the latest publish time
-    of an acknowledged event: evidence they were lost), else the oldest ``PROBE_EVENTS`` overdue
+    of an acknowledged event: evidence they were lost), else the oldest ``probe`` overdue
     ones as a probe; empty when none is overdue."""
     old = [i for i, t in inflight.items() if now - t > limit]
     if not old:
         return []
     lost = [i for i in old if inflight[i] < acked_sent]
-    return lost or sorted(old, key=inflight.__getitem__)[:PROBE_EVENTS]
+    return lost or sorted(old, key=inflight.__getitem__)[:probe]
+
+
+def next_probe(probe: int, probes_acked: bool, cap: int) -> int:
+    """The probe size of the next round: doubled (up to ``cap``) when the last probes were
+    acknowledged (central is there; what it has not acknowledged is evidently lost), else kept."""
+    return min(cap, probe * 2) if probes_acked else probe

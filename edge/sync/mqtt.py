@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 
 from edge.config import SyncConfig, TlsConfig
 from edge.sync.transport import ConnectSpec, TlsFiles, TransportError, make_client
@@ -111,20 +112,23 @@ async def session(client: aiomqtt.Client,
                     sock.close()
 
 
-def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1) -> None:
+def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1) -> paho.MQTTMessageInfo:
     """Hand a publish to paho without awaiting its PUBACK (raises ``MqttCodeError`` when the
     client is not connected).
 
     Used for events only: central's ``Ack`` is the delivery proof, a PUBACK proves nothing
     (PLATFORM.md: a SIGKILLed Mosquitto loses acknowledged messages). paho keeps at most
-    ``MAX_INFLIGHT`` un-PUBACKed messages on the wire and queues the rest in order; the uplink's
-    in-flight window bounds that queue. Avoiding one awaited future per message roughly doubles
-    throughput (aiomqtt also counts all pending calls on every publish). If the connection
-    drops, this client and its queue are discarded and the events go back to ``ready``.
+    ``MAX_INFLIGHT`` un-PUBACKed messages on the wire and queues the rest in order; the uplink
+    keeps that queue short itself (``edge.sync.uplink.MAX_UNCONFIRMED``: it watches the returned
+    ``MQTTMessageInfo.is_published()``) so a new P1 is not queued behind its backlog.
+    Avoiding one awaited future per message roughly doubles throughput (aiomqtt also counts all
+    pending calls on every publish). If the connection drops, this client and its queue are
+    discarded and the events go back to ``ready``.
     """
     info = client._client.publish(topic, payload, qos)  # private: see docstring
     if info.rc != 0:
         raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+    return info
 
 
 async def probe_tcp(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -44,6 +44,7 @@ from edge.sync.presence import CentralPresence
 from edge.sync.sms_fallback import SmsFallback
 from edge.sync.transport import raise_if_cancelling
 from edge.sync.uplink import EventUplink, SnapshotUplink, UplinkStats
+from edge.sync.uplink_types import Sent
 from edge.sync.wire import (
     P1_CHANNEL,
     Ack,
@@ -89,8 +90,8 @@ class _Pub:
         await self.client.publish(topic, payload, qos=qos, retain=retain)
         raise_if_cancelling()
 
-    def publish_nowait(self, topic: str, payload: bytes) -> None:
-        publish_nowait(self.client, topic, payload, qos=1)
+    def publish_nowait(self, topic: str, payload: bytes) -> Sent:
+        return publish_nowait(self.client, topic, payload, qos=1)
 
 
 class SyncService:

@@ -9,6 +9,14 @@ Window: at most ``cfg.sync.inflight_window`` events are in flight. ``p1_reserve`
 for P1 events: backlog claims stop ``p1_reserve`` short of the window, and a P1 wake-up claims only
 P1 events into the reserved slots, so a window full of backlog never delays an alarm.
 
+Pacing: the in-flight window counts events until central's Ack, which may be minutes in a fleet
+storm; what leaves the post's connection is paced separately: a backlog message is handed to
+the MQTT client only while fewer than ``MAX_UNCONFIRMED`` earlier ones still wait for the
+broker's PUBACK. The rest of a claim waits in the post (claimed, in the window), so a P1 recorded
+meanwhile is claimed and published at once, behind at most ``MAX_UNCONFIRMED`` backlog messages
+in the TCP stream instead of behind a whole claim (up to ``inflight_window`` events). P1
+messages are not paced. The ack timeout of a paced event counts from its publish.
+
 Batching: the events of one claim are published as ``event_batch`` messages of up to
 ``MAX_BATCH_EVENTS`` envelopes / ``MAX_BATCH_BYTES`` (a claim of one event goes as a plain
 ``event``). Nothing ever waits to fill a batch: a claim is published at once, and a P1 wake-up
@@ -49,20 +57,15 @@ from edge.clock import Clock
 from edge.errors import KentonganError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
-from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, overdue_to_resend
+from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, next_probe, overdue_to_resend
 from edge.sync.transport import raise_if_cancelling
-from edge.sync.uplink_envelope import envelope_dict, envelope_for
+from edge.sync.uplink_envelope import envelope_for, next_message
 from edge.sync.uplink_snapshot import SnapshotUplink
-from edge.sync.uplink_types import Publisher, UplinkStats
+from edge.sync.uplink_types import Publisher, Sent, UplinkStats
 from edge.sync.wire import (
-    MAX_BATCH_BYTES,
-    MAX_BATCH_EVENTS,
     Ack,
     EventEnvelope,
     batch_prefix,
-    encode,
-    envelope_json,
-    join_batch,
 )
 
 __all__ = ["MAX_ADAPTIVE_FACTOR", "PROBE_EVENTS", "EventUplink", "Publisher", "SnapshotUplink", "UplinkStats",
@@ -76,6 +79,11 @@ CLAIM_FRACTION = 0.25
 TICK_S = 0.5
 #: Resent event ids remembered for Karn's rule at most (then forgotten at once).
 MAX_RESENT_TRACKED = 100_000
+#: Backlog messages handed to the client and not yet confirmed by the broker (PUBACK) at most: a
+#: new P1 is then queued behind at most this many messages in this post's own connection.
+MAX_UNCONFIRMED = 2
+#: How often a paced publish looks for the broker's PUBACK (and for a new P1) while waiting.
+PACE_S = 0.01
 
 
 class EventUplink:
@@ -108,6 +116,9 @@ class EventUplink:
         self.central_present = True
         self._resend = False
         self._p1_ids: set[str] = set()  # P1 events in flight
+        self._unconfirmed: list[Sent] = []  # backlog messages of this connection not yet PUBACKed
+        self._probe = PROBE_EVENTS  # events resent by the next round without evidence of loss
+        self._probes_acked = False  # a resent event was acknowledged since the last round
         self._resent: set[str] = set()  # events released by an ack timeout and not acked since
         self._next_round = float("-inf")  # no timeout round before this (monotonic)
         self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
@@ -176,12 +187,14 @@ class EventUplink:
             if i in self._resent:
                 self._resent.discard(i)
                 self._p1_ids.discard(i)
+                self._probes_acked = True
                 continue
             sent.append(t)
             if i in self._p1_ids:
                 self._p1_ids.discard(i)
-            elif t > self._acked_sent:
-                self._acked_sent = t
+            else:
+                self._probe = PROBE_EVENTS
+                self._acked_sent = max(self._acked_sent, t)
         if sent:
             self.timeout.observe(now - min(sent))
         if ids:
@@ -235,6 +248,7 @@ class EventUplink:
     async def run(self, pub: Publisher) -> None:
         """Claim and publish while connected; returns only by cancellation or publish failure."""
         self._maybe_ready = True
+        self._unconfirmed = []  # the previous connection's are never confirmed
         next_tick = 0.0
         while True:
             raise_if_cancelling()
@@ -252,25 +266,56 @@ class EventUplink:
                 await self._expire(now)
                 self._maybe_ready = True
             events = await self._claim()
-            for ev in events:
-                self.inflight[ev.event_id] = time.monotonic()
-                if ev.priority == 1:
-                    self._p1_ids.add(ev.event_id)
-            if self.p1_topic is not None:
-                self._publish_p1(pub, self.p1_topic, events)
-            start = 0
-            while start < len(events):
-                body, count = self._next_message(events, start)
-                # Raises when the connection is gone: the session ends, detach() releases all.
-                pub.publish_nowait(self.topic, body)
-                start += count
-                self.stats.published += count
-                self.stats.messages += 1
-                await asyncio.sleep(0)  # let acks, P1 wake-ups and the socket writer in
+            await self._publish(pub, events)
             if not events:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.01, next_tick - time.monotonic()))
+
+    async def _publish(self, pub: Publisher, events: list[StoredEvent]) -> None:
+        """Publish a claim: its P1s first on the P1 channel, then all of it on ``event``, each
+        backlog message only once fewer than ``MAX_UNCONFIRMED`` are unconfirmed by the broker."""
+        now = time.monotonic()
+        for ev in events:
+            self.inflight[ev.event_id] = now
+            if ev.priority == 1:
+                self._p1_ids.add(ev.event_id)
+        if self.p1_topic is not None:
+            self._publish_p1(pub, self.p1_topic, events)
+        start = 0
+        while start < len(events):
+            paced = events[start].priority != 1  # a claim is in priority order: P1s lead it
+            if paced:
+                await self._await_room(pub)
+            body, count = self._next_message(events, start)
+            # Raises when the connection is gone: the session ends, detach() releases all.
+            sent = pub.publish_nowait(self.topic, body)
+            if paced:
+                self._unconfirmed.append(sent)
+                now = time.monotonic()
+                for ev in events[start:start + count]:  # the ack timeout counts from the publish
+                    if ev.event_id in self.inflight:
+                        self.inflight[ev.event_id] = now
+            start += count
+            self.stats.published += count
+            self.stats.messages += 1
+            await asyncio.sleep(0)  # let acks, P1 wake-ups and the socket writer in
+
+    async def _await_room(self, pub: Publisher) -> None:
+        """Until fewer than ``MAX_UNCONFIRMED`` backlog messages wait for the broker's PUBACK.
+        A P1 recorded meanwhile is claimed and published at once: it is behind at most that many
+        backlog messages in this connection, not behind the rest of the claim."""
+        while True:
+            self._unconfirmed = [s for s in self._unconfirmed if not s.is_published()]
+            if len(self._unconfirmed) < MAX_UNCONFIRMED:
+                return
+            if self._p1:
+                self._p1 = False
+                free = self.window - len(self.inflight)
+                if free > 0:
+                    await self._publish(pub, await self._claim_p1(free))
+                continue
+            await asyncio.sleep(PACE_S)
 
     def _publish_p1(self, pub: Publisher, topic: str, events: list[StoredEvent]) -> None:
         """The P1 events of a claim on the P1 channel (before the whole claim goes on ``event``)."""
@@ -282,27 +327,8 @@ class EventUplink:
             start += count
             self.stats.p1_messages += 1
 
-    def _body(self, ev: StoredEvent, anchor: float | None) -> bytes:
-        if self.sign_event is not None:
-            return encode(envelope_for(ev, self.clock, self.outbox.boot_id, self.sign_event))
-        return envelope_json(envelope_dict(ev, anchor, self.outbox.boot_id))
-
     def _next_message(self, events: list[StoredEvent], start: int) -> tuple[bytes, int]:
-        """The next message from ``events[start:]``: as many envelopes as fit one batch (in claim
-        order, so P1s first), or a plain envelope when only one fits or is left."""
-        anchor = self.clock.anchor()
-        budget = MAX_BATCH_BYTES - len(self._batch_prefix) - 2
-        bodies: list[bytes] = []
-        size = 0
-        for ev in events[start:start + MAX_BATCH_EVENTS]:
-            body = self._body(ev, anchor)
-            if bodies and size + len(body) + 1 > budget:
-                break
-            bodies.append(body)
-            size += len(body) + 1
-        if len(bodies) == 1:
-            return bodies[0], 1
-        return join_batch(self._batch_prefix, bodies), len(bodies)
+        return next_message(events, start, self.clock, self.outbox.boot_id, self.sign_event, self._batch_prefix)
 
     async def _claim(self) -> list[StoredEvent]:
         free = self.window - len(self.inflight)
@@ -331,7 +357,9 @@ class EventUplink:
         limit = self.current_timeout_s
         if now < self._next_round:  # rounds are a timeout apart (a probe leaves the rest overdue)
             return
-        old = overdue_to_resend(self.inflight, now, limit, self._acked_sent)
+        self._probe = next_probe(self._probe, self._probes_acked, self.window)
+        self._probes_acked = False
+        old = overdue_to_resend(self.inflight, now, limit, self._acked_sent, self._probe)
         if not old:
             return
         self._mark_resent(old)

@@ -7,7 +7,7 @@ from typing import Any
 
 from edge.clock import Clock
 from edge.outbox import StoredEvent
-from edge.sync.wire import EventEnvelope
+from edge.sync.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, EventEnvelope, encode, envelope_json, join_batch
 
 
 def envelope_for(ev: StoredEvent, clock: Clock, boot_id: str,
@@ -35,3 +35,24 @@ def envelope_dict(ev: StoredEvent, anchor: float | None, boot_id: str) -> dict[s
             "boot_id": ev.boot_id, "seq": ev.seq, "mono_ns": ev.mono_ns, "wall_time": wall,
             "time_quality": quality, "type": ev.type, "priority": ev.priority,
             "incident_id": ev.incident_id, "payload": ev.payload}
+
+
+def next_message(events: list[StoredEvent], start: int, clock: Clock, boot_id: str,
+                 sign: Callable[[EventEnvelope], EventEnvelope] | None, prefix: bytes) -> tuple[bytes, int]:
+    """The next message from ``events[start:]`` and how many events it holds: as many envelopes as
+    fit one batch (``prefix``: ``wire.batch_prefix(node)``; in claim order, so P1s first), or a
+    plain envelope when only one fits or is left."""
+    anchor = clock.anchor()
+    budget = MAX_BATCH_BYTES - len(prefix) - 2
+    bodies: list[bytes] = []
+    size = 0
+    for ev in events[start:start + MAX_BATCH_EVENTS]:
+        body = (encode(envelope_for(ev, clock, boot_id, sign)) if sign is not None
+                else envelope_json(envelope_dict(ev, anchor, boot_id)))
+        if bodies and size + len(body) + 1 > budget:
+            break
+        bodies.append(body)
+        size += len(body) + 1
+    if len(bodies) == 1:
+        return bodies[0], 1
+    return join_batch(prefix, bodies), len(bodies)

@@ -7,11 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
+class Sent(Protocol):
+    """A QoS 1 publish handed to the client (paho's ``MQTTMessageInfo``)."""
+
+    def is_published(self) -> bool:
+        """The broker has confirmed it (PUBACK): it has left this post's connection."""
+        ...
+
+
 class Publisher(Protocol):
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
                       retain: bool = False) -> None: ...
 
-    def publish_nowait(self, topic: str, payload: bytes) -> None:
+    def publish_nowait(self, topic: str, payload: bytes) -> Sent:
         """QoS 1 publish handed to the client's ordered send queue (no PUBACK wait)."""
         ...
 
