@@ -8,6 +8,7 @@ files, so the rendered config sets ``user`` to the current user and every path i
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -18,6 +19,13 @@ import time
 from pathlib import Path
 
 from central_sync.errors import CentralError
+
+#: Starts of a broker whose own free port was taken meanwhile by another program.
+START_ATTEMPTS = 5
+
+
+class _PortTaken(CentralError):
+    """The port was taken by another program before Mosquitto could bind it."""
 
 
 def _broker_dir() -> Path:
@@ -48,6 +56,27 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def listens(pid: int, port: int) -> bool:
+    """Does process ``pid`` hold a listening TCP socket on ``port`` (Linux ``/proc``)? True when
+    that cannot be read (no ``/proc``): then only the port's answer counts."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as f:
+                for line in f.readlines()[1:]:
+                    cols = line.split()
+                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
+                        return True
+    except (OSError, ValueError, IndexError):
+        return True
+    return False
+
+
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -73,6 +102,7 @@ class LocalMosquitto:
     ) -> None:
         self.workdir = Path(workdir)
         self.host = host
+        self._auto_port = not port
         self.port = port or free_port(host)
         self.conf_template = conf_template
         self.extra_conf = extra_conf
@@ -96,6 +126,19 @@ class LocalMosquitto:
         )
 
     def start(self) -> LocalMosquitto:
+        """Start and wait until THIS process listens. A port picked here (none given) may be
+        taken by another program between picking and binding on a busy machine: then it starts
+        again on another port. A given port (a restart the clients reconnect to) is never changed."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start_once()
+            except _PortTaken as exc:
+                if not self._auto_port or attempt == START_ATTEMPTS:
+                    raise CentralError(f"mosquitto failed to start: {exc}") from None
+                self.port = free_port(self.host)
+        raise CentralError("mosquitto failed to start")  # not reached
+
+    def _start_once(self) -> LocalMosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self.render())
         self.proc = subprocess.Popen(
@@ -104,13 +147,24 @@ class LocalMosquitto:
         )
         try:
             wait_port(self.host, self.port)
+            # Something listens; make sure it is this process, not another program that took
+            # the port while this one failed to bind it.
+            deadline = time.monotonic() + 10.0
+            while (self.proc.poll() is None and not listens(self.proc.pid, self.port)
+                   and time.monotonic() < deadline):
+                time.sleep(0.02)
+            if self.proc.poll() is not None:
+                raise CentralError("exited after start")
         except CentralError:
             err = b""
             if self.proc.poll() is not None and self.proc.stderr:
                 err = self.proc.stderr.read()
             self.stop()
             log = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
-            raise CentralError(f"mosquitto failed to start: {err.decode(errors='replace')} {log}") from None
+            text = f"{err.decode(errors='replace')} {log}"
+            if "Address already in use" in text:
+                raise _PortTaken(text) from None
+            raise CentralError(f"mosquitto failed to start: {text}") from None
         return self
 
     @property

@@ -40,6 +40,9 @@ from central_sync.ingest_p1 import P1Process
 from central_sync.processes import DEFAULT_SHARED_GROUP, CommandPublisher
 from central_sync.registry import registry_status
 from central_sync.store import Store, open_store, redact_url
+from central_sync.store.supervision_tables import SupervisionTables
+from central_sync.supervision import link_state, post_status
+from central_sync.web_settings import WebSettings
 from edge import __version__
 from edge.logs import log_event, set_node_id, setup_logging
 
@@ -127,6 +130,11 @@ def _fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+#: Why central counts itself blind (``supervision.LinkState.reason``), for ``nodes``.
+BLIND_REASONS = {"no_ingest": "no ingest process is connected to the broker",
+                 "quiet": "the ingest processes heard no post for a while"}
+
+
 def _open(path: Path) -> tuple[CentralConfig, Store]:
     cfg = load_central_config(path)
     return cfg, open_store(cfg.store_url)
@@ -159,12 +167,22 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    _cfg, store = _open(args.config)
+    cfg, store = _open(args.config)
     try:
-        rows = store.list_nodes()
+        now = time.time()
+        rows = store.list_nodes(now=now)
         enrolment = registry_status(store.registry_tables())
+        # The desk's rule (``[web.supervision]``: offline_after_s, central's own sight), not a
+        # separate staleness rule: the command line and the desk must agree on every post.
+        settings = WebSettings.from_config(cfg).supervision
+        link = link_state(SupervisionTables(store.desk()).links(), now, settings, posts_known=len(rows))
+        for r in rows:
+            r["status"] = post_status(r, now, link, settings.offline_after_s)
     finally:
         store.close()
+    if link.blind and not args.json:
+        print(f"note: central cannot see the posts now ({BLIND_REASONS.get(link.reason, link.reason)}); "
+              "their states read unknown")
     seen = {r["node_id"] for r in rows}
     # Enrolled nodes that never connected are listed too.
     rows += [{"node_id": n, "status": "unknown", "last_seen": None, "backlog": None,

@@ -6,8 +6,14 @@ incident transaction: the transaction re-reads its state and its log and writes 
 web processes exactly one claims it. The claimer then delivers the message through each
 configured notifier (an HTTP webhook POST with JSON, an SMS gateway command) with capped,
 jittered exponential retries, and records the outcome in the incident's timeline
-(``escalation_delivered`` or ``escalation_failed``). A process that dies between the claim and the
-delivery leaves the claim without an outcome (visible on the timeline); it is never sent twice.
+(``escalation_delivered`` or ``escalation_failed``).
+
+The claim is a **lease**: a process that dies between the claim and the outcome (a crash, a
+restart mid-delivery) leaves a claim without an outcome on the timeline; once it is older than
+``lease_s`` (longer than a live claimer can take) a live process claims it again (a new
+``escalated`` step) and sends, at most ``max_claims`` times per incident. So the supervisor is told
+at least once; a second message only when the first claimer died after sending and before
+recording it.
 
 Retries use the project's ``Backoff`` (the same one ingest reconnects with) rather than a retry
 library: a loop of a few lines, and no new runtime dependency on central.
@@ -30,7 +36,7 @@ from central_sync.incidents import Incident, IncidentBook
 from central_sync.mqtt_central import Backoff
 from central_sync.store.desk_tables import DeskTables
 from central_sync.store.supervision_tables import ESCALATED_STEP, SupervisionTables
-from central_sync.supervision_settings import EscalationSettings
+from central_sync.supervision_settings import SMS_TIMEOUT_S, EscalationSettings
 from edge.logs import log_event
 
 log = logging.getLogger("central.escalation")
@@ -103,7 +109,7 @@ class CommandNotifier:
 
     name = "sms_command"
 
-    def __init__(self, argv: Sequence[str], timeout_s: float = 30.0) -> None:
+    def __init__(self, argv: Sequence[str], timeout_s: float = SMS_TIMEOUT_S) -> None:
         self.argv, self.timeout_s = list(argv), timeout_s
 
     async def notify(self, message: Escalation) -> None:
@@ -171,18 +177,24 @@ class Escalator:
         t = time.time() if now is None else now
         claimed: list[Incident] = []
         names = ", ".join(n.name for n in self.notifiers)
-        for incident_id in self.sup.escalation_due(t - self.settings.after_s, t - self.settings.max_age_s):
+        lease_cut, max_claims = t - self.settings.lease_s, self.settings.max_claims
+        for incident_id in self.sup.escalation_due(t - self.settings.after_s, t - self.settings.max_age_s,
+                                                   lease_cut, max_claims):
             with self.tables.incident_tx() as tx:
-                if tx.state_of(incident_id) != "new" or self.sup.escalated(tx, incident_id):
+                if tx.state_of(incident_id) != "new" or self.sup.escalation_held(tx, incident_id, lease_cut,
+                                                                                 max_claims):
                     continue
-                tx.log_step(incident_id, t, ESCALATED_STEP, ACTOR,
-                            f"not acknowledged after {self.settings.after_s:.0f} s; notifying the supervisor ({names})")
+                again = self.sup.escalation_claims(tx, incident_id)
+                note = (f"not acknowledged after {self.settings.after_s:.0f} s; notifying the supervisor ({names})"
+                        if not again else f"claim {again + 1}: the previous claim recorded no outcome within "
+                        f"{self.settings.lease_s:.0f} s; notifying the supervisor ({names})")
+                tx.log_step(incident_id, t, ESCALATED_STEP, ACTOR, note)
                 tx.mark_changed(incident_id)
             incident = self.book.get(incident_id)
             if incident is not None:
                 claimed.append(incident)
                 log_event(log, "incident_escalated", logging.WARNING, incident_id=incident_id,
-                          node_id=incident.node_id, type=incident.type)
+                          node_id=incident.node_id, type=incident.type, claim=again + 1)
         return claimed
 
     async def deliver_all(self, incident: Incident, post_name: str) -> bool:

@@ -68,6 +68,10 @@ class SupervisionSettings(BaseModel):
         return self.supervised_by_default or node_id in self.supervised
 
 
+#: Timeout of one run of the SMS gateway command (``escalation.CommandNotifier``).
+SMS_TIMEOUT_S = 30.0
+
+
 class EscalationSettings(BaseModel):
     """``[web.escalation]``: an unacknowledged P1 past ``after_s`` notifies a supervisor."""
 
@@ -89,3 +93,20 @@ class EscalationSettings(BaseModel):
     max_age_s: float = Field(86400.0, gt=0, description="P1s opened longer ago than this are not "
                              "escalated (old news when escalation is first enabled, or central was "
                              "down).")
+    claim_lease_s: float = Field(600.0, gt=0, le=86400, description="A claimed escalation with no "
+                                 "outcome on the timeline this long after the claim (the web process "
+                                 "that claimed it died before sending) is claimed and sent again by "
+                                 "a live process. Never taken shorter than one full delivery "
+                                 "(see lease_s).")
+    max_claims: int = Field(3, ge=1, le=20, description="Claims per incident (the first and its "
+                            "retries after a lease expired); a P1 whose claimer keeps dying is not "
+                            "claimed again after this many.")
+
+    @property
+    def lease_s(self) -> float:
+        """The lease actually used: ``claim_lease_s``, or longer than a live claimer can take to
+        record an outcome (every attempt of both notifiers timing out, with the longest retry
+        delays in between) plus a minute's margin, so a slow but live claimer is never doubled."""
+        per_attempt = self.webhook_timeout_s + SMS_TIMEOUT_S
+        delivery = self.attempts * per_attempt + (self.attempts - 1) * self.retry_max_s
+        return max(self.claim_lease_s, delivery + 60.0)

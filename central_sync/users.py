@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -68,8 +69,14 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 MIN_PASSWORD = 10
 
 _hasher = PasswordHasher()
-#: Verified against when the user does not exist, so timing does not reveal names.
-_DUMMY_HASH = _hasher.hash("kentongan-no-such-user")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so timing does not reveal names. Made on
+    first use, not at import: an argon2 hash costs about 0.1-0.4 s, and every ``kentongan-central``
+    command imports this module."""
+    return _hasher.hash("kentongan-no-such-user")
 
 
 class UserStore:
@@ -127,7 +134,7 @@ class UserStore:
         """The user when the password matches; ``AuthError`` otherwise (same message either way)."""
         row = self.tables.user(name)
         try:
-            _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
+            _hasher.verify(row["password_hash"] if row else _dummy_hash(), password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             raise AuthError("wrong user name or password") from None
         if row is None:

@@ -20,6 +20,7 @@ from central_sync.broker import LocalMosquitto
 from central_sync.config import load_central_config
 from central_sync.errors import CentralConfigError
 from central_sync.store import CentralStore
+from central_sync.store.supervision_tables import SupervisionTables
 from central_sync.web.testing import register
 from edge.sync.wire import EventEnvelope, Heartbeat, Presence, encode
 
@@ -89,6 +90,7 @@ def test_events_and_nodes_output(tmp_path: Path, capsys: pytest.CaptureFixture[s
     store.upsert_presence(Presence(node_id="node-a", state="online"), now)
     store.upsert_heartbeat(Heartbeat(node_id="node-a", boot_id="b", at=now, version="0.1", time_quality="synced",
                                      outbox={"ready": 11, "in_flight": 1}), now)
+    SupervisionTables(store.desk()).link_beat("ingest-1", now - 60, now, now)  # central has sight
     store.close()
 
     assert cli.main(["events", "--config", str(path), "--node", "node-a", "--limit", "2"]) == 0
@@ -109,6 +111,46 @@ def test_events_and_nodes_output(tmp_path: Path, capsys: pytest.CaptureFixture[s
     nodes = {n["node_id"]: n for n in map(json.loads, capsys.readouterr().out.strip().splitlines())}
     assert nodes["node-a"]["backlog"] == 12 and nodes["node-a"]["online"] is True
     assert nodes["node-b"]["backlog"] is None and nodes["node-b"]["last_seen"] is not None
+
+
+def _nodes(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, str], str]:
+    assert cli.main(["nodes", "--config", str(path), "--json"]) == 0
+    status = {n["node_id"]: n["status"] for n in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    assert cli.main(["nodes", "--config", str(path)]) == 0
+    return status, capsys.readouterr().out
+
+
+def test_nodes_uses_the_desks_supervision_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``nodes`` judges posts as the desk does ([web.supervision] offline_after_s, central's own
+    sight), not by a separate staleness rule: a post silent for 2 minutes is offline (the old
+    rule called it online for 5 minutes), a post whose will said offline is offline at once,
+    and while no ingest process has sight of the broker every post reads unknown."""
+    path = write_cfg(tmp_path)
+    store = CentralStore(tmp_path / "central.db")
+    now = time.time()
+    for node, heard in (("post-fresh", now - 5), ("post-silent", now - 120), ("post-will", now - 5)):
+        store.upsert_presence(Presence(node_id=node, state="online"), heard)
+        store.upsert_heartbeat(Heartbeat(node_id=node, boot_id="b", at=heard, version="0.1",
+                                         time_quality="synced"), heard)
+    store.upsert_presence(Presence(node_id="post-will", state="offline"), now - 4)
+    links = SupervisionTables(store.desk())
+    links.link_beat("ingest-1", now - 600, now, now)
+    store.close()
+
+    status, text = _nodes(path, capsys)
+    assert status == {"post-fresh": "online", "post-silent": "offline", "post-will": "offline"}
+    assert "note:" not in text
+    # A longer offline_after_s in the desk's settings applies to the command line too.
+    path.write_text(path.read_text() + "[web.supervision]\noffline_after_s = 180\n")
+    status, _ = _nodes(path, capsys)
+    assert status == {"post-fresh": "online", "post-silent": "online", "post-will": "offline"}
+    # Central blind (its ingest's link beat is older than blind_after_s): every state is unknown.
+    store = CentralStore(tmp_path / "central.db")
+    SupervisionTables(store.desk()).link_down("ingest-1")
+    store.close()
+    status, text = _nodes(path, capsys)
+    assert set(status.values()) == {"unknown"}
+    assert text.startswith("note: central cannot see the posts now (no ingest process")
 
 
 def test_extensions_are_optional_but_real_import_errors_surface(tmp_path: Path,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from helpers_sync import wait_until
 
-from central_sync.escalation import CommandNotifier, Escalation, NotifyError, WebhookNotifier, deliver
+from central_sync.escalation import CommandNotifier, Escalation, Escalator, NotifyError, WebhookNotifier, deliver
 from central_sync.supervision_settings import EscalationSettings
 from central_sync.web.testing import WebEnv, event
 
@@ -139,3 +139,62 @@ def test_webhook_notifier_reports_an_unreachable_supervisor() -> None:
     notifier = WebhookNotifier("http://127.0.0.1:9/none", timeout_s=2)  # discard port: refused
     with pytest.raises(NotifyError):
         asyncio.run(notifier.notify(_message()))
+
+
+class RecordingNotifier:
+    """A notifier that records what it was asked to deliver (the process's real delivery path)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.sent: list[Escalation] = []
+
+    async def notify(self, message: Escalation) -> None:
+        self.sent.append(message)
+
+
+def test_a_claim_whose_claimer_died_is_claimed_again_after_its_lease(tmp_path: Path) -> None:
+    """Process A claims a due P1 and dies before sending (no outcome on the timeline). Within the
+    lease nobody claims it again (A might still be sending); after it, process B claims it (a
+    second ``escalated`` step) and delivers; with an outcome recorded it is never claimed again.
+    A P1 whose claimers keep dying is claimed at most ``max_claims`` times."""
+    env = WebEnv(tmp_path / "central.db", {"supervision": {"blind_after_s": 600.0, "quiet_after_s": None}})
+    try:
+        env.node("pos-a")
+        p1, other = env.events(event("pos-a", "PANIC", at=time.time() - 60),
+                               event("pos-b", "KEBAKARAN", at=time.time() - 60))
+        incident, doomed = env.incident_of(p1), env.incident_of(other)
+        desk = env.ctx.desk
+        settings = EscalationSettings(after_s=5.0, attempts=1, webhook_timeout_s=1.0, retry_max_s=1.0,
+                                      claim_lease_s=30.0, max_claims=3)
+        # The lease is never shorter than one full delivery (both notifiers timing out) plus a margin.
+        assert settings.lease_s == 1 * (1.0 + 30.0) + 60.0
+        dead, live = RecordingNotifier(), RecordingNotifier()
+        process_a = Escalator(desk.tables, desk.book, settings, [dead])
+        process_b = Escalator(desk.tables, desk.book, settings, [live])
+        found = desk.book.get(incident)
+        assert found is not None
+        t0 = max(found.opened_at, time.time()) + settings.after_s + 1
+
+        assert {i.incident_id for i in process_a.claim_due(t0)} == {incident, doomed}
+        # A dies here, before sending. Inside the lease B must not claim again.
+        assert process_b.claim_due(t0 + settings.lease_s - 1) == []
+        t1 = t0 + settings.lease_s + 1
+        again = process_b.claim_due(t1)
+        assert {i.incident_id for i in again} == {incident, doomed}
+        steps = [h for h in desk.book.history(incident) if h["step"] == "escalated"]
+        assert len(steps) == 2 and "previous claim recorded no outcome" in steps[1]["note"]
+        assert asyncio.run(process_b.deliver_all(next(i for i in again if i.incident_id == incident), "Pos A"))
+        assert [m.incident_id for m in live.sent] == [incident] and dead.sent == []
+        assert [h["step"] for h in desk.book.history(incident)].count("escalation_delivered") == 1
+
+        # Delivered: never claimed again, however late. The doomed one (its claimers die too)
+        # gets its third and last claim, then no more.
+        t2 = t1 + settings.lease_s + 1
+        assert [i.incident_id for i in process_a.claim_due(t2)] == [doomed]
+        assert process_a.claim_due(t2 + settings.lease_s + 1) == []
+        assert process_b.claim_due(t2 + 10 * settings.lease_s) == []
+        assert [h["step"] for h in desk.book.history(incident)].count("escalated") == 2
+        assert [h["step"] for h in desk.book.history(doomed)].count("escalated") == 3
+    finally:
+        env.close()

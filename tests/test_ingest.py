@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -531,29 +530,40 @@ _payloads = st.one_of(st.binary(max_size=200), mutated_envelope(), mutated_batch
                       _json_values.map(lambda v: json.dumps(v).encode()))
 
 
+@pytest.fixture(scope="module")
+def garbage_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CentralConfig, CentralStore]]:
+    """One store for every generated example (a fresh one each cost most of the test's time);
+    each example checks its own service's counts and the rejections it added."""
+    cfg = make_cfg(tmp_path_factory.mktemp("garbage"), 1)
+    store = CentralStore(cfg.database)
+    try:
+        yield cfg, store
+    finally:
+        store.close()
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages=st.lists(st.tuples(_topics, _payloads), min_size=1, max_size=8))
-def test_garbage_never_crashes(messages: list[tuple[str, bytes]]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = make_cfg(Path(tmp), 1)
-        store = CentralStore(cfg.database)
-        svc = IngestService(cfg, store)
+def test_garbage_never_crashes(garbage_store: tuple[CentralConfig, CentralStore],
+                               messages: list[tuple[str, bytes]]) -> None:
+    cfg, store = garbage_store
+    rejections_before = sum(store.rejection_counts().values())
+    svc = IngestService(cfg, store)
 
-        async def feed() -> None:
-            for topic, payload in messages:
-                await svc.handle_message(topic, payload)
-            await svc.flush()
-            good = ev(seq=99)
-            await svc.handle_message(up("node-a"), encode(good))  # still ingests afterwards
-            await svc.flush()
-            assert store.get_event(good.event_id) is not None
+    async def feed() -> None:
+        for topic, payload in messages:
+            await svc.handle_message(topic, payload)
+        await svc.flush()
+        good = ev(seq=99)
+        await svc.handle_message(up("node-a"), encode(good))  # still ingests afterwards
+        await svc.flush()
+        assert store.get_event(good.event_id) is not None
 
-        asyncio.run(feed())
-        s = svc.stats
-        assert s.received == len(messages) + 1
-        assert s.inserted + s.duplicates + s.rejected_total() + s.snapshots + s.updates == s.outcomes_expected()
-        assert sum(store.rejection_counts().values()) == s.rejected_total()
-        store.close()
+    asyncio.run(feed())
+    s = svc.stats
+    assert s.received == len(messages) + 1
+    assert s.inserted + s.duplicates + s.rejected_total() + s.snapshots + s.updates == s.outcomes_expected()
+    assert sum(store.rejection_counts().values()) - rejections_before == s.rejected_total()
 
 
 @pytest.mark.slow

@@ -3,8 +3,10 @@ MQTT will), a simulated post speaking the real wire that dies silently (no will 
 stays connected and stops talking), a real central (IngestService) and TWO real desk web apps on
 one store (two sweepers), read over HTTP as an operator's browser would.
 
-* Powered off -> shown offline <= 60 s (measured and printed), one POST_OFFLINE incident each
-  despite two sweepers, the restore recorded when the post comes back.
+* Powered off -> shown offline within offline_after_s and a margin (measured and printed), one
+  POST_OFFLINE incident each despite two sweepers, the restore recorded when the post comes back.
+  CI runs it with every period scaled down (3 s heartbeats, offline after 10 s); the default
+  timings (<= 60 s) are a soak (``slow``, ``KENTONGAN_SOAK=1``).
 * Central cut from the broker -> the banner, every post "unknown", and no POST_OFFLINE opened
   however long it lasts.
 """
@@ -33,6 +35,7 @@ from central_sync.broker import LocalMosquitto, free_port
 from central_sync.config import parse_central_config
 from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
+from central_sync.supervision_settings import SupervisionSettings
 from central_sync.users import UserStore
 from central_sync.web.app import context_of, create_app
 from central_sync.web.desk import Desk
@@ -44,6 +47,9 @@ HELPER = Path(__file__).resolve().parent / "helpers_sync.py"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 PASSWORD = "correct horse battery"
+#: A powered-off post is shown offline within this (docs/desk.md "Supervision").
+TARGET_S = 60.0
+SOAK = os.environ.get("KENTONGAN_SOAK") == "1"
 
 
 class Central:
@@ -141,6 +147,7 @@ class SilentPost:
         self.node_id, self.every, self.topics = node_id, every, Topics()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{node_id}",
                                   protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.1, 1.0)  # back within a second of the broker's return
         self.client.connect(broker.host, broker.port, keepalive=600)
         self.client.loop_start()
         self.talking = threading.Event()
@@ -192,9 +199,9 @@ def _central(tmp_path: Path, broker: LocalMosquitto, webs: int, supervision: dic
     return c
 
 
-def _spawn_post(tmp_path: Path, port: int, node_id: str) -> subprocess.Popen[bytes]:
+def _spawn_post(tmp_path: Path, port: int, node_id: str, heartbeat_s: float) -> subprocess.Popen[bytes]:
     cfg_path = tmp_path / f"{node_id}.json"
-    cfg_path.write_text(node_config(port, node_id).model_dump_json())  # default heartbeat: 20 s
+    cfg_path.write_text(node_config(port, node_id, heartbeat_seconds=heartbeat_s).model_dump_json())
     proc = subprocess.Popen([sys.executable, str(HELPER), str(cfg_path), str(tmp_path / f"{node_id}.db")],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
@@ -212,13 +219,38 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
             p.wait(10)
 
 
-def test_powered_off_posts_are_shown_offline_within_60_s_with_one_incident_each(
+def test_default_thresholds_meet_the_60_s_target() -> None:
+    """The defaults the soak below runs with: two missed post heartbeats and a margin, plus one
+    sweep, fit inside the 60 s target (the CI test scales every period down by the same rule)."""
+    s = SupervisionSettings()
+    heartbeat = node_config(1883).sync.heartbeat_seconds
+    assert s.offline_after_s >= 2 * heartbeat + 5
+    assert s.offline_after_s + s.sweep_s <= TARGET_S
+
+
+def test_powered_off_posts_are_shown_offline_in_time_with_one_incident_each(
         tmp_path: Path, mosquitto: LocalMosquitto, procs: list[subprocess.Popen[bytes]]) -> None:
-    central = _central(tmp_path, mosquitto, webs=2, supervision={})  # the defaults
+    """CI bound: posts heartbeat every 3 s, offline after 10 s (two missed heartbeats and a
+    margin, the defaults' rule scaled down); shown offline within 25 s on a busy machine."""
+    _powered_off(tmp_path, mosquitto, procs, heartbeat_s=3.0, offline_after_s=10.0, limit_s=25.0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SOAK, reason="set KENTONGAN_SOAK=1 for the run at the default timings")
+def test_powered_off_posts_are_shown_offline_within_60_s_at_the_defaults(
+        tmp_path: Path, mosquitto: LocalMosquitto, procs: list[subprocess.Popen[bytes]]) -> None:
+    """The default timings (20 s heartbeats, offline after 50 s): shown offline within 60 s."""
+    _powered_off(tmp_path, mosquitto, procs, heartbeat_s=20.0, offline_after_s=None, limit_s=TARGET_S)
+
+
+def _powered_off(tmp_path: Path, mosquitto: LocalMosquitto, procs: list[subprocess.Popen[bytes]], *,
+                 heartbeat_s: float, offline_after_s: float | None, limit_s: float) -> None:
+    supervision = {} if offline_after_s is None else {"offline_after_s": offline_after_s}
+    central = _central(tmp_path, mosquitto, webs=2, supervision=supervision)
     ops = [Operator(port) for port in central.ports]
-    silent = SilentPost(mosquitto, "pos-diam", every=20.0)  # the post default heartbeat
+    silent = SilentPost(mosquitto, "pos-diam", every=heartbeat_s)
     try:
-        procs.append(_spawn_post(tmp_path, mosquitto.port, "pos-real"))
+        procs.append(_spawn_post(tmp_path, mosquitto.port, "pos-real", heartbeat_s))
         for node in ("pos-real", "pos-diam"):
             wait_until(lambda n=node: all(op.status(n) == "online" for op in ops), 60, what=f"{node} online")
         assert not ops[0].link()["blind"]
@@ -240,8 +272,8 @@ def test_powered_off_posts_are_shown_offline_within_60_s_with_one_incident_each(
         wait_until(both_offline, 120, interval=0.2, what="both posts shown offline")
         print(f"\npost powered off -> shown offline: killed post (its will) {shown['pos-real']:.1f} s, "
               f"silent death (no will) {shown['pos-diam']:.1f} s")
-        assert shown["pos-real"] <= 60.0
-        assert shown["pos-diam"] <= 60.0
+        assert shown["pos-real"] <= limit_s
+        assert shown["pos-diam"] <= limit_s
 
         wait_until(lambda: {i["node_id"] for i in ops[0].offline_incidents()} == {"pos-real", "pos-diam"},
                    30, what="a POST_OFFLINE incident for each post")
@@ -249,7 +281,7 @@ def test_powered_off_posts_are_shown_offline_within_60_s_with_one_incident_each(
         opened = {i["node_id"]: ops[0].http.get(f"/api/incidents/{i['incident_id']}").json()["history"][0]["at"]
                   - offs[i["node_id"]] for i in ops[0].offline_incidents()}
         print(f"POST_OFFLINE opened after: {', '.join(f'{k} {v:.1f} s' for k, v in sorted(opened.items()))}")
-        assert all(v <= 60.0 for v in opened.values()), opened
+        assert all(v <= limit_s for v in opened.values()), opened
         # Two desks sweep on: still one incident per outage.
         now = time.time()
         wait_until(lambda: central.sweeps_after(now + 5), 60, what="five more seconds of sweeps")
@@ -257,7 +289,7 @@ def test_powered_off_posts_are_shown_offline_within_60_s_with_one_incident_each(
         assert sorted(i["node_id"] for i in incidents) == ["pos-diam", "pos-real"]
 
         # The real post comes back: online, and the incident's timeline records the restore.
-        procs.append(_spawn_post(tmp_path, mosquitto.port, "pos-real"))
+        procs.append(_spawn_post(tmp_path, mosquitto.port, "pos-real", heartbeat_s))
         wait_until(lambda: ops[0].status("pos-real") == "online", 60, what="pos-real back online")
         real_incident = next(i["incident_id"] for i in incidents if i["node_id"] == "pos-real")
 
@@ -316,10 +348,10 @@ class DeskBrowser:
 
 def test_central_cut_from_the_broker_reads_unknown_and_pages_no_one(
         tmp_path: Path, mosquitto: LocalMosquitto) -> None:
-    offline_after = 10.0
+    offline_after = 6.0  # five missed 1 s heartbeats
     central = _central(tmp_path, mosquitto, webs=1, supervision={"offline_after_s": offline_after})
     op = Operator(central.ports[0])
-    posts = [SilentPost(mosquitto, f"pos-{i}", every=2.0) for i in range(2)]
+    posts = [SilentPost(mosquitto, f"pos-{i}", every=1.0) for i in range(2)]
     browser: DeskBrowser | None = None
     try:
         for p in posts:

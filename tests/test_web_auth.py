@@ -140,10 +140,21 @@ def test_guessing_slows_that_user_at_that_address_and_not_the_owner(env: WebEnv)
     assert r.status_code == 429 and "too many" in r.text
 
 
-def test_address_ceiling_across_user_names(env: WebEnv) -> None:
+def test_address_ceiling_across_user_names(tmp_path: Path) -> None:
+    # A low ceiling (the default is 50): every failed login costs an argon2 verification.
+    env = WebEnv(tmp_path / "ceiling.db", {"login_limit": 5, "login_window_s": 300, "login_address_limit": 8})
+    try:
+        env.user("op", "operator")
+        _address_ceiling(env)
+    finally:
+        env.close()
+
+
+def _address_ceiling(env: WebEnv) -> None:
     clock = _limited(env)
     sprayer = TestClient(env.app, client=("203.0.113.9", 40000))
     limit = env.ctx.settings.login_address_limit
+    assert limit == 8
     for i in range(limit):
         assert _login(sprayer, f"user{i}", "wrong password!").status_code == 401
     r = _login(sprayer, "op", WebEnv.PASSWORD)

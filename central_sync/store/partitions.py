@@ -4,7 +4,8 @@ Rules (docs/central-store.md, *Retention of events and the audit log*):
 
 * ``ensure_months`` creates the current month and ``ahead`` further months, so ingest finds its
   partition in place at a month's rollover (``PostgresStore`` still creates a missing one itself,
-  but then under the parent's lock, at the busiest moment). When the DEFAULT partition already
+  but then under the parent's lock, at the busiest moment: ``month_guard`` bounds that wait and
+  defers the month, its rows going to the DEFAULT partition meanwhile). When the DEFAULT partition already
   holds rows of that month (rows kept as evidence, rows written before the partition existed),
   they are moved into the new partition in the same transaction, because PostgreSQL refuses to
   create a partition whose rows sit in the default one.
@@ -31,7 +32,7 @@ from central_sync.store.desk_tables import OPEN
 from central_sync.store.postgres_schema import MIGRATION_LOCK, month_start, next_month, partition_name
 from central_sync.store.sql import SqlTx, one
 
-#: pg_advisory_xact_lock key of partition DDL (the one ``postgres_schema.ensure_partition`` takes).
+#: pg_advisory_xact_lock key of partition DDL (maintenance, copy and ingest's ``month_guard``).
 PARTITION_LOCK = MIGRATION_LOCK + 1
 _MONTH = re.compile(r"^events_(\d{4})_(\d{2})$")
 

@@ -16,7 +16,6 @@ the offending rows are rejected.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +32,8 @@ from central_sync.store.audit_tables import AuditTables
 from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coalesce_nodes
 from central_sync.store.checks import ValueRefused, check_event, safe_text
 from central_sync.store.desk_tables import DeskTables
-from central_sync.store.postgres_schema import ensure_partition, migrate, month_start
+from central_sync.store.month_guard import MonthGuard
+from central_sync.store.postgres_schema import migrate
 from central_sync.store.postgres_support import CHANNEL, is_pg_transient, notify_chunks
 from central_sync.store.registry_tables import RegistryTables
 from central_sync.store.rows import EVENT_SELECT, NODE_ID, NODE_SELECT, SNAPSHOT_META, loads, node_row
@@ -48,8 +48,6 @@ class PostgresStore:
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout_s: float = 10.0) -> None:
         self.url = url
-        self._months: set[float] = set()
-        self._months_lock = threading.Lock()
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=int(timeout_s)) as conn:
                 migrate(conn)
@@ -64,6 +62,7 @@ class PostgresStore:
         except PoolTimeout as exc:
             raise TransientStoreError(f"cannot reach PostgreSQL: {exc}") from exc
         runner = PgRunner(self._tx)
+        self.months = MonthGuard(runner)  # ingest's own partition creation, bounded (month_guard.py)
         self._desk = DeskTables(runner)
         self._registry = RegistryTables(runner)
         self._audit = AuditTables(runner)
@@ -110,16 +109,6 @@ class PostgresStore:
 
         return PostgresChangeFeed(self.url, self)
 
-    def _ensure_month(self, ts: float) -> None:
-        start = month_start(ts).timestamp()
-        with self._months_lock:
-            if start in self._months:
-                return
-        with self._tx() as conn:
-            ensure_partition(conn, ts)
-        with self._months_lock:
-            self._months.add(start)
-
     @staticmethod
     def _notify(conn: psycopg.Connection[Any], payloads: list[str]) -> None:
         for p in payloads:
@@ -149,7 +138,7 @@ class PostgresStore:
                 seen.add(key)
                 rows.append((i, env))
         if rows:
-            self._ensure_month(received_at)
+            self.months.ensure(received_at)
             with self._tx() as conn:
                 rowids: list[int] = []
                 self._insert_split(conn, rows, received_at, outcome, rowids)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 
 import psycopg
-from psycopg.rows import tuple_row
 
 #: pg_advisory_lock key of central's migrations ("kentongan" in ASCII, cut to 63 bits).
 MIGRATION_LOCK = 0x6B656E746F6E67
@@ -354,19 +353,3 @@ def next_month(d: dt.datetime) -> dt.datetime:
 
 def partition_name(start: dt.datetime) -> str:
     return f"events_{start:%Y_%m}"
-
-
-def ensure_partition(conn: psycopg.Connection, ts: float) -> str:
-    """Create the month partition holding ``ts`` if missing (idempotent, safe across processes:
-    serialised by a transaction-scoped advisory lock). Run it in its own short transaction, before
-    the inserts, so it never waits on locks the inserting transaction holds."""
-    start = month_start(ts)
-    end = next_month(start)
-    name = partition_name(start)
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK + 1,))
-    with conn.cursor(row_factory=tuple_row) as cur:
-        exists = cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
-    if not (exists and exists[0]):
-        conn.execute(f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ({start.timestamp()!r}) "
-                     f"TO ({end.timestamp()!r})".encode())
-    return name

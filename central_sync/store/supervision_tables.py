@@ -18,6 +18,17 @@ from central_sync.store.sql import SqlRunner, one
 
 POST_OFFLINE = "POST_OFFLINE"
 ESCALATED_STEP = "escalated"
+#: Timeline steps that record an escalation's outcome (one per notifier).
+ESCALATION_OUTCOMES = ("escalation_delivered", "escalation_failed")
+# Rows of ``incident_log`` that hold incident ``i``'s escalation: an outcome, or a claim still in
+# its lease (parameters: ``_held_params``).
+_HELD_BY = ("SELECT 1 FROM incident_log l WHERE l.incident_id = i.incident_id AND (l.step IN (?, ?) "
+            "OR (l.step = ? AND l.at >= ?))")
+_CLAIMS = f"SELECT COUNT(*) FROM incident_log c WHERE c.incident_id = i.incident_id AND c.step = '{ESCALATED_STEP}'"
+
+
+def _held_params(lease_cut: float) -> tuple[object, ...]:
+    return (*ESCALATION_OUTCOMES, ESCALATED_STEP, lease_cut)
 
 
 @dataclass(frozen=True)
@@ -143,16 +154,29 @@ class SupervisionTables:
                    "AND restored_at IS NULL", (restored_at, node_id, started_at))
 
     # -- escalation ---------------------------------------------------------------------------
-    def escalation_due(self, opened_before: float, opened_after: float, limit: int = 100) -> list[str]:
+    def escalation_due(self, opened_before: float, opened_after: float, lease_cut: float, max_claims: int,
+                       limit: int = 100) -> list[str]:
         """Open, unacknowledged P1 incidents opened between ``opened_after`` and
-        ``opened_before`` and not escalated."""
+        ``opened_before`` whose escalation is not held (``escalation_held``): never claimed, or
+        claimed before ``lease_cut`` with no outcome since (the claimer died before sending), at
+        most ``max_claims`` times."""
         return [str(r["incident_id"]) for r in self._rows(
             f"SELECT incident_id FROM incidents i WHERE state = 'new' AND state IN {OPEN} AND priority = 1 "
-            "AND opened_at < ? AND opened_at >= ? AND NOT EXISTS (SELECT 1 FROM incident_log l "
-            "WHERE l.incident_id = i.incident_id AND l.step = ?) ORDER BY opened_at LIMIT ?",
-            (opened_before, opened_after, ESCALATED_STEP, limit))]
+            f"AND opened_at < ? AND opened_at >= ? AND NOT EXISTS ({_HELD_BY}) "
+            f"AND ({_CLAIMS}) < ? ORDER BY opened_at LIMIT ?",
+            (opened_before, opened_after, *_held_params(lease_cut), max_claims, limit))]
 
     @staticmethod
-    def escalated(tx: IncidentTx, incident_id: str) -> bool:
-        return one(tx.sql, "SELECT 1 AS x FROM incident_log WHERE incident_id = ? AND step = ?",
-                   (incident_id, ESCALATED_STEP)) is not None
+    def escalation_held(tx: IncidentTx, incident_id: str, lease_cut: float, max_claims: int) -> bool:
+        """True when the incident's escalation must not be claimed (again): it has an outcome
+        (delivered or failed), a claim newer than ``lease_cut`` (its claimer is still sending), or
+        ``max_claims`` claims already."""
+        held = one(tx.sql, f"SELECT 1 AS x FROM incidents i WHERE i.incident_id = ? AND (EXISTS ({_HELD_BY}) "
+                   f"OR ({_CLAIMS}) >= ?)", (incident_id, *_held_params(lease_cut), max_claims))
+        return held is not None
+
+    @staticmethod
+    def escalation_claims(tx: IncidentTx, incident_id: str) -> int:
+        row = one(tx.sql, f"SELECT COUNT(*) AS n FROM incident_log WHERE incident_id = ? AND step = '{ESCALATED_STEP}'",
+                  (incident_id,))
+        return int(row["n"]) if row else 0
