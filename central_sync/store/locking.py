@@ -48,10 +48,15 @@ def migration_lock(conn: sqlite3.Connection) -> Iterator[None]:
             os.close(fd)
 
 
+def apply_pending(conn: sqlite3.Connection, *sets: Migrations) -> None:
+    """Apply migration sets; the caller holds ``migration_lock(conn)``."""
+    db = Database(conn)
+    for migrations in sets:
+        if migrations.pending(db):
+            migrations.apply(db)
+
+
 def apply_locked(conn: sqlite3.Connection, *sets: Migrations) -> None:
     """Apply migration sets under the migration lock."""
-    db = Database(conn)
     with migration_lock(conn):
-        for migrations in sets:
-            if migrations.pending(db):
-                migrations.apply(db)
+        apply_pending(conn, *sets)

@@ -30,7 +30,7 @@ from central_sync.store.audit_tables import AuditTables
 from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coalesce_nodes
 from central_sync.store.checks import ValueRefused, check_event, safe_text
 from central_sync.store.desk_tables import DeskTables
-from central_sync.store.locking import apply_locked
+from central_sync.store.locking import apply_pending, migration_lock
 from central_sync.store.registry_tables import RegistryTables
 from central_sync.store.rows import EVENT_SELECT, NODE_ID, NODE_SELECT, SNAPSHOT_META, event_row, loads, node_row
 from central_sync.store.siren_tables import SirenTables
@@ -63,13 +63,16 @@ class CentralStore:
             conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
                                    check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            # Switching a fresh file to WAL needs its exclusive lock, and SQLite may answer
+            # "database is locked" at once instead of waiting when another process is doing the
+            # same: the switch runs under the migration file lock with the migrations.
+            with self.lock, migration_lock(conn):
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                apply_pending(conn, migrations, desk_migrations, registry_migrations)
             self._conn = conn
             self._db = Database(conn)
-            with self.lock:
-                apply_locked(conn, migrations, desk_migrations, registry_migrations)
             reader = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
                                      check_same_thread=False)
             reader.execute("PRAGMA query_only=ON")
