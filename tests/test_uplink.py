@@ -281,6 +281,19 @@ def test_probes_double_while_their_acks_come_back(outbox: Outbox) -> None:
             up.inflight[i] = _time.monotonic()
         up.on_ack(Ack(node_id=NODE, event_ids=probe, central_time=0.0))  # the probes' Acks (resent: Karn)
     assert sizes == [PROBE_EVENTS, 2 * PROBE_EVENTS, 4 * PROBE_EVENTS, 8 * PROBE_EVENTS, 16 * PROBE_EVENTS]
+    # A round whose resent events all came back is followed at once (self-clocked, as TCP's slow
+    # start grows per round trip), not a backed-off timeout later: a broker that lost a whole
+    # window recovers in a few round trips instead of seconds per doubling.
+    up._next_round = float("-inf")
+    asyncio.run(up._expire(_time.monotonic()))
+    probe = sorted(up._round_left)
+    assert len(probe) == min(32 * PROBE_EVENTS, 700 - sum(sizes)) and up._next_round > _time.monotonic() + 0.5
+    for i in probe:
+        up.inflight[i] = _time.monotonic()
+    up.on_ack(Ack(node_id=NODE, event_ids=probe[:-1], central_time=0.0))
+    assert up._next_round > _time.monotonic() + 0.5  # one still missing: the timer stands
+    up.on_ack(Ack(node_id=NODE, event_ids=probe[-1:], central_time=0.0))
+    assert up._next_round <= _time.monotonic()
     up.inflight["fresh"] = _time.monotonic()
     up.on_ack(Ack(node_id=NODE, event_ids=["fresh"], central_time=0.0))  # a first copy: evidence again
     assert up._probe == PROBE_EVENTS

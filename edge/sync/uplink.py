@@ -121,6 +121,7 @@ class EventUplink:
         self._probes_acked = False  # a resent event was acknowledged since the last round
         self._resent: set[str] = set()  # events released by an ack timeout and not acked since
         self._next_round = float("-inf")  # no timeout round before this (monotonic)
+        self._round_left: set[str] = set()  # the last round's resent events not yet acknowledged
         self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
         #: The adaptive, backed-off ack timeout (``edge.sync.ack_timeout``).
         self.timeout = AckTimeout(ack_timeout_s, self._rng)
@@ -188,6 +189,10 @@ class EventUplink:
                 self._resent.discard(i)
                 self._p1_ids.discard(i)
                 self._probes_acked = True
+                if i in self._round_left:
+                    self._round_left.discard(i)
+                    if not self._round_left:  # the whole round came back: the next one now
+                        self._next_round = now
                 continue
             sent.append(t)
             if i in self._p1_ids:
@@ -363,6 +368,7 @@ class EventUplink:
         if not old:
             return
         self._mark_resent(old)
+        self._round_left = set(old)
         for i in old:
             self.inflight.pop(i, None)
             self._p1_ids.discard(i)
