@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
+
 from central_sync.broker import LocalMosquitto
 from central_sync.config import parse_central_config
 from central_sync.ingest import IngestService
@@ -98,10 +100,25 @@ def test_p1_acked_ahead_of_a_reconnecting_fleets_backlog(tmp_path: Path, mosquit
         watcher.close()
 
 
+def _acked_node(port: int, topics: Topics, acks: list[dict[str, Any]]) -> paho.Client:
+    """A bare MQTT client standing in for post ``node-a``: every Ack it receives lands in ``acks``."""
+    node = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="lane-node", protocol=paho.MQTTv5)
+    node.on_message = lambda _c, _u, m: acks.append(json.loads(m.payload))
+    node.connect("127.0.0.1", port)
+    node.subscribe(topics.down("node-a", "ack"), qos=1)
+    node.loop_start()
+    return node
+
+
+def env(priority: int) -> EventEnvelope:
+    """A PANIC envelope from ``node-a`` with this priority and a fresh event id."""
+    return EventEnvelope(event_id=uuid.uuid4().hex, node_id="node-a", boot_id="b", seq=1, mono_ns=1,
+                         wall_time=time.time(), time_quality="synced", type="PANIC", priority=priority)
+
+
 def test_p1_lane_rejects_non_p1_and_dedups_the_normal_copy(tmp_path: Path, mosquitto: LocalMosquitto) -> None:
     """Only priority 1 may use the lane (``not_p1``, named in the Ack); a P1 that arrives on both
     channels is stored once and acknowledged on each."""
-    import paho.mqtt.client as paho
 
     cfg = parse_central_config({"database": str(tmp_path / "central.db"),
                                 "broker": {"port": mosquitto.port, "client_id": "central-lane",
@@ -111,15 +128,7 @@ def test_p1_lane_rejects_non_p1_and_dedups_the_normal_copy(tmp_path: Path, mosqu
     store = CentralStore(cfg.database)
     topics = Topics()
     acks: list[dict[str, Any]] = []
-    node = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="lane-node", protocol=paho.MQTTv5)
-    node.on_message = lambda _c, _u, m: acks.append(json.loads(m.payload))
-    node.connect("127.0.0.1", mosquitto.port)
-    node.subscribe(topics.down("node-a", "ack"), qos=1)
-    node.loop_start()
-
-    def env(priority: int) -> EventEnvelope:
-        return EventEnvelope(event_id=uuid.uuid4().hex, node_id="node-a", boot_id="b", seq=1, mono_ns=1,
-                             wall_time=time.time(), time_quality="synced", type="PANIC", priority=priority)
+    node = _acked_node(mosquitto.port, topics, acks)
 
     async def scenario() -> None:
         svc = IngestService(cfg, store)
@@ -159,7 +168,6 @@ def test_p1_process_acks_alarms_while_bulk_ingest_is_paused(tmp_path: Path, mosq
     the P1 channel to it. With the bulk worker frozen (SIGSTOP: busy with a backlog, or hung) a
     P1 is still stored and acknowledged by the P1 process, a P3 waits; once the worker runs again
     it acknowledges the P3 and the P1's copy from the normal channel (a duplicate: stored once)."""
-    import paho.mqtt.client as paho
 
     cfg = write_config(tmp_path / "central.toml", mosquitto.port, shared_group="lanes", batch_wait_ms=10)
     db = tmp_path / "central.db"
@@ -169,15 +177,7 @@ def test_p1_process_acks_alarms_while_bulk_ingest_is_paused(tmp_path: Path, mosq
     lane = start(["ingest", "--config", str(cfg), "--worker-id", "p1", "--lane", "p1"], log)
     topics = Topics()
     acks: list[dict[str, Any]] = []
-    node = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="lane-node", protocol=paho.MQTTv5)
-    node.on_message = lambda _c, _u, m: acks.append(json.loads(m.payload))
-    node.connect("127.0.0.1", mosquitto.port)
-    node.subscribe(topics.down("node-a", "ack"), qos=1)
-    node.loop_start()
-
-    def env(priority: int) -> EventEnvelope:
-        return EventEnvelope(event_id=uuid.uuid4().hex, node_id="node-a", boot_id="b", seq=1, mono_ns=1,
-                             wall_time=time.time(), time_quality="synced", type="PANIC", priority=priority)
+    node = _acked_node(mosquitto.port, topics, acks)
 
     def acked(event_id: str) -> int:
         return [i for a in list(acks) for i in a["event_ids"]].count(event_id)
