@@ -25,9 +25,9 @@ from central_sync.ingest_commit import BatchOutcome, BatchWriter, RowRejection
 from central_sync.ingest_dispatch import UplinkDispatcher
 from central_sync.ingest_queue import IngestQueue
 from central_sync.ingest_stats import IngestStats
-from central_sync.mqtt_central import Backoff
 from central_sync.rejections import RejectionAggregator
-from central_sync.store import Store, is_transient
+from central_sync.store import Store
+from central_sync.store_retry import call_retrying
 from edge.logs import log_event
 from edge.sync.wire import Topics
 
@@ -162,14 +162,5 @@ class Committer:
 
     async def with_store(self, fn: Callable[[_A], _T], arg: _A) -> _T:
         """Run a store call in a thread, retrying locked/busy errors with capped backoff."""
-        backoff = Backoff(0.05, self.settings.db_retry_max_seconds)
-        while True:
-            try:
-                return await asyncio.to_thread(fn, arg)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self.stats.store_retries += 1
-                delay = backoff.next_delay()
-                log_event(log, "store_busy_retry", logging.WARNING, error=str(exc)[:200], delay_s=round(delay, 3))
-                await asyncio.sleep(delay)
+        return await call_retrying(fn, arg, stats=self.stats, min_s=0.05, max_s=self.settings.db_retry_max_seconds,
+                                   log=log, event="store_busy_retry")

@@ -35,7 +35,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -55,7 +54,8 @@ from central_sync.ingest_decode import decode_events
 from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import Backoff, MessageBuffer, ReadGate, make_client, next_messages, paho_of
 from central_sync.rejections import RejectionAggregator
-from central_sync.store import Store, is_transient
+from central_sync.store import Store
+from central_sync.store_retry import call_retrying
 from edge.errors import WireError
 from edge.logs import log_event
 from edge.sync.transport import raise_if_cancelling
@@ -244,7 +244,11 @@ class P1Lane:
     async def _commit_once(self) -> None:
         batch, settle, acks = self._take()
         try:
-            out = await self._with_store(self.writer.write, batch) if batch.events else BatchOutcome()
+            out = BatchOutcome()
+            if batch.events:
+                out = await call_retrying(self.writer.write, batch, stats=self.stats, min_s=0.02,
+                                          max_s=self.cfg.ingest.db_retry_max_seconds, log=log,
+                                          event="p1_store_busy_retry")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # not the input's fault: the nodes resend (and the normal copy comes)
@@ -268,19 +272,6 @@ class P1Lane:
         for delivery in settle:
             self._puback(delivery)
 
-    async def _with_store(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A store call in a thread, retrying locked/busy errors with capped backoff."""
-        backoff = Backoff(0.02, self.cfg.ingest.db_retry_max_seconds)
-        while True:
-            try:
-                return await asyncio.to_thread(fn, *args)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self.stats.store_retries += 1
-                delay = backoff.next_delay()
-                log_event(log, "p1_store_busy_retry", logging.WARNING, error=str(exc)[:200], delay_s=round(delay, 3))
-                await asyncio.sleep(delay)
 
 
 class P1Process:
