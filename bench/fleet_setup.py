@@ -110,7 +110,7 @@ class Setup:
         self.db = Database(url)
         self.cfg = work / "central.toml"
         self.url, self.signed = url, signed
-        self.configure(0)
+        self.configure(0, pki=True)  # "ca init" needs the [pki] section even for an unsigned run
         subprocess.run([*CLI, "ca", "init", "--config", str(self.cfg)], check=True, capture_output=True, cwd=ROOT)
         if not signed:  # the CA is still needed for "user add"; central verifies only with [pki]
             self.configure(0, pki=False)
