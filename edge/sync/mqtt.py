@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiomqtt
@@ -34,6 +34,7 @@ __all__ = [
     "Reconnector",
     "TransportError",
     "connect_spec",
+    "on_puback",
     "open_client",
     "probe_tcp",
     "publish_nowait",
@@ -119,8 +120,9 @@ def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int 
     Used for events only: central's ``Ack`` is the delivery proof, a PUBACK proves nothing
     (PLATFORM.md: a SIGKILLed Mosquitto loses acknowledged messages). paho keeps at most
     ``MAX_INFLIGHT`` un-PUBACKed messages on the wire and queues the rest in order; the uplink
-    keeps that queue short itself (``edge.sync.uplink.MAX_UNCONFIRMED``: it watches the returned
-    ``MQTTMessageInfo.is_published()``) so a new P1 is not queued behind its backlog.
+    keeps that queue short itself (``edge.sync.uplink_pace.MAX_UNCONFIRMED``: it is woken by
+    :func:`on_puback` with the returned ``MQTTMessageInfo.mid``) so a new P1 is not queued
+    behind its backlog.
     Avoiding one awaited future per message roughly doubles throughput (aiomqtt also counts all
     pending calls on every publish). If the connection drops, this client and its queue are
     discarded and the events go back to ``ready``.
@@ -129,6 +131,20 @@ def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int 
     if info.rc != 0:
         raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
     return info
+
+
+def on_puback(client: aiomqtt.Client, callback: Callable[[int], None]) -> None:
+    """Also call ``callback(mid)`` on every PUBACK (paho's ``on_publish``, chained after
+    aiomqtt's own, which resolves awaited publishes). With aiomqtt it runs on the loop thread
+    (paho is driven by the loop's socket callbacks), before paho marks the message published."""
+    inner: Callable[..., object] | None = client._client.on_publish  # private: aiomqtt's, kept
+
+    def chained(c: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        if inner is not None:
+            inner(c, userdata, mid, reason, props)
+        callback(mid)
+
+    client._client.on_publish = chained
 
 
 async def probe_tcp(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -39,7 +39,7 @@ from edge.signing import MessageSigner
 from edge.snapshots import SnapshotStore
 from edge.sync.downlink import CommandHandler, CommandProcessor
 from edge.sync.health import RateLimitedLog, SyncHealth, classify
-from edge.sync.mqtt import Reconnector, TransportError, open_client, publish_nowait, session
+from edge.sync.mqtt import Reconnector, TransportError, on_puback, open_client, publish_nowait, session
 from edge.sync.presence import CentralPresence
 from edge.sync.sms_fallback import SmsFallback
 from edge.sync.transport import raise_if_cancelling
@@ -92,6 +92,9 @@ class _Pub:
 
     def publish_nowait(self, topic: str, payload: bytes) -> Sent:
         return publish_nowait(self.client, topic, payload, qos=1)
+
+    def on_confirm(self, callback: Callable[[int], None]) -> None:
+        on_puback(self.client, callback)
 
 
 class SyncService:

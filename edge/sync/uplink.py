@@ -9,13 +9,12 @@ Window: at most ``cfg.sync.inflight_window`` events are in flight. ``p1_reserve`
 for P1 events: backlog claims stop ``p1_reserve`` short of the window, and a P1 wake-up claims only
 P1 events into the reserved slots, so a window full of backlog never delays an alarm.
 
-Pacing: the in-flight window counts events until central's Ack, which may be minutes in a fleet
-storm; what leaves the post's connection is paced separately: a backlog message is handed to
-the MQTT client only while fewer than ``MAX_UNCONFIRMED`` earlier ones still wait for the
-broker's PUBACK. The rest of a claim waits in the post (claimed, in the window), so a P1 recorded
-meanwhile is claimed and published at once, behind at most ``MAX_UNCONFIRMED`` backlog messages
-in the TCP stream instead of behind a whole claim (up to ``inflight_window`` events). P1
-messages are not paced. The ack timeout of a paced event counts from its publish.
+Pacing (``edge.sync.uplink_pace``): a backlog message is handed to the MQTT client only while
+fewer than ``MAX_UNCONFIRMED`` earlier ones wait for the broker's PUBACK; the rest of a claim
+waits in the post (claimed, in the window) until a PUBACK or a P1 wakes the lane (no polling),
+so a P1 recorded meanwhile is published at once, behind at most ``MAX_UNCONFIRMED`` backlog
+messages instead of a whole claim. P1 messages are not paced. The ack timeout of a paced event
+counts from its publish.
 
 Batching: the events of one claim are published as ``event_batch`` messages of up to
 ``MAX_BATCH_EVENTS`` envelopes / ``MAX_BATCH_BYTES`` (a claim of one event goes as a plain
@@ -60,16 +59,17 @@ from edge.outbox import Outbox, StoredEvent
 from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, next_probe, overdue_to_resend
 from edge.sync.transport import raise_if_cancelling
 from edge.sync.uplink_envelope import envelope_for, next_message
+from edge.sync.uplink_pace import MAX_UNCONFIRMED, Pacer
 from edge.sync.uplink_snapshot import SnapshotUplink
-from edge.sync.uplink_types import Publisher, Sent, UplinkStats
+from edge.sync.uplink_types import Publisher, UplinkStats
 from edge.sync.wire import (
     Ack,
     EventEnvelope,
     batch_prefix,
 )
 
-__all__ = ["MAX_ADAPTIVE_FACTOR", "PROBE_EVENTS", "EventUplink", "Publisher", "SnapshotUplink", "UplinkStats",
-           "envelope_for"]
+__all__ = ["MAX_ADAPTIVE_FACTOR", "MAX_UNCONFIRMED", "PROBE_EVENTS", "EventUplink", "Publisher", "SnapshotUplink",
+           "UplinkStats", "envelope_for"]
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,6 @@ CLAIM_FRACTION = 0.25
 TICK_S = 0.5
 #: Resent event ids remembered for Karn's rule at most (then forgotten at once).
 MAX_RESENT_TRACKED = 100_000
-#: Backlog messages handed to the client and not yet confirmed by the broker (PUBACK) at most: a
-#: new P1 is then queued behind at most this many messages in this post's own connection.
-MAX_UNCONFIRMED = 2
-#: How often a paced publish looks for the broker's PUBACK (and for a new P1) while waiting.
-PACE_S = 0.01
 
 
 class EventUplink:
@@ -116,7 +111,7 @@ class EventUplink:
         self.central_present = True
         self._resend = False
         self._p1_ids: set[str] = set()  # P1 events in flight
-        self._unconfirmed: list[Sent] = []  # backlog messages of this connection not yet PUBACKed
+        self.pacer = Pacer(self._wake)  # backlog messages of this connection not yet PUBACKed
         self._probe = PROBE_EVENTS  # events resent by the next round without evidence of loss
         self._probes_acked = False  # a resent event was acknowledged since the last round
         self._resent: set[str] = set()  # events released by an ack timeout and not acked since
@@ -253,7 +248,8 @@ class EventUplink:
     async def run(self, pub: Publisher) -> None:
         """Claim and publish while connected; returns only by cancellation or publish failure."""
         self._maybe_ready = True
-        self._unconfirmed = []  # the previous connection's are never confirmed
+        self.pacer.reset()  # the previous connection's are never confirmed
+        pub.on_confirm(self.pacer.confirmed)
         next_tick = 0.0
         while True:
             raise_if_cancelling()
@@ -296,7 +292,7 @@ class EventUplink:
             # Raises when the connection is gone: the session ends, detach() releases all.
             sent = pub.publish_nowait(self.topic, body)
             if paced:
-                self._unconfirmed.append(sent)
+                self.pacer.sent(sent)
                 now = time.monotonic()
                 for ev in events[start:start + count]:  # the ack timeout counts from the publish
                     if ev.event_id in self.inflight:
@@ -310,17 +306,16 @@ class EventUplink:
         """Until fewer than ``MAX_UNCONFIRMED`` backlog messages wait for the broker's PUBACK.
         A P1 recorded meanwhile is claimed and published at once: it is behind at most that many
         backlog messages in this connection, not behind the rest of the claim."""
-        while True:
-            self._unconfirmed = [s for s in self._unconfirmed if not s.is_published()]
-            if len(self._unconfirmed) < MAX_UNCONFIRMED:
-                return
+        while not self.pacer.has_room():
             if self._p1:
                 self._p1 = False
                 free = self.window - len(self.inflight)
                 if free > 0:
                     await self._publish(pub, await self._claim_p1(free))
                 continue
-            await asyncio.sleep(PACE_S)
+            self._wake.clear()  # set by a PUBACK (the pacer) or a poke; re-checked above
+            if not self.pacer.has_room() and not self._p1:
+                await self._wake.wait()
 
     def _publish_p1(self, pub: Publisher, topic: str, events: list[StoredEvent]) -> None:
         """The P1 events of a claim on the P1 channel (before the whole claim goes on ``event``)."""

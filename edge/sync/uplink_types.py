@@ -3,12 +3,15 @@ publisher they write to and their counters."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
 class Sent(Protocol):
     """A QoS 1 publish handed to the client (paho's ``MQTTMessageInfo``)."""
+
+    mid: int  # the MQTT packet id its PUBACK names
 
     def is_published(self) -> bool:
         """The broker has confirmed it (PUBACK): it has left this post's connection."""
@@ -21,6 +24,10 @@ class Publisher(Protocol):
 
     def publish_nowait(self, topic: str, payload: bytes) -> Sent:
         """QoS 1 publish handed to the client's ordered send queue (no PUBACK wait)."""
+        ...
+
+    def on_confirm(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(mid)`` on every PUBACK of this connection (from any thread)."""
         ...
 
 
