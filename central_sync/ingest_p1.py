@@ -313,10 +313,16 @@ class P1Process:
             await self.flush_rejections()
 
     async def flush_rejections(self) -> None:
+        """Write the rejection summaries so far; a locked or busy store is retried with backoff
+        (``call_retrying``, as the bulk batcher does), so a summary is not lost to a busy store."""
         summaries = self.rejections.drain()
         if not summaries:
             return
         try:
-            await asyncio.to_thread(self.store.record_rejections, summaries)
+            await call_retrying(self.store.record_rejections, summaries, stats=self.stats, min_s=0.05,
+                                max_s=self.cfg.ingest.db_retry_max_seconds, log=log,
+                                event="p1_rejections_busy_retry")
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # counted and logged already
             log_event(log, "p1_rejections_not_recorded", logging.ERROR, error=str(exc)[:200], rows=len(summaries))

@@ -25,7 +25,7 @@ import paho.mqtt.client as paho
 from central_sync.broker import LocalMosquitto
 from central_sync.config import parse_central_config
 from central_sync.ingest import IngestService
-from central_sync.ingest_p1 import p1_subscription
+from central_sync.ingest_p1 import P1Process, p1_subscription
 from central_sync.store import CentralStore
 from edge.sync.wire import EventEnvelope, Topics, encode
 from tests.helpers_central import ROOT, StateWatcher, start, write_config
@@ -207,3 +207,44 @@ def test_p1_process_acks_alarms_while_bulk_ingest_is_paused(tmp_path: Path, mosq
             proc.send_signal(signal.SIGCONT)
             proc.terminate()
             proc.wait(30)
+
+
+def test_p1_process_rejection_summary_survives_a_locked_store(tmp_path: Path) -> None:
+    """The P1 process writes its rejection summaries with the same retrying store call as the bulk
+    batcher: while another connection holds the database (``BEGIN IMMEDIATE``) the write is
+    retried, not dropped, and the summary is in the store once the lock is released."""
+    db = tmp_path / "central.db"
+    cfg = parse_central_config({"database": str(db), "broker": {"port": 1, "client_id": "central-p1"},
+                                "ingest": {"db_retry_max_seconds": 0.2}})
+    store = CentralStore(db, busy_timeout_s=0.05)
+    proc = P1Process(cfg, store, verify_event=None, client_id="central-p1", shared_group=None)
+    status = env(3)  # not an alarm: refused by the lane
+    proc.lane.handle(Topics().up("node-a", "event/p1"), encode(status), None)
+    assert proc.stats.rejected == {"not_p1": 1}
+    holder = sqlite3.connect(db, timeout=30, isolation_level=None)
+
+    async def scenario() -> None:
+        holder.execute("BEGIN IMMEDIATE")
+        held = True
+        try:
+            flush = asyncio.create_task(proc.flush_rejections())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while proc.stats.store_retries < 3 and loop.time() < deadline:  # retried, still held
+                assert not flush.done(), flush
+                await asyncio.sleep(0.02)
+            assert proc.stats.store_retries >= 3 and not flush.done()
+            holder.execute("COMMIT")
+            held = False
+            await asyncio.wait_for(flush, 60)
+        finally:
+            if held:
+                holder.execute("ROLLBACK")
+
+    try:
+        asyncio.run(scenario())
+        assert store.rejection_counts() == {"not_p1": 1}
+        assert [r["node_id"] for r in store.list_rejections()] == ["node-a"]
+    finally:
+        holder.close()
+        store.close()
