@@ -50,14 +50,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 from edge.clock import Clock
-from edge.errors import KentonganError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, next_probe, overdue_to_resend
 from edge.sync.transport import raise_if_cancelling
+from edge.sync.uplink_acks import OutboxAcks
 from edge.sync.uplink_envelope import envelope_for, next_message
 from edge.sync.uplink_pace import MAX_UNCONFIRMED, Pacer
 from edge.sync.uplink_snapshot import SnapshotUplink
@@ -103,9 +102,7 @@ class EventUplink:
         self._wake = asyncio.Event()
         self._p1 = False
         self._maybe_ready = True
-        self._pending_acks: list[str] = []
-        self._ack_flush = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.acks = OutboxAcks(outbox, stats)  # outbox writes of central's Acks, batched
         self._batch_prefix = batch_prefix(node_id)
         self._rng = rng or random.Random()
         self.central_present = True
@@ -173,7 +170,7 @@ class EventUplink:
             self.stats.rejected += 1
             log_event(log, "event_rejected", logging.WARNING, node_id=self.node_id,
                       event_id=r.event_id, reason=r.reason)
-            self._spawn(self._mark_rejected(r.event_id, r.reason))
+            self.acks.reject(r.event_id, r.reason)
         now = time.monotonic()
         sent: list[float] = []
         for i in ids:
@@ -199,51 +196,21 @@ class EventUplink:
             self.timeout.observe(now - min(sent))
         if ids:
             self.timeout.reset()
-        self._pending_acks.extend(ids)
-        self._ack_flush.set()
+        self.acks.add(ids)
         self._wake.set()
-
-    async def _mark_rejected(self, event_id: str, reason: str) -> None:
-        try:
-            await asyncio.to_thread(self.outbox.mark, event_id, "rejected", reason)
-        except Exception as exc:  # flag is diagnostics only
-            log_event(log, "mark_rejected_failed", logging.WARNING, event_id=event_id,
-                      error=repr(exc))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------ tasks
 
     async def ack_writer(self) -> None:
         """Commit acks to the outbox in batches (runs for the life of the service)."""
-        while True:
-            await self._ack_flush.wait()
-            self._ack_flush.clear()
-            batch, self._pending_acks = self._pending_acks, []
-            if not batch:
-                continue
-            try:
-                n = await asyncio.to_thread(self.outbox.ack, batch)
-                self.stats.acked += n
-            except KentonganError as exc:
-                log_event(log, "outbox_ack_failed", logging.ERROR, count=len(batch),
-                          error=str(exc))
-                self._pending_acks.extend(batch)
-                await asyncio.sleep(1.0)
-                self._ack_flush.set()
+        await self.acks.run()
 
     def cancel_tasks(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
+        self.acks.cancel()
 
     async def flush_acks(self) -> None:
         """Commit any acks still pending (on stop)."""
-        batch, self._pending_acks = self._pending_acks, []
-        if batch:
-            self.stats.acked += await asyncio.to_thread(self.outbox.ack, batch)
+        await self.acks.flush()
 
     async def run(self, pub: Publisher) -> None:
         """Claim and publish while connected; returns only by cancellation or publish failure."""
@@ -398,8 +365,7 @@ class EventUplink:
 
     async def detach(self) -> None:
         """Connection gone: cancel publishes, put everything in flight back to ready."""
-        for t in list(self._tasks):
-            t.cancel()
+        self.acks.cancel()
         self._mark_resent(list(self.inflight))
         self.inflight.clear()
         self._p1_ids.clear()
