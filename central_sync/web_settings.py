@@ -18,7 +18,11 @@ class WebSettings(BaseModel):
 
     enabled: bool = Field(True, description="Serve the web app from `kentongan-central run`.")
     host: str = Field("127.0.0.1", min_length=1, description="Listen address.")
-    port: int = Field(8080, ge=0, le=65535, description="Listen port (0 = any free port).")
+    port: int = Field(8080, ge=0, le=65535, description="Listen port (0 = any free port: see "
+                      "ready_file). Ignored when the socket is passed by socket activation.")
+    ready_file: str | None = Field(None, description="Once listening, write {\"host\", \"port\", "
+                                   "\"pid\"} (JSON) here: how a starter learns the port of port = 0 "
+                                   "(central_sync/web_listen.py).")
     cookie_secure: bool = Field(False, description="Secure flag on the session cookie (set it "
                                 "whenever the app is reached over TLS).")
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="Session lifetime.")

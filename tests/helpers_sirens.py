@@ -15,7 +15,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from central_sync.broker import LocalMosquitto, free_port
+from central_sync.broker import LocalMosquitto
 from central_sync.config import CentralConfig, parse_central_config
 from central_sync.ingest import IngestService
 from central_sync.registry import Registry
@@ -25,6 +25,7 @@ from central_sync.web.app import serve
 from edge.agent import Agent
 from edge.config import NodeConfig, parse_config
 from edge.signing import CommandSigner, public_key_pem
+from tests.helpers_web import ready_port, web_section
 from tests.waits import wait_for
 
 PASSWORD = "correct horse battery"
@@ -99,12 +100,12 @@ class Central:
     """Ingest + web app on their own loop in a thread; ``http`` is a logged-in client."""
 
     def __init__(self, tmp: Path, broker: LocalMosquitto, keys: Keys, **ingest: Any) -> None:
-        self.web_port = free_port()
+        ready = tmp / "web.ready"
         self.cfg: CentralConfig = parse_central_config({
             "database": str(tmp / "central.db"),
             "broker": {"host": broker.host, "port": broker.port, "client_id": "central-sirens"},
             "ingest": {"batch_wait_ms": 5, **ingest},
-            "web": {"host": "127.0.0.1", "port": self.web_port},
+            "web": web_section(ready),
         })
         self.store = CentralStore(self.cfg.database)
         users = UserStore(self.store.desk())
@@ -118,6 +119,7 @@ class Central:
         self.thread = threading.Thread(target=self._main, name="central", daemon=True)
         self.thread.start()
         assert self.ready.wait(10)
+        self.web_port = ready_port(ready)
         self.base = f"http://127.0.0.1:{self.web_port}"
         wait_for(self._web_up, 60, "central's web app")
         wait_for(self.ingest.connected.is_set, 60, "central connected to the broker")

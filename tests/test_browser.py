@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from central_sync.broker import LocalMosquitto, free_port
+from central_sync.broker import LocalMosquitto
 from central_sync.config import parse_central_config
 from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
@@ -25,6 +25,7 @@ from central_sync.users import UserStore
 from central_sync.web.app import serve
 from central_sync.web.testing import event, presence, register
 from edge.sync.wire import Topics, encode
+from tests.helpers_web import ready_port, web_section
 from tests.waits import wait_for as _wait
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -91,19 +92,19 @@ def _login(page: Any, base: str, user: str, password: str, *, goto: bool = True)
 
 @pytest.fixture
 def central(mosquitto: LocalMosquitto, tmp_path: Path) -> Iterator[tuple[Central, int]]:
-    port = free_port()
+    ready = tmp_path / "web.ready"
     cfg = parse_central_config({
         "database": str(tmp_path / "central.db"),
         "broker": {"host": mosquitto.host, "port": mosquitto.port, "client_id": "central-web"},
         "ingest": {"batch_wait_ms": 5},
-        "web": {"host": "127.0.0.1", "port": port},
+        "web": web_section(ready),
     })
     store = CentralStore(cfg.database)
     UserStore(store.desk()).add("op", "operator", PASSWORD)
     c = Central(cfg, store)
     c.start()
     try:
-        yield c, port
+        yield c, ready_port(ready)
     finally:
         c.stop()
         store.close()

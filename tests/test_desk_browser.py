@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import uvicorn
 
-from central_sync.broker import LocalMosquitto, free_port
+from central_sync.broker import LocalMosquitto
 from central_sync.config import parse_central_config
 from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
@@ -34,6 +34,7 @@ from central_sync.web.app import context_of, create_app
 from central_sync.web.server import DeskServer
 from central_sync.web.testing import event, presence, register
 from edge.sync.wire import Topics, encode
+from tests.helpers_web import listener, port_of
 from tests.waits import wait_for as _wait
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,10 +50,13 @@ pytestmark = [
 
 
 class Central:
-    """Ingest and the web app on one event loop in a thread; the web app can be restarted."""
+    """Ingest and the web app on one event loop in a thread; the web app can be restarted (on the
+    same listening socket, held by the test: the port stays ours while the server is down)."""
 
-    def __init__(self, cfg: Any, store: CentralStore, port: int) -> None:
-        self.cfg, self.store, self.port = cfg, store, port
+    def __init__(self, cfg: Any, store: CentralStore) -> None:
+        self.cfg, self.store = cfg, store
+        self.sock = listener()
+        self.port = port_of(self.sock)
         self.ingest = IngestService(cfg, store)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.main: asyncio.Task[Any] | None = None
@@ -93,7 +97,7 @@ class Central:
             self.server = DeskServer(uvicorn.Config(
                 app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=2, lifespan="on"), context_of(app).hub)
-            self.web = asyncio.ensure_future(self.server.serve())
+            self.web = asyncio.ensure_future(self.server.serve(sockets=[self.sock.dup()]))
 
         self._call(go)
         _wait(lambda: self.server is not None and self.server.started, 20, "web server up")
@@ -112,22 +116,22 @@ class Central:
         if self.main is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(self.main.cancel)
         self.thread.join(15)
+        self.sock.close()
 
 
 @pytest.fixture
 def central(mosquitto: LocalMosquitto, tmp_path: Path) -> Iterator[Central]:
-    port = free_port()
     cfg = parse_central_config({
         "database": str(tmp_path / "central.db"),
         "broker": {"host": mosquitto.host, "port": mosquitto.port, "client_id": "central-desk"},
         "ingest": {"batch_wait_ms": 5},
         # The test's posts publish presence and events but no heartbeats: unsupervised, so the
         # queue holds only the alarms under test, not their POST_OFFLINE incidents.
-        "web": {"host": "127.0.0.1", "port": port, "supervision": {"supervised_by_default": False}},
+        "web": {"host": "127.0.0.1", "port": 0, "supervision": {"supervised_by_default": False}},
     })
     store = CentralStore(cfg.database)
     UserStore(store.desk()).add("op", "operator", PASSWORD)
-    c = Central(cfg, store, port)
+    c = Central(cfg, store)
     c.start()
     try:
         yield c

@@ -15,11 +15,11 @@ import httpx
 import pytest
 import uvicorn
 
-from central_sync.broker import free_port
 from central_sync.web.app import create_app
 from central_sync.web.live import LiveHub, parse_event_id
 from central_sync.web.routes_live import events_for
 from central_sync.web.testing import WebEnv, event
+from tests.helpers_web import listener, port_of
 from tests.waits import wait_for as _wait_for
 
 
@@ -125,11 +125,12 @@ def _principal(env: WebEnv, client: Any) -> Any:
 
 class Served:
     def __init__(self, env: WebEnv, app: Any = None) -> None:
-        self.port = free_port()
+        sock = listener()  # bound before the server starts: nobody can take the port meanwhile
+        self.port = port_of(sock)
         self.server = uvicorn.Server(uvicorn.Config(app or env.app, host="127.0.0.1", port=self.port,
                                                     log_config=None, access_log=False,
                                                     lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     def __enter__(self) -> Served:
         self.thread.start()

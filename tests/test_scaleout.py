@@ -81,14 +81,14 @@ def test_web_process_shows_what_an_ingest_worker_commits(tmp_path: Path, mosquit
     import urllib.request
     from http.cookiejar import CookieJar
 
-    from central_sync.broker import free_port
     from edge.sync.wire import encode
+    from tests.helpers_web import ready_port, web_toml
     from tests.test_ingest import Node, ev, up
 
-    web_port = free_port()
+    ready = tmp_path / "web.ready"
     cfg = write_config(tmp_path / "central.toml", mosquitto.port, shared_group="scale")
     with cfg.open("a") as fh:
-        fh.write(f"[web]\nport = {web_port}\n")
+        fh.write(web_toml(ready))  # port 0: the web process binds a free port and reports it
     pw = tmp_path / "pw"
     pw.write_text("operator-password-1\n")
     subprocess.run([sys.executable, "-m", "central_sync.cli", "user", "add", "op", "--role", "operator",
@@ -99,6 +99,7 @@ def test_web_process_shows_what_an_ingest_worker_commits(tmp_path: Path, mosquit
     web = start(["web", "--config", str(cfg)], log)
     node = Node(mosquitto.port, "post-web")
     try:
+        web_port = ready_port(ready, proc=web, log=log)
         watcher.wait_online({"central-a"})
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from central_sync.broker import free_port
 from central_sync.config import parse_central_config
 from central_sync.ingest import IngestService
 from central_sync.snapshot_policy import (
@@ -25,6 +24,7 @@ from central_sync.store import CentralStore
 from central_sync.web.testing import WebEnv
 from edge.errors import SecurityError
 from edge.sync.wire import SnapshotEnvelope, Topics, encode
+from tests.helpers_web import listener, port_of
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256))
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)
@@ -153,11 +153,12 @@ class Server:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        self.port = free_port()
+        sock = listener()  # bound before the server starts: nobody can take the port meanwhile
+        self.port = port_of(sock)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_config=None, access_log=False,
                                                     lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()

@@ -41,6 +41,8 @@ from central_sync.store import CentralStore
 from edge.demo import post_toml
 from edge.signing import EventSigner, load_signing_key
 from edge.sync.wire import EventEnvelope, Topics, encode
+from tests.helpers_web import ready_port
+from tests.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -71,7 +73,7 @@ def _run(args: list[str], stdin: str | None = None) -> str:
     return res.stdout
 
 
-def _central_toml(d: Path, mqtt_port: int, web_port: int) -> str:
+def _central_toml(d: Path, mqtt_port: int) -> str:
     pki = d / "pki"
     return f"""database = "{d / 'central.db'}"
 topic_prefix = "kentongan/v1"
@@ -92,7 +94,8 @@ broker_port = {mqtt_port}
 [web]
 enabled = true
 host = "127.0.0.1"
-port = {web_port}
+port = 0
+ready_file = "{d / 'web.ready'}"
 """
 
 
@@ -159,12 +162,12 @@ class Site:
     def start(self) -> None:
         """CA, production broker, enrolment, desk accounts, then central."""
         root = self.root
-        mqtt_port, self.web_port = free_port(), free_port()
+        mqtt_port, self.web_port = free_port(), 0  # the desk's port: central binds any and reports it
         cdir = root / "central"
         cdir.mkdir(parents=True)
         self.cdir, self.mqtt_port = cdir, mqtt_port
         self.cfg = cdir / "central.toml"
-        self.cfg.write_text(_central_toml(cdir, mqtt_port, self.web_port))
+        self.cfg.write_text(_central_toml(cdir, mqtt_port))
         self.db = cdir / "central.db"
         self.central("ca", "init")
         pki = PkiFiles(cdir / "pki")
@@ -184,23 +187,16 @@ class Site:
         self.central_proc = self.start_central()
 
     def start_central(self) -> subprocess.Popen[bytes]:
-        """``kentongan-central run``, answering on its desk port. On a busy machine another
-        process may take the free port before central binds it: then central exits and is
-        started again on another port (a bounded number of times)."""
-        for _attempt in range(5):
-            self.log.write_bytes(b"")
-            proc = self.spawn([PY, "-m", "central_sync.cli", "run", "--config", str(self.cfg)], self.log)
-            deadline = time.monotonic() + 240
-            while proc.poll() is None and time.monotonic() < deadline and not self.web_up():
-                time.sleep(0.2)
-            if proc.poll() is None and self.web_up():
-                return proc
-            text = self.log.read_text(errors="replace")
-            if proc.poll() is None or "address already in use" not in text:
-                raise AssertionError(f"central did not start:\n{text[-3000:]}")
-            self.web_port = free_port()
-            self.cfg.write_text(_central_toml(self.cdir, self.mqtt_port, self.web_port))
-        raise AssertionError("central found no free desk port")
+        """``kentongan-central run``, answering on its desk port (``[web] port = 0``: central binds
+        a free port itself and writes it to its ready file, so no other process can take it
+        between a pick and the bind)."""
+        self.log.write_bytes(b"")
+        ready = self.cdir / "web.ready"
+        ready.unlink(missing_ok=True)
+        proc = self.spawn([PY, "-m", "central_sync.cli", "run", "--config", str(self.cfg)], self.log)
+        self.web_port = ready_port(ready, 240, proc=proc, log=self.log)
+        wait_for(self.web_up, 240, "central's desk answering")
+        return proc
 
     def web_up(self) -> bool:
         try:

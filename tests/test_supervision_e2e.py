@@ -31,7 +31,7 @@ import pytest
 import uvicorn
 from helpers_sync import node_config, wait_until
 
-from central_sync.broker import LocalMosquitto, free_port
+from central_sync.broker import LocalMosquitto
 from central_sync.config import parse_central_config
 from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
@@ -42,6 +42,7 @@ from central_sync.web.desk import Desk
 from central_sync.web.server import DeskServer
 from edge import __version__
 from edge.sync.wire import Heartbeat, Presence, Topics, encode
+from tests.helpers_web import listener, port_of
 
 HELPER = Path(__file__).resolve().parent / "helpers_sync.py"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,11 +59,8 @@ class Central:
     def __init__(self, cfg: Any, store: CentralStore, webs: int) -> None:
         self.cfg, self.store = cfg, store
         self.ingest = IngestService(cfg, store)
-        self.ports: list[int] = []
-        while len(self.ports) < webs:  # free_port may hand out the same port twice in a row
-            port = free_port()
-            if port not in self.ports:
-                self.ports.append(port)
+        self.socks = [listener() for _ in range(webs)]  # bound now: nobody takes them first
+        self.ports = [port_of(s) for s in self.socks]
         self.loop: asyncio.AbstractEventLoop | None = None
         self.main: asyncio.Task[Any] | None = None
         self.servers: list[DeskServer] = []
@@ -86,13 +84,13 @@ class Central:
         assert self.ready.wait(10)
 
         async def go() -> None:
-            for port in self.ports:
+            for sock, port in zip(self.socks, self.ports, strict=True):
                 app = create_app(self.cfg, self.store, self.ingest)
                 server = DeskServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                                    access_log=False, lifespan="on"), context_of(app).hub)
                 self.servers.append(server)
                 self.desks.append(context_of(app).desk)
-                self.tasks.append(asyncio.ensure_future(server.serve()))
+                self.tasks.append(asyncio.ensure_future(server.serve(sockets=[sock])))
 
         assert self.loop is not None
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(30)

@@ -40,6 +40,7 @@ from central_sync.web.metrics import registry_for
 from central_sync.web.places import Places
 from central_sync.web.server import DeskServer
 from central_sync.web.supervision_loop import run_supervision
+from central_sync.web_listen import open_listener
 from central_sync.web_settings import WebSettings
 from edge.logs import log_event
 
@@ -165,7 +166,7 @@ async def serve(cfg: ConfigSource, store: Store, commands: CommandSender | None)
     retention = Retention(ctx.tables, settings)
     task = asyncio.create_task(retention.run_forever(), name="retention")
     try:
-        await server.serve()
+        await server.serve(sockets=[open_listener(settings.host, settings.port, settings.ready_file)])
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
