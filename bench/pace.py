@@ -201,7 +201,10 @@ class Link:
                     return
                 await asyncio.sleep(max(0.0, at - self.loop.time()))
                 w.write(data)
-                await w.drain()
+                try:
+                    await w.drain()
+                except ConnectionError:  # the other side went away (a post stopped)
+                    return
 
         sender = asyncio.ensure_future(out())
         while True:
