@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 from helpers_sync import PahoAcker, node_config, running_service, wait_until
 
@@ -16,6 +19,7 @@ from edge.clock import Clock
 from edge.outbox import EventDraft, Outbox
 from edge.sync.service import SyncService
 from edge.sync.uplink import MAX_UNCONFIRMED
+from edge.sync.uplink_pace import Pacer
 from edge.sync.wire import MAX_BATCH_EVENTS
 
 NODE = "pos-rt03"
@@ -330,3 +334,28 @@ def test_a_new_p1_overtakes_the_backlog_still_in_the_post(mosquitto: LocalMosqui
         assert len(set(normal)) == 3001
     finally:
         acker.close()
+
+
+def test_pacer_wakes_on_the_puback_of_a_paced_message_from_any_thread() -> None:
+    """The lane waiting for room is woken by the PUBACK of one of ITS paced messages (matched by
+    message id: paho calls ``on_publish`` before it marks the message published), also when paho
+    runs on another thread; other PUBACKs (P1s, snapshots) leave it asleep."""
+    async def scenario() -> None:
+        wake = asyncio.Event()
+        pacer = Pacer(wake, limit=2)
+        pacer.reset()
+        pacer.sent(paho.MQTTMessageInfo(7))
+        pacer.sent(paho.MQTTMessageInfo(8))
+        assert not pacer.has_room()
+        pacer.confirmed(99)  # a P1's PUBACK, on the loop thread
+        assert not wake.is_set() and not pacer.has_room()
+        paho_thread = threading.Thread(target=pacer.confirmed, args=(8,))
+        paho_thread.start()
+        paho_thread.join()
+        await asyncio.wait_for(wake.wait(), 30)  # hopped onto the loop
+        assert pacer.has_room() and pacer.unconfirmed == 1
+        wake.clear()
+        pacer.confirmed(7)  # on the loop thread: at once
+        assert wake.is_set() and pacer.unconfirmed == 0
+
+    asyncio.run(scenario())
