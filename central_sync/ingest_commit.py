@@ -34,7 +34,8 @@ class BatchVerifier(Protocol):
 
     def refresh(self) -> None: ...
 
-    def verify(self, env: EventEnvelope, canonical: bytes | None) -> None: ...
+    def verify(self, env: EventEnvelope, canonical: Callable[[], bytes | None],
+               received: bytes | None = None) -> None: ...
 
 
 class CallableVerifier:
@@ -46,7 +47,8 @@ class CallableVerifier:
     def refresh(self) -> None:
         return None
 
-    def verify(self, env: EventEnvelope, canonical: bytes | None) -> None:
+    def verify(self, env: EventEnvelope, canonical: Callable[[], bytes | None],
+               received: bytes | None = None) -> None:
         self._fn(env)
 
 
@@ -117,7 +119,7 @@ class BatchWriter:
             for g in msg.envs:
                 if self.verifier is not None:
                     try:
-                        self.verifier.verify(g.env, g.canonical)
+                        self.verifier.verify(g.env, g.canonical, g.received)
                     except SecurityError as exc:
                         out.rejections.append(RowRejection(msg.topic, msg.node_id, exc.reason, exc.detail,
                                                            g.env.event_id))
