@@ -1,8 +1,8 @@
 """One commit batch of ingest, written in a worker thread (``BatchWriter.write``).
 
 Order inside a batch: refresh the key cache (revocations bite), verify every envelope over its
-received canonical bytes, ``store.commit_events`` (one transaction; the store rejects only the
-rows it cannot hold), the place each presence claims compared with the registry
+received bytes (``GoodEnvelope.received``, else ``canonical()``), ``store.commit_events`` (one
+transaction; the store rejects only the rows it cannot hold), the place each presence claims compared with the registry
 (``central_sync.place_check``: a disagreement is a security event, never applied), the coalesced
 presence/heartbeat state (``store.apply_node_updates``, one transaction), snapshots and command
 results. The outcome says what each node is told; nothing
