@@ -28,8 +28,9 @@ Per repeat, phases with the same fleet and load:
 
 CPU per event: CPU seconds of the receiving processes over the measured window (``--duration``)
 divided by the events stored (central) or answered (echo, which reports its count on SIGUSR1)
-within that same window. Other helpers' load changes CPU time per instruction, so compare the
-phases of one run, and prefer ``--repeat 3`` medians.
+within that same window. Other load on the machine changes CPU time per instruction, so the
+ratios are the median over the repeats of each repeat's own ratio (phases minutes apart), not a
+ratio of medians; prefer ``--repeat 3`` or more.
 
 Printed per phase: offered / committed / acked events/s, publish->Ack p50/p99 (ms; P1 p99 when
 ``--p1-rate``), CPU ms per committed event of the receiving processes and its ratios to the echoes',
@@ -231,15 +232,20 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
     def med(name: str, attr: str) -> float:
         return median([getattr(r, attr) for r in rows.get(name, [])])
 
-    echo_cpu = med("echo", "cpu_ms_per_event")
-    verify_cpu = med("echo+verify", "cpu_ms_per_event")
+    def ratio(name: str, base: str) -> str:
+        """Median over the repeats of the ratio within each repeat: the phases of one repeat run
+        minutes apart at most, so the machine's other load shifts both alike."""
+        pairs = [(r.cpu_ms_per_event, b.cpu_ms_per_event) for r, b in zip(rows.get(name, []), rows.get(base, []),
+                                                                            strict=False)]
+        values = [r / b for r, b in pairs if b == b and b > 0]
+        return f"{median(values):.2f}x" if values else "-"
+
     out = []
     for name in rows:
         cpu = med(name, "cpu_ms_per_event")
         out.append([name, f"{med(name, 'offered'):.0f}", f"{med(name, 'committed'):.0f}", f"{med(name, 'acked'):.0f}",
                     f"{med(name, 'p50_ms'):.1f}", f"{med(name, 'p99_ms'):.1f}", f"{med(name, 'p1_p99_ms'):.1f}",
-                    f"{cpu:.3f}", f"{cpu / echo_cpu:.2f}x" if echo_cpu == echo_cpu and echo_cpu > 0 else "-",
-                    f"{cpu / verify_cpu:.2f}x" if verify_cpu == verify_cpu and verify_cpu > 0 else "-",
+                    f"{cpu:.3f}", ratio(name, "echo"), ratio(name, "echo+verify"),
                     f"{med(name, 'rss_mib'):.0f}", f"{med(name, 'get_p50_ms'):.1f}", f"{med(name, 'get_p99_ms'):.1f}",
                     f"{med(name, 'lost'):.0f}", f"{med(name, 'duplicated'):.0f}"])
     p1 = f" + {args.p1_rate:.0f} P1/s" if args.p1_rate else ""
@@ -252,6 +258,8 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
           f"{args.rw_posts} posts per RW")
     print(table(["system", "offered/s", "committed/s", "acked/s", "Ack p50 ms", "Ack p99 ms", "P1 p99 ms",
                  "CPU ms/ev", "vs echo", "vs echo+verify", "RSS MiB", "GET p50 ms", "GET p99 ms", "lost", "dup"], out))
+    print("CPU ms/ev per repeat: " + "; ".join(f"{name} {[round(r.cpu_ms_per_event, 3) for r in rs]}"
+                                              for name, rs in rows.items()))
     for name, rs in rows.items():
         print(f"{name}: " + "; ".join(json.dumps(r.extra) for r in rs))
 
