@@ -11,18 +11,29 @@ simulated post's Ed25519 key registered in the node registry (events are signed 
 a dashboard user; ``--procs`` processes of simulated posts (``bench/fleet_sim.py``: one paho
 client per post, driven by epoll).
 
-Per repeat, two phases with the same fleet and load:
+Per repeat, phases with the same fleet and load:
 
 1. **echo**: a plain paho subscriber answers one Ack per event message (no storage, no checks);
-2. **central**: ``--ingest N`` workers (``kentongan-central ingest``, one shared-subscription
+   it receives the posts' heartbeats too (parsed, nothing else), as central's ingest does;
+2. **echo+verify** (signed runs only): the same echo that also checks every Ed25519 signature
+   the plain way (re-encodes the received object in canonical form and verifies), the honest
+   baseline for a receiver that must verify: central's ratio to it shows what is NOT signature
+   checking;
+3. **central**: ``--ingest N`` workers (``kentongan-central ingest``, one shared-subscription
    group) plus ``kentongan-central web``; ``--ingest 0`` runs the all-in-one ``kentongan-central
    run`` instead. ``--p1-process``: the workers run ``--lane bulk`` and one more process
    ``ingest --lane p1`` consumes the P1 channel (``kentongan-ingest-p1.service``).
    ``--dashboards`` clients log in and poll ``GET /`` and ``GET /api/nodes`` every
    second while one SSE stream (``/api/stream``) stays open per dashboard.
 
+CPU per event: CPU seconds of the receiving processes over the measured window (``--duration``)
+divided by the events stored (central) or answered (echo, which reports its count on SIGUSR1)
+within that same window. Other load on the machine changes CPU time per instruction, so the
+ratios are the median over the repeats of each repeat's own ratio (phases minutes apart), not a
+ratio of medians; prefer ``--repeat 3`` or more.
+
 Printed per phase: offered / committed / acked events/s, publish->Ack p50/p99 (ms; P1 p99 when
-``--p1-rate``), CPU ms per committed event of the receiving processes and its ratio to echo's,
+``--p1-rate``), CPU ms per committed event of the receiving processes and its ratios to the echoes',
 peak RSS (VmHWM) of the receiving processes, dashboard GET p50/p99, and events lost (offered,
 never acknowledged nor rejected after the drain) and duplicated (stored twice: impossible by the
 schema, counted anyway). Medians over ``--repeat`` runs.
@@ -48,6 +59,7 @@ from bench.fleet_procs import (
     ECHO,
     Dashboards,
     cpu_seconds,
+    echo_count,
     peak_rss_mib,
     start_central,
     start_fleet,
@@ -90,10 +102,11 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
               dashboards: Dashboards | None, web: subprocess.Popen[str] | None = None) -> PhaseResult:
     fleet = start_fleet(setup, args, name)
     time.sleep(args.heartbeat and 1.0)
+    echo = receivers[0] if name.startswith("echo") else None
+    n0 = echo_count(echo) if echo is not None else setup.events()
     cpu0 = sum(cpu_seconds(p.pid) for p in receivers)
     web_cpu0 = cpu_seconds(web.pid) if web is not None else 0.0
     others0 = other_cpu(setup, fleet)
-    n0 = setup.events()
     t0 = time.monotonic()
     for proc, _ in fleet:
         proc.send_signal(signal.SIGUSR1)
@@ -104,7 +117,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     cpu = sum(cpu_seconds(p.pid) for p in receivers) - cpu0
     web_cpu = cpu_seconds(web.pid) - web_cpu0 if web is not None else None
     others = {k: round(v - others0[k], 1) for k, v in other_cpu(setup, fleet).items()}
-    n1 = setup.events()
+    n1 = echo_count(echo) if echo is not None else setup.events()
     if dashboards is not None:
         dashboards.close()
     for proc, _ in fleet:
@@ -120,7 +133,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     res = PhaseResult(name)
     res.offered = offered / window
     res.acked = len(lat) / window  # acknowledged during the window and the drain, per window second
-    committed = (n1 - n0) if name != "echo" else len(lat)
+    committed = n1 - n0  # stored (central) or answered (echo) within the window, as the CPU is
     res.committed = committed / window
     res.p50_ms, res.p99_ms = pct(lat, 50) * 1000, pct(lat, 99) * 1000
     res.p1_p99_ms = pct(p1, 99) * 1000 if p1 else float("nan")
@@ -130,11 +143,12 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
         res.get_p50_ms = pct(dashboards.latencies, 50) * 1000
         res.get_p99_ms = pct(dashboards.latencies, 99) * 1000
     res.lost = sum(r["unacked"] + r["backlog_left"] for r in results)
-    res.duplicated = setup.duplicated() if name != "echo" else 0
+    res.duplicated = setup.duplicated() if echo is None else 0
     drained = [r["drained_s"] for r in results]
     res.extra = {"drained_s": max(drained) if drained and None not in drained else None,
                  "acked_total": acked, "rejected": sum(r["rejected"] for r in results),
                  "resent": sum(r["resent"] for r in results), "window_s": round(window, 1),
+                 "events_in_window": committed,
                  "dashboard_errors": dashboards.errors if dashboards else 0, "stored": setup.events(),
                  "rss_per_receiver_mib": [round(peak_rss_mib(p.pid)) for p in receivers],
                  "web_rss_mib": round(peak_rss_mib(web.pid)) if web is not None else None,
@@ -190,12 +204,15 @@ def main() -> None:
         try:
             for repeat in range(args.repeat):
                 setup.configure(repeat)
-                if not args.no_echo:
-                    echo = subprocess.Popen([PY, "-c", ECHO, str(setup.broker.port), "kentongan/v1"],
+                echoes = [] if args.no_echo else [("echo", [])]
+                if echoes and not args.unsigned:
+                    echoes.append(("echo+verify", [args.seed]))
+                for name, extra in echoes:
+                    echo = subprocess.Popen([PY, "-c", ECHO, str(setup.broker.port), "kentongan/v1", *extra],
                                             stdout=subprocess.PIPE, text=True)
                     wait_line(echo, "ready", 30)
                     try:
-                        rows.setdefault("echo", []).append(run_phase(setup, args, "echo", [echo], None))
+                        rows.setdefault(name, []).append(run_phase(setup, args, name, [echo], None))
                     finally:
                         stop([echo])
                 central, web = start_central(setup, args)
@@ -215,13 +232,20 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
     def med(name: str, attr: str) -> float:
         return median([getattr(r, attr) for r in rows.get(name, [])])
 
-    echo_cpu = med("echo", "cpu_ms_per_event")
+    def ratio(name: str, base: str) -> str:
+        """Median over the repeats of the ratio within each repeat: the phases of one repeat run
+        minutes apart at most, so the machine's other load shifts both alike."""
+        pairs = [(r.cpu_ms_per_event, b.cpu_ms_per_event) for r, b in zip(rows.get(name, []), rows.get(base, []),
+                                                                            strict=False)]
+        values = [r / b for r, b in pairs if b == b and b > 0]
+        return f"{median(values):.2f}x" if values else "-"
+
     out = []
     for name in rows:
         cpu = med(name, "cpu_ms_per_event")
         out.append([name, f"{med(name, 'offered'):.0f}", f"{med(name, 'committed'):.0f}", f"{med(name, 'acked'):.0f}",
                     f"{med(name, 'p50_ms'):.1f}", f"{med(name, 'p99_ms'):.1f}", f"{med(name, 'p1_p99_ms'):.1f}",
-                    f"{cpu:.3f}", f"{cpu / echo_cpu:.2f}x" if echo_cpu == echo_cpu and echo_cpu > 0 else "-",
+                    f"{cpu:.3f}", ratio(name, "echo"), ratio(name, "echo+verify"),
                     f"{med(name, 'rss_mib'):.0f}", f"{med(name, 'get_p50_ms'):.1f}", f"{med(name, 'get_p99_ms'):.1f}",
                     f"{med(name, 'lost'):.0f}", f"{med(name, 'duplicated'):.0f}"])
     p1 = f" + {args.p1_rate:.0f} P1/s" if args.p1_rate else ""
@@ -233,7 +257,9 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[PhaseResult]]) ->
           f"{'' if args.no_web else ' + web'}, store {'PostgreSQL' if args.postgres else 'SQLite'}, "
           f"{args.rw_posts} posts per RW")
     print(table(["system", "offered/s", "committed/s", "acked/s", "Ack p50 ms", "Ack p99 ms", "P1 p99 ms",
-                 "CPU ms/ev", "vs echo", "RSS MiB", "GET p50 ms", "GET p99 ms", "lost", "dup"], out))
+                 "CPU ms/ev", "vs echo", "vs echo+verify", "RSS MiB", "GET p50 ms", "GET p99 ms", "lost", "dup"], out))
+    print("CPU ms/ev per repeat: " + "; ".join(f"{name} {[round(r.cpu_ms_per_event, 3) for r in rs]}"
+                                              for name, rs in rows.items()))
     for name, rs in rows.items():
         print(f"{name}: " + "; ".join(json.dumps(r.extra) for r in rs))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -18,27 +19,71 @@ from bench.fleet_setup import CLI, PY, ROOT, Setup
 #: The baseline: a trivial paho subscriber answering one Ack per event message, with the same
 #: protocol features central's receive path uses (MQTT 5, a shared-subscription group, QoS 1 in
 #: and out, TCP_NODELAY); it PUBACKs automatically, central manually after commit: the same packets.
+#: It receives what central's ingest receives in the steady state (events and the posts' QoS 0
+#: heartbeats; it only parses a heartbeat), and prints ``count N`` (events answered so far) on
+#: SIGUSR1, so its CPU per event is taken over exactly the measured window.
+#: With a third argument (the fleet's key seed) it is the "echo + verify" baseline: it also checks
+#: every Ed25519 signature (events and heartbeats) the plain way, re-encoding the received object
+#: in canonical form, as any receiver that must not trust its posts has to.
 ECHO = r'''
-import json, socket, sys, time
+import base64, hashlib, json, signal, socket, sys, time
 import paho.mqtt.client as paho
 port, prefix = int(sys.argv[1]), sys.argv[2]
+seed = sys.argv[3] if len(sys.argv) > 3 else None
+if seed is not None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+keys, answered = {}, [0]
+canon = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def verify(node, data):
+    key = keys.get(node)
+    if key is None:
+        raw = hashlib.sha256(f"{seed}/{node}".encode()).digest()
+        key = keys[node] = Ed25519PrivateKey.from_private_bytes(raw).public_key()
+    sig = data.pop("sig")
+    key.verify(base64.b64decode(sig), canon.encode(data).encode())
 c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-echo", protocol=paho.MQTTv5)
 c.max_inflight_messages_set(65535)
 def on_connect(client, u, f, rc, p=None):
     client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.subscribe("$share/bench-echo/" + prefix + "/up/+/event", qos=1)
+    client.subscribe("$share/bench-echo/" + prefix + "/up/+/heartbeat", qos=0)
     print("ready", flush=True)
 def on_message(client, u, msg):
-    node = msg.topic.split("/")[-2]
+    parts = msg.topic.split("/")
+    node = parts[-2]
     data = json.loads(msg.payload)
-    ids = [e["event_id"] for e in data["events"]] if data.get("kind") == "event_batch" else [data["event_id"]]
+    if parts[-1] != "event":
+        if seed is not None:
+            verify(node, data)
+        return
+    envs = data["events"] if data.get("kind") == "event_batch" else [data]
+    if seed is not None:
+        for env in envs:
+            verify(node, env)
+    ids = [e["event_id"] for e in envs]
     body = json.dumps({"v": 1, "kind": "ack", "node_id": node, "event_ids": ids, "snapshot_ids": [],
                        "rejected": [], "central_time": time.time()}, separators=(",", ":"))
     client.publish(prefix + "/down/" + node + "/ack", body, qos=1)
+    answered[0] += len(ids)
+signal.signal(signal.SIGUSR1, lambda *_a: print(f"count {answered[0]}", flush=True))
 c.on_connect, c.on_message = on_connect, on_message
 c.connect("127.0.0.1", port)
 c.loop_forever()
 '''
+
+
+def echo_count(proc: subprocess.Popen[str], timeout: float = 30) -> int:
+    """Events the echo has answered so far (it prints them on SIGUSR1)."""
+    assert proc.stdout is not None
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("count "):
+            return int(line.split()[1])
+        if not line and proc.poll() is not None:
+            raise RuntimeError(f"echo exited with {proc.returncode}")
+    raise RuntimeError("echo did not report its count")
 
 
 def cpu_seconds(pid: int) -> float:

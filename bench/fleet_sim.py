@@ -39,7 +39,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.signing import MessageSigner, sign_bytes
-from edge.sync.wire import Heartbeat, Presence, Topics, batch_prefix, canonical_bytes, encode, join_batch
+from edge.sync.wire import (
+    Heartbeat,
+    Presence,
+    Topics,
+    batch_prefix,
+    canonical_bytes,
+    encode,
+    envelope_json,
+    join_batch,
+)
 
 
 def node_key(seed: str, node_id: str) -> Ed25519PrivateKey:
@@ -153,7 +162,7 @@ class Post:
                                 "payload": {"note": "x" * self.spec.payload_bytes}}
         if self.spec.signed:
             data["sig"] = sign_bytes(self.key, canonical_bytes(data))
-        return event_id, json.dumps(data, separators=(",", ":")).encode()
+        return event_id, envelope_json(data)  # canonical form with sig in its sorted place, as a post sends
 
     def signed(self, msg: Presence | Heartbeat) -> Presence | Heartbeat:
         """Presence and heartbeats carry the node key's signature too (central drops them unsigned)."""

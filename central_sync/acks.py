@@ -94,10 +94,9 @@ class AckBook:
         out: list[tuple[str, int, bytes]] = []
         encode_json = _ACK_JSON.encode
         for node_id, ids, rejected, snapshot_ids in self._rounds():
-            body = encode_json({"v": 1, "kind": "ack", "node_id": node_id, "event_ids": ids,
-                                "snapshot_ids": snapshot_ids,
+            body = encode_json({"central_time": central_time, "event_ids": ids, "kind": "ack", "node_id": node_id,
                                 "rejected": [{"event_id": r.event_id, "reason": r.reason} for r in rejected],
-                                "central_time": central_time})
+                                "snapshot_ids": snapshot_ids, "v": 1})  # written in sorted key order
             out.append((node_id, len(ids), body.encode()))
         return out
 
@@ -121,7 +120,8 @@ class AckBook:
                        n.snapshot_ids[r * ACK_SNAPSHOTS_MAX:(r + 1) * ACK_SNAPSHOTS_MAX])
 
 
-#: The compact JSON ``encode(Ack)`` writes, without building an encoder per Ack.
+#: The compact JSON ``encode(Ack)`` writes (keys in sorted order, as the literal above lists
+#: them), without building an encoder per Ack or sorting keys.
 _ACK_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 

@@ -18,7 +18,7 @@ registry status and the node key's signature); a refused one is dropped and coun
 rejection, a refused snapshot is also acknowledged (settled: the post stops resending it).
 
 The batcher commits up to ``ingest.batch_max`` events (or after ``ingest.batch_wait_ms``): verify
-(``CachedEventVerifier`` over the received canonical bytes), ``store.commit_events`` (which
+(``CachedEventVerifier`` over the received bytes), ``store.commit_events`` (which
 rejects only the rows it cannot hold), the coalesced node updates, then ONE ``Ack`` per node
 (``central_sync.acks``) and the MQTT PUBACKs of the deliveries the batch settled. Past
 ``ingest.max_pending_events`` decoded events or ``ingest.max_buffered_messages`` undecoded

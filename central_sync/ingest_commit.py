@@ -1,8 +1,8 @@
 """One commit batch of ingest, written in a worker thread (``BatchWriter.write``).
 
 Order inside a batch: refresh the key cache (revocations bite), verify every envelope over its
-received canonical bytes, ``store.commit_events`` (one transaction; the store rejects only the
-rows it cannot hold), the place each presence claims compared with the registry
+received bytes (``GoodEnvelope.received``, else ``canonical()``), ``store.commit_events`` (one
+transaction; the store rejects only the rows it cannot hold), the place each presence claims compared with the registry
 (``central_sync.place_check``: a disagreement is a security event, never applied), the coalesced
 presence/heartbeat state (``store.apply_node_updates``, one transaction), snapshots and command
 results. The outcome says what each node is told; nothing
@@ -34,7 +34,8 @@ class BatchVerifier(Protocol):
 
     def refresh(self) -> None: ...
 
-    def verify(self, env: EventEnvelope, canonical: bytes | None) -> None: ...
+    def verify(self, env: EventEnvelope, canonical: Callable[[], bytes | None],
+               received: bytes | None = None) -> None: ...
 
 
 class CallableVerifier:
@@ -46,7 +47,8 @@ class CallableVerifier:
     def refresh(self) -> None:
         return None
 
-    def verify(self, env: EventEnvelope, canonical: bytes | None) -> None:
+    def verify(self, env: EventEnvelope, canonical: Callable[[], bytes | None],
+               received: bytes | None = None) -> None:
         self._fn(env)
 
 
@@ -117,7 +119,7 @@ class BatchWriter:
             for g in msg.envs:
                 if self.verifier is not None:
                     try:
-                        self.verifier.verify(g.env, g.canonical)
+                        self.verifier.verify(g.env, g.canonical, g.received)
                     except SecurityError as exc:
                         out.rejections.append(RowRejection(msg.topic, msg.node_id, exc.reason, exc.detail,
                                                            g.env.event_id))

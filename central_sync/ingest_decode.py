@@ -1,10 +1,12 @@
 """Decoding of uplink event messages for ingest, keeping what verification and Acks need.
 
 ``edge.sync.wire.decode_event_message`` validates; on top of it ``decode_events`` keeps, for
-every good envelope, the canonical bytes built from the RECEIVED JSON object (signature checks
-need no re-serialisation of the model), and turns envelopes naming another node than their
-topic's into ``wrong_node`` rejections that carry the event id, so the topic's node gets a
-PERMANENT rejection in its Ack and stops resending them (issue 9 item 3).
+every good envelope, what its signature check needs: for a single envelope in canonical form the
+received bytes with the ``sig`` member cut out (no re-encoding at all), else the RECEIVED JSON
+object, whose canonical bytes are built only when needed (never from the pydantic model). It
+turns envelopes naming another node than their topic's into ``wrong_node`` rejections that carry
+the event id, so the topic's node gets a PERMANENT rejection in its Ack and stops resending them
+(issue 9 item 3).
 
 ``unstorable(value)`` tells whether a decoded value can be held by every store backend: integers
 within signed 64 bits, finite floats, text without lone UTF-16 surrogates (JSON's ``\\ud800``
@@ -22,7 +24,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge.errors import WireError
-from edge.sync.wire import MAX_EVENT_BYTES, EventEnvelope, Topics, canonical_bytes, decode_event_message
+from edge.sync.wire import (
+    MAX_EVENT_BYTES,
+    EventEnvelope,
+    Topics,
+    canonical_bytes,
+    decode_event_message,
+    received_signed_bytes,
+)
 
 _INT64 = (-(2**63), 2**63 - 1)
 #: What the JSON text of an unstorable value must contain: a surrogate escape, a run of 19+
@@ -36,10 +45,22 @@ _BIG_EXPONENT = re.compile(rb"[eE][+-]?[0-9]{3}")
 _FIELDS = len(EventEnvelope.model_fields) - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GoodEnvelope:
+    """A valid envelope and what its signature check needs: ``received``, the RECEIVED bytes with
+    the ``sig`` member cut out (``edge.sync.wire.received_signed_bytes``; None when the message
+    is not in the form that allows it, or is a batch), tried first; ``item``, the received JSON
+    object, from which ``canonical()`` rebuilds the signed bytes only when the cut is missing or
+    does not verify (an older post's wire form)."""
+
     env: EventEnvelope
-    canonical: bytes | None  # None: build from the model (sender omitted default fields)
+    item: dict[str, Any] | None = None
+    received: bytes | None = None
+
+    def canonical(self) -> bytes | None:
+        """Canonical bytes of the received object; None: build from the model (the sender omitted
+        default fields)."""
+        return _canonical(self.item)
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,7 @@ def _named_id(item: Any) -> str | None:
     return None
 
 
-def _canonical(item: Any) -> bytes | None:
+def _canonical(item: dict[str, Any] | None) -> bytes | None:
     if not isinstance(item, dict) or len(item) - ("sig" in item) != _FIELDS:
         return None
     return canonical_bytes(item)
@@ -133,7 +154,7 @@ def _single_fast(node_id: str, payload: bytes) -> DecodedEvents | None:
         env = EventEnvelope.model_validate(data)
     except ValidationError:
         return None
-    return DecodedEvents(node_id, [GoodEnvelope(env, _canonical(data))], [], False)
+    return DecodedEvents(node_id, [GoodEnvelope(env, data, received_signed_bytes(payload, env.sig))], [], False)
 
 
 def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
@@ -167,7 +188,7 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
             reason, detail = problem
             out_bad.append(BadItem(_named_id(item) if item is not None else None, reason, detail, True))
             continue
-        good.append(GoodEnvelope(env, _canonical(item)))
+        good.append(GoodEnvelope(env, item if isinstance(item, dict) else None))
     for b in bad:
         if b.reason == "wrong_topic":
             item = items[b.index] if b.index < len(items) else None

@@ -8,9 +8,11 @@ count and latest enrol/revoke time) read at most every ``check_every_s`` seconds
 ``refresh()``, which ingest calls once per commit batch. So a ``kentongan-central revoke`` run in
 another process bites within ``check_every_s`` (default 1 s).
 
-``verify(env, canonical)`` checks status and signature over ``canonical``: the canonical bytes
-built from the envelope's RECEIVED JSON object (``edge.sync.wire.canonical_bytes`` of the dict),
-not from re-serialising the pydantic model; ``None`` falls back to the model. Replay detection is
+``verify(env, canonical, received)`` checks status and signature: first over ``received``, the
+RECEIVED bytes with the ``sig`` member cut out (``edge.sync.wire.received_signed_bytes``: no
+re-encoding at all), then, when there is no such cut or it does not verify, over the canonical
+bytes of the RECEIVED JSON object (``canonical()``, built only then; never from the pydantic
+model unless the sender omitted default fields). Replay detection is
 the same as ``EventVerifier``'s (a bounded digest log: the identical envelope again is a
 duplicate, a different one reusing an event id is ``replay``).
 """
@@ -77,7 +79,7 @@ class KeyCache:
 
 
 class CachedEventVerifier(EventVerifier):
-    """Central's event check (node enrolled, signature valid over the received canonical bytes, no
+    """Central's event check (node enrolled, signature valid over the received bytes, no
     replay: ``SecurityError`` with reason ``unknown_node``, ``revoked``, ``unsigned``,
     ``bad_signature`` or ``replay``), with node keys from a ``KeyCache``."""
 

@@ -187,34 +187,65 @@ class EventVerifier:
         self._verified_lock = threading.Lock()
         self.verifications = 0  # Ed25519 verifications done (resends of verified bytes skip them)
 
-    def __call__(self, env: EventEnvelope, canonical: bytes | None = None) -> None:
-        """``canonical``: the signed bytes as received (else rebuilt from ``env``)."""
+    def __call__(self, env: EventEnvelope, canonical: bytes | Callable[[], bytes | None] | None = None,
+                 received: bytes | None = None) -> None:
+        """``canonical``: the signed bytes rebuilt from the received JSON object (or a callable
+        building them only when needed; None: rebuilt from ``env``). ``received``: the RECEIVED
+        bytes with the ``sig`` member cut out (``edge.sync.wire.received_signed_bytes``), tried
+        first; when they do not verify, the canonical bytes are (an older post's non-canonical
+        wire form). Either way the signature covers exactly what ``env`` was parsed from. A
+        forgery in canonical form costs one Ed25519 check, not two: when the rebuilt bytes are
+        the cut bytes, their failure stands."""
         node = self._lookup(env.node_id)
         if node is None:
             raise SecurityError("unknown_node", f"{env.node_id} is not enrolled")
         if node.status != "enrolled":
             raise SecurityError("revoked", f"{env.node_id} is {node.status}")
-        body = canonical if canonical is not None else canonical_bytes(env)
-        h = hashlib.sha256(body)
-        digest = h.digest()
+        digest: bytes | None = None
         if env.sig is None:
             if self.require_signed:
                 raise SecurityError("unsigned", f"event {env.event_id} carries no signature")
-        else:
-            h.update(b"\0" + env.node_id.encode() + b"\0" + env.sig.encode())
-            seen = h.digest()
-            with self._verified_lock:
-                known = seen in self._verified
-            if not known:
-                self.verifications += 1
-                verify_bytes(node.public_key, body, env.sig)
-                with self._verified_lock:
-                    self._verified[seen] = None
-                    while len(self._verified) > self.VERIFIED_CAPACITY:
-                        self._verified.popitem(last=False)
+        elif received is not None:
+            digest = self._signature(node.public_key, env, received, strict=False)
+        if digest is None:
+            body = canonical() if callable(canonical) else canonical
+            if body is None:
+                body = canonical_bytes(env)
+            if env.sig is None:
+                digest = hashlib.sha256(body).digest()
+            elif body == received:  # the same bytes failed already: no second Ed25519 check
+                raise SecurityError("bad_signature", "signature does not verify")
+            else:
+                digest = self._signature(node.public_key, env, body, strict=True)
+        assert digest is not None
         earlier = self._digests.check_and_record(env.node_id, env.event_id, digest)
         if earlier is not None and earlier != digest:
             raise SecurityError("replay", f"event_id {env.event_id} reused with other content")
+
+    def _signature(self, key: Ed25519PublicKey, env: EventEnvelope, body: bytes, *, strict: bool) -> bytes | None:
+        """The SHA-256 of ``body`` when ``env.sig`` is the node's signature of it (a resend of
+        verified bytes costs a hash, not an Ed25519 verification); else ``bad_signature`` when
+        ``strict``, None when not."""
+        assert env.sig is not None
+        h = hashlib.sha256(body)
+        digest = h.digest()
+        h.update(b"\0" + env.node_id.encode() + b"\0" + env.sig.encode())
+        seen = h.digest()
+        with self._verified_lock:
+            known = seen in self._verified
+        if not known:
+            self.verifications += 1
+            try:
+                verify_bytes(key, body, env.sig)
+            except SecurityError:
+                if strict:
+                    raise
+                return None
+            with self._verified_lock:
+                self._verified[seen] = None
+                while len(self._verified) > self.VERIFIED_CAPACITY:
+                    self._verified.popitem(last=False)
+        return digest
 
     verify = __call__
 

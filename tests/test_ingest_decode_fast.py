@@ -32,7 +32,7 @@ def test_ordinary_envelopes_take_the_fast_path_with_their_received_canonical_byt
         fast = _single_fast("node-a", json.dumps(data).encode())
         assert fast is not None, event_id
         assert fast.good[0].env.event_id == event_id
-        assert fast.good[0].canonical == canonical_bytes(data)
+        assert fast.good[0].canonical() == canonical_bytes(data)
 
 
 @pytest.mark.parametrize(("raw", "reason"), [

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -277,6 +278,7 @@ class Topics:
 #: ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` without building
 #: an encoder per call (central computes this for every received event).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
 def canonical_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
@@ -284,6 +286,41 @@ def canonical_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
     data = msg.model_dump(mode="json") if isinstance(msg, BaseModel) else dict(msg)
     data.pop("sig", None)
     return _CANONICAL.encode(data).encode()
+
+
+#: An event envelope's ``sig`` member in canonical form is followed by this one (keys sorted:
+#: ``seq``, ``sig``, ``time_quality``); the cut is tried only there.
+_SIG_MEMBER = b',"sig":"'
+_AFTER_SIG = b'","time_quality":'
+
+
+def received_signed_bytes(payload: bytes, sig: str | None) -> bytes | None:
+    """The bytes an event envelope's signature covers, cut from the RECEIVED single-envelope
+    message ``payload`` whose parsed top-level ``sig`` is ``sig``: the payload without the exact
+    member ``,"sig":"<sig>"``; None when the payload is not in the form that allows the cut (then
+    the receiver re-encodes, ``canonical_bytes``). Conditions (docs/protocol.md, "Signatures"):
+
+    * no ``\\u`` anywhere, so every key is written as itself: a top-level key ``sig`` can only be
+      the raw text ``"sig"``;
+    * ``"sig"`` occurs exactly once in the payload, so that occurrence IS the top-level key (not
+      a member nested in ``payload``, nor a second ``sig``, nor a string value);
+    * it is written ``,"sig":"<sig>",`` followed by ``"time_quality":`` (its sorted place), and
+      ``sig`` is plain base64, so the member spans exactly those bytes.
+
+    Cutting one whole top-level member out of valid JSON leaves valid JSON whose parse is the
+    received object without ``sig``: what is verified is exactly what is stored.
+    """
+    if sig is None or not 0 < len(sig) <= 200 or not _BASE64_TEXT.fullmatch(sig):
+        return None
+    if b"\\u" in payload or payload.count(b'"sig"') != 1:
+        return None
+    start = payload.find(_SIG_MEMBER)
+    if start < 0:
+        return None
+    end = start + len(_SIG_MEMBER) + len(sig)
+    if payload[start + len(_SIG_MEMBER):end] != sig.encode("ascii") or not payload.startswith(_AFTER_SIG, end):
+        return None
+    return payload[:start] + payload[end + 1:]
 
 
 def signed_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
@@ -306,11 +343,14 @@ def signed_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
 
 
 def encode(msg: BaseModel) -> bytes:
-    """Serialise a message (including ``sig`` when set) for publishing."""
+    """Serialise a message (including ``sig`` when set) for publishing, in canonical form: sorted
+    keys, compact, so the bytes are ``canonical_bytes(msg)`` with the ``sig`` member in its sorted
+    place, and central can check an event's signature over the received bytes with that member cut
+    out (:func:`received_signed_bytes`) instead of re-encoding the message."""
     data = msg.model_dump(mode="json", exclude_none=False)
     if data.get("sig") is None:
         data.pop("sig", None)
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _CANONICAL.encode(data).encode()
     limit = _LIMITS.get(data["kind"], MAX_CONTROL_BYTES)
     if len(body) > limit:
         raise WireError("oversized", f"{data['kind']} of {len(body)} bytes > {limit}")
@@ -483,9 +523,9 @@ def _item_event_id(item: dict[str, Any], topic_node: str) -> str | None:
 
 
 def envelope_json(data: dict[str, Any]) -> bytes:
-    """Compact JSON of one envelope dict (as :func:`encode` writes it); ``oversized`` past the
-    single-event limit."""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    """Canonical JSON of one envelope dict (as :func:`encode` writes it: sorted keys, compact, a
+    ``sig`` in its sorted place); ``oversized`` past the single-event limit."""
+    body = _CANONICAL.encode(data).encode()
     if len(body) > MAX_EVENT_BYTES:
         raise WireError("oversized", f"event of {len(body)} bytes > {MAX_EVENT_BYTES}")
     return body
