@@ -2,7 +2,9 @@
 
 Events, all with ``data`` as JSON:
 
-- ``incident`` (with an ``id``): an incident visible to you changed; ``data`` is its summary.
+- ``incident`` (with an ``id``): an incident visible to you changed; ``data`` is its summary
+  plus ``row``: its queue row, server-rendered in your language (what
+  ``/fragments/incidents/<id>`` answers), so the queue page needs no request per change.
 - ``resync`` (with an ``id``): what you missed cannot be replayed (more changes than
   ``web.stream_replay``, an id that is not ours, or your queue overflowed): re-read the queue.
 - ``heartbeat`` (no ``id``): every ``HEARTBEAT_S`` seconds with the server's time. A named event
@@ -32,6 +34,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from central_sync.incidents import Incident
 from central_sync.web.auth import COOKIE, Principal, principal
+from central_sync.web.cached_views import render_row
 from central_sync.web.context import WebContext, ctx_of
 from central_sync.web.live import LiveChange, Subscription, parse_event_id
 from central_sync.web.policy import can_see_incident
@@ -84,8 +87,10 @@ def incident_event(ctx: WebContext, who: Principal, change: LiveChange,
     if incident is None or not can_see_incident(who.user, incident, node):
         return None
     summary: dict[str, Any] = ctx.desk.summary(incident, node)
+    # The queue row too (the page puts it in place without fetching /fragments/incidents/<id>).
+    row = render_row(ctx, summary)
     return ServerSentEvent(event="incident", id=str(change.seq),
-                           data=json.dumps(summary, default=str))
+                           data=json.dumps(summary | {"row": row}, default=str))
 
 
 def resync_event(head: int) -> ServerSentEvent:
