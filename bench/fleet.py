@@ -23,8 +23,9 @@ Per repeat, phases with the same fleet and load:
    group) plus ``kentongan-central web``; ``--ingest 0`` runs the all-in-one ``kentongan-central
    run`` instead. ``--p1-process``: the workers run ``--lane bulk`` and one more process
    ``ingest --lane p1`` consumes the P1 channel (``kentongan-ingest-p1.service``).
-   ``--dashboards`` clients log in and poll ``GET /`` and ``GET /api/nodes`` every
-   second while one SSE stream (``/api/stream``) stays open per dashboard.
+   ``--dashboards`` operators each have the desk's queue page open and do what its scripts do
+   in a browser (``bench/fleet_dash.py``: the page once, the live stream, a row fragment and the
+   P1 banner per change, the link poll every 5 s).
 
 CPU per event: CPU seconds of the receiving processes over the measured window (``--duration``)
 divided by the events stored (central) or answered (echo, which reports its count on SIGUSR1)
@@ -153,8 +154,9 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
                  "rss_per_receiver_mib": [round(peak_rss_mib(p.pid)) for p in receivers],
                  "web_rss_mib": round(peak_rss_mib(web.pid)) if web is not None else None,
                  "web_cpu_s": round(web_cpu, 1) if web_cpu is not None else None,
-                 "get_p50_p99_ms_by_path": {path: [round(pct(v, 50) * 1000, 1), round(pct(v, 99) * 1000, 1)]
-                                            for path, v in dashboards.by_path.items() if v} if dashboards else None,
+                 "get_p50_p99_ms_n_by_path": {path: [round(pct(v, 50) * 1000, 1), round(pct(v, 99) * 1000, 1), len(v)]
+                                              for path, v in dashboards.by_path.items() if v} if dashboards else None,
+                 "dashboard": dashboards.summary() if dashboards else None,
                  "cpu_s": {"receivers": round(cpu, 1), **others},
                  }
     return res
@@ -183,6 +185,8 @@ def main() -> None:
                     help="ingest workers with --lane bulk plus one 'ingest --lane p1' process (needs --ingest >= 1)")
     ap.add_argument("--p1-nice", type=int, default=0,
                     help="run the P1 process under 'nice -n N' (-5: kentongan-ingest-p1.service's Nice=; needs root)")
+    ap.add_argument("--web-nice", type=int, default=0,
+                    help="run the web process under 'nice -n N' (kentongan-central-web.service's Nice=; needs root)")
     ap.add_argument("--no-web", action="store_true", help="ingest workers only (no web process, no dashboards)")
     ap.add_argument("--unsigned", action="store_true")
     ap.add_argument("--no-p1-channel", action="store_true", help="posts send P1s on event only (as before the P1 lane)")

@@ -1,5 +1,5 @@
 """bench/fleet.py's processes: the echo baseline, the simulated fleet, central's processes, the
-polling dashboards, and what is read from /proc about them (CPU seconds, peak RSS)."""
+dashboards (``bench/fleet_dash.py``), and what is read from /proc about them (CPU seconds, peak RSS)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
-import urllib.request
-from http.cookiejar import CookieJar
 from pathlib import Path
 
+from bench.fleet_dash import Dashboards as Dashboards  # the operators' desk pages (bench/fleet_dash.py)
 from bench.fleet_setup import CLI, PY, ROOT, Setup
 
 #: The baseline: a trivial paho subscriber answering one Ack per event message, with the same
@@ -135,63 +133,6 @@ def wait_line(proc: subprocess.Popen[str], text: str, timeout: float) -> None:
     raise RuntimeError(f"timed out waiting for {text!r}")
 
 
-class Dashboards:
-    """``n`` logged-in operators polling ``GET /`` and ``GET /api/nodes`` every second, each with
-    an SSE stream open; GET latencies in seconds."""
-
-    def __init__(self, port: int, n: int) -> None:
-        self.port, self.n = port, n
-        self.latencies: list[float] = []
-        self.by_path: dict[str, list[float]] = {"/": [], "/api/nodes": []}
-        self.errors = 0
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
-
-    def _opener(self) -> urllib.request.OpenerDirector:
-        jar = CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-        body = json.dumps({"username": "bench", "password": "bench-password-123"}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/login", body,
-                                     {"Content-Type": "application/json"})
-        opener.open(req, timeout=30).read()
-        return opener
-
-    def _stream(self, opener: urllib.request.OpenerDirector) -> None:
-        try:
-            with opener.open(f"http://127.0.0.1:{self.port}/api/stream", timeout=5) as resp:
-                while not self.stop.is_set():
-                    resp.readline()
-        except Exception:
-            return
-
-    def _run(self) -> None:
-        try:
-            opener = self._opener()
-        except Exception:
-            self.errors += 1
-            return
-        threading.Thread(target=self._stream, args=(opener,), daemon=True).start()
-        while not self.stop.is_set():
-            for path in ("/", "/api/nodes"):
-                t0 = time.monotonic()
-                try:
-                    opener.open(f"http://127.0.0.1:{self.port}{path}", timeout=30).read()
-                    self.latencies.append(time.monotonic() - t0)
-                    self.by_path[path].append(self.latencies[-1])
-                except Exception:
-                    self.errors += 1
-            self.stop.wait(1.0)
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(5)
-
-
 def start_fleet(setup: Setup, args: argparse.Namespace, tag: str) -> list[tuple[subprocess.Popen[str], Path]]:
     procs = []
     per = -(-len(setup.nodes) // args.procs)
@@ -238,7 +179,8 @@ def start_central(setup: Setup, args: argparse.Namespace
             procs.append(subprocess.Popen([*nice, *CLI, "ingest", "--config", str(setup.cfg), "--worker-id", "p1",
                                            "--lane", "p1"], cwd=ROOT, env=env, stdout=log, stderr=log, text=True))
         if not args.no_web:
-            web = subprocess.Popen([*CLI, "web", "--config", str(setup.cfg)], cwd=ROOT, env=env,
+            web_nice = ["nice", "-n", str(args.web_nice)] if getattr(args, "web_nice", 0) else []  # the unit's Nice=
+            web = subprocess.Popen([*web_nice, *CLI, "web", "--config", str(setup.cfg)], cwd=ROOT, env=env,
                                    stdout=log, stderr=log, text=True)
     deadline = time.monotonic() + 120
     import socket

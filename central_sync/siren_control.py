@@ -31,7 +31,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from central_sync.errors import CentralError
 from central_sync.incidents import Incident
 from central_sync.routing import make_command
-from central_sync.store.siren_tables import SirenTables
+from central_sync.siren_warnings import WarningQueue, incident_activation_id
+from central_sync.store.siren_tables import UNSENT, SirenTables
 from edge.incidents import INCIDENTS, IncidentType
 from edge.logs import log_event
 from edge.sync.wire import Command
@@ -89,10 +90,6 @@ class Scope:
         return self.kind == "rw" or (post.get("rt") is not None and int(post["rt"]) == self.rt)
 
 
-def incident_activation_id(incident_id: str) -> str:
-    return f"incident-{incident_id}"
-
-
 class SirenControl:
     """Starts, records and stops the sirens of groups and incident warnings."""
 
@@ -102,7 +99,7 @@ class SirenControl:
         self.ttl_s = ttl_s
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warn_lock = threading.Lock()
-        self._warnings: list[Command] = []
+        self.warnings = WarningQueue(tables)
         self._publishing = False
 
     # -- incident warnings ---------------------------------------------------------------------
@@ -118,13 +115,13 @@ class SirenControl:
 
     def queue_incident_warnings(self, incident: Incident, cmds: Sequence[Command]) -> bool:
         """Record the warnings (linked to the incident's activation, so a resolve can stop them)
-        and queue them for ``publish_warnings`` (any thread). True: the caller must start
-        ``publish_warnings`` on the loop (nothing is publishing the queue now)."""
+        and queue them for ``publish_warnings``, one per post (``siren_warnings``; any thread).
+        True: the caller must start ``publish_warnings`` on the loop (nothing is publishing
+        the queue now)."""
         if not cmds or self.sender is None:
             return False
-        self.record_incident_warnings(incident, cmds)
+        self.warnings.add(incident, list(cmds))
         with self._warn_lock:
-            self._warnings.extend(cmds)
             start, self._publishing = not self._publishing, True
         return start
 
@@ -136,7 +133,7 @@ class SirenControl:
         sent = 0
         while True:
             with self._warn_lock:
-                batch, self._warnings = self._warnings[:WARNING_BATCH], self._warnings[WARNING_BATCH:]
+                batch = self.warnings.take(WARNING_BATCH) if self.sender is not None else []
                 if not batch or self.sender is None:
                     self._publishing = False
                     return sent
@@ -144,6 +141,8 @@ class SirenControl:
             try:
                 await self.sender.send_commands(batch, record=self._record_warnings)
                 sent += len(batch)
+                log_event(log, "rw_warnings_sent", count=len(batch), lag_s=round(self.warnings.lag_s, 3),
+                          queued=len(self.warnings))
                 await asyncio.sleep(max(0.0, len(batch) / WARNING_RATE - (time.monotonic() - started)))
             except asyncio.CancelledError:
                 with self._warn_lock:
@@ -155,7 +154,8 @@ class SirenControl:
     def drop_queued_warnings(self) -> None:
         """Forget the queue (there is no loop to publish it on)."""
         with self._warn_lock:
-            self._warnings, self._publishing = [], False
+            self.warnings.clear()
+            self._publishing = False
 
     def _record_warnings(self, signed: list[Command]) -> None:
         self.tables.record_sent(signed, issued_by="central:routing")
@@ -164,6 +164,10 @@ class SirenControl:
         """Stop every activation recorded for the incident (its RW warnings, groups started
         for it). Returns {activation id: stop commands sent}."""
         out: dict[str, Any] = {}
+        cancelled = await asyncio.to_thread(self.warnings.cancel, incident_id)
+        if cancelled:
+            out["cancelled"] = cancelled
+            log_event(log, "rw_warnings_cancelled", incident_id=incident_id, count=cancelled)
         for row in await asyncio.to_thread(self.tables.of_incident, incident_id):
             out[str(row["activation_id"])] = await self.stop(str(row["activation_id"]), by)
         return out
@@ -206,8 +210,8 @@ class SirenControl:
         again: a post that missed the first stop gets another)."""
         if await asyncio.to_thread(self.tables.get, activation_id) is None:
             raise SirenControlError(f"no activation {activation_id}")
-        started = await asyncio.to_thread(self.tables.started, activation_id)
         await asyncio.to_thread(self.tables.mark_stopped, activation_id, by, time.time())
+        started = await asyncio.to_thread(self._to_stop, activation_id)
         if not started:
             return {"activation_id": activation_id, "stops": 0}
         if self.sender is None:
@@ -222,6 +226,27 @@ class SirenControl:
         await self._send(cmds, record)
         log_event(log, "sirens_stopped", activation_id=activation_id, posts=len(cmds), by=by)
         return {"activation_id": activation_id, "stops": len(cmds)}
+
+    def _to_stop(self, activation_id: str) -> dict[str, list[str]]:
+        """The ``sound`` command ids to stop, by post. An incident's RW warning shared with
+        other incidents (``siren_warnings``: merged) is stopped with the last of them to close:
+        its own and the ones merged into (named as the post knows them), none that another
+        open incident still has."""
+        started = self.tables.started(activation_id)
+        if not activation_id.startswith("incident-"):
+            return started
+        rows = self.tables.warning_rows(self.tables.warning_nodes(activation_id))
+        live: set[str] = set()  # command ids an open incident still wants
+        wanted: dict[str, set[str]] = {}
+        for r in rows:
+            real = r["merged_into"] or (None if r["status"] in UNSENT else r["command_id"])
+            if real is None:
+                continue
+            if not r["stopped"]:
+                live.add(real)
+            if r["activation_id"] == activation_id:
+                wanted.setdefault(r["node_id"], set()).add(real)
+        return {node: sorted(ids - live) for node, ids in wanted.items() if ids - live}
 
     async def _send(self, cmds: list[Command], record: Record) -> None:
         """Send ``cmds``; return once they are recorded (the activation page can show them),
@@ -274,7 +299,8 @@ class SirenControl:
             p["state"] = _post_state(p, now)
         return {**dict(row), "now": now,
                 "counts": {"confirmed": counts.get("ok", 0), "failed": counts.get("failed", 0),
-                           "pending": counts.get("sent", 0), "total": sum(counts.values())},
+                           "pending": counts.get("sent", 0), "merged": counts.get("merged", 0),
+                           "cancelled": counts.get("cancelled", 0), "total": sum(counts.values())},
                 "stops": {"confirmed": stops.get("ok", 0), "failed": stops.get("failed", 0),
                           "pending": stops.get("sent", 0), "total": sum(stops.values())},
                 "posts": posts}
@@ -286,6 +312,6 @@ class SirenControl:
 def _post_state(p: Mapping[str, Any], now: float) -> str:
     if p["status"] == "ok":
         return "confirmed"
-    if p["status"] == "failed":
-        return "failed"
+    if p["status"] in ("failed", *UNSENT):
+        return str(p["status"])
     return "no_answer" if p.get("expires_at") and now > float(p["expires_at"]) else "pending"

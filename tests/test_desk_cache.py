@@ -144,3 +144,19 @@ def test_post_overview_serialises_only_changed_posts_and_matches_a_full_build(en
     body = ctx.bodies.post_json.build(ctx, who)
     assert ctx.bodies.post_json.serialised == before + 1
     assert body == json.dumps(post_rows(ctx, who), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+
+def test_start_up_warming_renders_the_rows_the_first_page_needs(env: WebEnv) -> None:
+    from central_sync.web.cached_views import warm
+
+    env.node("pos-a")
+    inc = env.incident_of(env.events(event("pos-a", "KEBAKARAN"))[0])
+    env.ctx.bodies.rows.clear()
+    assert warm(env.ctx) == 1 and len(env.ctx.bodies.rows) == 1
+    warmed = set(env.ctx.bodies.rows)
+    client, _csrf = env.client("op")
+    assert inc in client.get("/").text
+    if set(env.ctx.bodies.rows) != warmed:  # only when the row's 30 s slot turned meanwhile
+        assert len(env.ctx.bodies.rows) == 2 and all(k[1] != w[1] for k in set(env.ctx.bodies.rows) - warmed
+                                                     for w in warmed)

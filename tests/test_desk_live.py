@@ -307,3 +307,41 @@ def test_closing_the_hub_ends_open_streams_at_once(served: tuple[WebEnv, httpx.C
     assert [e.get("event") for e in got] == ["hello"]          # then the stream ended
     assert time.monotonic() - started < 8                      # well before a heartbeat wait
     _wait_for(lambda: env.ctx.hub.subscribers == 0)
+
+
+def test_a_stream_ends_soon_after_its_session_is_logged_out(tmp_path: Path) -> None:
+    """The session is looked up at most once a second (not per change, on the loop): after a
+    logout the stream still ends, within about a second of changes."""
+    env = WebEnv(tmp_path / "central.db")
+    env.node("pos-a", "33.74.10.1005/5/3")
+    env.user("op", "operator")
+    try:
+        with Served(env) as srv, httpx.Client(base_url=f"http://127.0.0.1:{srv.port}", timeout=20) as http:
+            r = http.post("/api/login", json={"username": "op", "password": WebEnv.PASSWORD})
+            csrf = r.json()["csrf_token"]
+            ended = threading.Event()
+            after_logout: list[dict[str, Any]] = []
+            logged_out = threading.Event()
+
+            def read() -> None:
+                def until(evs: list[dict[str, Any]]) -> bool:
+                    if logged_out.is_set() and evs[-1].get("event") == "incident":
+                        after_logout.append(evs[-1])
+                    return False
+                try:
+                    _read_events(http, {}, until, timeout=60)
+                finally:
+                    ended.set()
+
+            threading.Thread(target=read, daemon=True).start()
+            _wait_for(lambda: env.ctx.hub.subscribers == 1)
+            assert http.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+            logged_out.set()
+            deadline = time.monotonic() + 30
+            while not ended.is_set():
+                assert time.monotonic() < deadline, "the stream outlived its session"
+                env.events(event("pos-a", "PANIC"))
+                ended.wait(0.2)
+            assert len(after_logout) <= 10  # about a second's worth at most
+    finally:
+        env.close()

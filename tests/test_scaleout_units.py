@@ -40,6 +40,10 @@ def test_scaleout_units_are_hardened_notify_services(unit: str) -> None:
     if unit == "kentongan-ingest-p1.service":  # the P1 lane alone, ahead of the bulk workers for CPU
         assert (args.lane, args.worker_id) == ("p1", "p1")
         assert int(d["CPUWeight"][0]) > 100 and int(d["Nice"][0]) < 0
+    elif args.command == "web":  # interactive: ahead of the bulk workers, behind the P1 lane
+        p1 = _directives(UNITS / "kentongan-ingest-p1.service")
+        assert 100 < int(d["CPUWeight"][0]) < int(p1["CPUWeight"][0])
+        assert int(p1["Nice"][0]) < int(d["Nice"][0]) < 0
     elif args.command == "ingest":  # bulk only: the P1 process consumes the P1 channel
         assert (args.lane, args.worker_id) == ("bulk", "3")
 

@@ -68,7 +68,7 @@ def test_group_scopes_roles_and_city_confirmation(env: WebEnv) -> None:
     act_id = r.json()["activation_id"]
     # Recorded before publishing: every post pending, then confirmed as results arrive.
     status = op.get(f"/api/sirens/activations/{act_id}").json()
-    assert status["counts"] == {"confirmed": 0, "failed": 0, "pending": 4, "total": 4}
+    assert status["counts"] == {"confirmed": 0, "failed": 0, "pending": 4, "merged": 0, "cancelled": 0, "total": 4}
     cmds = {c.node_id: c for c in env.sender.actions("sound")}
     env.store.record_command_results([
         CommandResult(command_id=cmds["pos-a"].command_id, node_id="pos-a", ok=True, detail="sounding", at=1.0),
@@ -77,7 +77,7 @@ def test_group_scopes_roles_and_city_confirmation(env: WebEnv) -> None:
         CommandResult(command_id=cmds["pos-c"].command_id, node_id="pos-d", ok=True, detail="x", at=1.0),
     ], time.time())
     status = op.get(f"/api/sirens/activations/{act_id}").json()
-    assert status["counts"] == {"confirmed": 1, "failed": 1, "pending": 2, "total": 4}
+    assert status["counts"] == {"confirmed": 1, "failed": 1, "pending": 2, "merged": 0, "cancelled": 0, "total": 4}
     assert {p["node_id"]: p["state"] for p in status["posts"]} == {
         "pos-a": "confirmed", "pos-b": "failed", "pos-c": "pending", "pos-d": "pending"}
     # Stop the group: one targeted stop per post, naming its sound command.
@@ -182,4 +182,5 @@ def test_rw_warnings_go_out_as_one_recorded_batch(env: WebEnv) -> None:
     assert {issued for c, issued in env.sender.sent} == {"batch"}
     inc_id = env.incident_of(event_id)
     act = env.ctx.desk.sirens.status(f"incident-{inc_id}")
-    assert act is not None and act["counts"] == {"confirmed": 0, "failed": 0, "pending": 5, "total": 5}
+    assert act is not None and act["counts"] == {"confirmed": 0, "failed": 0, "pending": 5, "merged": 0,
+                                                 "cancelled": 0, "total": 5}

@@ -75,7 +75,7 @@ def test_resolve_stops_the_neighbours_warning(world: tuple[Central, Posts]) -> N
     # The stop command's answer is stored at central like any command result.
     act = wait_for(lambda: (a := http.get(f"/api/sirens/activations/incident-{inc_id}").json())
                    and a["stops"]["confirmed"] == 1 and a, 30, "the stop confirmed")
-    assert act["counts"] == {"confirmed": 1, "failed": 0, "pending": 0, "total": 1}
+    assert act["counts"] == {"confirmed": 1, "failed": 0, "pending": 0, "merged": 0, "cancelled": 0, "total": 1}
     assert [p["node_id"] for p in act["posts"]] == ["pos-tetangga"]
     print(f"neighbour siren stopped {stopped_after:.2f} s after the resolve")
 

@@ -26,12 +26,16 @@ _STATUS_SELECT = (
     "WHERE s.activation_id = ? AND s.role = ?")
 
 
-def _insert_sent(tx: SqlTx, cmds: Sequence[Command], issued_by: str) -> None:
+def _insert_sent(tx: SqlTx, cmds: Sequence[Command], issued_by: str, status: str = "sent") -> None:
     tx.many(
         "INSERT INTO commands (command_id, node_id, action, params, issued_at, expires_at, issuer, "
-        "issued_by, signed, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'sent') ON CONFLICT DO NOTHING",
+        "issued_by, signed, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [(c.command_id, c.node_id, c.action, json.dumps(c.params, default=str), c.issued_at,
-          c.expires_at, c.issuer, issued_by, c.sig is not None) for c in cmds])
+          c.expires_at, c.issuer, issued_by, c.sig is not None, status) for c in cmds])
+
+
+#: Statuses of start commands that were never published (``central_sync.siren_warnings``).
+UNSENT = ("merged", "cancelled")
 
 
 class SirenTables:
@@ -69,6 +73,50 @@ class SirenTables:
             with self.runner.tx() as tx:
                 _insert_sent(tx, cmds, issued_by)
 
+    def record_unsent(self, activation_id: str | None, cmds: Sequence[Command], *, issued_by: str,
+                      status: str) -> None:
+        """Record RW warnings that will never be published (``UNSENT``: merged into another
+        incident's warning to the same post, or cancelled), linked to ``activation_id`` when
+        given (else they are linked already), in one transaction."""
+        assert status in UNSENT
+        if not cmds:
+            return
+        with self.runner.tx() as tx:
+            _insert_sent(tx, cmds, issued_by, status)
+            if activation_id is not None:
+                tx.many("INSERT INTO siren_commands (command_id, activation_id, node_id, role) "
+                        "VALUES (?, ?, ?, 'start') ON CONFLICT DO NOTHING",
+                        [(c.command_id, activation_id, c.node_id) for c in cmds])
+
+    def warning_nodes(self, activation_id: str) -> list[str]:
+        """The posts an activation's start commands went (or were to go) to."""
+        with self.runner.read() as tx:
+            rows = tx.rows("SELECT DISTINCT node_id FROM siren_commands WHERE activation_id = ? "
+                           "AND role = 'start' ORDER BY node_id", (activation_id,))
+        return [str(r["node_id"]) for r in rows]
+
+    def warning_rows(self, node_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The incident warnings (start commands of incident activations) to these posts:
+        activation, whether it is stopped, command id, status (None: not recorded yet, still
+        queued or being published) and, for a merged one, the command it was merged into."""
+        out: list[dict[str, Any]] = []
+        with self.runner.read() as tx:
+            for i in range(0, len(node_ids), 500):
+                chunk = list(node_ids[i:i + 500])
+                rows = tx.rows(
+                    "SELECT s.activation_id, a.stopped_at, s.node_id, s.command_id, c.status, c.params "
+                    "FROM siren_commands s JOIN siren_activations a ON a.activation_id = s.activation_id "
+                    "LEFT JOIN commands c ON c.command_id = s.command_id WHERE a.kind = 'incident' "
+                    f"AND s.role = 'start' AND s.node_id IN ({', '.join('?' * len(chunk))})", tuple(chunk))
+                for r in rows:
+                    merged_into = None
+                    if r["status"] == "merged":
+                        merged_into = json.loads(r["params"] or "{}").get("merged_into")
+                    out.append({"activation_id": r["activation_id"], "stopped": r["stopped_at"] is not None,
+                                "node_id": r["node_id"], "command_id": r["command_id"], "status": r["status"],
+                                "merged_into": merged_into})
+        return out
+
     def get(self, activation_id: str) -> Row | None:
         with self.runner.read() as tx:
             return one(tx, "SELECT * FROM siren_activations WHERE activation_id = ?", (activation_id,))
@@ -90,10 +138,12 @@ class SirenTables:
                           "WHERE activation_id = ? AND stopped_at IS NULL", (at, by, activation_id)) > 0
 
     def started(self, activation_id: str) -> dict[str, list[str]]:
-        """The ``sound`` command ids of the activation, by post."""
+        """The ``sound`` command ids of the activation, by post (not those never published)."""
         with self.runner.read() as tx:
-            rows = tx.rows("SELECT node_id, command_id FROM siren_commands WHERE activation_id = ? "
-                           "AND role = 'start' ORDER BY command_id", (activation_id,))
+            rows = tx.rows("SELECT s.node_id, s.command_id FROM siren_commands s LEFT JOIN commands c "
+                           "ON c.command_id = s.command_id WHERE s.activation_id = ? AND s.role = 'start' "
+                           "AND (c.status IS NULL OR c.status NOT IN ('merged', 'cancelled')) "
+                           "ORDER BY s.command_id", (activation_id,))
         out: dict[str, list[str]] = {}
         for r in rows:
             out.setdefault(str(r["node_id"]), []).append(str(r["command_id"]))

@@ -22,6 +22,7 @@ from central_sync.errors import AuthError, CentralError
 from central_sync.retention import Retention
 from central_sync.store import Store
 from central_sync.web import (
+    cached_views,
     i18n,
     present,
     routes_api,
@@ -93,12 +94,14 @@ def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
         ctx.desk.posts.load(await asyncio.to_thread(store.list_nodes))
         count = await asyncio.to_thread(ctx.desk.catch_up)
         log_event(log, "web_started", caught_up=count, posts=len(ctx.desk.posts))
+        warming = asyncio.create_task(_warm(ctx), name="desk-warm")
         follower = (asyncio.create_task(ctx.desk.follow(feed, mark), name="desk-change-feed")
                     if feed is not None and mark is not None else None)
         supervision = asyncio.create_task(run_supervision(ctx.desk), name="desk-supervision")
         try:
             yield
         finally:
+            warming.cancel()
             supervision.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervision
@@ -145,6 +148,16 @@ def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
     return app
+
+
+async def _warm(ctx: WebContext) -> None:
+    """``cached_views.warm`` in a worker thread; a failure only costs the first page its speed."""
+    try:
+        rows = await asyncio.to_thread(cached_views.warm, ctx)
+    except Exception as exc:
+        log_event(log, "warm_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:200])
+        return
+    log_event(log, "web_warm", rows=rows)
 
 
 def context_of(app: FastAPI) -> WebContext:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Awaitable, Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +37,12 @@ if TYPE_CHECKING:  # context.py imports this module
     from central_sync.web.auth import Principal
     from central_sync.web.context import WebContext
 
-def _scope(user: User) -> Hashable:
+def scope_of(user: User) -> Hashable:
     """What visibility depends on: admins and operators see by role, RT admins by their RTs."""
     return user.role, (frozenset() if user.role in (Role.ADMIN, Role.OPERATOR) else user.rts)
+
+
+_scope = scope_of
 
 
 def queue_rows(ctx: WebContext, who: Principal) -> Awaitable[Cached[QueueRows]]:
@@ -68,17 +72,53 @@ def render_rows(ctx: WebContext, incidents: list[dict[str, Any]]) -> Markup:
     if not ctx.bodies.queue.enabled:  # uncached: as queue_fragment.html renders them
         return Markup("").join(Markup(macro(summary)) for summary in incidents)
     rows = ctx.bodies.rows
-    slot = (i18n.current(), int(time.time() // ROW_AGE_S))
     if len(rows) > 4 * max(len(incidents), 1000):
         rows.clear()
     out = []
+    lang, now = i18n.current(), time.time()
     for summary in incidents:
-        key = (slot, repr(sorted(summary.items())))
+        key = row_key(summary, lang, now)
         html = rows.get(key)
         if html is None:
             html = rows[key] = Markup(macro(summary))
         out.append(html)
     return Markup("").join(out)
+
+
+def row_key(summary: dict[str, Any], lang: str, now: float) -> Hashable:
+    """A rendered row's key: its summary, the language and its ``ROW_AGE_S`` slot. Each
+    incident's slots are offset by a hash of its id, so the rows age out spread over the slot,
+    not all in the same second (500 rows re-rendered at once hold the GIL for ~0.1 s)."""
+    offset = zlib.crc32(str(summary.get("incident_id")).encode()) % ROW_AGE_S
+    return lang, int((now + offset) // ROW_AGE_S), repr(sorted(summary.items()))
+
+
+def warm(ctx: WebContext) -> int:
+    """At start-up, off the loop: compile the desk's templates and render the queue rows in the
+    default language, so the first page after a restart (every browser reconnects and re-reads
+    its queue) is not the one that pays for 500 row renderings. Returns the rows rendered."""
+    for name in ("base.html", "dashboard.html", "_row.html", "row_fragment.html", "queue_fragment.html"):
+        ctx.templates.get_template(name)
+    token = i18n.set_language(ctx.settings.language)
+    try:
+        nodes = ctx.desk.nodes()
+        incidents = [ctx.desk.summary(i, nodes.get(i.node_id)) for i in ctx.desk.book.incidents()]
+        render_rows(ctx, incidents)
+        return len(incidents)
+    finally:
+        i18n.reset_language(token)
+
+
+def render_row(ctx: WebContext, summary: dict[str, Any]) -> str:
+    """One queue row as ``/fragments/incidents/<id>`` renders it, through the same per-(language,
+    slot, summary) store as ``render_rows``: the live stream sends it with each change, so every
+    browser of a language gets the one rendering instead of fetching it (``routes_live``)."""
+    key = row_key(summary, i18n.current(), time.time())
+    html = ctx.bodies.rows.get(key)
+    if html is None:
+        macro = ctx.templates.get_template("_row.html").module.incident_row  # type: ignore[attr-defined]
+        html = ctx.bodies.rows[key] = Markup(macro(summary))
+    return str(html)
 
 
 def nodes_json(ctx: WebContext, who: Principal) -> Awaitable[Cached[bytes]]:

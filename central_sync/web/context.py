@@ -18,6 +18,7 @@ from central_sync.config import CentralConfig
 from central_sync.store import Store
 from central_sync.store.desk_tables import DeskTables
 from central_sync.users import UserStore
+from central_sync.web.attention import AttentionView
 from central_sync.web.auth import AccessLog, LoginLimiter, SessionManager
 from central_sync.web.body_cache import DeskBodies
 from central_sync.web.desk import CommandSender, Desk
@@ -47,6 +48,7 @@ class WebContext:
     unsealer: Unsealer | None = None
     cap_sender: str = "kentongan-central@localhost"
     bodies: DeskBodies = field(default_factory=DeskBodies)  # render-once caches (cached_views)
+    attention: AttentionView = field(default_factory=AttentionView)  # the P1 banner (attention.py)
 
 
 def fmt_time(ts: float | None) -> str:

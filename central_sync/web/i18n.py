@@ -64,6 +64,10 @@ def set_language(lang: str) -> contextvars.Token[str]:
     return _current.set(lang if lang in LANGUAGES else DEFAULT)
 
 
+def reset_language(token: contextvars.Token[str]) -> None:
+    _current.reset(token)
+
+
 def gettext(message: str) -> str:
     return translations(_current.get()).ugettext(message)
 

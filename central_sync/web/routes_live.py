@@ -2,7 +2,9 @@
 
 Events, all with ``data`` as JSON:
 
-- ``incident`` (with an ``id``): an incident visible to you changed; ``data`` is its summary.
+- ``incident`` (with an ``id``): an incident visible to you changed; ``data`` is its summary
+  plus ``row``: its queue row, server-rendered in your language (what
+  ``/fragments/incidents/<id>`` answers), so the queue page needs no request per change.
 - ``resync`` (with an ``id``): what you missed cannot be replayed (more changes than
   ``web.stream_replay``, an id that is not ours, or your queue overflowed): re-read the queue.
 - ``heartbeat`` (no ``id``): every ``HEARTBEAT_S`` seconds with the server's time. A named event
@@ -31,7 +33,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from central_sync.incidents import Incident
+from central_sync.web import i18n
 from central_sync.web.auth import COOKIE, Principal, principal
+from central_sync.web.cached_views import render_row
 from central_sync.web.context import WebContext, ctx_of
 from central_sync.web.live import LiveChange, Subscription, parse_event_id
 from central_sync.web.policy import can_see_incident
@@ -42,6 +46,8 @@ router = APIRouter()
 
 HEARTBEAT_S = 10.0
 RETRY_MS = 2000
+#: Seconds between lookups of an open stream's session (``still_allowed``).
+SESSION_CHECK_S = 1.0
 
 
 def heartbeat() -> ServerSentEvent:
@@ -50,13 +56,28 @@ def heartbeat() -> ServerSentEvent:
 
 class ChangeResolver:
     """Reads each change's incident and post once for all subscribers of this app (the node
-    table is read per change, not per change and browser)."""
+    table is read per change, not per change and browser), and builds each change's event data
+    (summary, rendered row, JSON) once per language: what every browser may see of an incident
+    is the same, only whether it may see it differs."""
 
     def __init__(self, ctx: WebContext, size: int = 256) -> None:
         self.ctx = ctx
         self._cache: OrderedDict[int, tuple[Incident | None, dict[str, Any] | None]] = (
             OrderedDict())
+        self._data: OrderedDict[tuple[int, str], str] = OrderedDict()
         self.size = size
+
+    def data(self, change: LiveChange, incident: Incident, node: dict[str, Any] | None) -> str:
+        """The ``incident`` event's data for ``change`` in the request's language."""
+        key = (change.seq, i18n.current())
+        found = self._data.get(key)
+        if found is None:
+            summary: dict[str, Any] = self.ctx.desk.summary(incident, node)
+            # The queue row too (the page puts it in place without fetching /fragments/incidents/<id>).
+            found = self._data[key] = json.dumps(summary | {"row": render_row(self.ctx, summary)}, default=str)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+        return found
 
     def resolve(self, change: LiveChange) -> tuple[Incident | None, dict[str, Any] | None]:
         hit = self._cache.get(change.seq)
@@ -80,12 +101,11 @@ def resolver_of(ctx: WebContext, state: Any) -> ChangeResolver:
 def incident_event(ctx: WebContext, who: Principal, change: LiveChange,
                    resolver: ChangeResolver | None = None) -> ServerSentEvent | None:
     """The ``incident`` event for one change, or ``None`` when ``who`` may not see it."""
-    incident, node = (resolver or ChangeResolver(ctx)).resolve(change)
+    resolver = resolver or ChangeResolver(ctx)
+    incident, node = resolver.resolve(change)
     if incident is None or not can_see_incident(who.user, incident, node):
         return None
-    summary: dict[str, Any] = ctx.desk.summary(incident, node)
-    return ServerSentEvent(event="incident", id=str(change.seq),
-                           data=json.dumps(summary, default=str))
+    return ServerSentEvent(event="incident", id=str(change.seq), data=resolver.data(change, incident, node))
 
 
 def resync_event(head: int) -> ServerSentEvent:
@@ -131,8 +151,15 @@ async def stream(request: Request, who: Annotated[Principal, Depends(principal)]
     last = parse_event_id(last_event_id) if last_event_id else parse_event_id(since)
     cookie = request.cookies.get(COOKIE)
 
+    checked = [time.monotonic(), True]  # when the session was last looked up, and the answer
+
     def still_allowed() -> bool:
-        return ctx.sessions.lookup(cookie, who.client) is not None
+        """The session still valid; looked up (a store read, on the loop) at most once a
+        second, not once per change: a logout ends the stream within a second."""
+        now = time.monotonic()
+        if now - float(checked[0]) >= SESSION_CHECK_S:
+            checked[:] = [now, ctx.sessions.lookup(cookie, who.client) is not None]
+        return bool(checked[1])
 
     async def body() -> AsyncIterator[ServerSentEvent]:
         backlog = None

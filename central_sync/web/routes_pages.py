@@ -9,12 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from central_sync.web.attention import AttentionBody
 from central_sync.web.auth import Principal, optional_principal
 from central_sync.web.cached_views import queue_rows as cached_queue_rows
 from central_sync.web.context import ctx_of
 from central_sync.web.policy import can_command_posts, can_see_incident
 from central_sync.web.posts import post_rows, rollout_overview, security_events
-from central_sync.web.present import POST_STATUS, post_status, type_name
+from central_sync.web.present import POST_STATUS, post_status
 
 router = APIRouter(include_in_schema=False)
 
@@ -115,20 +116,19 @@ async def queue_rows(request: Request) -> Response:
 
 
 @router.get("/fragments/attention")
-def attention(request: Request) -> Response:
-    """Unacknowledged P1 incidents visible to you, oldest first, in words for the banner."""
-    who = optional_principal(request)
-    if who is None:
-        return JSONResponse({"detail": "login required"}, status_code=401)
+async def attention(request: Request) -> Response:
+    """Unacknowledged P1 incidents visible to you, oldest first, in words for the banner; kept
+    up to date change by change (``attention.py``), with an ``ETag`` the page revalidates."""
     ctx = ctx_of(request)
-    nodes = ctx.desk.nodes()
-    out = []
-    for incident in ctx.desk.visible(who, nodes, open_only=True):
-        if incident.priority != 1 or incident.state.value != "new":
-            continue
-        summary = ctx.desk.summary(incident, nodes.get(incident.node_id))
-        out.append({key: summary.get(key) for key in (
-            "incident_id", "type", "priority", "state", "opened_at", "post_name", "rt", "rw")}
-            | {"type_name": type_name(incident.type)})
-    out.sort(key=lambda i: float(i["opened_at"] or 0))
-    return JSONResponse(out, headers={"Cache-Control": "no-store"})
+
+    def read() -> tuple[Principal | None, AttentionBody | None]:  # one worker-thread hop
+        who = optional_principal(request)
+        return who, ctx.attention.get(ctx, who) if who is not None else None
+
+    who, body = await asyncio.to_thread(read)
+    if who is None or body is None:
+        return JSONResponse({"detail": "login required"}, status_code=401)
+    headers = {"ETag": body.etag, "Cache-Control": "private, no-cache"}
+    if request.headers.get("if-none-match") == body.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body.body, media_type="application/json", headers=headers)

@@ -167,7 +167,9 @@ def activation_page(request: Request, activation_id: ActivationId) -> Response:
 #: A post's confirmation of a siren command, in words.
 CONFIRMATIONS = {"confirmed": N_("sounding (confirmed)"), "failed": N_("failed"),
                  "pending": N_("waiting for the post"), "no_answer": N_("no answer (expired)"),
-                 "stopping": N_("Stop sent to posts")}
+                 "stopping": N_("Stop sent to posts"),
+                 "merged": N_("merged with another incident's warning"),
+                 "cancelled": N_("cancelled: the incident was closed before it was sent")}
 
 
 def confirmation_text(state: str) -> str:

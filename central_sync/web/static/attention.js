@@ -2,8 +2,8 @@
 // Attention for unacknowledged P1 incidents: a banner that stays until each is acknowledged,
 // the locally served alarm sound looping while any unmuted one is waiting (mute is per incident,
 // kept for this browser tab only), a flashing title and a desktop notification when allowed.
-// The list is read from the server (/fragments/attention) on load and whenever the
-// live stream reports a change or a resync, so the banner can never drift from the queue.
+// The list is read from the server (/fragments/attention) on load, on a resync and whenever the
+// live stream reports a change that can touch it, so the banner can never drift from the queue.
 (function () {
   const S = window.kentongan.strings;
   const banner = document.getElementById("attention");
@@ -91,7 +91,8 @@
     if (fetching) { again = true; return fetching; }
     fetching = (async () => {
       try {
-        const r = await fetch("/fragments/attention", {credentials: "same-origin", cache: "no-store"});
+        // "no-cache": the browser revalidates with the ETag; an unchanged banner is a 304.
+        const r = await fetch("/fragments/attention", {credentials: "same-origin", cache: "no-cache"});
         if (r.ok) {
           waiting = await r.json();
           apply();
@@ -126,7 +127,11 @@
 
   window.kentongan.attention = {refresh, get waiting() { return waiting; }};
   const live = window.kentongan.live;
-  live.on("incident", () => refresh());
+  // Only a P1 can join the banner (an incident's priority never drops) and only one on it can
+  // leave; while a read is in flight it may predate this change, so read again after it.
+  live.on("incident", (inc) => {
+    if (inc.priority === 1 || fetching || waiting.some((w) => w.incident_id === inc.incident_id)) refresh();
+  });
   live.on("resync", () => refresh());
   live.on("open", (o) => { if (o.reconnect) refresh(); });
   refresh();

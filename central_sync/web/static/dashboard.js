@@ -1,7 +1,8 @@
 "use strict";
-// Live incident queue: the stream announces a changed incident; its row is fetched as
-// server-rendered HTML and put in place, kept sorted (open first, priority, newest). After a
-// gap the stream says "resync" (or the page reconnects) and the whole queue is re-read.
+// Live incident queue: the stream announces a changed incident with its row rendered by the
+// server (fetched from /fragments/incidents/<id> after the page's own actions) and puts it in
+// place, kept sorted (open first, priority, newest). After a gap the stream says "resync" (or
+// the page reconnects) and the whole queue is re-read.
 // Each open incident's age is counted against its priority's response target.
 (function () {
   const S = window.kentongan.strings;
@@ -36,15 +37,18 @@
     t.innerHTML = html.trim();
     return [...t.querySelectorAll("tr")];
   }
-  async function refresh(id) {
-    const r = await fetch(`/fragments/incidents/${encodeURIComponent(id)}`, {credentials: "same-origin"});
-    if (!r.ok) return;
-    const tr = rowsOf(await r.text())[0];
+  function show(html) {
+    const tr = rowsOf(html)[0];
     if (tr) {
       tr.classList.add("fresh");
       setTimeout(() => tr.classList.remove("fresh"), 4000);
       place(tr);
     }
+  }
+  async function refresh(id) {
+    const r = await fetch(`/fragments/incidents/${encodeURIComponent(id)}`, {credentials: "same-origin"});
+    if (!r.ok) return;
+    show(await r.text());
   }
   async function resync() {
     const r = await fetch("/fragments/queue", {credentials: "same-origin", cache: "no-store"});
@@ -75,7 +79,8 @@
   setInterval(ages, 1000);
   ages();
 
-  live.on("incident", (inc) => refresh(inc.incident_id));
+  // The stream's event carries the row, rendered by the server (an older server: fetch it).
+  live.on("incident", (inc) => { if (inc.row) show(inc.row); else refresh(inc.incident_id); });
   live.on("resync", () => resync());
   live.on("open", (o) => { if (o.reconnect) resync(); });
   document.addEventListener("kentongan:changed", (ev) => refresh(ev.detail));
