@@ -108,6 +108,28 @@ def test_queue_page_catches_up_and_its_stream_id_predates_its_rows(env: WebEnv) 
     assert env.incident_of(first[0]) in rt_client.get("/").text
 
 
+def test_queue_reread_after_a_resync_is_never_older_than_the_stream(env: WebEnv) -> None:
+    """The page re-reads its queue with ``?at=<the stream id it has reached>`` and continues
+    its stream from there: a stored body from before that id must not be served, or the changes
+    in between would be lost to the page."""
+    env.node("pos-a")
+    env.node("pos-b", "33.74.01.1001/6/1")
+    env.ctx.bodies.queue.max_age_s = 3600.0  # the stored body stays "young" for the whole test
+    client, _csrf = env.client("op")
+    env.events(event("pos-a", "KEBAKARAN"))
+    first = client.get("/fragments/queue")
+    inc2 = env.incident_of(env.events(event("pos-b", "KEBAKARAN"))[0])
+    head = env.ctx.hub.head
+    assert head > int(first.headers["X-Stream-Head"])
+    stale = client.get("/fragments/queue")          # without ?at: the young stored body
+    assert inc2 not in stale.text and stale.headers["X-Stream-Head"] == first.headers["X-Stream-Head"]
+    fresh = client.get(f"/fragments/queue?at={head}")
+    assert inc2 in fresh.text and int(fresh.headers["X-Stream-Head"]) >= head
+    # An id beyond what exists (a page from before a restart) is served as usual, not rebuilt.
+    assert client.get(f"/fragments/queue?at={head + 1000}").status_code == 200
+    assert client.get("/fragments/queue?at=x").status_code == 422
+
+
 def test_post_overview_etag_and_catching_up(env: WebEnv) -> None:
     env.node("pos-a")
     client, _csrf = env.client("op")

@@ -82,6 +82,17 @@ class BodyCache(Generic[T]):
         entry = self._stored(key, version, build)
         return entry if entry is not None else await asyncio.to_thread(self._build, key, version, build)
 
+    async def afresh(self, key: Hashable, version: Hashable, build: Callable[[], T]) -> Cached[T]:
+        """The body built from exactly ``version``: the stored one when it is, else built now in
+        a worker thread (and stored). For a caller that must not get an older body, such as the
+        page re-reading its queue after a gap in its stream."""
+        with self._lock:
+            entry = self._entries.get(key) if self.enabled else None
+            if entry is not None and entry.version == version:
+                self.hits += 1
+                return entry
+        return await asyncio.to_thread(self._build, key, version, build)
+
     def _stored(self, key: Hashable, version: Hashable, build: Callable[[], T]) -> Cached[T] | None:
         """The stored body (a background rebuild started when it is due), or None."""
         now = self._clock()

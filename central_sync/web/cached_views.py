@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Awaitable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
@@ -45,9 +45,12 @@ def scope_of(user: User) -> Hashable:
 _scope = scope_of
 
 
-def queue_rows(ctx: WebContext, who: Principal) -> Awaitable[Cached[QueueRows]]:
+def queue_rows(ctx: WebContext, who: Principal, at_least: int | None = None) -> Awaitable[Cached[QueueRows]]:
     """The visible queue rows, rendered (``.value.head``: the stream id they are as new as);
-    awaited on the loop (a build runs in a worker thread)."""
+    awaited on the loop (a build runs in a worker thread). ``at_least``: the stream id the
+    caller has already seen; rows older than it are never returned (built now instead of served
+    stale), because a page that re-reads its queue after a resync continues its stream from
+    there and would otherwise miss the changes in between."""
     head = ctx.hub.head  # before reading anything
     version = (head, ctx.desk.posts.labels_version)
 
@@ -56,7 +59,18 @@ def queue_rows(ctx: WebContext, who: Principal) -> Awaitable[Cached[QueueRows]]:
         incidents = [ctx.desk.summary(i, nodes.get(i.node_id)) for i in ctx.desk.visible(who, nodes)]
         return QueueRows(render_rows(ctx, incidents), len(incidents), head)
 
-    return ctx.bodies.queue.aget((_scope(who.user), i18n.current()), version, build)
+    key = (_scope(who.user), i18n.current())
+    if at_least is not None and at_least <= head:  # never more than exists (a restarted hub)
+        return _at_least(ctx, key, version, build, at_least)
+    return ctx.bodies.queue.aget(key, version, build)
+
+
+async def _at_least(ctx: WebContext, key: Hashable, version: Hashable, build: Callable[[], QueueRows],
+                    at_least: int) -> Cached[QueueRows]:
+    stored = await ctx.bodies.queue.aget(key, version, build)
+    if stored.value.head >= at_least:
+        return stored
+    return await ctx.bodies.queue.afresh(key, version, build)
 
 
 #: Seconds a rendered row's time-dependent parts (its age text, "late") may lag: the browser's

@@ -102,13 +102,14 @@ def incident_row(request: Request,
 
 
 @router.get("/fragments/queue", response_class=HTMLResponse)
-async def queue_rows(request: Request) -> Response:
+async def queue_rows(request: Request, at: int | None = None) -> Response:
     """Every queue row, server-rendered: what the page re-reads after a gap in its stream.
-    ``X-Stream-Head`` is the stream id the rows are at least as new as."""
+    ``X-Stream-Head`` is the stream id the rows are at least as new as; ``?at=<stream id>`` (the
+    id the page's stream has reached) makes sure they are at least that new."""
     who = await asyncio.to_thread(optional_principal, request)
     if who is None:
         return HTMLResponse("login required", status_code=401)
-    rows = await cached_queue_rows(ctx_of(request), who)
+    rows = await cached_queue_rows(ctx_of(request), who, at)
     response = HTMLResponse(rows.value.html)
     response.headers["X-Stream-Head"] = str(rows.value.head)
     response.headers["Cache-Control"] = "no-store"

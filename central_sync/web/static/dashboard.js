@@ -51,7 +51,10 @@
     show(await r.text());
   }
   async function resync() {
-    const r = await fetch("/fragments/queue", {credentials: "same-origin", cache: "no-store"});
+    // Rows at least as new as what the stream has delivered: the stream goes on from there.
+    const at = Number(live.lastId);
+    const q = Number.isInteger(at) && at > 0 ? `?at=${at}` : "";
+    const r = await fetch(`/fragments/queue${q}`, {credentials: "same-origin", cache: "no-store"});
     if (!r.ok) return;
     const rows = rowsOf(await r.text());
     const notes = new Map([...tbody.querySelectorAll("tr")].map((tr) => [tr.dataset.incidentId, tr]));
