@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel
 
+_sodium_open: Callable[[bytes, bytes], bytes] | None
+_SodiumBadSignature: type[Exception]
 try:  # libsodium: the faster Ed25519 verification (verify_bytes)
     from nacl.bindings import crypto_sign_open as _sodium_open
     from nacl.exceptions import BadSignatureError as _SodiumBadSignature
