@@ -117,3 +117,62 @@ def test_a_resend_of_verified_bytes_skips_ed25519_but_nothing_else() -> None:
     with pytest.raises(SecurityError) as exc:
         verifier(signed)  # revocation bites even for bytes verified before
     assert exc.value.reason == "revoked"
+
+
+def _batch(items: list[bytes]) -> bytes:
+    from edge.sync.wire import batch_prefix, join_batch
+
+    return join_batch(batch_prefix("node-a"), items)
+
+
+def _envelope(**changes: Any) -> bytes:
+    fixed: dict[str, Any] = {"wall_time": 1.5e9, "mono_ns": 1, **changes}  # lengths that do not vary
+    return json.dumps(_body(**fixed), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_a_good_batch_takes_the_batch_fast_path_with_received_canonical_bytes() -> None:
+    from central_sync.ingest_decode import _batch_fast
+
+    items = [_body(event_id=f"{i:032x}", sig="A" * 86 + "==", payload={"f": 1e308, "t": "\u00e9"})
+             for i in range(100)]
+    payload = _batch([json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode() for d in items])
+    fast = _batch_fast("node-a", payload)
+    assert fast is not None and fast.is_batch and not fast.bad
+    assert [g.env.event_id for g in fast.good] == [d["event_id"] for d in items]
+    assert [g.canonical for g in fast.good] == [canonical_bytes(d) for d in items]
+    assert decode_events(TOPICS, TOPIC, payload) == fast
+
+
+@pytest.mark.parametrize("bad", [
+    {"seq": -1},  # a field rule
+    {"node_id": "node-b"},  # another node inside the batch
+    {"payload": {"x": 2**63}},  # unstorable number
+    {"payload": {"x": "\ud800"}},  # lone surrogate (sent as an escape)
+    {"payload": {"x": "y" * (16 * 1024)}},  # past the single-event limit
+    {"extra": 1},  # unknown key
+])
+def test_one_bad_envelope_leaves_the_batch_fast_path_and_only_it_is_rejected(bad: dict[str, Any]) -> None:
+    from central_sync.ingest_decode import _batch_fast
+
+    good = [_envelope(event_id=f"{i:032x}") for i in range(3)]
+    odd = json.dumps(_body(event_id="f" * 32, **bad), separators=(",", ":")).encode()
+    payload = _batch([good[0], odd, good[1], good[2]])
+    assert _batch_fast("node-a", payload) is None
+    decoded = decode_events(TOPICS, TOPIC, payload)
+    assert [g.env.event_id for g in decoded.good] == [f"{i:032x}" for i in range(3)]
+    assert len(decoded.bad) == 1 and decoded.bad[0].permanent
+
+
+def test_an_envelope_just_within_the_limit_stays_on_the_batch_fast_path_one_byte_more_does_not() -> None:
+    from central_sync.ingest_decode import _batch_fast
+    from edge.sync.wire import MAX_EVENT_BYTES
+
+    base = _envelope(sig="S" * 88, payload={"x": ""})
+    fill = MAX_EVENT_BYTES - len(base)
+    at_limit = _envelope(sig="S" * 88, payload={"x": "y" * fill})
+    assert len(at_limit) == MAX_EVENT_BYTES
+    assert _batch_fast("node-a", _batch([at_limit, _envelope(event_id="e" * 32)])) is not None
+    over = _envelope(sig="S" * 88, payload={"x": "y" * (fill + 1)})
+    assert _batch_fast("node-a", _batch([over, _envelope(event_id="e" * 32)])) is None
+    decoded = decode_events(TOPICS, TOPIC, _batch([over, _envelope(event_id="e" * 32)]))
+    assert [b.reason for b in decoded.bad] == ["oversized"]
