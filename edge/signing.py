@@ -38,6 +38,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel
 
+from edge.errors import SecurityError
+from edge.keys import load_pem_key
+from edge.sync.wire import Command, EventEnvelope, canonical_bytes, signed_bytes
+
 _sodium_open: Callable[[bytes, bytes], bytes] | None
 _SodiumBadSignature: type[Exception]
 try:  # libsodium: the faster Ed25519 verification (verify_bytes)
@@ -46,10 +50,6 @@ try:  # libsodium: the faster Ed25519 verification (verify_bytes)
 except ImportError:  # pragma: no cover - cryptography alone still verifies
     _sodium_open = None
     _SodiumBadSignature = InvalidSignature
-
-from edge.errors import SecurityError
-from edge.keys import load_pem_key
-from edge.sync.wire import Command, EventEnvelope, canonical_bytes, signed_bytes
 
 _M = TypeVar("_M", bound=BaseModel)
 
