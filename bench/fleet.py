@@ -158,6 +158,7 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
                                               for path, v in dashboards.by_path.items() if v} if dashboards else None,
                  "dashboard": dashboards.summary() if dashboards else None,
                  "cpu_s": {"receivers": round(cpu, 1), **others},
+                 "posts_cpu_us_per_offered": round(others["posts"] * 1e6 / max(offered, 1), 1),
                  }
     return res
 
@@ -173,6 +174,8 @@ def main() -> None:
     ap.add_argument("--drain", type=float, default=60.0, help="seconds to wait for the last Acks")
     ap.add_argument("--ack-timeout", type=float, default=10.0)
     ap.add_argument("--procs", type=int, default=4, help="processes of simulated posts")
+    ap.add_argument("--live-sign", action="store_true",
+                    help="posts sign and encode each event when they send it (as before), not ahead of the window")
     ap.add_argument("--ingest", type=int, default=1, help="ingest workers (0: all-in-one 'run')")
     ap.add_argument("--dashboards", type=int, default=2)
     ap.add_argument("--rw-posts", type=int, default=7,

@@ -81,6 +81,10 @@ class SimSpec:
     #: Backlog messages not yet PUBACKed by the broker at most (as a post's ``MAX_UNCONFIRMED``):
     #: a new P1 is then behind at most this many messages in the post's own connection. 0: no limit.
     mqtt_window: int = 2
+    #: Sign and encode the rated load of this many seconds (bulk and P1 events) BEFORE the window,
+    #: so during it the simulator only publishes: it is load generation, not the system under test
+    #: (signing live took 24.6 of 60 CPU-s at 6,000 ev/s on 2 cores). 0: sign each event as sent.
+    presign_s: float = 0.0
 
 
 @dataclass
@@ -115,6 +119,7 @@ class Post:
         "next_round",
         "node",
         "prefix_bytes",
+        "ready",
         "rttvar",
         "seq",
         "sim",
@@ -135,6 +140,7 @@ class Post:
         self.unacked: dict[str, tuple[float, float, bytes, int]] = {}  # id -> (first, last, body, prio)
         self.backlog: deque[tuple[str, bytes]] = deque()
         self.urgent: deque[tuple[str, bytes]] = deque()
+        self.ready: dict[tuple[int, str], deque[tuple[str, bytes]]] = {}  # pre-signed (presign_s)
         self.prefix_bytes = batch_prefix(node)
         self.next_hb = 0.0
         self.backoff = spec.ack_timeout
@@ -153,6 +159,13 @@ class Post:
         self.client = c
 
     def envelope(self, priority: int, etype: str) -> tuple[str, bytes]:
+        """A signed envelope (event id, body): a pre-signed one when there is one left."""
+        ready = self.ready.get((priority, etype))
+        if ready:
+            return ready.popleft()
+        return self.make_envelope(priority, etype)
+
+    def make_envelope(self, priority: int, etype: str) -> tuple[str, bytes]:
         self.seq += 1
         event_id = uuid.uuid4().hex
         data: dict[str, Any] = {"v": 1, "kind": "event", "event_id": event_id, "node_id": self.node,
@@ -341,13 +354,28 @@ class Fleet:
             if events & selectors.EVENT_WRITE:
                 post.client.loop_write()
 
+    def presign(self) -> None:
+        """Sign the window's load ahead (``presign_s``), in the order ``run`` will take it: the
+        same posts, types and priorities as signing live (a little spare for rate jitter)."""
+        spec, n = self.spec, len(self.posts)
+        bulk = int(spec.rate * spec.presign_s) + 2 * n
+        for rr in range(1, bulk + 1):
+            post = self.posts[(rr - 1) % n]
+            etype = "PANIC" if rr % 50 == 0 else "STATUS"
+            post.ready.setdefault((2, etype), deque()).append(post.make_envelope(2, etype))
+        for k in range(int(spec.p1_rate * spec.presign_s) + n):
+            post = self.posts[k % n]
+            post.ready.setdefault((1, "PANIC"), deque()).append(post.make_envelope(1, "PANIC"))
+
     def run(self, start_signal: bool) -> None:
         spec = self.spec
         for post in self.posts:
             for _ in range(spec.backlog):
-                post.backlog.append(post.envelope(3, "STATUS"))
+                post.backlog.append(post.make_envelope(3, "STATUS"))
             if post.backlog:
                 self.active.add(post)
+        if spec.presign_s > 0:
+            self.presign()
         started = spec.start_now or not start_signal
         if not started:
             def go(*_a: Any) -> None:

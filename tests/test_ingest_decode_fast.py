@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from central_sync.acks import ACK_IDS_MAX, AckBook
-from central_sync.ingest_decode import _single_fast, decode_events, unstorable
+from central_sync.ingest_decode import _fast, decode_events, unstorable
 from edge.sync.wire import Topics, canonical_bytes, encode
 from tests.test_ingest import ev
 
@@ -29,7 +29,7 @@ def test_ordinary_envelopes_take_the_fast_path_with_their_received_canonical_byt
     # Hex ids with "e" + digits once sent half of all envelopes through a walk of the whole body.
     for event_id in ("1e123abc" + "0" * 24, "e999" + "f" * 28, "0" * 32):
         data = _body(event_id=event_id, wall_time=1.5e9, payload={"n": -(2**63), "m": 2**63 - 1, "f": 1e308})
-        fast = _single_fast("node-a", json.dumps(data).encode())
+        fast = _fast("node-a", json.dumps(data).encode())
         assert fast is not None, event_id
         assert fast.good[0].env.event_id == event_id
         assert fast.good[0].canonical() == canonical_bytes(data)
@@ -49,7 +49,7 @@ def test_unstorable_values_leave_the_fast_path_and_are_rejected_by_name(raw: byt
     key = raw.split(b":")[0].decode().strip('"')
     text = json.dumps({k: v for k, v in data.items() if k != key}, separators=(",", ":")).encode()
     payload = text[:-1] + b"," + raw + b"}"
-    assert _single_fast("node-a", payload) is None
+    assert _fast("node-a", payload) is None
     decoded = decode_events(TOPICS, TOPIC, payload)
     assert not decoded.good
     assert [(b.event_id, b.reason, b.permanent) for b in decoded.bad] == [(data["event_id"], reason, True)]
@@ -67,7 +67,7 @@ _json_values = st.recursive(
 def test_fast_path_only_accepts_what_every_store_can_hold(payload: dict[str, Any], seq: int) -> None:
     data = _body(payload=payload, seq=seq)
     body = json.dumps(data).encode()
-    fast = _single_fast("node-a", body)
+    fast = _fast("node-a", body)
     full = decode_events(TOPICS, TOPIC, body)
     if fast is not None:
         assert unstorable(json.loads(body)) is None
@@ -117,3 +117,70 @@ def test_a_resend_of_verified_bytes_skips_ed25519_but_nothing_else() -> None:
     with pytest.raises(SecurityError) as exc:
         verifier(signed)  # revocation bites even for bytes verified before
     assert exc.value.reason == "revoked"
+
+
+def _batch(items: list[bytes]) -> bytes:
+    from edge.sync.wire import batch_prefix, join_batch
+
+    return join_batch(batch_prefix("node-a"), items)
+
+
+def _envelope(**changes: Any) -> bytes:
+    fixed: dict[str, Any] = {"wall_time": 1.5e9, "mono_ns": 1, **changes}  # lengths that do not vary
+    return json.dumps(_body(**fixed), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_a_good_batch_takes_the_batch_fast_path_with_received_canonical_bytes() -> None:
+    items = [_body(event_id=f"{i:032x}", sig="A" * 86 + "==", payload={"f": 1e308, "t": "\u00e9"})
+             for i in range(100)]
+    payload = _batch([json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode() for d in items])
+    fast = _fast("node-a", payload)
+    assert fast is not None and fast.is_batch and not fast.bad
+    assert [g.env.event_id for g in fast.good] == [d["event_id"] for d in items]
+    assert [g.canonical() for g in fast.good] == [canonical_bytes(d) for d in items]
+    assert decode_events(TOPICS, TOPIC, payload) == fast
+
+
+@pytest.mark.parametrize("bad", [
+    {"seq": -1},  # a field rule
+    {"node_id": "node-b"},  # another node inside the batch
+    {"payload": {"x": 2**63}},  # unstorable number
+    {"payload": {"x": "\ud800"}},  # lone surrogate (sent as an escape)
+    {"payload": {"x": "y" * (16 * 1024)}},  # past the single-event limit
+    {"extra": 1},  # unknown key
+])
+def test_one_bad_envelope_leaves_the_batch_fast_path_and_only_it_is_rejected(bad: dict[str, Any]) -> None:
+    good = [_envelope(event_id=f"{i:032x}") for i in range(3)]
+    odd = json.dumps(_body(event_id="f" * 32, **bad), separators=(",", ":")).encode()
+    payload = _batch([good[0], odd, good[1], good[2]])
+    assert _fast("node-a", payload) is None
+    decoded = decode_events(TOPICS, TOPIC, payload)
+    assert [g.env.event_id for g in decoded.good] == [f"{i:032x}" for i in range(3)]
+    assert len(decoded.bad) == 1 and decoded.bad[0].permanent
+
+
+def test_an_envelope_just_within_the_limit_stays_on_the_batch_fast_path_one_byte_more_does_not() -> None:
+    from edge.sync.wire import MAX_EVENT_BYTES
+
+    base = _envelope(sig="S" * 88, payload={"x": ""})
+    fill = MAX_EVENT_BYTES - len(base)
+    at_limit = _envelope(sig="S" * 88, payload={"x": "y" * fill})
+    assert len(at_limit) == MAX_EVENT_BYTES
+    assert _fast("node-a", _batch([at_limit, _envelope(event_id="e" * 32)])) is not None
+    over = _envelope(sig="S" * 88, payload={"x": "y" * (fill + 1)})
+    assert _fast("node-a", _batch([over, _envelope(event_id="e" * 32)])) is None
+    decoded = decode_events(TOPICS, TOPIC, _batch([over, _envelope(event_id="e" * 32)]))
+    assert [b.reason for b in decoded.bad] == ["oversized"]
+
+
+def test_a_batch_as_the_post_encodes_it_sorted_keys_takes_the_fast_path() -> None:
+    """Posts send sorted keys, so a batch's text starts with ``{"events":[``: the fast path must
+    find the kind in the parsed object, not in the first bytes."""
+    from edge.sync.wire import EventBatch
+
+    envs = [ev().model_copy(update={"event_id": f"{i:032x}", "seq": i}) for i in range(5)]
+    payload = encode(EventBatch(node_id="node-a", events=envs))
+    assert payload.startswith(b'{"events":[')
+    fast = _fast("node-a", payload)
+    assert fast is not None and fast.is_batch and [g.env for g in fast.good] == envs
+    assert [g.received for g in fast.good] == [canonical_bytes(e) for e in envs]

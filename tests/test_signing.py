@@ -194,3 +194,31 @@ def test_replay_protection_survives_restart_with_state_file(tmp_path: Path) -> N
         c.verifier(state_file=state)(cmd)  # a fresh verifier after "restart"
     assert exc.value.reason == "replay"
     c.verifier()(cmd)  # documented gap: without a state file a restart forgets
+
+
+def test_libsodium_verification_accepts_and_refuses_what_openssl_does() -> None:
+    """``verify_bytes`` checks with libsodium (PyNaCl) for speed; it must agree with OpenSSL."""
+    import base64
+    import os
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge import signing
+    from edge.errors import SecurityError
+
+    assert signing._sodium_open is not None  # the dependency is installed (pyproject)
+    key = Ed25519PrivateKey.generate()
+    other = Ed25519PrivateKey.generate().public_key()
+    for size in (0, 1, 400, 16 * 1024):
+        data = os.urandom(size)
+        raw = key.sign(data)
+        signing.verify_bytes(key.public_key(), data, base64.b64encode(raw).decode())
+        flipped = bytes([raw[0] ^ 1]) + raw[1:]
+        for pub, msg, sig in ((key.public_key(), data + b"x", raw), (key.public_key(), data, flipped),
+                              (other, data, raw)):
+            with pytest.raises(InvalidSignature):
+                pub.verify(sig, msg)
+            with pytest.raises(SecurityError) as exc:
+                signing.verify_bytes(pub, msg, base64.b64encode(sig).decode())
+            assert exc.value.reason == "bad_signature"
