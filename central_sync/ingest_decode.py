@@ -1,6 +1,6 @@
 """Decoding of uplink event messages for ingest, keeping what verification and Acks need.
 
-``edge.sync.wire.decode_event_message`` validates; on top of it ``decode_events`` keeps, for
+``edge.sync.wire_decode.decode_event_message`` validates; on top of it ``decode_events`` keeps, for
 every good envelope, what its signature check needs: for a single envelope in canonical form the
 received bytes with the ``sig`` member cut out (no re-encoding at all), else the RECEIVED JSON
 object, whose canonical bytes are built only when needed (never from the pydantic model). It
@@ -31,10 +31,9 @@ from edge.sync.wire import (
     EventEnvelope,
     Topics,
     canonical_bytes,
-    decode_event_message,
     received_signed_bytes,
-    validate_envelopes,
 )
+from edge.sync.wire_decode import decode_event_message, validate_envelopes
 
 _INT64 = (-(2**63), 2**63 - 1)
 #: What the JSON text of an unstorable value must contain: a surrogate escape, a run of 19+

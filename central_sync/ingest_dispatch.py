@@ -31,8 +31,8 @@ from edge.sync.wire import (
     Presence,
     SnapshotEnvelope,
     Topics,
-    decode_on_topic_data,
 )
+from edge.sync.wire_decode import decode_on_topic_data
 
 #: Wire reasons after which resending the same bytes can never succeed.
 _PERMANENT_WIRE_REASONS = frozenset({"bad_field"})

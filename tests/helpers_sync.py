@@ -28,7 +28,8 @@ import paho.mqtt.client as paho
 
 from edge.clock import Clock
 from edge.config import NodeConfig, parse_config
-from edge.sync.wire import Ack, Command, Topics, decode, encode
+from edge.sync.wire import Ack, Command, Topics, encode
+from edge.sync.wire_decode import decode
 from tests.waits import wait_for
 
 

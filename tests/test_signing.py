@@ -17,7 +17,8 @@ from edge.signing import (
     MemoryDigestLog,
     NodeKey,
 )
-from edge.sync.wire import Command, EventEnvelope, decode, encode
+from edge.sync.wire import Command, EventEnvelope, encode
+from edge.sync.wire_decode import decode
 
 
 def _env(node_id: str = "rt03-tembalang", **kw: object) -> EventEnvelope:

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 from edge.clock import Clock
 from edge.errors import SecurityError, WireError
 from edge.logs import log_event
-from edge.sync.wire import Command, CommandResult, decode
+from edge.sync.wire import Command, CommandResult
+from edge.sync.wire_decode import decode
 
 __all__ = ["CommandHandler", "CommandProcessor"]
 

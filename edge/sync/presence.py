@@ -17,7 +17,8 @@ import logging
 
 from edge.errors import WireError
 from edge.logs import log_event
-from edge.sync.wire import CentralState, Topics, decode
+from edge.sync.wire import CentralState, Topics
+from edge.sync.wire_decode import decode
 
 __all__ = ["CentralPresence"]
 

@@ -54,9 +54,9 @@ from edge.sync.wire import (
     Heartbeat,
     Presence,
     Topics,
-    decode_on_topic,
     encode,
 )
+from edge.sync.wire_decode import decode_on_topic
 
 __all__ = ["CommandHandler", "SyncService"]
 
