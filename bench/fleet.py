@@ -174,6 +174,9 @@ def main() -> None:
     ap.add_argument("--drain", type=float, default=60.0, help="seconds to wait for the last Acks")
     ap.add_argument("--ack-timeout", type=float, default=10.0)
     ap.add_argument("--procs", type=int, default=4, help="processes of simulated posts")
+    ap.add_argument("--per-envelope-batches", action="store_true",
+                    help="backlog batches without the batch signature (the old wire form: central "
+                    "verifies every envelope), for an A/B of one signature per batch")
     ap.add_argument("--live-sign", action="store_true",
                     help="posts sign and encode each event when they send it (as before), not ahead of the window")
     ap.add_argument("--ingest", type=int, default=1, help="ingest workers (0: all-in-one 'run')")

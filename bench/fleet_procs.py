@@ -145,7 +145,8 @@ def start_fleet(setup: Setup, args: argparse.Namespace, tag: str) -> list[tuple[
                 "p1_rate": args.p1_rate * len(nodes) / len(setup.nodes), "heartbeat_s": args.heartbeat,
                 "backlog": args.backlog, "signed": not args.unsigned, "drain_s": args.drain,
                 "ack_timeout": args.ack_timeout, "p1_channel": not args.no_p1_channel,
-                "mqtt_window": args.mqtt_window, "presign_s": 0.0 if args.live_sign else args.duration * 1.1}
+                "mqtt_window": args.mqtt_window, "presign_s": 0.0 if args.live_sign else args.duration * 1.1,
+                "batch_sig": not getattr(args, "per_envelope_batches", False)}
         spec_path = setup.work / f"fleet-{tag}-{i}.json"
         spec_path.write_text(json.dumps(spec))
         out = setup.work / f"fleet-{tag}-{i}.out.json"

@@ -1,7 +1,9 @@
 """One commit batch of ingest, written in a worker thread (``BatchWriter.write``).
 
 Order inside a batch: refresh the key cache (revocations bite), verify every envelope over its
-received bytes (``GoodEnvelope.received``, else ``canonical()``), ``store.commit_events`` (one
+received bytes (``GoodEnvelope.received``, else ``canonical()``), or, for a signed
+``event_batch`` (``EventMsg.batch``) when the verifier can (``verify_batch``), the batch's one
+signature for all its envelopes (refused whole when it fails), ``store.commit_events`` (one
 transaction; the store rejects only the rows it cannot hold), the place each presence claims compared with the registry
 (``central_sync.place_check``: a disagreement is a security event, never applied), the coalesced
 presence/heartbeat state (``store.apply_node_updates``, one transaction), snapshots and command
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from central_sync.acks import Delivery
-from central_sync.ingest_decode import GoodEnvelope
+from central_sync.ingest_decode import BatchSig, GoodEnvelope
 from central_sync.place_check import PlaceCheck
 from central_sync.store import Store
 from edge.errors import SecurityError
@@ -27,6 +29,8 @@ from edge.logs import log_event
 from edge.sync.wire import CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope
 
 log = logging.getLogger("central_sync.ingest")
+#: An envelope already counted as rejected (internal error): skipped without a second row.
+_SKIP = SecurityError("internal", "batch verification failed")
 
 
 class BatchVerifier(Protocol):
@@ -68,6 +72,7 @@ class EventMsg:
     node_id: str
     envs: list[GoodEnvelope]
     delivery: Delivery | None
+    batch: BatchSig | None = None  # a signed event_batch: its one signature covers ``envs``
 
 
 @dataclass
@@ -116,8 +121,17 @@ class BatchWriter:
         if self.verifier is not None and batch.events:
             self.verifier.refresh()
         for msg in batch.events:
-            for g in msg.envs:
-                if self.verifier is not None:
+            checked = self._verify_batch(msg, out) if msg.batch is not None else None
+            for i, g in enumerate(msg.envs):
+                if checked is not None:
+                    problem = checked[i]
+                    if problem is _SKIP:
+                        continue
+                    if problem is not None:
+                        out.rejections.append(RowRejection(msg.topic, msg.node_id, problem.reason, problem.detail,
+                                                           g.env.event_id))
+                        continue
+                elif self.verifier is not None:
                     try:
                         self.verifier.verify(g.env, g.canonical, g.received)
                     except SecurityError as exc:
@@ -157,3 +171,21 @@ class BatchWriter:
             out.updates += 1
             log_event(log, "command_result", node_id=res.node_id, command_id=res.command_id, ok=res.ok)
         return out
+
+    def _verify_batch(self, msg: EventMsg, out: BatchOutcome) -> list[SecurityError | None] | None:
+        """Per envelope of a signed batch: None (acceptable) or its rejection, from the verifier's
+        ``verify_batch`` (one signature for the batch); every envelope rejected when the batch
+        is; None when the verifier checks envelopes one by one (no ``verify_batch``)."""
+        verify_batch = getattr(self.verifier, "verify_batch", None)
+        if verify_batch is None or msg.batch is None:
+            return None
+        try:
+            checked: list[SecurityError | None] = verify_batch(msg.node_id, msg.batch, msg.envs)
+            return checked
+        except SecurityError as exc:
+            return [exc] * len(msg.envs)
+        except Exception as exc:  # not the sender's fault: it resends later
+            for _g in msg.envs:
+                out.rejections.append(RowRejection(msg.topic, msg.node_id, "internal",
+                                                   f"verify: {type(exc).__name__}: {exc}", None))
+            return [_SKIP] * len(msg.envs)

@@ -33,6 +33,7 @@ from edge.sync.wire import (
     canonical_bytes,
     received_signed_bytes,
 )
+from edge.sync.wire_batch import batch_canonical_bytes, received_batch_signed_bytes
 from edge.sync.wire_decode import decode_event_message, validate_envelopes
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -73,12 +74,36 @@ class BadItem:
     permanent: bool
 
 
+@dataclass(frozen=True, slots=True)
+class BatchSig:
+    """The top-level signature of a signed ``event_batch`` (``edge.sync.wire_batch``) and what it
+    covers: ``received``, the RECEIVED bytes with the top-level ``sig`` member cut out (None when
+    the cut is not provably safe), tried first; else ``canonical()``, rebuilt from the received
+    JSON object."""
+
+    sig: str
+    data: dict[str, Any]
+    received: bytes | None = None
+
+    def canonical(self) -> bytes:
+        return batch_canonical_bytes(self.data)
+
+
 @dataclass
 class DecodedEvents:
     node_id: str
     good: list[GoodEnvelope]
     bad: list[BadItem]
     is_batch: bool
+    batch: BatchSig | None = None  # a signed batch: verify this one signature for all of ``good``
+
+
+def _batch_sig(payload: bytes, data: dict[str, Any], items: list[Any]) -> BatchSig | None:
+    sig = data.get("sig")
+    if not isinstance(sig, str):
+        return None
+    signed = sum(1 for item in items if isinstance(item, dict) and "sig" in item)
+    return BatchSig(sig, data, received_batch_signed_bytes(payload, sig, signed))
 
 
 #: Wire reasons of one envelope after which resending the same bytes can never succeed.
@@ -86,14 +111,18 @@ PERMANENT_ENVELOPE_REASONS = frozenset({"bad_field", "oversized", "wrong_node", 
 
 
 def _items(payload: bytes) -> list[Any]:
+    return _parsed_items(payload)[1]
+
+
+def _parsed_items(payload: bytes) -> tuple[Any, list[Any]]:
     try:
         data = json.loads(payload)
     except (ValueError, RecursionError):
-        return []
+        return None, []
     if isinstance(data, dict) and data.get("kind") == "event_batch":
         items = data.get("events")
-        return items if isinstance(items, list) else []
-    return [data]
+        return data, items if isinstance(items, list) else []
+    return data, [data]
 
 
 def _named_id(item: Any) -> str | None:
@@ -156,7 +185,7 @@ def _fast(node_id: str, payload: bytes) -> DecodedEvents | None:
     if kind == "event":
         return _single_fast(node_id, payload, text, data)
     if kind == "event_batch":
-        return _batch_fast(node_id, text, data)
+        return _batch_fast(node_id, payload, text, data)
     return None
 
 
@@ -184,7 +213,7 @@ def _member_size(sig: Any) -> int:
     return _SIG_MEMBER + len(canonical_bytes({"s": sig})) - len('{"s":}')
 
 
-def _batch_fast(node_id: str, text: str, data: dict[str, Any]) -> DecodedEvents | None:
+def _batch_fast(node_id: str, payload: bytes, text: str, data: dict[str, Any]) -> DecodedEvents | None:
     """An ``event_batch`` whose envelopes are all good, with ONE JSON parse (checked numbers, as
     ``_single_fast``) and ONE pydantic call; None when anything is off, and the full path then
     names each bad envelope. The checks are the full path's: batch keys, size and count; every
@@ -193,7 +222,7 @@ def _batch_fast(node_id: str, text: str, data: dict[str, Any]) -> DecodedEvents 
     does not change a length); storable values. The full path parsed the body twice, scanned it
     with regexes (which nearly every batch of hex ids and base64 signatures matched, so it then
     walked every envelope) and encoded every envelope once more to measure it."""
-    if len(data) != 4:
+    if len(data) != 4 + ("sig" in data) or not isinstance(data.get("sig", ""), str):
         return None
     items = data.get("events")
     if type(items) is not list or not 0 < len(items) <= MAX_BATCH_EVENTS:
@@ -219,7 +248,7 @@ def _batch_fast(node_id: str, text: str, data: dict[str, Any]) -> DecodedEvents 
     # encoding); a mismatch falls back to ``canonical()``, which gives the same bytes, so a
     # forgery still costs one check.
     return DecodedEvents(node_id, [GoodEnvelope(e, item, c) for e, item, c in zip(envs, items, canonical, strict=True)],
-                         [], True)
+                         [], True, _batch_sig(payload, data, items))
 
 
 def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
@@ -240,7 +269,8 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
         if not named:
             raise
         return DecodedEvents(node, [], named, True)
-    items = _items(payload)
+    data, items = _parsed_items(payload)
+    batch = _batch_sig(payload, data, items) if is_batch and isinstance(data, dict) else None
     suspect = payload_suspect(payload)
     bad_index = {b.index for b in bad}
     good_items = [item for i, item in enumerate(items) if i not in bad_index]
@@ -263,7 +293,7 @@ def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
             out_bad.append(BadItem(b.event_id if b.event_id and unstorable(b.event_id) is None else None,
                                    b.reason, f"events[{b.index}]: {b.detail}",
                                    b.reason in PERMANENT_ENVELOPE_REASONS))
-    return DecodedEvents(node_id, good, out_bad, is_batch)
+    return DecodedEvents(node_id, good, out_bad, is_batch, batch)
 
 
 def payload_suspect(payload: bytes) -> bool:

@@ -127,7 +127,7 @@ class UplinkDispatcher:
             self.reject(topic, b.reason, b.detail, permanent=b.permanent, node_id=decoded.node_id,
                         event_id=b.event_id)
         if decoded.good:
-            self.queue.add_events(EventMsg(topic, decoded.node_id, decoded.good, delivery))
+            self.queue.add_events(EventMsg(topic, decoded.node_id, decoded.good, delivery, decoded.batch))
         elif delivery is not None:
             self.queue.settle.append(delivery)
         self.queue.wake.set()

@@ -192,7 +192,7 @@ class P1Lane:
                 self._count(topic, "not_p1", f"priority {g.env.priority} on the P1 channel", node)
                 self._acks_due.reject(node, g.env.event_id, "not_p1")
         if good:
-            self._events.append(EventMsg(topic, node, good, delivery))
+            self._events.append(EventMsg(topic, node, good, delivery, decoded.batch))
             self._pending += len(good)
         elif delivery is not None:
             self._settle.append(delivery)

@@ -15,16 +15,30 @@ bytes of the RECEIVED JSON object (``canonical()``, built only then; never from 
 model unless the sender omitted default fields). Replay detection is
 the same as ``EventVerifier``'s (a bounded digest log: the identical envelope again is a
 duplicate, a different one reusing an event id is ``replay``).
+
+``verify_batch(node_id, batch, envs)`` checks a SIGNED ``event_batch`` (``edge.sync.wire_batch``)
+with ONE Ed25519 verification: node status, the batch signature (over the received bytes with the
+top-level ``sig`` cut, else the rebuilt canonical bytes; a resent batch costs a hash), then ONE
+envelope signature picked at random (a spot check that the per-envelope signatures central stores
+as evidence are genuine: a post that sends bad ones is caught, its batch refused whole; not
+repeated for a resend of a verified batch), then per
+envelope ``unsigned`` (an envelope of a signed batch must keep its own ``sig``) and the replay
+digest, the same digest as a single ``event`` of the same envelope gets.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+from central_sync.ingest_decode import BatchSig, GoodEnvelope
+from edge.errors import SecurityError
 from edge.signing import DigestLog, EventVerifier, MemoryDigestLog, NodeKey
+from edge.sync.wire import canonical_bytes
 
 _UNKNOWN = object()
 
@@ -90,3 +104,55 @@ class CachedEventVerifier(EventVerifier):
 
     def refresh(self) -> None:
         self.keys.refresh()
+
+    def verify_batch(self, node_id: str, batch: BatchSig,
+                     envs: list[GoodEnvelope]) -> list[SecurityError | None]:
+        """Check a signed batch of ``node_id`` whose good envelopes are ``envs``: raise
+        ``SecurityError`` (``unknown_node``, ``revoked``, ``bad_signature``) when the whole batch
+        is refused, else return per envelope None (acceptable) or its ``SecurityError``
+        (``unsigned``, ``replay``)."""
+        node = self.keys.get(node_id)
+        if node is None:
+            raise SecurityError("unknown_node", f"{node_id} is not enrolled")
+        if node.status != "enrolled":
+            raise SecurityError("revoked", f"{node_id} is {node.status}")
+        key = node.public_key
+        before = self.verifications
+        if batch.received is None or self._signature(key, node_id, batch.sig, batch.received, strict=False) is None:
+            body = batch.canonical()
+            if body == batch.received:  # the same bytes failed already: no second check
+                raise SecurityError("bad_signature", "batch signature does not verify")
+            try:
+                self._signature(key, node_id, batch.sig, body, strict=True)
+            except SecurityError:
+                raise SecurityError("bad_signature", "batch signature does not verify") from None
+        bodies = [_envelope_body(g) for g in envs]
+        signed = [i for i, g in enumerate(envs) if g.env.sig is not None]
+        if signed and self.verifications != before:  # a resend of a verified batch was spot-checked
+            i = signed[secrets.randbelow(len(signed))]
+            try:
+                self._signature(key, node_id, envs[i].env.sig, bodies[i], strict=True)
+            except SecurityError:
+                raise SecurityError("bad_signature", f"event {envs[i].env.event_id}: an envelope signature "
+                                    "inside a signed batch does not verify") from None
+        out: list[SecurityError | None] = []
+        for g, body in zip(envs, bodies, strict=True):
+            env = g.env
+            if env.sig is None and self.require_signed:
+                out.append(SecurityError("unsigned", f"event {env.event_id} carries no signature"))
+                continue
+            digest = hashlib.sha256(body).digest()
+            earlier = self._digests.check_and_record(node_id, env.event_id, digest)
+            if earlier is not None and earlier != digest:
+                out.append(SecurityError("replay", f"event_id {env.event_id} reused with other content"))
+            else:
+                out.append(None)
+        return out
+
+
+def _envelope_body(g: GoodEnvelope) -> bytes:
+    """An envelope's signed bytes (its canonical form without ``sig``) as decoding kept them."""
+    if g.received is not None:
+        return g.received
+    body = g.canonical()
+    return body if body is not None else canonical_bytes(g.env)

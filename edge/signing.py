@@ -147,6 +147,10 @@ class MessageSigner:
     def sign(self, msg: _M) -> _M:
         return msg.model_copy(update={"sig": sign_bytes(self._key, signed_bytes(msg))})
 
+    def sign_raw(self, data: bytes) -> str:
+        """base64 signature of ``data`` as is (a batch's canonical bytes, ``wire_batch``)."""
+        return sign_bytes(self._key, data)
+
     __call__ = sign
 
 
@@ -228,7 +232,7 @@ class EventVerifier:
             if self.require_signed:
                 raise SecurityError("unsigned", f"event {env.event_id} carries no signature")
         elif received is not None:
-            digest = self._signature(node.public_key, env, received, strict=False)
+            digest = self._signature(node.public_key, env.node_id, env.sig, received, strict=False)
         if digest is None:
             body = canonical() if callable(canonical) else canonical
             if body is None:
@@ -238,27 +242,28 @@ class EventVerifier:
             elif body == received:  # the same bytes failed already: no second Ed25519 check
                 raise SecurityError("bad_signature", "signature does not verify")
             else:
-                digest = self._signature(node.public_key, env, body, strict=True)
+                digest = self._signature(node.public_key, env.node_id, env.sig, body, strict=True)
         assert digest is not None
         earlier = self._digests.check_and_record(env.node_id, env.event_id, digest)
         if earlier is not None and earlier != digest:
             raise SecurityError("replay", f"event_id {env.event_id} reused with other content")
 
-    def _signature(self, key: Ed25519PublicKey, env: EventEnvelope, body: bytes, *, strict: bool) -> bytes | None:
-        """The SHA-256 of ``body`` when ``env.sig`` is the node's signature of it (a resend of
+    def _signature(self, key: Ed25519PublicKey, node_id: str, sig: str | None, body: bytes, *,
+                   strict: bool) -> bytes | None:
+        """The SHA-256 of ``body`` when ``sig`` is the node's signature of it (a resend of
         verified bytes costs a hash, not an Ed25519 verification); else ``bad_signature`` when
-        ``strict``, None when not."""
-        assert env.sig is not None
+        ``strict``, None when not. (An envelope's or a whole batch's signature.)"""
+        assert sig is not None
         h = hashlib.sha256(body)
         digest = h.digest()
-        h.update(b"\0" + env.node_id.encode() + b"\0" + env.sig.encode())
+        h.update(b"\0" + node_id.encode() + b"\0" + sig.encode())
         seen = h.digest()
         with self._verified_lock:
             known = seen in self._verified
         if not known:
             self.verifications += 1
             try:
-                verify_bytes(key, body, env.sig)
+                verify_bytes(key, body, sig)
             except SecurityError:
                 if strict:
                     raise

@@ -97,6 +97,10 @@ class EventUplink:
         if self.p1_reserve >= window:
             self.p1_reserve = max(0, window - 1)
         self.sign_event = sign_event
+        #: The node key's raw signer behind ``sign_event`` (``MessageSigner.sign_raw``): batches
+        #: are then signed once as a whole too (``edge.sync.wire_batch``); a plain callable
+        #: signs envelopes only (old-style batches, still accepted by central).
+        self._sign_raw = getattr(getattr(sign_event, "__self__", None), "sign_raw", None)
         self.stats = stats
         self.inflight: dict[str, float] = {}  # event_id -> monotonic publish time
         self._wake = asyncio.Event()
@@ -295,7 +299,8 @@ class EventUplink:
             self.stats.p1_messages += 1
 
     def _next_message(self, events: list[StoredEvent], start: int) -> tuple[bytes, int]:
-        return next_message(events, start, self.clock, self.outbox.boot_id, self.sign_event, self._batch_prefix)
+        return next_message(events, start, self.clock, self.outbox.boot_id, self.sign_event, self._batch_prefix,
+                            self._sign_raw)
 
     async def _claim(self) -> list[StoredEvent]:
         free = self.window - len(self.inflight)

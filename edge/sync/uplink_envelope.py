@@ -8,6 +8,7 @@ from typing import Any
 from edge.clock import Clock
 from edge.outbox import StoredEvent
 from edge.sync.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, EventEnvelope, encode, envelope_json, join_batch
+from edge.sync.wire_batch import SIG_MEMBER_BYTES, RawSigner, canonical_batch, sign_batch
 
 
 def envelope_for(ev: StoredEvent, clock: Clock, boot_id: str,
@@ -38,12 +39,16 @@ def envelope_dict(ev: StoredEvent, anchor: float | None, boot_id: str) -> dict[s
 
 
 def next_message(events: list[StoredEvent], start: int, clock: Clock, boot_id: str,
-                 sign: Callable[[EventEnvelope], EventEnvelope] | None, prefix: bytes) -> tuple[bytes, int]:
+                 sign: Callable[[EventEnvelope], EventEnvelope] | None, prefix: bytes,
+                 sign_raw: RawSigner | None = None) -> tuple[bytes, int]:
     """The next message from ``events[start:]`` and how many events it holds: as many envelopes as
     fit one batch (``prefix``: ``wire.batch_prefix(node)``; in claim order, so P1s first), or a
-    plain envelope when only one fits or is left."""
+    plain envelope when only one fits or is left. With ``sign_raw`` (the node key's raw signer)
+    a batch is signed once more as a whole (``wire_batch``: central then verifies one signature
+    for it); its envelopes keep their own ``sig`` (evidence per event)."""
     anchor = clock.anchor()
-    budget = MAX_BATCH_BYTES - len(prefix) - 2
+    signed = sign is not None and sign_raw is not None
+    budget = MAX_BATCH_BYTES - len(prefix) - 2 - (SIG_MEMBER_BYTES if signed else 0)
     bodies: list[bytes] = []
     size = 0
     for ev in events[start:start + MAX_BATCH_EVENTS]:
@@ -55,4 +60,7 @@ def next_message(events: list[StoredEvent], start: int, clock: Clock, boot_id: s
         size += len(body) + 1
     if len(bodies) == 1:
         return bodies[0], 1
+    if signed:
+        assert sign_raw is not None
+        return sign_batch(canonical_batch(events[start].node_id, bodies), sign_raw), len(bodies)
     return join_batch(prefix, bodies), len(bodies)

@@ -24,7 +24,9 @@ unsigned, badly signed, or from an unknown or revoked node (docs/protocol.md, "S
 
 An ``event_batch`` (``EventBatch``) carries up to ``MAX_BATCH_EVENTS`` envelopes in at most
 ``MAX_BATCH_BYTES``; every envelope inside keeps its own fields, limits and ``sig`` and is
-validated, verified, de-duplicated and acknowledged (or rejected) on its own.
+validated, de-duplicated and acknowledged (or rejected) on its own. A batch may carry its own
+top-level ``sig`` over the whole batch (``edge.sync.wire_batch``): central then verifies that one
+signature instead of one per envelope; without it, every envelope's ``sig`` is verified.
 
 Receiving (parse, check against the topic, validate): ``edge.sync.wire_decode``.
 """
@@ -90,12 +92,14 @@ class EventEnvelope(_Msg):
 
 
 class EventBatch(BaseModel):
-    """Several event envelopes in one message (no batch-level signature: each envelope carries
-    its own ``sig``). Receivers validate the envelopes one by one (:func:`decode_event_batch`)."""
+    """Several event envelopes in one message, each with its own ``sig``; ``sig`` (optional): the
+    node's signature over the whole batch (``edge.sync.wire_batch``). Receivers validate the
+    envelopes one by one (``wire_decode.decode_event_message``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     v: Literal[1] = 1
+    sig: str | None = Field(None, max_length=200, description="base64 Ed25519 over the batch")
     kind: Literal["event_batch"] = "event_batch"
     node_id: NodeId
     events: list[EventEnvelope] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)

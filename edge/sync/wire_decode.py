@@ -153,9 +153,12 @@ def decode_event_message(topics: Topics, topic: str,
         if env.node_id != node_id:
             raise WireError("wrong_topic", f"node_id {env.node_id} on {topic}")
         return node_id, [env], [], False
-    extra = set(data) - {"v", "kind", "node_id", "events"}
+    extra = set(data) - {"v", "kind", "node_id", "events", "sig"}
     if extra:
         raise WireError("bad_field", f"unknown batch keys {sorted(extra)[:3]}"[:200])
+    sig = data.get("sig")
+    if sig is not None and (not isinstance(sig, str) or not 0 < len(sig) <= 200):
+        raise WireError("bad_field", "sig: the batch signature must be a base64 string")
     if data.get("node_id") != node_id:
         raise WireError("wrong_topic", f"batch node_id {str(data.get('node_id'))[:64]} on {topic}")
     items = data.get("events")
