@@ -271,6 +271,10 @@ class SyncConfig(Strict):
                                            "snapshot lane, so snapshots never delay events.")
     sms_fallback_seconds: float = Field(60.0, gt=0, le=3600, description="Send an SMS for a P1 "
                                         "event central has not acknowledged within this long.")
+    sign_batches: bool = Field(True, description="Sign each event_batch once more as a whole, so "
+                               "central checks one signature per batch (docs/protocol.md, 'One "
+                               "signature per batch'). Central must be of a version that accepts "
+                               "it (update central first); false: envelope signatures only.")
 
 
 class SecurityConfig(Strict):

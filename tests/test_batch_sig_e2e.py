@@ -73,11 +73,11 @@ def central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[Central]:
     c.close()
 
 
-def _drain(tmp_path: Path, port: int, central: Central, sign_event: Any) -> list[dict[str, Any]]:
+def _drain(tmp_path: Path, port: int, central: Central, sign_event: Any, **sync: Any) -> list[dict[str, Any]]:
     ob = Outbox(tmp_path / "outbox.db", NODE, clock=Clock(forced_quality="synced"))
     try:
         ids = {ob.submit(EventDraft("PATROLI", 3, {"i": i})).result(10).event_id for i in range(BACKLOG)}
-        svc = SyncService(node_config(port, NODE), ob, snapshots=None, clock=ob.clock,
+        svc = SyncService(node_config(port, NODE, **sync), ob, snapshots=None, clock=ob.clock,
                           status_provider=lambda: {"state": "off"}, command_handler=None, sign_event=sign_event,
                           sign_message=MessageSigner(KEY))
         with running_service(svc):
@@ -108,10 +108,14 @@ def test_a_post_drains_its_backlog_with_one_signature_check_per_batch(
         _stored_signature_verifies(row)
 
 
+@pytest.mark.parametrize("how", ["plain_signer", "config_off"])
 def test_an_old_style_post_with_envelope_signatures_only_is_still_accepted(
-        tmp_path: Path, mosquitto: LocalMosquitto, central: Central) -> None:
+        tmp_path: Path, mosquitto: LocalMosquitto, central: Central, how: str) -> None:
     signer = EventSigner(KEY)
-    rows = _drain(tmp_path, mosquitto.port, central, lambda env: signer.sign(env))  # no raw signer: no batch sig
+    if how == "plain_signer":  # a signer without sign_raw: no batch signature
+        rows = _drain(tmp_path, mosquitto.port, central, lambda env: signer.sign(env))
+    else:  # sync.sign_batches = false (a central not yet updated)
+        rows = _drain(tmp_path, mosquitto.port, central, signer.sign, sign_batches=False)
     assert central.ingest is not None and central.ingest.stats.event_batches >= 3
     assert central.verifier.verifications >= BACKLOG  # every envelope checked on its own
     _stored_signature_verifies(rows[0])

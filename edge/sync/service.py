@@ -129,7 +129,8 @@ class SyncService:
         self.events = EventUplink(
             outbox, clock, node_id=self.node_id, topic=self.topics.up(self.node_id, "event"),
             window=cfg.sync.inflight_window, ack_timeout_s=cfg.sync.ack_timeout_seconds,
-            sign_event=sign_event, stats=self.stats, p1_topic=self.topics.up(self.node_id, P1_CHANNEL))
+            sign_event=sign_event, stats=self.stats, p1_topic=self.topics.up(self.node_id, P1_CHANNEL),
+            sign_batches=cfg.sync.sign_batches)
         self.snaps = (SnapshotUplink(
             snapshots, node_id=self.node_id, topic=self.topics.up(self.node_id, "snapshot"),
             bytes_per_second=cfg.sync.snapshot_bytes_per_second,

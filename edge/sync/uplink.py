@@ -86,7 +86,8 @@ class EventUplink:
     def __init__(self, outbox: Outbox, clock: Clock, *, node_id: str, topic: str, window: int,
                  ack_timeout_s: float, sign_event: Callable[[EventEnvelope], EventEnvelope] | None,
                  stats: UplinkStats, p1_reserve: int | None = None,
-                 rng: random.Random | None = None, p1_topic: str | None = None) -> None:
+                 rng: random.Random | None = None, p1_topic: str | None = None,
+                 sign_batches: bool = True) -> None:
         self.outbox = outbox
         self.clock = clock
         self.node_id = node_id
@@ -99,8 +100,9 @@ class EventUplink:
         self.sign_event = sign_event
         #: The node key's raw signer behind ``sign_event`` (``MessageSigner.sign_raw``): batches
         #: are then signed once as a whole too (``edge.sync.wire_batch``); a plain callable
-        #: signs envelopes only (old-style batches, still accepted by central).
-        self._sign_raw = getattr(getattr(sign_event, "__self__", None), "sign_raw", None)
+        #: signs envelopes only (old-style batches, still accepted by central), as does
+        #: ``sign_batches=False`` (config ``sync.sign_batches``: for a central not yet updated).
+        self._sign_raw = getattr(getattr(sign_event, "__self__", None), "sign_raw", None) if sign_batches else None
         self.stats = stats
         self.inflight: dict[str, float] = {}  # event_id -> monotonic publish time
         self._wake = asyncio.Event()
