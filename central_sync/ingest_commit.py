@@ -140,7 +140,7 @@ class BatchWriter:
             out.inserted, out.duplicates = len(result.inserted), len(result.duplicates)
             if result.inserted and self.on_events is not None:
                 try:
-                    self.on_events(self.store.get_events(result.inserted))
+                    self.on_events(self._new_rows(result.inserted, by_id))
                 except Exception:
                     log.exception("on_events_failed")
         if batch.presences:
@@ -157,3 +157,13 @@ class BatchWriter:
             out.updates += 1
             log_event(log, "command_result", node_id=res.node_id, command_id=res.command_id, ok=res.ok)
         return out
+
+    def _new_rows(self, inserted: list[str], by_id: dict[str, EventMsg]) -> list[dict[str, Any]]:
+        """The stored rows of a batch's new events, read per post (event ids are unique per post
+        only, and the stores index them with the post), in arrival order."""
+        per_node: dict[str, list[str]] = {}
+        for event_id in inserted:
+            per_node.setdefault(by_id[event_id].node_id, []).append(event_id)
+        rows = [r for node, ids in per_node.items() for r in self.store.get_events(ids, node)]
+        rows.sort(key=lambda r: r["rowid"])
+        return rows
