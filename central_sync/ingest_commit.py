@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from central_sync.acks import Delivery
 from central_sync.ingest_decode import BatchSig, GoodEnvelope
@@ -41,6 +41,13 @@ class BatchVerifier(Protocol):
     def verify(self, env: EventEnvelope, canonical: Callable[[], bytes | None],
                received: bytes | None = None) -> None: ...
 
+    def verify_batch(self, node_id: str, batch: BatchSig,
+                     envs: list[GoodEnvelope]) -> list[SecurityError | None] | None:
+        """A signed batch checked with its one signature: per envelope None (acceptable) or its
+        rejection; raises ``SecurityError`` when the whole batch is refused; returns None when
+        this verifier checks envelopes one by one (then ``verify`` is called per envelope)."""
+        ...
+
 
 class CallableVerifier:
     """A plain ``verify(env)`` callable (tests, simple hooks) as a ``BatchVerifier``."""
@@ -55,13 +62,17 @@ class CallableVerifier:
                received: bytes | None = None) -> None:
         self._fn(env)
 
+    def verify_batch(self, node_id: str, batch: BatchSig,
+                     envs: list[GoodEnvelope]) -> list[SecurityError | None] | None:
+        return None  # the hook checks every envelope on its own
+
 
 def as_batch_verifier(hook: BatchVerifier | Callable[[EventEnvelope], None] | None) -> BatchVerifier | None:
     if hook is None:
         return None
-    if isinstance(hook, CallableVerifier) or (hasattr(hook, "refresh") and hasattr(hook, "verify")):
-        return hook
-    return CallableVerifier(hook)
+    if isinstance(hook, CallableVerifier) or all(hasattr(hook, m) for m in ("refresh", "verify", "verify_batch")):
+        return cast(BatchVerifier, hook)
+    return CallableVerifier(cast(Callable[[EventEnvelope], None], hook))
 
 
 @dataclass(slots=True)
@@ -117,7 +128,10 @@ class BatchWriter:
         out = BatchOutcome()
         now = time.time()
         good: list[EventEnvelope] = []
-        by_id: dict[str, EventMsg] = {}
+        # Event ids are unique per post only: two posts may send the same id in one batch, and
+        # each must get its own Ack. The store reports ids in input order, so the owners of an
+        # id are taken in that order.
+        owners: dict[str, list[EventMsg]] = {}
         if self.verifier is not None and batch.events:
             self.verifier.refresh()
         for msg in batch.events:
@@ -143,18 +157,23 @@ class BatchWriter:
                                                            f"verify: {type(exc).__name__}: {exc}", None))
                         continue
                 good.append(g.env)
-                by_id[g.env.event_id] = msg
+                owners.setdefault(g.env.event_id, []).append(msg)
         if good:
             result = self.store.commit_events(good, now)
-            out.stored = [(by_id[i].node_id, i) for i in (*result.inserted, *result.duplicates)]
+            def owner(event_id: str) -> EventMsg:
+                msgs = owners[event_id]
+                return msgs.pop(0) if len(msgs) > 1 else msgs[0]
+
+            out.stored = [(owner(i).node_id, i) for i in (*result.inserted, *result.duplicates)]
+            new = out.stored[:len(result.inserted)]
             for row in result.rejected:
-                msg = by_id[row.event_id]
+                msg = owner(row.event_id)
                 out.rejections.append(RowRejection(msg.topic, msg.node_id, row.reason, row.detail,
                                                    None if row.reason == "internal" else row.event_id))
             out.inserted, out.duplicates = len(result.inserted), len(result.duplicates)
             if result.inserted and self.on_events is not None:
                 try:
-                    self.on_events(self.store.get_events(result.inserted))
+                    self.on_events(self._new_rows(new))
                 except Exception:
                     log.exception("on_events_failed")
         if batch.presences:
@@ -176,12 +195,10 @@ class BatchWriter:
         """Per envelope of a signed batch: None (acceptable) or its rejection, from the verifier's
         ``verify_batch`` (one signature for the batch); every envelope rejected when the batch
         is; None when the verifier checks envelopes one by one (no ``verify_batch``)."""
-        verify_batch = getattr(self.verifier, "verify_batch", None)
-        if verify_batch is None or msg.batch is None:
+        if self.verifier is None or msg.batch is None:
             return None
         try:
-            checked: list[SecurityError | None] = verify_batch(msg.node_id, msg.batch, msg.envs)
-            return checked
+            return self.verifier.verify_batch(msg.node_id, msg.batch, msg.envs)
         except SecurityError as exc:
             return [exc] * len(msg.envs)
         except Exception as exc:  # not the sender's fault: it resends later
@@ -189,3 +206,13 @@ class BatchWriter:
                 out.rejections.append(RowRejection(msg.topic, msg.node_id, "internal",
                                                    f"verify: {type(exc).__name__}: {exc}", None))
             return [_SKIP] * len(msg.envs)
+
+    def _new_rows(self, inserted: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The stored rows of a batch's new events ((post, event id) pairs), read per post (event
+        ids are unique per post only, and the stores index them with the post), in arrival order."""
+        per_node: dict[str, list[str]] = {}
+        for node_id, event_id in inserted:
+            per_node.setdefault(node_id, []).append(event_id)
+        rows = [r for node, ids in per_node.items() for r in self.store.get_events(ids, node)]
+        rows.sort(key=lambda r: r["rowid"])
+        return rows

@@ -37,12 +37,13 @@ def test_durability_pragmas_and_migrations(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert [m.name for m in migrations.applied(s.database())] == ["m001_initial",
-                                                                 "m002_node_scoped_dedup_and_change_seq"]
+                                                                 "m002_node_scoped_dedup_and_change_seq",
+                                                                 "m003_lean_event_indexes"]
     s.insert_events([ev()], 1.0)
     s.close()
     again = CentralStore(tmp_path / "c.db")  # reopening applies nothing twice and keeps the data
     assert again.count_events() == 1
-    assert len(migrations.applied(again.database())) == 2
+    assert len(migrations.applied(again.database())) == 3
     again.close()
 
 
@@ -213,7 +214,7 @@ def test_last_event_times_per_node_for_the_post_overview(store: Store) -> None:
                          ev("node-b", 9, type="PANIC")], time.time())
     assert store.last_event_times("SELFTEST") == {"node-a": 1_700_000_005.0,
                                                   "node-b": 1_700_000_002.0}
-    assert store.last_event_times("AMAN") == {}
+    assert store.last_event_times("SIREN_TEST") == {}  # other types: refused (tests/test_event_indexes.py)
 
 
 def test_existing_sqlite_desk_tables_migrate_to_per_post_incident_keys(tmp_path: Path) -> None:

@@ -328,3 +328,25 @@ def test_overload_stops_reading_the_socket_and_memory_stays_bounded(tmp_path: Pa
         pub.disconnect()
         svc.stop()
         store.close()
+
+
+def test_two_posts_with_the_same_event_id_in_one_batch_each_get_their_own_ack(
+        central: tuple[CentralConfig, CentralStore], mosquitto: LocalMosquitto) -> None:
+    """Event ids are unique per post only: the same id from two posts in one commit batch is
+    two stored events, and each post's Ack names it (neither Ack goes to the other post)."""
+    cfg, store = central
+    svc = ServiceThread(cfg, store).start()
+    nodes = {n: Node(mosquitto.port, n, db=cfg.database) for n in ("node-a", "node-b")}
+    try:
+        a = ev("node-a", seq=1)
+        b = ev("node-b", seq=1).model_copy(update={"event_id": a.event_id})
+        nodes["node-a"].publish(up("node-a"), encode(a))
+        nodes["node-b"].publish(up("node-b"), encode(b))
+        wait_until(lambda: a.event_id in nodes["node-a"].acked_ids() and a.event_id in nodes["node-b"].acked_ids(),
+                   what="both posts acked")
+        assert store.count_events() == 2
+        assert svc.service.stats.batches == 1  # the two messages landed in one commit batch
+    finally:
+        for n in nodes.values():
+            n.close()
+        svc.stop()

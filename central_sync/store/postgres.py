@@ -38,7 +38,16 @@ from central_sync.store.month_guard import MonthGuard
 from central_sync.store.postgres_schema import migrate
 from central_sync.store.postgres_support import CHANNEL, is_pg_transient, notify_chunks
 from central_sync.store.registry_tables import RegistryTables
-from central_sync.store.rows import EVENT_SELECT, NODE_ID, NODE_SELECT, SNAPSHOT_META, loads, node_row
+from central_sync.store.rows import (
+    EVENT_SELECT,
+    NODE_ID,
+    NODE_SELECT,
+    SNAPSHOT_META,
+    TIMED_TYPES_SQL,
+    check_timed_type,
+    loads,
+    node_row,
+)
 from central_sync.store.siren_tables import SirenTables
 from central_sync.store.sql import PgRunner
 from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
@@ -211,13 +220,20 @@ class PostgresStore:
         result = self.commit_events(envs, received_at)
         return result.inserted, result.duplicates
 
-    def get_events(self, event_ids: Sequence[str]) -> list[Row]:
+    def get_events(self, event_ids: Sequence[str], node_id: str | None = None) -> list[Row]:
+        """As ``CentralStore.get_events``: with ``node_id`` the keys come from ``event_keys``'
+        primary key and the rows from ``events_rowid``; without it a scan (tests and tools: no
+        index on ``event_id`` alone, migration 0009)."""
         if not event_ids:
             return []
-        return self._query(f"{EVENT_SELECT} WHERE event_id = ANY(%s) ORDER BY rowid", (list(event_ids),))
+        if node_id is None:
+            return self._query(f"{EVENT_SELECT} WHERE event_id = ANY(%s) ORDER BY rowid", (list(event_ids),))
+        return self._query(f"{EVENT_SELECT} WHERE rowid = ANY(ARRAY(SELECT rowid FROM event_keys WHERE node_id = %s "
+                           "AND event_id = ANY(%s))) AND node_id = %s ORDER BY rowid",
+                           (node_id, list(event_ids), node_id))
 
-    def get_event(self, event_id: str) -> Row | None:
-        rows = self._query(f"{EVENT_SELECT} WHERE event_id = %s ORDER BY rowid LIMIT 1", (event_id,))
+    def get_event(self, event_id: str, node_id: str | None = None) -> Row | None:
+        rows = self.get_events([event_id], node_id)
         return rows[0] if rows else None
 
     def list_events(self, *, node_id: str | None = None, since_rowid: int = 0, limit: int = 1000) -> list[Row]:
@@ -239,8 +255,9 @@ class PostgresStore:
         return list(reversed(rows))
 
     def last_event_times(self, event_type: str) -> dict[str, float]:
-        rows = self._query("SELECT node_id, MAX(wall_time) AS t FROM events WHERE type = %s GROUP BY node_id",
-                           (event_type,))
+        check_timed_type(event_type)
+        rows = self._query(f"SELECT node_id, MAX(wall_time) AS t FROM events WHERE type = %s AND {TIMED_TYPES_SQL} "
+                           "GROUP BY node_id", (event_type,))
         return {r["node_id"]: r["t"] for r in rows}
 
     def count_events(self, node_id: str | None = None) -> int:

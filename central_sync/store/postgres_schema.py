@@ -315,6 +315,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX siren_commands_activation ON siren_commands(activation_id, role);
     """),
+    # Fewer index entries written per stored event (docs/central-store.md, "Indexes on the hot
+    # insert"): look-ups by event id name the post and go through event_keys' primary key; the
+    # type index holds only the types the posts page asks for (rows.TIMED_TYPES_SQL).
+    ("0009_lean_event_indexes", """
+        DROP INDEX IF EXISTS events_event_id;
+        DROP INDEX IF EXISTS events_type_node;
+        CREATE INDEX events_type_node ON events (type, node_id, wall_time)
+            WHERE type IN ('SELFTEST', 'SIREN_TEST', 'SIREN_FAULT');
+    """),
 ]
 
 

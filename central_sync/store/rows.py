@@ -51,3 +51,17 @@ def node_row(row: Mapping[str, Any], now: float) -> Row:
     d["outbox"] = loads(d["outbox"])
     d["status"] = node_status(d["online"], d["last_seen"], now)
     return d
+
+
+#: The event types ``last_event_times`` answers for (the posts page: a post's last self-test, siren
+#: test passed, siren fault). The type index holds only these rows (a partial index on both
+#: backends), so storing the common STATUS/PANIC events writes one b-tree less.
+TIMED_EVENT_TYPES = ("SELFTEST", "SIREN_TEST", "SIREN_FAULT")
+#: The partial index's condition, repeated verbatim in the query so that both planners use it.
+TIMED_TYPES_SQL = "type IN ('SELFTEST', 'SIREN_TEST', 'SIREN_FAULT')"
+
+
+def check_timed_type(event_type: str) -> None:
+    """``ValueError`` unless ``last_event_times`` can answer for ``event_type`` from its index."""
+    if event_type not in TIMED_EVENT_TYPES:
+        raise ValueError(f"last_event_times answers for {', '.join(TIMED_EVENT_TYPES)} only, not {event_type!r}")

@@ -32,7 +32,17 @@ from central_sync.store.checks import ValueRefused, check_event, safe_text
 from central_sync.store.desk_tables import DeskTables
 from central_sync.store.locking import apply_pending, migration_lock
 from central_sync.store.registry_tables import RegistryTables
-from central_sync.store.rows import EVENT_SELECT, NODE_ID, NODE_SELECT, SNAPSHOT_META, event_row, loads, node_row
+from central_sync.store.rows import (
+    EVENT_SELECT,
+    NODE_ID,
+    NODE_SELECT,
+    SNAPSHOT_META,
+    TIMED_TYPES_SQL,
+    check_timed_type,
+    event_row,
+    loads,
+    node_row,
+)
 from central_sync.store.siren_tables import SirenTables
 from central_sync.store.sql import SqliteRunner
 from central_sync.store.sqlite_desk_schema import desk_migrations
@@ -226,14 +236,20 @@ class CentralStore:
         result = self.commit_events(envs, received_at)
         return result.inserted, result.duplicates
 
-    def get_events(self, event_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """Rows of these events (those that exist), in arrival order."""
+    def get_events(self, event_ids: Sequence[str], node_id: str | None = None) -> list[dict[str, Any]]:
+        """Rows of these events (those that exist), in arrival order. With ``node_id`` (event ids
+        are unique per post only) a look-up in the UNIQUE ``(node_id, event_id)`` index; without
+        it a scan of the table (tests and tools: no index on ``event_id`` alone, see m003)."""
         out: list[dict[str, Any]] = []
         ids = list(event_ids)
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             marks = ", ".join("?" * len(chunk))
-            out.extend(event_row(dict(r)) for r in self._query(f"{EVENT_SELECT} WHERE event_id IN ({marks})", chunk))
+            if node_id is None:
+                rows = self._query(f"{EVENT_SELECT} WHERE event_id IN ({marks})", chunk)
+            else:
+                rows = self._query(f"{EVENT_SELECT} WHERE node_id = ? AND event_id IN ({marks})", [node_id, *chunk])
+            out.extend(event_row(dict(r)) for r in rows)
         out.sort(key=lambda r: r["rowid"])
         return out
 
@@ -256,14 +272,17 @@ class CentralStore:
         return [event_row(dict(r)) for r in reversed(rows)]
 
     def last_event_times(self, event_type: str) -> dict[str, float]:
-        """Per node, the wall time of its latest event of ``event_type`` (e.g. SELFTEST)."""
-        rows = self._query("SELECT node_id, MAX(wall_time) FROM events WHERE type = ? "
+        """Per node, the wall time of its latest event of ``event_type``, one of
+        ``TIMED_EVENT_TYPES`` (the partial index ``idx_events_type_node`` holds only those)."""
+        check_timed_type(event_type)
+        rows = self._query(f"SELECT node_id, MAX(wall_time) FROM events WHERE type = ? AND {TIMED_TYPES_SQL} "
                            "GROUP BY node_id", (event_type,))
         return {r[0]: r[1] for r in rows}
 
-    def get_event(self, event_id: str) -> dict[str, Any] | None:
-        rows = self._query(f"{EVENT_SELECT} WHERE event_id = ?", (event_id,))
-        return event_row(dict(rows[0])) if rows else None
+    def get_event(self, event_id: str, node_id: str | None = None) -> dict[str, Any] | None:
+        """One event; ``node_id`` as in ``get_events`` (without it: a scan, tests and tools)."""
+        rows = self.get_events([event_id], node_id)
+        return rows[0] if rows else None
 
     def count_events(self, node_id: str | None = None) -> int:
         if node_id is None:

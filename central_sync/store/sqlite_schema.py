@@ -126,3 +126,15 @@ def m002_node_scoped_dedup_and_change_seq(db: Database) -> None:
     db.execute("INSERT INTO change_counter (id, seq) VALUES (1, 0)")
     db.execute("ALTER TABLE rejections ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
     db.execute("ALTER TABLE rejections ADD COLUMN last_at REAL")
+
+
+@migrations()
+def m003_lean_event_indexes(db: Database) -> None:
+    """Fewer b-trees written per stored event (docs/central-store.md, "Indexes on the hot insert"):
+    ``idx_events_event_id`` goes (every lookup names the post too and uses the UNIQUE
+    ``(node_id, event_id)`` index), and ``idx_events_type_node`` holds only the event types the
+    posts page asks for (``rows.TIMED_EVENT_TYPES``), not every STATUS and PANIC."""
+    db.execute("DROP INDEX IF EXISTS idx_events_event_id")
+    db.execute("DROP INDEX IF EXISTS idx_events_type_node")
+    db.execute("CREATE INDEX idx_events_type_node ON events (type, node_id, wall_time) "
+               "WHERE type IN ('SELFTEST', 'SIREN_TEST', 'SIREN_FAULT')")  # rows.TIMED_TYPES_SQL

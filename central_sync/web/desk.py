@@ -336,8 +336,8 @@ class Desk:
         out = self.summary(incident, node)
         events = []
         ids = self.book.event_ids(incident.incident_id)
-        # Event ids are unique per post only: take this incident's post's rows.
-        rows = {r["event_id"]: r for r in self.store.get_events(ids) if r.get("node_id") == incident.node_id}
+        # Event ids are unique per post only: this incident's post's rows (its (node, event id) index).
+        rows = {r["event_id"]: r for r in self.store.get_events(ids, incident.node_id)}
         for event_id in ids:
             ev = as_dict(rows.get(event_id))
             if not ev:
