@@ -29,6 +29,7 @@ from central_sync.mqtt_central import (
     MessageBuffer,
     ReadGate,
     central_presence,
+    central_state_message,
     deliver_inline,
     make_client,
     next_messages,
@@ -113,7 +114,7 @@ class BrokerSessions:
                         beat = asyncio.create_task(link_beats(self.store, client_id, self.last_message_at),
                                                    name=f"link-beat-{client_id}")
                         try:
-                            guard.arm(paho_of(client))
+                            guard.arm(self._resetter(client, client_id))
                             await self._consume(client, buffer, link, guard)
                         finally:
                             beat.cancel()
@@ -164,6 +165,19 @@ class BrokerSessions:
             self.queue.gates.discard(gate)
             self.stats.read_pauses += gate.pauses
             self.stats.buffer_peak = max(self.stats.buffer_peak, buffer.peak)
+
+    def _resetter(self, client: aiomqtt.Client, client_id: str) -> Callable[[], None]:
+        """End the connection for a session reset (``mqtt_session``): the retained ``offline``
+        first (a raw paho publish, queued before the DISCONNECT on the same socket), so that the
+        ``online`` of the clean reconnect makes the posts resend at once."""
+        mqtt = paho_of(client)
+        topic, payload = central_state_message(self.cfg, client_id, "offline")
+
+        def reset() -> None:
+            mqtt.publish(topic, payload, qos=1, retain=True)
+            mqtt.disconnect()
+
+        return reset
 
     def _inline_handler(self, link: Link) -> Callable[[str, bytes, int, int], None]:
         handle = self.handle

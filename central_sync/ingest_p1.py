@@ -81,6 +81,16 @@ def p1_subscription(cfg: CentralConfig) -> tuple[str, SubscribeOptions]:
     return (topic if group is None else f"$share/{group}/{topic}"), opts
 
 
+def _disconnector(client: aiomqtt.Client) -> Callable[[], None]:
+    """Ends ``client``'s connection (a session reset, ``central_sync.mqtt_session``)."""
+    mqtt = paho_of(client)
+
+    def reset() -> None:
+        mqtt.disconnect()
+
+    return reset
+
+
 class P1Lane:
     """The P1 channel's consumer: own connection, own queue, own commits and Acks.
 
@@ -139,7 +149,7 @@ class P1Lane:
                     self.connected.set()
                     backoff.reset()
                     log_event(log, "p1_lane_connected", client_id=self.client_id)
-                    guard.arm(paho_of(client))
+                    guard.arm(_disconnector(client))  # the lane has no presence to announce
                     await self._consume(client, buffer, link, guard)
             except aiomqtt.MqttError as exc:
                 raise_if_cancelling(exc)

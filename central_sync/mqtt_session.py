@@ -16,9 +16,11 @@ their options). Every delivery carries the identifiers of the subscriptions that
 this one; another: an older configuration). ``SessionGuard.check`` sees that, the message is
 still handled normally (idempotent, nothing lost), the delivery is counted
 (``IngestStats.stale_deliveries``), ONE ``stale_subscription`` warning is logged, and the
-connection is reset once: disconnect, reconnect with ``clean_start=True`` (the broker drops the
-old session, queued messages included) and subscribe again. Posts resend whatever was not
-acknowledged (central's retained ``online`` makes them resend at once).
+connection is reset once: announce ``offline`` (main connections), disconnect, reconnect with
+``clean_start=True`` (the broker drops the old session, queued messages included), subscribe
+again and announce ``online``: a post resends everything not acknowledged when central comes
+online, so what the dropped session held is sent again at once (with other workers still
+online it is sent again after the post's ack timeout).
 
 No loop: a guard resets at most once in its life (one per client id and process), and only a
 connection that resumed a session; a clean start has no stale subscription by construction.
@@ -29,9 +31,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -66,7 +67,7 @@ class SessionGuard:
     """The subscription set of one fixed client id, and the one-time reset of a stale session.
 
     Use per connection attempt: ``clean_start()`` for the CONNECT, ``connected()`` right after
-    the CONNACK, subscribe with ``properties()``, ``arm(paho)`` once subscribed, ``check`` every
+    the CONNACK, subscribe with ``properties()``, ``arm(reset)`` once subscribed, ``check`` every
     delivery (``mqtt_central.deliver_inline`` compares ``expected`` itself), and once the
     connection ended ``take_reset()`` says whether it ended for a reset (reconnect at once, no backoff)."""
 
@@ -80,7 +81,7 @@ class SessionGuard:
         self._log = log
         self._clean_next = False
         self._resumed = False
-        self._paho: paho.Client | None = None
+        self._reset: Callable[[], None] | None = None
         self._reset_used = False
         self._reset_pending = False
         self._warned = False
@@ -95,14 +96,15 @@ class SessionGuard:
         if not self._resumed:
             self._clean_next = False
 
-    def arm(self, client: paho.Client) -> None:
-        """Subscribed (and presence announced): from now on a reset disconnects ``client`` at
-        once. A reset found earlier (a resumed session's queued messages arrive right after the
-        CONNACK) waits for this: a disconnect during the SUBSCRIBE or the ``online`` publish
-        would leave aiomqtt waiting for its acknowledgement until its timeout."""
-        self._paho = client
+    def arm(self, reset: Callable[[], None]) -> None:
+        """Subscribed (and presence announced): from now on a reset calls ``reset`` (which ends
+        the connection with a DISCONNECT) at once. A reset found earlier (a resumed session's
+        queued messages arrive right after the CONNACK) waits for this: a disconnect during the
+        SUBSCRIBE or the ``online`` publish would leave aiomqtt waiting for its acknowledgement
+        until its timeout."""
+        self._reset = reset
         if self._reset_pending:
-            asyncio.get_running_loop().call_soon(client.disconnect)
+            asyncio.get_running_loop().call_soon(reset)
 
     def properties(self) -> Properties:
         return subscribe_properties(self.sid)
@@ -125,8 +127,8 @@ class SessionGuard:
             return
         self._reset_used = self._reset_pending = self._clean_next = True
         self._stats.session_resets += 1
-        if self._paho is not None:  # not from inside paho's packet handling: on the next turn
-            asyncio.get_running_loop().call_soon(self._paho.disconnect)
+        if self._reset is not None:  # not from inside paho's packet handling: on the next turn
+            asyncio.get_running_loop().call_soon(self._reset)
 
     @property
     def resetting(self) -> bool:
@@ -136,6 +138,6 @@ class SessionGuard:
     def take_reset(self) -> bool:
         """Whether the connection that just ended was ended by a reset (then: reconnect now)."""
         pending, self._reset_pending = self._reset_pending, False
-        self._paho = None
+        self._reset = None
         return pending
 

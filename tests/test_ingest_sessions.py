@@ -17,6 +17,7 @@ from central_sync.mqtt_central import subscriptions
 from central_sync.mqtt_session import MAX_SUBSCRIPTION_ID, subscription_id
 from central_sync.store import CentralStore
 from edge.sync.wire import encode
+from tests.helpers_central import StateWatcher
 from tests.test_ingest import Node, ServiceThread, ev, make_cfg, up, wait_until
 
 P1 = "event/p1"
@@ -29,6 +30,16 @@ def _records(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRe
 def _settled(stats: IngestStats) -> bool:
     """Every received message has its outcome (nothing waits in ingest)."""
     return stats.inserted + stats.duplicates + stats.rejected_total() == stats.outcomes_expected()
+
+
+def _came_back(watcher: StateWatcher, seen: int) -> bool:
+    """Since the first run was seen online: (its stop's ``offline``,) the restart's ``online``,
+    then the reset's ``offline`` and ``online``."""
+    with watcher.lock:
+        states = [s for c, s in watcher.history[seen:] if c == "central-test"]
+    while states[:1] == ["offline"]:
+        states.pop(0)
+    return states == ["online", "offline", "online"]
 
 
 def _start(cfg: CentralConfig, store: CentralStore) -> ServiceThread:
@@ -59,8 +70,13 @@ def test_changed_subscriptions_reset_the_resumed_session_once(
     new = make_cfg(tmp_path, mosquitto.port, shared_group=after, shared_session_expiry_seconds=600)
     store = CentralStore(old.database)
     node = Node(mosquitto.port, "node-a", db=old.database)
+    watcher = StateWatcher(mosquitto.port)
     try:
-        _start(old, store).stop()  # leaves both sessions (main, P1 lane) with the old subscriptions
+        first = _start(old, store)
+        watcher.wait_online({"central-test"})
+        with watcher.lock:
+            seen = len(watcher.history)
+        first.stop()  # leaves both sessions (main, P1 lane) with the old subscriptions
         svc = _start(new, store)   # resumes them well within their expiry
         try:
             stats = svc.service.stats
@@ -75,6 +91,8 @@ def test_changed_subscriptions_reset_the_resumed_session_once(
             assert stats.session_resets == 2 and stats.stale_deliveries >= 2
             warned = sorted(r.__dict__["client_id"] for r in _records(caplog, "stale_subscription"))
             assert warned == ["central-test", "central-test-p1"]  # ONE warning per connection
+            # The posts saw central leave and come back: they resend what the old session held at once.
+            wait_until(lambda: _came_back(watcher, seen), what="online, offline and online again")
 
             received, duplicates, stale = stats.received, stats.duplicates, stats.stale_deliveries
             ids = _publish_and_wait(node, 40, seq0=10)
@@ -98,6 +116,7 @@ def test_changed_subscriptions_reset_the_resumed_session_once(
             again.stop()
         assert len(_records(caplog, "stale_subscription")) == 2
     finally:
+        watcher.close()
         node.close()
         store.close()
 
