@@ -29,11 +29,11 @@ from central_sync.mqtt_central import (
     MessageBuffer,
     ReadGate,
     central_presence,
-    central_state_message,
     deliver_inline,
     make_client,
     next_messages,
     paho_of,
+    publish_central_offline,
     subscriptions,
 )
 from central_sync.mqtt_session import SessionGuard
@@ -69,6 +69,7 @@ class BrokerSessions:
         self.connected = asyncio.Event()
         self.links: dict[str, Link] = {}
         self.clients: dict[str, aiomqtt.Client] = {}
+        self._resets: set[asyncio.Task[None]] = set()  # session resets under way (kept referenced)
 
     def count_drop(self) -> None:
         """A QoS 0 message the client's buffer had no room for."""
@@ -168,14 +169,17 @@ class BrokerSessions:
 
     def _resetter(self, client: aiomqtt.Client, client_id: str) -> Callable[[], None]:
         """End the connection for a session reset (``mqtt_session``): the retained ``offline``
-        first (a raw paho publish, queued before the DISCONNECT on the same socket), so that the
-        ``online`` of the clean reconnect makes the posts resend at once."""
-        mqtt = paho_of(client)
-        topic, payload = central_state_message(self.cfg, client_id, "offline")
+        first (awaited, at most 2 s: a raw publish could wait behind a full in-flight window and
+        be dropped by the DISCONNECT), so that the ``online`` of the clean reconnect makes the
+        posts resend at once."""
+        async def reset_now() -> None:
+            await publish_central_offline(client, self.cfg, client_id, timeout=2.0)
+            paho_of(client).disconnect()
 
         def reset() -> None:
-            mqtt.publish(topic, payload, qos=1, retain=True)
-            mqtt.disconnect()
+            task = asyncio.create_task(reset_now(), name=f"session-reset-{client_id}")
+            self._resets.add(task)
+            task.add_done_callback(self._resets.discard)
 
         return reset
 
