@@ -33,8 +33,10 @@ from central_sync.mqtt_central import (
     make_client,
     next_messages,
     paho_of,
+    publish_central_offline,
     subscriptions,
 )
+from central_sync.mqtt_session import SessionGuard
 from central_sync.store import Store
 from central_sync.supervision import link_beats
 from edge.logs import log_event
@@ -67,6 +69,7 @@ class BrokerSessions:
         self.connected = asyncio.Event()
         self.links: dict[str, Link] = {}
         self.clients: dict[str, aiomqtt.Client] = {}
+        self._resets: set[asyncio.Task[None]] = set()  # session resets under way (kept referenced)
 
     def count_drop(self) -> None:
         """A QoS 0 message the client's buffer had no room for."""
@@ -86,14 +89,17 @@ class BrokerSessions:
     async def run(self, client_id: str) -> None:
         """Keep the connection ``client_id`` up and consumed forever; cancel to stop."""
         backoff = Backoff(self.cfg.broker.reconnect_min_seconds, self.cfg.broker.reconnect_max_seconds)
+        guard = SessionGuard(client_id, subscriptions(self.cfg), self.stats, log)
         while True:
             link: Link | None = None
             try:
-                client, buffer = make_client(self.cfg, client_id, on_drop=self.count_drop)
+                client, buffer = make_client(self.cfg, client_id, on_drop=self.count_drop,
+                                             clean_start=guard.clean_start())
                 link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
-                deliver_inline(client, self.topics.up_tree(), self._inline_handler(link))
+                deliver_inline(client, self.topics.up_tree(), self._inline_handler(link), guard)
                 async with client:
-                    granted = await client.subscribe(subscriptions(self.cfg))
+                    guard.connected()
+                    granted = await client.subscribe(guard.subs, properties=guard.properties())
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:  # e.g. an ACL that does not grant central the uplink tree
                         log_event(log, "subscription_refused", logging.ERROR, client_id=client_id, reasons=refused)
@@ -109,14 +115,17 @@ class BrokerSessions:
                         beat = asyncio.create_task(link_beats(self.store, client_id, self.last_message_at),
                                                    name=f"link-beat-{client_id}")
                         try:
-                            await self._consume(client, buffer, link)
+                            guard.arm(self._resetter(client, client_id))
+                            await self._consume(client, buffer, link, guard)
                         finally:
                             beat.cancel()
                             with contextlib.suppress(asyncio.CancelledError):
                                 await beat
             except aiomqtt.MqttError as exc:
                 raise_if_cancelling(exc)
-                log_event(log, "central_disconnected", logging.WARNING, client_id=client_id, error=str(exc)[:200])
+                if not guard.resetting:
+                    log_event(log, "central_disconnected", logging.WARNING, client_id=client_id,
+                              error=str(exc)[:200])
             finally:
                 if link is not None:
                     link.alive = False
@@ -124,9 +133,13 @@ class BrokerSessions:
                 self.clients.pop(client_id, None)
                 if not self.links:
                     self.connected.clear()
+            if guard.take_reset():  # a stale session (mqtt_session): start clean at once
+                log_event(log, "central_session_reset", client_id=client_id)
+                continue
             await asyncio.sleep(backoff.next_delay())
 
-    async def _consume(self, client: aiomqtt.Client, buffer: MessageBuffer, link: Link) -> None:
+    async def _consume(self, client: aiomqtt.Client, buffer: MessageBuffer, link: Link,
+                       guard: SessionGuard) -> None:
         limit, byte_limit = self.cfg.ingest.max_buffered_messages, self.cfg.ingest.max_buffered_bytes
         room = self.queue.room
         gate = ReadGate(client, lambda: (buffer.qsize() >= limit or buffer.nbytes >= byte_limit
@@ -137,6 +150,7 @@ class BrokerSessions:
             while True:
                 until = time.monotonic() + _DECODE_SLICE_S
                 for message in await next_messages(client, buffer, _READ_BURST):
+                    guard.check(message.properties, message.topic.value)
                     payload = message.payload
                     body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
                     self.handle(message.topic.value, bytes(body), Delivery(link, message.mid, message.qos))
@@ -152,6 +166,22 @@ class BrokerSessions:
             self.queue.gates.discard(gate)
             self.stats.read_pauses += gate.pauses
             self.stats.buffer_peak = max(self.stats.buffer_peak, buffer.peak)
+
+    def _resetter(self, client: aiomqtt.Client, client_id: str) -> Callable[[], None]:
+        """End the connection for a session reset (``mqtt_session``): the retained ``offline``
+        first (awaited, at most 2 s: a raw publish could wait behind a full in-flight window and
+        be dropped by the DISCONNECT), so that the ``online`` of the clean reconnect makes the
+        posts resend at once."""
+        async def reset_now() -> None:
+            await publish_central_offline(client, self.cfg, client_id, timeout=2.0)
+            paho_of(client).disconnect()
+
+        def reset() -> None:
+            task = asyncio.create_task(reset_now(), name=f"session-reset-{client_id}")
+            self._resets.add(task)
+            task.add_done_callback(self._resets.discard)
+
+        return reset
 
     def _inline_handler(self, link: Link) -> Callable[[str, bytes, int, int], None]:
         handle = self.handle

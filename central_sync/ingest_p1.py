@@ -53,6 +53,7 @@ from central_sync.ingest_commit import (
 from central_sync.ingest_decode import decode_events
 from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import Backoff, MessageBuffer, ReadGate, make_client, next_messages, paho_of
+from central_sync.mqtt_session import SessionGuard
 from central_sync.rejections import RejectionAggregator
 from central_sync.store import Store
 from central_sync.store_retry import call_retrying
@@ -78,6 +79,16 @@ def p1_subscription(cfg: CentralConfig) -> tuple[str, SubscribeOptions]:
     opts = SubscribeOptions(qos=1)
     group = cfg.ingest.shared_group
     return (topic if group is None else f"$share/{group}/{topic}"), opts
+
+
+def _disconnector(client: aiomqtt.Client) -> Callable[[], None]:
+    """Ends ``client``'s connection (a session reset, ``central_sync.mqtt_session``)."""
+    mqtt = paho_of(client)
+
+    def reset() -> None:
+        mqtt.disconnect()
+
+    return reset
 
 
 class P1Lane:
@@ -120,13 +131,16 @@ class P1Lane:
 
     async def _connection_loop(self) -> None:
         backoff = Backoff(self.cfg.broker.reconnect_min_seconds, self.cfg.broker.reconnect_max_seconds)
+        guard = SessionGuard(self.client_id, [p1_subscription(self.cfg)], self.stats, log)
         while True:
             link: Link | None = None
             try:
-                client, buffer = make_client(self.cfg, self.client_id, on_drop=self._on_drop, announce=False)
+                client, buffer = make_client(self.cfg, self.client_id, on_drop=self._on_drop, announce=False,
+                                             clean_start=guard.clean_start())
                 async with client:
+                    guard.connected()
                     link = Link(self.client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
-                    granted = await client.subscribe([p1_subscription(self.cfg)])
+                    granted = await client.subscribe(guard.subs, properties=guard.properties())
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:
                         log_event(log, "p1_subscription_refused", logging.ERROR, client_id=self.client_id,
@@ -135,24 +149,31 @@ class P1Lane:
                     self.connected.set()
                     backoff.reset()
                     log_event(log, "p1_lane_connected", client_id=self.client_id)
-                    await self._consume(client, buffer, link)
+                    guard.arm(_disconnector(client))  # the lane has no presence to announce
+                    await self._consume(client, buffer, link, guard)
             except aiomqtt.MqttError as exc:
                 raise_if_cancelling(exc)
-                log_event(log, "p1_lane_disconnected", logging.WARNING, client_id=self.client_id,
-                          error=str(exc)[:200])
+                if not guard.resetting:
+                    log_event(log, "p1_lane_disconnected", logging.WARNING, client_id=self.client_id,
+                              error=str(exc)[:200])
             finally:
                 if link is not None:
                     link.alive = False
                 self._link = None
                 self.connected.clear()
+            if guard.take_reset():  # a stale session (central_sync.mqtt_session): start clean at once
+                log_event(log, "p1_lane_session_reset", client_id=self.client_id)
+                continue
             await asyncio.sleep(backoff.next_delay())
 
-    async def _consume(self, client: aiomqtt.Client, buffer: MessageBuffer, link: Link) -> None:
+    async def _consume(self, client: aiomqtt.Client, buffer: MessageBuffer, link: Link,
+                       guard: SessionGuard) -> None:
         limit = self.cfg.ingest.p1_max_pending
         gate = ReadGate(client, lambda: self._pending >= limit or buffer.qsize() >= limit)
         gate.install()
         while True:
             for message in await next_messages(client, buffer, _READ_BURST):
+                guard.check(message.properties, message.topic.value)
                 payload = message.payload
                 body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
                 self.handle(message.topic.value, bytes(body), Delivery(link, message.mid, message.qos))

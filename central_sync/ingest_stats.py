@@ -35,6 +35,8 @@ class IngestStats:
     p1_received: int = 0  # messages on the P1 lane (central_sync.ingest_p1); also in ``received``
     p1_batches: int = 0  # commits of the P1 lane (also in ``batches``)
     p1_committed: int = 0  # envelopes the P1 lane stored or found duplicate (also in inserted/duplicates)
+    stale_deliveries: int = 0  # deliveries caused by a stale subscription of a resumed session (mqtt_session)
+    session_resets: int = 0  # connections reset (clean start) for such a stale session
 
     def rejected_total(self) -> int:
         return sum(self.rejected.values())

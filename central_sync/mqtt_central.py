@@ -2,7 +2,8 @@
 
 Session model: MQTT 5 with ``clean_start=False``, a session expiry > 0 and a FIXED client id, so
 the broker keeps central's subscriptions and queues QoS 1 messages while central is down; they
-arrive right after the next CONNACK. aiomqtt has no automatic reconnect: ``IngestService`` owns
+arrive right after the next CONNACK (a resumed session with subscriptions of an older
+configuration is reset once: ``central_sync.mqtt_session``). aiomqtt has no automatic reconnect: ``IngestService`` owns
 the loop and uses ``Backoff`` (capped, jittered exponential).
 
 Shared subscriptions: with ``ingest.shared_group`` every worker subscribes to
@@ -35,6 +36,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central_sync.config import CentralConfig
+from central_sync.mqtt_session import SessionGuard
 from edge.sync import transport
 from edge.sync.transport import ConnectSpec, TlsFiles
 from edge.sync.wire import CentralState, Topics, encode
@@ -65,9 +67,11 @@ def subscriptions(cfg: CentralConfig) -> list[tuple[str, SubscribeOptions]]:
     return out
 
 
-def connect_spec(cfg: CentralConfig, client_id: str, *, will: aiomqtt.Will | None = None) -> ConnectSpec:
+def connect_spec(cfg: CentralConfig, client_id: str, *, will: aiomqtt.Will | None = None,
+                 clean_start: bool = False) -> ConnectSpec:
     """Central's connection parameters for the project's one client factory
-    (``edge.sync.transport``): persistent MQTT 5 session, keys through systemd credentials."""
+    (``edge.sync.transport``): persistent MQTT 5 session (resumed unless ``clean_start``: a
+    stale session's reset, ``central_sync.mqtt_session``), keys through systemd credentials."""
     tls = cfg.broker.tls
     files = None if tls is None else TlsFiles(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
     return ConnectSpec(
@@ -79,7 +83,7 @@ def connect_spec(cfg: CentralConfig, client_id: str, *, will: aiomqtt.Will | Non
         password=cfg.broker.password,
         keepalive=cfg.broker.keepalive,
         session_expiry_s=session_expiry(cfg),
-        clean_start=False,
+        clean_start=clean_start,
         will=will,
         receive_maximum=cfg.ingest.max_inflight,
         max_inflight=cfg.ingest.max_inflight,
@@ -315,7 +319,7 @@ async def next_messages(client: aiomqtt.Client, buffer: MessageBuffer, limit: in
 
 
 def deliver_inline(client: aiomqtt.Client, topic_filter: str,
-                   on_message: Callable[[str, bytes, int, int], None]) -> None:
+                   on_message: Callable[[str, bytes, int, int], None], guard: SessionGuard) -> None:
     """Hand every message matching ``topic_filter`` to ``on_message(topic, payload, mid, qos)``
     right where paho parses it (on the event loop, inside the socket reader: aiomqtt drives paho
     from the loop), through paho's public per-filter callbacks (``message_callback_add``).
@@ -325,8 +329,16 @@ def deliver_inline(client: aiomqtt.Client, topic_filter: str,
     burst. Backpressure is unchanged: ``ReadGate`` stops reading the socket while ingest is
     full, and then paho parses nothing. Messages matching no such filter still go to aiomqtt's
     queue (``MessageBuffer``). Register before connecting: a persistent session's queued
-    messages arrive right after the CONNACK."""
+    messages arrive right after the CONNACK.
+
+    Every message is first checked against ``guard`` (one attribute read and one comparison):
+    one not carrying exactly our Subscription Identifier proves a stale subscription in a
+    resumed session (``central_sync.mqtt_session``); it is handled all the same."""
+    expected, stale = guard.expected, guard.stale
+
     def callback(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        if getattr(message.properties, "SubscriptionIdentifier", None) != expected:
+            stale(message.properties, message.topic)
         payload = message.payload
         on_message(message.topic, payload if type(payload) is bytes else bytes(payload), message.mid, message.qos)
 
@@ -334,7 +346,7 @@ def deliver_inline(client: aiomqtt.Client, topic_filter: str,
 
 
 def make_client(cfg: CentralConfig, client_id: str, on_drop: Callable[[], None] | None = None, *,
-                announce: bool = True) -> tuple[aiomqtt.Client, MessageBuffer]:
+                announce: bool = True, clean_start: bool = False) -> tuple[aiomqtt.Client, MessageBuffer]:
     """An aiomqtt client for a persistent MQTT 5 session under ``client_id`` (not yet connected),
     with manual PUBACKs (``central_sync.acks``), central's retained-state last will (unless
     ``announce`` is False: the P1 lane's connection is no central presence), and its incoming
@@ -349,7 +361,8 @@ def make_client(cfg: CentralConfig, client_id: str, on_drop: Callable[[], None] 
         return buffer
 
     # Every central connection registers its retained "offline" presence as its last will.
-    spec = connect_spec(cfg, client_id, will=central_state_will(cfg, client_id) if announce else None)
+    spec = connect_spec(cfg, client_id, will=central_state_will(cfg, client_id) if announce else None,
+                        clean_start=clean_start)
     client = transport.make_client(
         spec,
         logger=MQTT_LOGGER,

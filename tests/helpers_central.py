@@ -42,6 +42,7 @@ class StateWatcher:
 
     def __init__(self, port: int) -> None:
         self.states: dict[str, str] = {}
+        self.history: list[tuple[str, str]] = []  # (central_id, state) in arrival order
         self.lock = threading.Lock()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-state-watcher",
                                   protocol=paho.MQTTv5)
@@ -54,6 +55,7 @@ class StateWatcher:
         data = json.loads(msg.payload)
         with self.lock:
             self.states[data["central_id"]] = data["state"]
+            self.history.append((data["central_id"], data["state"]))
 
     def online(self) -> set[str]:
         with self.lock:

@@ -39,7 +39,7 @@ from central_sync.web.context import HERE, ConfigSource, WebContext, build_conte
 from central_sync.web.desk import CommandSender
 from central_sync.web.metrics import registry_for
 from central_sync.web.places import Places
-from central_sync.web.server import DeskServer
+from central_sync.web.server import DeskServer, serve_until_cancelled
 from central_sync.web.supervision_loop import run_supervision
 from central_sync.web_listen import open_listener
 from central_sync.web_settings import WebSettings
@@ -179,7 +179,7 @@ async def serve(cfg: ConfigSource, store: Store, commands: CommandSender | None)
     retention = Retention(ctx.tables, settings)
     task = asyncio.create_task(retention.run_forever(), name="retention")
     try:
-        await server.serve(sockets=[open_listener(settings.host, settings.port, settings.ready_file)])
+        await serve_until_cancelled(server, [open_listener(settings.host, settings.port, settings.ready_file)])
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
