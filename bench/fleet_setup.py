@@ -129,12 +129,16 @@ class Setup:
 
     def configure(self, repeat: int, pki: bool | None = None) -> None:
         """(Re)write central's config; each repeat gets its own shared group, so a stopped
-        worker's session (expiring after 5 s) does not collect the next phase's messages."""
+        worker's session (expiring after 5 s) does not collect the next phase's messages, and its
+        own client ids, so a repeat starts a session of its own instead of resuming the previous
+        repeat's with the previous group in it (which central resets once, a reconfiguration's
+        cost, not the steady state this bench measures: docs/scale.md, "Stale subscriptions of a
+        resumed session")."""
         with_pki = self.signed if pki is None else pki
         self.cfg.write_text(f'''log_level = "WARNING"
 [broker]
 port = {self.broker.port}
-client_id = "central"
+client_id = "central-r{repeat}"
 [ingest]
 shared_group = "bench-r{repeat}"
 shared_session_expiry_seconds = 5
