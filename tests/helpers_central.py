@@ -3,6 +3,8 @@ subprocesses, readiness through central's retained STATE, process RSS."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+
+from central_sync.config import CentralConfig
+from central_sync.ingest import IngestService
+from central_sync.store import CentralStore
+from central_sync.verify_cache import CachedEventVerifier
+from tests.helpers_sync import LoopThread, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "kentongan/v1"
@@ -71,3 +79,34 @@ class StateWatcher:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class IngestInThread:
+    """Central's ``IngestService`` on ``store``, run in a loop thread beside synchronous test code
+    (the tests that need ingest in-process rather than a ``kentongan-central`` subprocess)."""
+
+    def __init__(self, cfg: CentralConfig, store: CentralStore,
+                 verify_event: CachedEventVerifier | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.lt = LoopThread()
+        self.ingest: IngestService | None = None
+        self.task: asyncio.Task[None] | None = None
+
+        async def go() -> None:
+            self.ingest = IngestService(cfg, store, verify_event=verify_event)
+            self.task = asyncio.get_running_loop().create_task(self.ingest.run())
+        self.lt.call(go())
+
+    def wait_connected(self, timeout: float = 30, what: str = "central connected") -> None:
+        wait_until(lambda: self.ingest is not None and self.ingest.connected.is_set(), timeout, what=what)
+
+    def close(self) -> None:
+        async def halt() -> None:
+            if self.task is not None:
+                self.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.task
+        self.lt.call(halt())
+        self.lt.close()
+        self.store.close()

@@ -7,8 +7,6 @@ a batch signed with another node's key is refused whole, every event told."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +14,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers_sync import LoopThread, node_config, running_service, wait_until
+from helpers_sync import node_config, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto
 from central_sync.config import CentralConfig
-from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
 from central_sync.verify_cache import CachedEventVerifier, KeyCache
 from edge.clock import Clock
@@ -29,6 +26,7 @@ from edge.signing import EventSigner, MessageSigner, NodeKey, verify_bytes
 from edge.sync.service import SyncService
 from edge.sync.wire import EventEnvelope, canonical_bytes, encode
 from edge.sync.wire_batch import canonical_batch, sign_batch
+from tests.helpers_central import IngestInThread
 from tests.test_ingest import Node, ev, up
 
 NODE = "pos-rt03"
@@ -37,33 +35,16 @@ OTHER = Ed25519PrivateKey.generate()
 BACKLOG = 1500
 
 
-class Central:
+class Central(IngestInThread):
     def __init__(self, db: Path, port: int) -> None:
-        self.cfg = CentralConfig.model_validate({
+        cfg = CentralConfig.model_validate({
             "database": str(db), "broker": {"host": "127.0.0.1", "port": port, "client_id": "central-bsig",
                                             "reconnect_max_seconds": 1.0}})
-        self.store = CentralStore(db)
         keys = {NODE: NodeKey(NODE, KEY.public_key(), "enrolled"),
                 "node-a": NodeKey("node-a", KEY.public_key(), "enrolled")}
         self.verifier = CachedEventVerifier(KeyCache(keys.get, lambda: 1))
-        self.lt = LoopThread()
-        self.ingest: IngestService | None = None
-        self.task: Any = None
-
-        async def go() -> None:
-            self.ingest = IngestService(self.cfg, self.store, verify_event=self.verifier)
-            self.task = asyncio.get_running_loop().create_task(self.ingest.run())
-        self.lt.call(go())
-        wait_until(lambda: self.ingest is not None and self.ingest.connected.is_set(), 20, what="central connected")
-
-    def close(self) -> None:
-        async def halt() -> None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        self.lt.call(halt())
-        self.lt.close()
-        self.store.close()
+        super().__init__(cfg, CentralStore(db), self.verifier)
+        self.wait_connected(20)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ run as the service user. Then with the credentials: it connects and its events a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -35,11 +34,11 @@ from helpers_install import (
     start_production_broker,
     world_readable_tmpdir,
 )
-from helpers_sync import LoopThread, wait_until
+from helpers_sync import wait_until
 
 from central_sync.config import CentralConfig
-from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
+from tests.helpers_central import IngestInThread
 
 SKIP = root_skip_reason()
 pytestmark = pytest.mark.skipif(SKIP is not None, reason=str(SKIP))
@@ -49,40 +48,21 @@ NODE = "rt07-inst"
 USER_CLI: list[str] = (service_cli() or []) if SKIP is None else []
 
 
-class RealCentral:
+class RealCentral(IngestInThread):
     """IngestService + CentralStore over mutual TLS with central's own certificate."""
 
     def __init__(self, db: Path, port: int, ca: Path, cert: Path, key: Path) -> None:
-        self.cfg = CentralConfig.model_validate({
+        super().__init__(CentralConfig.model_validate({
             "database": str(db), "broker": {
                 "host": "127.0.0.1", "port": port, "client_id": "central-inst",
                 "reconnect_max_seconds": 1.0,
-                "tls": {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)}}})
-        self.store = CentralStore(db)
-        self.lt = LoopThread()
-        self.ingest: IngestService | None = None
-        self.task: Any = None
+                "tls": {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)}}}), CentralStore(db))
 
-        async def go() -> None:
-            self.ingest = IngestService(self.cfg, self.store)
-            self.task = asyncio.get_running_loop().create_task(self.ingest.run())
-        self.lt.call(go())
-
-    def wait_connected(self) -> None:
-        wait_until(lambda: self.ingest is not None and self.ingest.connected.is_set(), 30,
-                   what="central connected over mTLS")
+    def wait_connected(self, timeout: float = 30, what: str = "central connected over mTLS") -> None:
+        super().wait_connected(timeout, what)
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.store.list_events(node_id=NODE, limit=1000)]
-
-    def close(self) -> None:
-        async def halt() -> None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        self.lt.call(halt())
-        self.lt.close()
-        self.store.close()
 
 
 class Agent:
