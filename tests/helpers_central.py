@@ -83,30 +83,37 @@ class StateWatcher:
 
 class IngestInThread:
     """Central's ``IngestService`` on ``store``, run in a loop thread beside synchronous test code
-    (the tests that need ingest in-process rather than a ``kentongan-central`` subprocess)."""
+    (the tests that need ingest in-process rather than a ``kentongan-central`` subprocess);
+    ``start``/``stop`` may be repeated (central going away and coming back)."""
 
     def __init__(self, cfg: CentralConfig, store: CentralStore,
                  verify_event: CachedEventVerifier | None = None) -> None:
         self.cfg = cfg
         self.store = store
+        self.verify_event = verify_event
         self.lt = LoopThread()
         self.ingest: IngestService | None = None
         self.task: asyncio.Task[None] | None = None
 
+    def start(self) -> None:
         async def go() -> None:
-            self.ingest = IngestService(cfg, store, verify_event=verify_event)
+            self.ingest = IngestService(self.cfg, self.store, verify_event=self.verify_event)
             self.task = asyncio.get_running_loop().create_task(self.ingest.run())
         self.lt.call(go())
 
     def wait_connected(self, timeout: float = 30, what: str = "central connected") -> None:
         wait_until(lambda: self.ingest is not None and self.ingest.connected.is_set(), timeout, what=what)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         async def halt() -> None:
             if self.task is not None:
                 self.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self.task
+            self.task = None
         self.lt.call(halt())
+
+    def close(self) -> None:
+        self.stop()
         self.lt.close()
         self.store.close()

@@ -44,6 +44,7 @@ class Central(IngestInThread):
                 "node-a": NodeKey("node-a", KEY.public_key(), "enrolled")}
         self.verifier = CachedEventVerifier(KeyCache(keys.get, lambda: 1))
         super().__init__(cfg, CentralStore(db), self.verifier)
+        self.start()
         self.wait_connected(20)
 
 

@@ -57,6 +57,7 @@ class RealCentral(IngestInThread):
                 "host": "127.0.0.1", "port": port, "client_id": "central-inst",
                 "reconnect_max_seconds": 1.0,
                 "tls": {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)}}}), CentralStore(db))
+        self.start()
 
     def wait_connected(self, timeout: float = 30, what: str = "central connected over mTLS") -> None:
         super().wait_connected(timeout, what)

@@ -3,8 +3,6 @@ CentralStore, with broker SIGKILLs, central restarts and kill -9 of the node pro
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import signal
 import sqlite3
@@ -15,57 +13,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_sync import LoopThread, node_config, running_service, wait_until
+from helpers_sync import node_config, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto
 from central_sync.config import CentralConfig
-from central_sync.ingest import IngestService
 from central_sync.store import CentralStore
 from edge.clock import Clock
 from edge.outbox import EventDraft, Outbox
 from edge.sync.service import SyncService
+from tests.helpers_central import IngestInThread
 
 NODE = "pos-rt03"
 HELPER = Path(__file__).resolve().parent / "helpers_sync.py"
 SOAK = os.environ.get("KENTONGAN_SOAK") == "1"
 
 
-class Central:
-    """A real central (IngestService + CentralStore) on its own background loop; restartable."""
+class Central(IngestInThread):
+    """Central's ingest on a real SQLite store, in a loop thread (``start``/``stop`` repeatable)."""
 
     def __init__(self, db: Path, port: int) -> None:
-        self.cfg = CentralConfig.model_validate({
+        super().__init__(CentralConfig.model_validate({
             "database": str(db), "broker": {"host": "127.0.0.1", "port": port,
                                             "client_id": "central-test",
-                                            "reconnect_max_seconds": 1.0}})
-        self.store = CentralStore(db)
-        self.lt = LoopThread()
-        self.task: Any = None
-        self.ingest: IngestService | None = None
+                                            "reconnect_max_seconds": 1.0}}), CentralStore(db))
 
-    def start(self) -> None:
-        async def go() -> None:
-            self.ingest = IngestService(self.cfg, self.store)
-            self.task = asyncio.get_running_loop().create_task(self.ingest.run())
-        self.lt.call(go())
-
-    def wait_connected(self, timeout: float = 20) -> None:
-        wait_until(lambda: self.ingest is not None and self.ingest.connected.is_set(), timeout,
-                   what="central connected")
-
-    def stop(self) -> None:
-        async def halt() -> None:
-            if self.task is not None:
-                self.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self.task
-            self.task = None
-        self.lt.call(halt())
-
-    def close(self) -> None:
-        self.stop()
-        self.lt.close()
-        self.store.close()
+    def wait_connected(self, timeout: float = 20, what: str = "central connected") -> None:
+        super().wait_connected(timeout, what)
 
     def event_ids(self) -> list[str]:
         return [e["event_id"] for e in self.all_events()]
