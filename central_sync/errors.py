@@ -34,3 +34,14 @@ class AuthError(CentralError):
 
 class PkiError(CentralError):
     """Certificate authority, enrolment or bundle failure."""
+
+
+class BrokerUnsupported(CentralError):
+    """The broker lacks an MQTT 5 capability central cannot run without (``capability`` names it).
+
+    Fatal: retrying cannot help, the broker (or its configuration) must change."""
+
+    def __init__(self, capability: str, detail: str) -> None:
+        super().__init__(detail)
+        self.capability = capability
+        self.detail = detail

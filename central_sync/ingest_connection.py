@@ -89,12 +89,13 @@ class BrokerSessions:
     async def run(self, client_id: str) -> None:
         """Keep the connection ``client_id`` up and consumed forever; cancel to stop."""
         backoff = Backoff(self.cfg.broker.reconnect_min_seconds, self.cfg.broker.reconnect_max_seconds)
-        guard = SessionGuard(client_id, subscriptions(self.cfg), self.stats, log)
+        guard = SessionGuard(client_id, subscriptions(self.cfg), self.stats, log,
+                             broker=f"{self.cfg.broker.host}:{self.cfg.broker.port}")
         while True:
             link: Link | None = None
             try:
                 client, buffer = make_client(self.cfg, client_id, on_drop=self.count_drop,
-                                             clean_start=guard.clean_start())
+                                             clean_start=guard.clean_start(), on_connack=guard.on_connack)
                 link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
                 deliver_inline(client, self.topics.up_tree(), self._inline_handler(link), guard)
                 async with client:

@@ -131,12 +131,13 @@ class P1Lane:
 
     async def _connection_loop(self) -> None:
         backoff = Backoff(self.cfg.broker.reconnect_min_seconds, self.cfg.broker.reconnect_max_seconds)
-        guard = SessionGuard(self.client_id, [p1_subscription(self.cfg)], self.stats, log)
+        guard = SessionGuard(self.client_id, [p1_subscription(self.cfg)], self.stats, log,
+                             broker=f"{self.cfg.broker.host}:{self.cfg.broker.port}")
         while True:
             link: Link | None = None
             try:
                 client, buffer = make_client(self.cfg, self.client_id, on_drop=self._on_drop, announce=False,
-                                             clean_start=guard.clean_start())
+                                             clean_start=guard.clean_start(), on_connack=guard.on_connack)
                 async with client:
                     guard.connected()
                     link = Link(self.client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))

@@ -33,6 +33,7 @@ from typing import cast
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central_sync.config import CentralConfig
@@ -346,11 +347,14 @@ def deliver_inline(client: aiomqtt.Client, topic_filter: str,
 
 
 def make_client(cfg: CentralConfig, client_id: str, on_drop: Callable[[], None] | None = None, *,
-                announce: bool = True, clean_start: bool = False) -> tuple[aiomqtt.Client, MessageBuffer]:
+                announce: bool = True, clean_start: bool = False,
+                on_connack: Callable[[Properties | None], None] | None = None,
+                ) -> tuple[aiomqtt.Client, MessageBuffer]:
     """An aiomqtt client for a persistent MQTT 5 session under ``client_id`` (not yet connected),
     with manual PUBACKs (``central_sync.acks``), central's retained-state last will (unless
     ``announce`` is False: the P1 lane's connection is no central presence), and its incoming
-    message buffer."""
+    message buffer. ``on_connack(properties)`` sees every CONNACK's properties before aiomqtt
+    completes the connect (``SessionGuard.on_connack``: the broker's capabilities)."""
     buffers: list[MessageBuffer] = []
 
     def queue_factory(maxsize: int = 0) -> MessageBuffer:
@@ -373,6 +377,8 @@ def make_client(cfg: CentralConfig, client_id: str, on_drop: Callable[[], None] 
         pending_calls_threshold=cfg.ingest.pending_calls_threshold,
     )
     paho_of(client).manual_ack_set(True)
+    if on_connack is not None:
+        transport.on_connack(client, on_connack)
     return client, buffers[0]
 
 

@@ -24,6 +24,16 @@ online it is sent again after the post's ack timeout).
 
 No loop: a guard resets at most once in its life (one per client id and process), and only a
 connection that resumed a session; a clean start has no stale subscription by construction.
+
+A broker may go without Subscription Identifiers (CONNACK "Subscription Identifier Available" =
+0); it answers a SUBSCRIBE carrying one with DISCONNECT 0xA1, so ingest would reconnect and be
+refused forever. ``SessionGuard.on_connack`` reads the flag (``subscription_ids_available``) and
+``connected()`` then raises ``BrokerUnsupported``: central stops with one ``broker_unsupported``
+error naming the capability and the remedy. Fatal rather than subscribing without identifiers:
+without them a stale subscription of a resumed session cannot be told from ours, so central
+would silently do all its work twice (or give one worker the whole fleet) after a change of
+``ingest.shared_group``; the project's broker (Mosquitto 2, ``broker/``) supports them, so a
+broker without them is a deployment mistake to fix, not a mode to run in.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from central_sync.errors import BrokerUnsupported
 from central_sync.ingest_stats import IngestStats
 from edge.logs import log_event
 
@@ -63,16 +74,25 @@ def subscribe_properties(sid: int) -> Properties:
     return props
 
 
+def subscription_ids_available(properties: Properties | None) -> bool:
+    """Whether a CONNACK's properties allow Subscription Identifiers: MQTT 5 (3.2.2.3.12) says
+    an absent "Subscription Identifier Available" means they are available; only 0 refuses."""
+    return getattr(properties, "SubscriptionIdentifierAvailable", 1) != 0
+
+
 class SessionGuard:
     """The subscription set of one fixed client id, and the one-time reset of a stale session.
 
-    Use per connection attempt: ``clean_start()`` for the CONNECT, ``connected()`` right after
-    the CONNACK, subscribe with ``properties()``, ``arm(reset)`` once subscribed, ``check`` every
+    Use per connection attempt: ``clean_start()`` for the CONNECT, ``on_connack`` as the
+    client's CONNACK hook (``mqtt_central.make_client``), ``connected()`` right after the
+    CONNACK, subscribe with ``properties()``, ``arm(reset)`` once subscribed, ``check`` every
     delivery (``mqtt_central.deliver_inline`` compares ``expected`` itself), and once the
     connection ended ``take_reset()`` says whether it ended for a reset (reconnect at once, no backoff)."""
 
-    def __init__(self, client_id: str, subs: Subscriptions, stats: IngestStats, log: logging.Logger) -> None:
+    def __init__(self, client_id: str, subs: Subscriptions, stats: IngestStats, log: logging.Logger,
+                 broker: str = "") -> None:
         self.client_id = client_id
+        self.broker = broker  # host:port, for the error when the broker lacks identifiers
         self.subs = list(subs)
         self.sid = subscription_id(self.subs)
         #: What every delivery of ours carries (compared as a whole: one list comparison).
@@ -85,6 +105,11 @@ class SessionGuard:
         self._reset_used = False
         self._reset_pending = False
         self._warned = False
+        self._ids_available = True
+
+    def on_connack(self, properties: Properties | None) -> None:
+        """The CONNACK's properties (called by paho's CONNACK handling, before ``connected``)."""
+        self._ids_available = subscription_ids_available(properties)
 
     def clean_start(self) -> bool:
         """``clean_start`` for the next CONNECT: True only after a reset was asked for."""
@@ -92,7 +117,18 @@ class SessionGuard:
         return self._clean_next
 
     def connected(self) -> None:
-        """Right after the CONNACK: a clean start asked for has happened."""
+        """Right after the CONNACK: a clean start asked for has happened. Raises
+        ``BrokerUnsupported`` (logged once as ``broker_unsupported``) when the CONNACK said the
+        broker has no Subscription Identifiers: subscribing would only be refused (0xA1)."""
+        if not self._ids_available:
+            action = ("use a broker with MQTT 5 Subscription Identifiers (Mosquitto 2, broker/) "
+                      "or enable them in its configuration")
+            log_event(self._log, "broker_unsupported", logging.ERROR, client_id=self.client_id,
+                      broker=self.broker, capability="subscription_identifiers", action=action)
+            raise BrokerUnsupported("subscription_identifiers", (
+                f"the MQTT broker {self.broker} does not support MQTT 5 Subscription Identifiers "
+                f"(CONNACK 'Subscription Identifier Available' = 0); central needs them to detect "
+                f"stale subscriptions: {action}"))
         if not self._resumed:
             self._clean_next = False
 

@@ -43,6 +43,7 @@ __all__ = [
     "TransportError",
     "make_client",
     "make_paho_client",
+    "on_connack",
     "raise_if_cancelling",
     "tls_context",
 ]
@@ -189,6 +190,22 @@ def make_client(spec: ConnectSpec, *, logger: logging.Logger | None = None,
     )
     client.pending_calls_threshold = pending_calls_threshold
     return client
+
+
+def on_connack(client: aiomqtt.Client, callback: Callable[[Properties | None], None]) -> None:
+    """Also call ``callback(properties)`` with every CONNACK's MQTT 5 properties (the broker's
+    capabilities: aiomqtt 2.x reads only the reason code), before aiomqtt's own handler
+    completes the connect: so they are known when ``async with client`` enters. Install before
+    connecting."""
+    paho_client = client._client  # aiomqtt 2.x has no public access to its paho client
+    inner: Callable[..., object] | None = paho_client.on_connect  # aiomqtt's, kept
+
+    def chained(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Properties | None = None) -> None:
+        callback(props)
+        if inner is not None:
+            inner(c, userdata, flags, reason, props)
+
+    paho_client.on_connect = chained
 
 
 def make_paho_client(spec: ConnectSpec) -> paho.Client:
