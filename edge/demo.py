@@ -182,17 +182,20 @@ class Demo:
         if self.state.exists():
             shutil.rmtree(self.state)
         self.state.mkdir(parents=True)
-        mqtt_port, web_port = free_port(), free_port()
+        web_port = free_port()
         self.web_port = web_port
         self.central_cfg.parent.mkdir(parents=True)
-        self.central_cfg.write_text(central_toml(self.central_cfg.parent, mqtt_port, web_port))
+        # The broker's port is known once it runs (it may move off a port taken meanwhile):
+        # the config is written again with it below.
+        self.central_cfg.write_text(central_toml(self.central_cfg.parent, 8883, web_port))
         say("Central certificate authority: kentongan-central ca init")
         print(self.central("ca", "init", "--config", str(self.central_cfg)).strip())
         pki = PkiFiles(self.central_cfg.parent / "pki")
         say("Starting Mosquitto with the production config (mTLS + ACL + CRL) on loopback")
         self.broker = production_broker(self.state / "broker", ca_file=pki.ca_cert,
                                         cert_file=pki.broker_cert, key_file=pki.broker_key,
-                                        crl_file=pki.crl, port=mqtt_port).start()
+                                        crl_file=pki.crl).start()
+        self.central_cfg.write_text(central_toml(self.central_cfg.parent, self.broker.port, web_port))
         print(f"broker on 127.0.0.1:{self.broker.port} (client certificates required)")
         say("Starting central (ingest + dashboard)")
         try:

@@ -35,7 +35,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
-from central_sync.broker import LocalMosquitto, free_port, production_broker
+from central_sync.broker import LocalMosquitto, production_broker
 from central_sync.pki import PkiFiles
 from central_sync.store import CentralStore
 from edge.demo import post_toml
@@ -162,7 +162,7 @@ class Site:
     def start(self) -> None:
         """CA, production broker, enrolment, desk accounts, then central."""
         root = self.root
-        mqtt_port, self.web_port = free_port(), 0  # the desk's port: central binds any and reports it
+        mqtt_port, self.web_port = 8883, 0  # the desk's port: central binds any and reports it
         cdir = root / "central"
         cdir.mkdir(parents=True)
         self.cdir, self.mqtt_port = cdir, mqtt_port
@@ -173,7 +173,10 @@ class Site:
         pki = PkiFiles(cdir / "pki")
         self.ca = pki.ca_cert
         self.broker = production_broker(root / "broker", ca_file=pki.ca_cert, cert_file=pki.broker_cert,
-                                        key_file=pki.broker_key, crl_file=pki.crl, port=mqtt_port).start()
+                                        key_file=pki.broker_key, crl_file=pki.crl).start()
+        # The broker picked its port when it started (8883 above was a placeholder).
+        self.mqtt_port = self.broker.port
+        self.cfg.write_text(_central_toml(cdir, self.mqtt_port))
         self.bundles: dict[str, Path] = {}
         for node_id, (rw, rt) in POSTS.items():
             bundle = root / f"{node_id}.bundle"

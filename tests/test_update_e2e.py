@@ -103,9 +103,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     d = tmp_path_factory.mktemp("e2e")
     w = World(d)
-    from central_sync.broker import free_port
-
-    port = free_port()
+    port = 8883  # a placeholder until the broker runs (it picks a free port: see below)
     pki_dir = d / "central" / "pki"
     w.cfg.parent.mkdir(parents=True)
     w.cfg.write_text(f"""database = "{d / 'central' / 'central.db'}"
@@ -128,7 +126,9 @@ broker_port = {port}
         files = PkiFiles(pki_dir)
         w.broker = production_broker(d / "broker", ca_file=files.ca_cert,
                                      cert_file=files.broker_cert, key_file=files.broker_key,
-                                     crl_file=files.crl, port=port).start()
+                                     crl_file=files.crl).start()
+        # [broker] port and [pki] broker_port: the port the broker actually got.
+        w.cfg.write_text(w.cfg.read_text().replace(f"port = {port}\n", f"port = {w.broker.port}\n"))
         log = (d / "central.log").open("ab")
         w.procs.append(subprocess.Popen([PY, "-m", "central_sync.cli", "run", "--config",
                                          str(w.cfg)], stdout=log, stderr=subprocess.STDOUT,

@@ -24,7 +24,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from central_sync.broker import LocalMosquitto, free_port, production_broker
+from central_sync.broker import LocalMosquitto, production_broker
 from central_sync.errors import CentralError
 from central_sync.pki import PkiFiles
 from central_sync.release.rollout import RolloutStore
@@ -83,7 +83,7 @@ class UpdateDemo:
         if self.state.exists():
             shutil.rmtree(self.state)
         self.cfg.parent.mkdir(parents=True)
-        port = free_port()
+        port = 8883  # a placeholder until the broker runs (it picks a free port: see below)
         pki = self.cfg.parent / "pki"
         self.cfg.write_text(f"""database = "{self.cfg.parent / 'central.db'}"
 [broker]
@@ -105,7 +105,9 @@ broker_port = {port}
         files = PkiFiles(pki)
         self.broker = production_broker(self.state / "broker", ca_file=files.ca_cert,
                                         cert_file=files.broker_cert, key_file=files.broker_key,
-                                        crl_file=files.crl, port=port).start()
+                                        crl_file=files.crl).start()
+        # [broker] port and [pki] broker_port: the port the broker actually got.
+        self.cfg.write_text(self.cfg.read_text().replace(f"port = {port}\n", f"port = {self.broker.port}\n"))
         log = (self.state / "central.log").open("ab")
         self.procs.append(subprocess.Popen([PY, "-m", "central_sync.cli", "run", "--config",
                                             str(self.cfg)], stdout=log,
