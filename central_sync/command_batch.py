@@ -20,9 +20,9 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 from central_sync.errors import CentralError
-from central_sync.mqtt_central import paho_of
 from edge.errors import WireError
 from edge.logs import log_event
+from edge.sync.transport import paho_client
 from edge.sync.wire import Command, Topics, encode
 
 log = logging.getLogger("central_sync.command_batch")
@@ -64,7 +64,7 @@ async def publish_batch(client: aiomqtt.Client | None, topics: Topics,
     sign_s = time.monotonic() - started
     await asyncio.to_thread(record, signed)
     record_s = time.monotonic() - started - sign_s
-    pc = paho_of(client)
+    pc = paho_client(client)
     pending: deque[paho.MQTTMessageInfo] = deque()
     sent = 0
     for cmd, body in bodies:

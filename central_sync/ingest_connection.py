@@ -32,7 +32,6 @@ from central_sync.mqtt_central import (
     deliver_inline,
     make_client,
     next_messages,
-    paho_of,
     publish_central_offline,
     subscriptions,
 )
@@ -40,7 +39,7 @@ from central_sync.mqtt_session import SessionGuard
 from central_sync.store import Store
 from central_sync.supervision import link_beats
 from edge.logs import log_event
-from edge.sync.transport import raise_if_cancelling
+from edge.sync.transport import paho_client, raise_if_cancelling
 from edge.sync.wire import Topics
 
 log = logging.getLogger("central_sync.ingest")
@@ -96,7 +95,7 @@ class BrokerSessions:
             try:
                 client, buffer = make_client(self.cfg, client_id, on_drop=self.count_drop,
                                              clean_start=guard.clean_start(), on_connack=guard.on_connack)
-                link = Link(client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
+                link = Link(client_id, paho_client(client), AckWindow(self.cfg.ingest.ack_window))
                 deliver_inline(client, self.topics.up_tree(), self._inline_handler(link), guard)
                 async with client:
                     guard.connected()
@@ -175,7 +174,7 @@ class BrokerSessions:
         posts resend at once."""
         async def reset_now() -> None:
             await publish_central_offline(client, self.cfg, client_id, timeout=2.0)
-            paho_of(client).disconnect()
+            paho_client(client).disconnect()
 
         def reset() -> None:
             task = asyncio.create_task(reset_now(), name=f"session-reset-{client_id}")

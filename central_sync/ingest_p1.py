@@ -52,14 +52,14 @@ from central_sync.ingest_commit import (
 )
 from central_sync.ingest_decode import decode_events
 from central_sync.ingest_stats import IngestStats
-from central_sync.mqtt_central import Backoff, MessageBuffer, ReadGate, make_client, next_messages, paho_of
+from central_sync.mqtt_central import Backoff, MessageBuffer, ReadGate, make_client, next_messages
 from central_sync.mqtt_session import SessionGuard
 from central_sync.rejections import RejectionAggregator
 from central_sync.store import Store
 from central_sync.store_retry import call_retrying
 from edge.errors import WireError
 from edge.logs import log_event
-from edge.sync.transport import raise_if_cancelling
+from edge.sync.transport import paho_client, raise_if_cancelling
 from edge.sync.wire import P1_CHANNEL, EventEnvelope, Topics
 
 log = logging.getLogger("central_sync.ingest_p1")
@@ -83,7 +83,7 @@ def p1_subscription(cfg: CentralConfig) -> tuple[str, SubscribeOptions]:
 
 def _disconnector(client: aiomqtt.Client) -> Callable[[], None]:
     """Ends ``client``'s connection (a session reset, ``central_sync.mqtt_session``)."""
-    mqtt = paho_of(client)
+    mqtt = paho_client(client)
 
     def reset() -> None:
         mqtt.disconnect()
@@ -140,7 +140,7 @@ class P1Lane:
                                              clean_start=guard.clean_start(), on_connack=guard.on_connack)
                 async with client:
                     guard.connected()
-                    link = Link(self.client_id, paho_of(client), AckWindow(self.cfg.ingest.ack_window))
+                    link = Link(self.client_id, paho_client(client), AckWindow(self.cfg.ingest.ack_window))
                     granted = await client.subscribe(guard.subs, properties=guard.properties())
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:

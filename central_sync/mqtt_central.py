@@ -157,12 +157,6 @@ def session_expiry(cfg: CentralConfig) -> int:
     return min(cfg.broker.session_expiry_seconds, cfg.ingest.shared_session_expiry_seconds)
 
 
-def paho_of(client: aiomqtt.Client) -> paho.Client:
-    """The paho client inside an aiomqtt client. aiomqtt 2.x has no API for manual PUBACKs nor a
-    publish without an awaited future; ingest needs both (``central_sync.acks``)."""
-    return client._client
-
-
 class ReadGate:
     """Reads one broker connection's socket only while ingest has room: TCP backpressure.
 
@@ -181,7 +175,7 @@ class ReadGate:
     broker had queued for it."""
 
     def __init__(self, client: aiomqtt.Client, full: Callable[[], bool]) -> None:
-        self._paho = paho_of(client)
+        self._paho = transport.paho_client(client)
         self._full = full
         self._loop = asyncio.get_running_loop()
         self._fd: int | None = None
@@ -343,7 +337,7 @@ def deliver_inline(client: aiomqtt.Client, topic_filter: str,
         payload = message.payload
         on_message(message.topic, payload if type(payload) is bytes else bytes(payload), message.mid, message.qos)
 
-    paho_of(client).message_callback_add(topic_filter, callback)
+    transport.paho_client(client).message_callback_add(topic_filter, callback)
 
 
 def make_client(cfg: CentralConfig, client_id: str, on_drop: Callable[[], None] | None = None, *,
@@ -376,7 +370,7 @@ def make_client(cfg: CentralConfig, client_id: str, on_drop: Callable[[], None] 
         queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", queue_factory),
         pending_calls_threshold=cfg.ingest.pending_calls_threshold,
     )
-    paho_of(client).manual_ack_set(True)
+    transport.paho_client(client).manual_ack_set(True)
     if on_connack is not None:
         transport.on_connack(client, on_connack)
     return client, buffers[0]

@@ -4,10 +4,13 @@ clear errors naming the file, TCP_NODELAY on client sockets."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import socket
 from pathlib import Path
 
+import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 from helpers_sync import node_config
 
@@ -17,7 +20,7 @@ from central_sync.mqtt_central import make_client as central_client
 from central_sync.pki import PkiSettings, init_ca
 from edge.credentials import credential_path
 from edge.sync.mqtt import connect_spec as node_spec
-from edge.sync.transport import NODELAY, TlsFiles, TransportError, make_client, tls_context
+from edge.sync.transport import NODELAY, TlsFiles, TransportError, make_client, paho_client, tls_context
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def test_post_and_central_load_keys_only_present_as_credentials(
         for spec in (node_spec(node_cfg.sync, "x"), central_spec(ccfg, "central")):
             assert make_client(spec) is not None
         client, _buf = central_client(ccfg, "central")
-        assert b"offline" in client._client._will_payload  # central's retained will
+        assert b"offline" in paho_client(client)._will_payload  # central's retained will
 
     asyncio.run(build())
 
@@ -93,3 +96,32 @@ def test_client_sockets_set_tcp_nodelay() -> None:
     assert (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1) in NODELAY
     spec = node_spec(node_config(1883).sync, "x")
     assert spec.socket_options == NODELAY
+
+
+def test_aiomqtt_private_client_is_reached_only_through_the_transport_seam() -> None:
+    """``edge.sync.transport.paho_client`` is the one place that knows where aiomqtt 2.x keeps
+    its paho client: nothing else in the project reads ``._client`` of an aiomqtt client."""
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for package in ("central_sync", "edge", "bench", "tests"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path.name in ("transport.py", "test_transport.py"):
+                continue
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if re.search(r"(?<!self)\._client\b", line):
+                    offenders.append(f"{path.relative_to(root)}:{n}")
+    assert offenders == []
+
+
+def test_paho_client_is_the_client_aiomqtt_drives() -> None:
+    async def build() -> None:
+        client = aiomqtt.Client("127.0.0.1", 1, identifier="seam")
+        mqtt = paho_client(client)
+        assert isinstance(mqtt, paho.Client)
+        assert mqtt._client_id == b"seam"  # the very client aiomqtt configured
+        assert paho_client(client) is mqtt
+
+    asyncio.run(build())
+    with pytest.raises(TransportError) as err:
+        paho_client(object())  # type: ignore[arg-type]
+    assert err.value.reason == "aiomqtt_incompatible"

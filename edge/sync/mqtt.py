@@ -25,7 +25,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 from edge.config import SyncConfig, TlsConfig
-from edge.sync.transport import ConnectSpec, TlsFiles, TransportError, make_client
+from edge.sync.transport import ConnectSpec, TlsFiles, TransportError, make_client, paho_client
 
 __all__ = [
     "PROBE_INTERVAL_S",
@@ -103,7 +103,7 @@ async def session(client: aiomqtt.Client,
                 await client.__aexit__(None, None, None)
         except TimeoutError:
             log.warning("mqtt_disconnect_timeout")
-            sock = client._client.socket()  # private: the graceful path above gave up
+            sock = paho_client(client).socket()  # the graceful path above gave up
             if sock is not None:
                 loop = asyncio.get_running_loop()
                 with contextlib.suppress(Exception):
@@ -127,7 +127,7 @@ def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int 
     pending calls on every publish). If the connection drops, this client and its queue are
     discarded and the events go back to ``ready``.
     """
-    info = client._client.publish(topic, payload, qos)  # private: see docstring
+    info = paho_client(client).publish(topic, payload, qos)
     if info.rc != 0:
         raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
     return info
@@ -137,14 +137,15 @@ def on_puback(client: aiomqtt.Client, callback: Callable[[int], None]) -> None:
     """Also call ``callback(mid)`` on every PUBACK (paho's ``on_publish``, chained after
     aiomqtt's own, which resolves awaited publishes). With aiomqtt it runs on the loop thread
     (paho is driven by the loop's socket callbacks), before paho marks the message published."""
-    inner: Callable[..., object] | None = client._client.on_publish  # private: aiomqtt's, kept
+    mqtt = paho_client(client)
+    inner: Callable[..., object] | None = mqtt.on_publish  # aiomqtt's, kept
 
     def chained(c: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         if inner is not None:
             inner(c, userdata, mid, reason, props)
         callback(mid)
 
-    client._client.on_publish = chained
+    mqtt.on_publish = chained
 
 
 async def probe_tcp(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -44,6 +44,7 @@ __all__ = [
     "make_client",
     "make_paho_client",
     "on_connack",
+    "paho_client",
     "raise_if_cancelling",
     "tls_context",
 ]
@@ -192,20 +193,37 @@ def make_client(spec: ConnectSpec, *, logger: logging.Logger | None = None,
     return client
 
 
+def paho_client(client: aiomqtt.Client) -> paho.Client:
+    """The paho client an aiomqtt client drives: the project's ONE access to it.
+
+    aiomqtt 2.x (pinned ``<3``) builds its paho client itself in ``Client.__init__`` (it cannot
+    be handed one) and has no public accessor, while the project needs paho API that aiomqtt does
+    not wrap: manual PUBACKs, per-filter message callbacks and the socket for read backpressure
+    (central's ingest), publishes without an awaited future and a PUBACK hook (the post's
+    uplink), the CONNACK properties (``on_connack``) and the socket of a disconnect that hangs.
+    Every module goes through this function, so an aiomqtt upgrade that moves it fails here,
+    loudly (``TransportError("aiomqtt_incompatible")``), and in ``tests/test_transport.py``."""
+    inner = getattr(client, "_client", None)  # the one private access (see above)
+    if not isinstance(inner, paho.Client):
+        raise TransportError("aiomqtt_incompatible",
+                             "this aiomqtt does not hold a paho client where 2.x does; install aiomqtt>=2.3,<3")
+    return inner
+
+
 def on_connack(client: aiomqtt.Client, callback: Callable[[Properties | None], None]) -> None:
     """Also call ``callback(properties)`` with every CONNACK's MQTT 5 properties (the broker's
     capabilities: aiomqtt 2.x reads only the reason code), before aiomqtt's own handler
     completes the connect: so they are known when ``async with client`` enters. Install before
     connecting."""
-    paho_client = client._client  # aiomqtt 2.x has no public access to its paho client
-    inner: Callable[..., object] | None = paho_client.on_connect  # aiomqtt's, kept
+    mqtt = paho_client(client)
+    inner: Callable[..., object] | None = mqtt.on_connect  # aiomqtt's, kept
 
     def chained(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Properties | None = None) -> None:
         callback(props)
         if inner is not None:
             inner(c, userdata, flags, reason, props)
 
-    paho_client.on_connect = chained
+    mqtt.on_connect = chained
 
 
 def make_paho_client(spec: ConnectSpec) -> paho.Client:
