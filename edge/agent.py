@@ -1,5 +1,6 @@
 """The node agent: wires hardware, alarm engine, outbox, snapshots, sync and the control socket
-together and runs them on one asyncio loop until SIGTERM."""
+together and runs them on one asyncio loop until SIGTERM. The control socket's operations are
+``edge.agent_control``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge import __version__
+from edge.agent_control import control_handlers
 from edge.alarm import AlarmEngine
 from edge.clock import Clock
 from edge.commands import NodeCommands
@@ -19,7 +21,7 @@ from edge.config import NodeConfig
 from edge.control import ControlServer, socket_path
 from edge.drivers.buttons import ButtonSignal, ButtonWatcher
 from edge.drivers.camera import capture_burst
-from edge.errors import ControlError, KentonganError
+from edge.errors import KentonganError
 from edge.hardware import Hardware, build_hardware
 from edge.incidents import Priority, SystemEvent
 from edge.logs import RateLimitedLog, log_event, set_node_id
@@ -27,7 +29,6 @@ from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
 from edge.security_hooks import SecurityHooks, load_security_hooks
 from edge.siren_tests import SirenTester, build_tester
 from edge.snapshots import SnapshotStore
-from edge.update import health as update_health
 
 if TYPE_CHECKING:
     from edge.sync.service import SyncService
@@ -36,7 +37,6 @@ log = logging.getLogger("kentongan.agent")
 
 MAINTENANCE_SECONDS = 60.0
 STOP_TIMEOUT_S = 15.0
-SELFTEST_WAIT_S = 5.0
 
 
 class Agent:
@@ -99,17 +99,12 @@ class Agent:
         self.engine.record(EventDraft(SystemEvent.BOOT.value, int(Priority.P4), {
             "version": __version__, "simulate": self.simulate,
             "quarantined": str(self.outbox.quarantined) if self.outbox.quarantined else None}))
-        self.control = ControlServer(socket_path(state), {
-            "status": self._ctl_status, "press": self._ctl_press,
-            "record_selftest": self._ctl_record_selftest,
-            # The updater's post-switch check (edge.update.health, docs/updates.md).
-            "update_health": lambda req: update_health.agent_health(self, req),
-            "event_status": lambda req: update_health.event_status(self, req)})
+        self.control = ControlServer(socket_path(state), control_handlers(self))
         await self.control.start()
         self._start_sync()
         self._spawn(self._maintenance(), "maintenance")
         if self.hw.modem is not None:
-            from edge.drivers.modem import ModemWatchdog
+            from edge.drivers.modem_watchdog import ModemWatchdog
 
             watchdog = ModemWatchdog(self.hw.modem, cfg.modem, self._on_modem_fault)
             self._spawn(watchdog.run(), "modem-watchdog")
@@ -377,50 +372,6 @@ class Agent:
             health["state"] = "degraded"
             health["reasons"].append("events kept in memory for retry")
         return health
-
-    async def _ctl_status(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "status": await asyncio.to_thread(self.status)}
-
-    async def _ctl_record_selftest(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Record a SELFTEST event. The answer is always true: ``stored`` (with its id) once it
-        is committed, ``pending`` while the store cannot take it yet (it stays queued or kept
-        for retry and will be stored), ``failed`` only when it was given up."""
-        payload = req.get("payload")
-        if not isinstance(payload, dict) or self.engine is None:
-            raise ControlError("record_selftest needs a payload object")
-        loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[StoredEvent | None] = loop.create_future()
-
-        def done(ev: StoredEvent | None) -> None:  # on the loop (AlarmEngine._hop)
-            if not outcome.done():
-                outcome.set_result(ev)
-
-        self.engine.record(EventDraft(SystemEvent.SELFTEST.value, int(Priority.P4), payload),
-                           on_outcome=done)
-        try:
-            ev = await asyncio.wait_for(asyncio.shield(outcome), SELFTEST_WAIT_S)
-        except TimeoutError:
-            return {"ok": True, "status": "pending", "storage": self.storage_health(),
-                    "detail": "not stored yet: the event is kept and will be stored when the "
-                              "disk has room"}
-        if ev is None:
-            return {"ok": False, "status": "failed",
-                    "error": "the event was given up (retry memory full)"}
-        return {"ok": True, "status": "stored", "event_id": ev.event_id}
-
-    async def _ctl_press(self, req: dict[str, Any]) -> dict[str, Any]:
-        if self.hw is None or self.hw.simulated is None:
-            raise ControlError("sim press needs an agent started with --simulate")
-        name = req.get("button")
-        hold = req.get("hold", 0.1)
-        if not isinstance(name, str):
-            raise ControlError("press needs a button name")
-        if not isinstance(hold, int | float) or not 0 <= hold <= 60:
-            raise ControlError("hold must be a number of seconds between 0 and 60")
-        self.hw.simulated.button(name)  # unknown names fail before anything is driven
-        await asyncio.to_thread(self.hw.simulated.press, name, float(hold))
-        await asyncio.sleep(0.05)
-        return {"ok": True, "button": name, "hold": hold, "siren": self.siren_status()}
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

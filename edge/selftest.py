@@ -9,26 +9,20 @@ modem, broker. Run it with the agent stopped (``systemctl stop kentongan-edge``)
 the GPIO pins and the modem port. ``--simulate`` uses gpiozero MockFactory pins (NC loops primed
 closed), the fake camera and a FakeModem, so the whole flow can be rehearsed on a laptop.
 
-Broker check (definition): TLS connect with the node's own certificate (MQTT 5), subscribe to
-``{prefix}/selftest/{node_id}/echo`` (the ACL grants each node read/write there and nowhere else
-besides its own up/down trees), publish a random nonce at QoS 1, and require a successful PUBACK
-and the nonce back within the timeout. It proves the CA, the certificate, the CRL and the ACL.
+Modules: this one holds the host checks (certificate, clock, disk), the runner and the CLI;
+``selftest_hw`` the hardware checks, ``selftest_broker`` the broker round trip (its definition
+is there), ``selftest_result`` the result types (all re-exported here).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import secrets
 import shutil
-import ssl
 import sys
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,35 +32,20 @@ from cryptography.hazmat.primitives import serialization
 from edge.config import NodeConfig, check_state_dir, load_config
 from edge.credentials import credential_path, describe_unreadable
 from edge.errors import ConfigError, KentonganError
+from edge.selftest_broker import check_broker
+from edge.selftest_hw import check_buttons, check_camera, check_modem, check_siren
+from edge.selftest_result import FAIL, PASS, SKIP, WARN, CheckResult, SelftestOptions
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+__all__ = [
+    "FAIL", "PASS", "SKIP", "WARN", "CheckResult", "SelftestOptions", "check_broker", "check_buttons",
+    "check_camera", "check_certificate", "check_clock", "check_disk", "check_modem", "check_siren",
+    "exit_code", "format_results", "record_selftest", "register", "run_selftest",
+]
+
 CERT_WARN_DAYS = 30
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    status: str  # pass | warn | fail | skip
-    detail: str
-    hint: str = ""
-    required: bool = True
-
-    @property
-    def failed(self) -> bool:
-        return self.status == FAIL and self.required
-
-
-@dataclass
-class SelftestOptions:
-    simulate: bool = False
-    pin_factory: Any = None  # a gpiozero factory to use (tests); else MockFactory when simulating
-    primed: bool = False  # set when we made the MockFactory: rest-state wiring is simulated
-    broker_timeout: float = 5.0
-    sound_siren: bool = True
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
-
-
-# -- individual checks ------------------------------------------------------------------------
+# -- host checks -------------------------------------------------------------------------------
 
 
 def check_certificate(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
@@ -166,244 +145,6 @@ def check_disk(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
     return CheckResult("disk", PASS, detail)
 
 
-def _pin_factory(cfg: NodeConfig, opts: SelftestOptions) -> Any:
-    if opts.pin_factory is not None:
-        return opts.pin_factory
-    if opts.simulate:
-        from gpiozero.pins.mock import MockFactory, MockPWMPin
-
-        from edge.hardware import SimulatedInputs
-
-        factory = MockFactory(pin_class=MockPWMPin)
-        SimulatedInputs(factory, list(cfg.buttons)).prime()
-        opts.pin_factory = factory
-        opts.primed = True
-        return factory
-    return None
-
-
-def check_siren(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
-    if not opts.sound_siren:
-        return CheckResult("siren", SKIP, "not sounded (--no-siren)", "", required=False)
-    from edge.drivers.siren import SirenPlayer, Trigger
-    from edge.incidents import IncidentType
-
-    try:
-        player = SirenPlayer(cfg.siren, pin_factory=_pin_factory(cfg, opts))
-    except Exception as exc:
-        return CheckResult("siren", FAIL, f"cannot drive GPIO {cfg.siren.pin}: {exc}",
-                           "stop the agent (systemctl stop kentongan-edge); check the user is in "
-                           "group gpio and siren.pin")
-    try:
-        limit = cfg.siren.test_max_seconds
-        # P3 so that quiet hours do not suppress a chirp the technician asked for.
-        act = player.play(cfg.siren.pattern_for(IncidentType.TEST), Trigger("test", "selftest", "TEST"), priority=3,
-                          max_seconds=limit)
-        deadline = time.monotonic() + limit + 1.0
-        while player.state().playing and time.monotonic() < deadline:
-            time.sleep(0.02)
-        st = player.state()
-        toggled = [on for _, on in st.history]
-    finally:
-        player.close()
-    if act.suppressed:
-        return CheckResult("siren", FAIL, f"chirp suppressed ({act.suppressed})",
-                           "check the siren config")
-    if True in toggled and False in toggled and not st.relay_on:
-        return CheckResult("siren", PASS, f"relay on GPIO {cfg.siren.pin} switched on and off "
-                           f"(chirp <= {limit:g}s); confirm you heard it")
-    return CheckResult("siren", FAIL, f"relay did not toggle (history {toggled})",
-                       "check relay wiring, siren.active_high and the 12 V supply")
-
-
-def check_buttons(cfg: NodeConfig, opts: SelftestOptions) -> list[CheckResult]:
-    if not cfg.buttons:
-        return [CheckResult("buttons", WARN, "no buttons configured", "add [[buttons]]",
-                            required=False)]
-    from gpiozero import Button
-
-    out = []
-    factory = _pin_factory(cfg, opts)
-    for b in cfg.buttons:
-        name = f"button {b.name}"
-        try:
-            dev = Button(b.pin, pull_up=b.pull_up, pin_factory=factory)
-        except Exception as exc:
-            out.append(CheckResult(name, FAIL, f"cannot read GPIO {b.pin}: {exc}",
-                                   "stop the agent; check buttons pin and group gpio"))
-            continue
-        if opts.primed:  # opening the device resets the mock pull: put the rest state back
-            from edge.hardware import SimulatedInputs
-
-            SimulatedInputs(factory, [b]).prime()
-        try:
-            closed = bool(dev.is_pressed)
-        finally:
-            dev.close()
-        if b.normally_closed:
-            if closed:
-                out.append(CheckResult(name, PASS, f"NC loop closed on GPIO {b.pin}"))
-            else:
-                out.append(CheckResult(name, FAIL, f"NC loop OPEN on GPIO {b.pin} (tamper)",
-                                       "find the cut or loose wire in the button loop"))
-        elif closed:
-            out.append(CheckResult(name, WARN, f"contact closed on GPIO {b.pin} (held or stuck)",
-                                   "release the button; if it stays closed, check for a short"))
-        else:
-            out.append(CheckResult(name, PASS, f"open at rest on GPIO {b.pin}; press it to test "
-                                   "the alarm path end to end"))
-    return out
-
-
-def check_camera(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
-    if cfg.camera.backend == "none":
-        return CheckResult("camera", SKIP, "camera disabled", "", required=False)
-    from edge.drivers.camera import make_camera
-
-    cam_cfg = cfg.camera
-    if opts.simulate and cam_cfg.backend == "picamera2":
-        cam_cfg = cam_cfg.model_copy(update={"backend": "fake"})
-    try:
-        cam = make_camera(cam_cfg, cfg.node.node_id)
-        assert cam is not None
-        try:
-            frame = cam.capture_jpeg()
-        finally:
-            cam.close()
-    except Exception as exc:
-        return CheckResult("camera", FAIL, f"no frame: {exc}", "check the ribbon cable, "
-                           "'rpicam-hello', and that python3-picamera2 is installed",
-                           required=False)
-    if not frame.startswith(b"\xff\xd8"):
-        return CheckResult("camera", FAIL, "frame is not a JPEG", "check camera.backend",
-                           required=False)
-    return CheckResult("camera", PASS, f"captured a {len(frame)} byte JPEG", required=False)
-
-
-def check_modem(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
-    if not cfg.modem.enabled:
-        return CheckResult("modem", SKIP, "modem disabled", "", required=False)
-    from edge.drivers.modem import Modem
-
-    fake = None
-    mcfg = cfg.modem
-    if opts.simulate:
-        from edge.drivers.fake_modem import FakeModem
-
-        fake = FakeModem(boot_s=0.0).start()
-        mcfg = mcfg.model_copy(update={"port": fake.port})
-    modem = Modem(mcfg)
-    try:
-        modem.open()
-        if not modem.ping():
-            return CheckResult("modem", FAIL, f"no answer to AT on {mcfg.port}",
-                               "check the USB cable and power; the watchdog resets it in service")
-        sim = modem.sim_ready()
-        sq = modem.signal_quality()
-    except KentonganError as exc:
-        return CheckResult("modem", FAIL, f"{mcfg.port}: {exc}", "check modem.port (ls "
-                           "/dev/ttyUSB*) and group dialout")
-    finally:
-        modem.close()
-        if fake is not None:
-            fake.stop()
-    if not sim:
-        return CheckResult("modem", FAIL, "no SIM / SIM not ready", "insert the SIM, check its "
-                           "PIN is off")
-    if sq.dbm is None:
-        return CheckResult("modem", WARN, "no signal (CSQ 99)", "move the antenna; SMS "
-                           "fallback will not work", required=False)
-    return CheckResult("modem", PASS, f"AT ok, SIM ready, signal {sq.dbm} dBm (CSQ {sq.rssi})")
-
-
-def check_broker(cfg: NodeConfig, opts: SelftestOptions) -> CheckResult:
-    if not cfg.sync.enabled:
-        return CheckResult("broker", SKIP, "sync disabled", "", required=False)
-
-    from edge.sync.mqtt import connect_spec
-    from edge.sync.transport import TransportError, make_paho_client, paho_connect
-
-    where = f"{cfg.sync.broker_host}:{cfg.sync.broker_port}"
-    spec = connect_spec(cfg.sync, f"{cfg.node.node_id}-selftest-{secrets.token_hex(3)}",
-                        clean_start=True, session_expiry_s=0)
-    try:
-        client = make_paho_client(spec)
-    except TransportError as exc:
-        return CheckResult("broker", FAIL, f"cannot build the TLS connection: {exc}",
-                           "the sync service fails the same way: see 'fix' of the certificate "
-                           "line")
-    topic = f"{cfg.sync.topic_prefix}/selftest/{cfg.node.node_id}/echo"
-    nonce = secrets.token_hex(8).encode()
-    cv = threading.Condition()
-    state: dict[str, Any] = {"connected": None, "suback": False, "puback": None, "echo": False}
-
-    def on_connect(c: Any, u: Any, f: Any, rc: Any, p: Any = None) -> None:
-        with cv:
-            state["connected"] = not rc.is_failure
-            state["connect_rc"] = str(rc)
-            cv.notify_all()
-
-    def on_disconnect(*a: Any) -> None:
-        with cv:
-            if state["connected"] is None:
-                state["connected"] = False
-            cv.notify_all()
-
-    def on_subscribe(*a: Any) -> None:
-        with cv:
-            state["suback"] = True
-            cv.notify_all()
-
-    def on_publish(c: Any, u: Any, mid: int, rc: Any, p: Any = None) -> None:
-        with cv:
-            state["puback"] = rc
-            cv.notify_all()
-
-    def on_message(c: Any, u: Any, msg: Any) -> None:
-        with cv:
-            state["echo"] = state["echo"] or msg.payload == nonce
-            cv.notify_all()
-
-    client.on_connect, client.on_disconnect = on_connect, on_disconnect
-    client.on_subscribe, client.on_publish = on_subscribe, on_publish
-    client.on_message = on_message
-    hint_tls = "check sync.broker_host/port, the node certificate (revoked? expired?) and the clock"
-    try:
-        paho_connect(client, spec)
-    except (ssl.SSLError, OSError) as exc:
-        return CheckResult("broker", FAIL, f"cannot connect to {where}: {exc}", hint_tls)
-    client.loop_start()
-    try:
-        deadline = time.monotonic() + opts.broker_timeout
-        with cv:
-            cv.wait_for(lambda: state["connected"] is not None,
-                        max(0.0, deadline - time.monotonic()))
-            if not state["connected"]:
-                return CheckResult("broker", FAIL, f"TLS/MQTT connection to {where} refused "
-                                   f"({state.get('connect_rc', 'no CONNACK')})", hint_tls)
-        client.subscribe(topic, qos=1)
-        with cv:
-            cv.wait_for(lambda: state["suback"], max(0.0, deadline - time.monotonic()))
-        client.publish(topic, nonce, qos=1)
-        with cv:
-            cv.wait_for(lambda: state["puback"] is not None and state["echo"],
-                        max(0.0, deadline - time.monotonic()))
-            puback, echo = state["puback"], state["echo"]
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    if puback is None:
-        return CheckResult("broker", FAIL, "no PUBACK", "broker overloaded or link too slow")
-    if puback.is_failure:
-        return CheckResult("broker", FAIL, f"publish refused: {puback}", "broker ACL lacks "
-                           "'pattern readwrite kentongan/v1/selftest/%u/#' (broker/acl)")
-    if not echo:
-        return CheckResult("broker", FAIL, "published but the echo never came back",
-                           "check the broker ACL read rules (broker/acl)")
-    return CheckResult("broker", PASS, f"mTLS to {where} as {cfg.node.node_id}, publish/subscribe "
-                       "round trip ok")
-
-
 # -- runner -----------------------------------------------------------------------------------
 
 
@@ -477,7 +218,7 @@ def record_selftest(cfg: NodeConfig, results: list[CheckResult]) -> None:
     """Record the checklist as a SELFTEST event so central's post overview shows the last
     self-test: through the running agent's control socket, else straight into the outbox."""
     from edge.control import request, socket_path
-    from edge.errors import ControlError, KentonganError
+    from edge.errors import ControlError
     from edge.outbox import EventDraft, Outbox
 
     payload = {"ok": exit_code(results) == 0, "failed": [r.name for r in results if r.failed],

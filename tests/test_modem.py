@@ -13,7 +13,8 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.config import ModemConfig
 from edge.drivers.fake_modem import FakeModem
-from edge.drivers.modem import Modem, ModemWatchdog, SignalQuality, gsm_sanitize
+from edge.drivers.modem import Modem, SignalQuality, gsm_sanitize
+from edge.drivers.modem_watchdog import ModemWatchdog
 from edge.errors import ModemError, ModemTimeout, TransientError
 
 AT_TIMEOUT = 0.3

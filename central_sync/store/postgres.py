@@ -13,6 +13,8 @@ deadlocks raise ``TransientStoreError`` (ingest retries them with backoff); the 
 connection before handing it out, so the first call after a restart reconnects. Values the
 database refuses are never raised for a batch: the batch is split with savepoints until only
 the offending rows are rejected.
+
+Rejections and commands (the operations log) are ``postgres_ops_log.PostgresOpsLog``, mixed in.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from central_sync.store.base import ChangeFeed, Row, TransientStoreError, coales
 from central_sync.store.checks import ValueRefused, check_event, safe_text
 from central_sync.store.desk_tables import DeskTables
 from central_sync.store.month_guard import MonthGuard
+from central_sync.store.postgres_ops_log import PostgresOpsLog
 from central_sync.store.postgres_schema import migrate
 from central_sync.store.postgres_support import CHANNEL, is_pg_transient, notify_chunks
 from central_sync.store.registry_tables import RegistryTables
@@ -45,16 +48,15 @@ from central_sync.store.rows import (
     SNAPSHOT_META,
     TIMED_TYPES_SQL,
     check_timed_type,
-    loads,
     node_row,
 )
 from central_sync.store.siren_tables import SirenTables
 from central_sync.store.sql import PgRunner
-from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
-from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
+from central_sync.store_types import EventCommit, RejectedRow
+from edge.sync.wire import EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
 
 
-class PostgresStore:
+class PostgresStore(PostgresOpsLog):
     """Central's database on PostgreSQL. Thread-safe (one pool, one connection per call)."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout_s: float = 10.0) -> None:
@@ -353,72 +355,3 @@ class PostgresStore:
     def nodes_by_id(self, node_ids: Sequence[str], *, now: float | None = None) -> list[Row]:
         t = time.time() if now is None else now
         return [node_row(r, t) for r in self._query(f"{NODE_SELECT} WHERE {NODE_ID} = ANY(%s)", (list(node_ids),))]
-
-    # -- rejections ------------------------------------------------------------------------------
-    def record_rejections(self, rows: Sequence[RejectionSummary]) -> None:
-        if not rows:
-            return
-        with self._tx() as conn, conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO rejections (node_id, topic, reason, detail, at, count, last_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                [(None if r.node_id is None else safe_text(r.node_id, 64), safe_text(r.sample_topic, 300),
-                  safe_text(r.reason, 100), safe_text(r.sample_detail, 500), r.first_at, max(1, int(r.count)),
-                  r.last_at) for r in rows])
-
-    def record_rejection(self, *, node_id: str | None, topic: str, reason: str, detail: str, at: float) -> None:
-        self.record_rejections([RejectionSummary(node_id, reason, 1, at, at, topic, detail)])
-
-    def rejection_counts(self) -> dict[str, int]:
-        rows = self._query("SELECT reason, SUM(count) AS n FROM rejections GROUP BY reason ORDER BY reason")
-        return {str(r["reason"]): int(r["n"]) for r in rows}
-
-    def list_rejections(self, limit: int = 100) -> list[Row]:
-        return self._query("SELECT id, node_id, topic, reason, detail, at, count, last_at FROM rejections "
-                           "ORDER BY id DESC LIMIT %s", (limit,))
-
-    # -- commands --------------------------------------------------------------------------------
-    def record_command(self, cmd: Command, *, issued_by: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO commands (command_id, node_id, action, params, issued_at, expires_at, issuer, issued_by, "
-                "signed, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'sent') ON CONFLICT DO NOTHING",
-                (cmd.command_id, cmd.node_id, cmd.action, json.dumps(cmd.params, default=str), cmd.issued_at,
-                 cmd.expires_at, cmd.issuer, issued_by, cmd.sig is not None))
-
-    def record_command_result(self, r: CommandResult, received_at: float) -> None:
-        self.record_command_results([r], received_at)
-
-    def record_command_results(self, results: Sequence[CommandResult], received_at: float) -> None:
-        """Many answers in ONE transaction (a group's 10,000)."""
-        if not results:
-            return
-        with self._tx() as conn:
-            for r in results:
-                status = "ok" if r.ok else "failed"
-                data = json.dumps(r.data, default=str)
-                cur = conn.execute(
-                    "UPDATE commands SET status = %s, result_ok = %s, result_detail = %s, result_data = %s, "
-                    "result_at = %s, result_received_at = %s WHERE command_id = %s AND node_id = %s",
-                    (status, r.ok, r.detail, data, r.at, received_at, r.command_id, r.node_id))
-                if cur.rowcount == 0:
-                    conn.execute(
-                        "INSERT INTO commands (command_id, node_id, action, params, issued_at, expires_at, issuer, "
-                        "issued_by, signed, status, result_ok, result_detail, result_data, result_at, "
-                        "result_received_at) "
-                        "VALUES (%s, %s, 'unknown', '{}', 0, 0, 'unknown', 'unknown', false, %s, %s, %s, %s, %s, %s) "
-                        "ON CONFLICT DO NOTHING",
-                        (r.command_id, r.node_id, status, r.ok, r.detail, data, r.at, received_at))
-
-    def list_commands(self, node_id: str | None = None) -> list[Row]:
-        sql = "SELECT * FROM commands"
-        params: tuple[Any, ...] = ()
-        if node_id is not None:
-            sql += " WHERE node_id = %s"
-            params = (node_id,)
-        out = []
-        for d in self._query(sql + " ORDER BY issued_at, command_id", params):
-            d["params"] = loads(d["params"])
-            d["result_data"] = loads(d["result_data"])
-            out.append(d)
-        return out

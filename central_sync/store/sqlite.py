@@ -10,6 +10,8 @@ every public method takes the lock. Several processes may open the same file; SQ
 timeout serialises their writers, and a writer still locked out raises an error that
 ``is_transient`` recognises. Writes are serialised, so ``rowid`` and ``change_seq`` grow in commit
 order and the change feed can poll them.
+
+Rejections and commands (the operations log) are ``sqlite_ops_log.SqliteOpsLog``, mixed in.
 """
 
 from __future__ import annotations
@@ -40,16 +42,16 @@ from central_sync.store.rows import (
     TIMED_TYPES_SQL,
     check_timed_type,
     event_row,
-    loads,
     node_row,
 )
 from central_sync.store.siren_tables import SirenTables
 from central_sync.store.sql import SqliteRunner
 from central_sync.store.sqlite_desk_schema import desk_migrations
+from central_sync.store.sqlite_ops_log import SqliteOpsLog
 from central_sync.store.sqlite_registry_schema import MIGRATIONS as registry_migrations
 from central_sync.store.sqlite_schema import migrations
-from central_sync.store_types import EventCommit, RejectedRow, RejectionSummary
-from edge.sync.wire import Command, CommandResult, EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
+from central_sync.store_types import EventCommit, RejectedRow
+from edge.sync.wire import EventEnvelope, Heartbeat, Presence, SnapshotEnvelope, unb64
 
 __all__ = ["CentralStore", "is_sqlite_transient", "migrations"]
 
@@ -60,7 +62,7 @@ _INSERT_EVENT = ("INSERT OR IGNORE INTO events (event_id, node_id, boot_id, seq,
 #: ``json.dumps(payload, separators=(",", ":"), ensure_ascii=False)`` without an encoder per row.
 _PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-class CentralStore:
+class CentralStore(SqliteOpsLog):
     """Central's database. See the module docstring for durability and thread-safety."""
 
     def __init__(self, path: Path | str, *, busy_timeout_s: float = 5.0) -> None:
@@ -383,88 +385,6 @@ class CentralStore:
     def _node_rows(self, sql: str, params: Sequence[Any], now: float | None) -> list[Row]:
         t = time.time() if now is None else now
         return [node_row(dict(r), t) for r in self._query(sql, params)]
-
-    # -- rejections ------------------------------------------------------------------------------
-    def record_rejections(self, rows: Sequence[RejectionSummary]) -> None:
-        """Aggregated rejections (one row per node and reason and interval) in ONE transaction."""
-        if not rows:
-            return
-        with self._tx() as conn:
-            conn.executemany(
-                "INSERT INTO rejections (node_id, topic, reason, detail, at, count, last_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(None if r.node_id is None else safe_text(r.node_id, 64), safe_text(r.sample_topic, 300),
-                  safe_text(r.reason, 100), safe_text(r.sample_detail, 500), r.first_at, max(1, int(r.count)),
-                  r.last_at) for r in rows])
-
-    def record_rejection(self, *, node_id: str | None, topic: str, reason: str, detail: str, at: float) -> None:
-        with self._tx() as conn:
-            conn.execute("INSERT INTO rejections (node_id, topic, reason, detail, at, count, last_at) "
-                         "VALUES (?, ?, ?, ?, ?, 1, ?)",
-                         (None if node_id is None else safe_text(node_id, 64), safe_text(topic, 300),
-                          safe_text(reason, 100), safe_text(detail, 500), at, at))
-
-    def rejection_counts(self) -> dict[str, int]:
-        rows = self._query("SELECT reason, SUM(count) FROM rejections GROUP BY reason ORDER BY reason")
-        return {str(r[0]): int(r[1]) for r in rows}
-
-    def list_rejections(self, limit: int = 100) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query(
-            "SELECT id, node_id, topic, reason, detail, at, count, last_at FROM rejections ORDER BY id DESC LIMIT ?",
-            (limit,))]
-
-    # -- commands --------------------------------------------------------------------------------
-    def record_command(self, cmd: Command, *, issued_by: str) -> None:
-        """Record a command about to be published (status 'sent'); re-recording is a no-op."""
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO commands (command_id, node_id, action, params, issued_at, expires_at, issuer, "
-                "issued_by, signed, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'sent')",
-                (cmd.command_id, cmd.node_id, cmd.action, json.dumps(cmd.params, default=str), cmd.issued_at,
-                 cmd.expires_at, cmd.issuer, issued_by, int(cmd.sig is not None)),
-            )
-
-    def record_command_result(self, r: CommandResult, received_at: float) -> None:
-        """Attach a node's answer to its command (status 'ok' or 'failed'); unknown ids are kept too."""
-        self.record_command_results([r], received_at)
-
-    def record_command_results(self, results: Sequence[CommandResult], received_at: float) -> None:
-        """``record_command_result`` for many answers in ONE transaction (a group's 10,000)."""
-        if not results:
-            return
-        with self._tx() as conn:
-            for r in results:
-                cur = conn.execute(
-                    "UPDATE commands SET status = ?, result_ok = ?, result_detail = ?, result_data = ?, result_at = ?, "
-                    "result_received_at = ? WHERE command_id = ? AND node_id = ?",
-                    ("ok" if r.ok else "failed", int(r.ok), r.detail, json.dumps(r.data, default=str), r.at,
-                     received_at, r.command_id, r.node_id),
-                )
-                if cur.rowcount == 0:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO commands (command_id, node_id, action, params, issued_at, expires_at, "
-                        "issuer, issued_by, signed, status, result_ok, result_detail, result_data, result_at, "
-                        "result_received_at) VALUES (?, ?, 'unknown', '{}', 0, 0, 'unknown', 'unknown', 0, ?, ?, ?, ?, "
-                        "?, ?)",
-                        (r.command_id, r.node_id, "ok" if r.ok else "failed", int(r.ok), r.detail,
-                         json.dumps(r.data, default=str), r.at, received_at),
-                    )
-
-    def list_commands(self, node_id: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM commands"
-        params: tuple[Any, ...] = ()
-        if node_id is not None:
-            sql += " WHERE node_id = ?"
-            params = (node_id,)
-        out = []
-        for r in self._query(sql + " ORDER BY issued_at, command_id", params):
-            d = dict(r)
-            d["params"] = loads(d["params"])
-            d["result_data"] = loads(d["result_data"])
-            d["signed"] = bool(d["signed"])
-            d["result_ok"] = None if d["result_ok"] is None else bool(d["result_ok"])
-            out.append(d)
-        return out
 
 
 def is_sqlite_transient(exc: BaseException) -> bool:
