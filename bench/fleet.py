@@ -3,7 +3,8 @@ measured in the same run as the baseline.
 
     .venv/bin/python bench/fleet.py --posts 10000 --rate 1000 --heartbeat 20 --duration 30 \\
         [--procs 4] [--ingest 1] [--p1-rate 0] [--backlog 0] [--dashboards 2] [--rw-posts 7] [--unsigned] \\
-        [--no-echo] [--repeat 1] [--json out.json] [--p1-process [--p1-nice -5]] [--mqtt-window 2]
+        [--no-echo] [--repeat 1] [--json out.json] [--p1-process [--p1-nice -5]] [--mqtt-window 2] \\
+        [--ingest-set linger_ms=0 ...]
 
 Everything runs on this machine, on loopback: a LocalMosquitto with the project's dev config
 (plus ``set_tcp_nodelay true``) on a free port; a central config with a CA (``ca init``), every
@@ -199,6 +200,8 @@ def main() -> None:
     ap.add_argument("--postgres", action="store_true", help="central on a throwaway PostgreSQL cluster (fsync on)")
     ap.add_argument("--no-echo", action="store_true")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--ingest-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra [ingest] setting of central, as TOML (repeatable), e.g. linger_ms=0")
     ap.add_argument("--seed", default="fleet")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, databases)")
@@ -211,6 +214,7 @@ def main() -> None:
             args.keep.mkdir(parents=True, exist_ok=True)
         setup = Setup(Path(tmp), args.posts, args.seed, postgres=args.postgres, signed=not args.unsigned,
                       rw_posts=args.rw_posts)
+        setup.ingest_extra = [line.replace("=", " = ", 1) for line in args.ingest_set]
         try:
             for repeat in range(args.repeat):
                 setup.configure(repeat)

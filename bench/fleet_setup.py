@@ -99,6 +99,8 @@ class Setup:
         ``rw_posts - 1`` other posts; RWs are numbered 1.. in one kelurahan."""
         self.work = work
         self.pg: Any = None
+        #: Extra ``[ingest]`` lines of central's config (``bench/fleet.py --ingest-set``).
+        self.ingest_extra: list[str] = []
         url = f"sqlite:///{work / 'central.db'}"
         if postgres:
             self.pg, url = start_postgres(work)
@@ -142,7 +144,7 @@ client_id = "central-r{repeat}"
 [ingest]
 shared_group = "bench-r{repeat}"
 shared_session_expiry_seconds = 5
-[web]
+{"".join(line + chr(10) for line in self.ingest_extra)}[web]
 port = {self.web_port}
 [store]
 url = "{self.url}"

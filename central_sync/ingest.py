@@ -17,7 +17,9 @@ Every non-event message is first authenticated (``authenticate``, ``central_sync
 registry status and the node key's signature); a refused one is dropped and counted like any
 rejection, a refused snapshot is also acknowledged (settled: the post stops resending it).
 
-The batcher commits up to ``ingest.batch_max`` events (or after ``ingest.batch_wait_ms``): verify
+The batcher commits up to ``ingest.batch_max`` events (or after ``ingest.batch_wait_ms``; a
+small batch without a P1 event lingers until ``ingest.linger_events`` wait or its oldest event
+has waited ``ingest.linger_ms``: group commit, ``Committer.linger``): verify
 (``CachedEventVerifier`` over the received bytes), ``store.commit_events`` (which
 rejects only the rows it cannot hold), the coalesced node updates, then ONE ``Ack`` per node
 (``central_sync.acks``) and the MQTT PUBACKs of the deliveries the batch settled. Past

@@ -1,13 +1,14 @@
 """The commit side of ingest (``central_sync.ingest``): batch, commit, acknowledge.
 
 ``Committer.run`` waits for queued work, then (once ``ingest.batch_max`` events wait or after
-``ingest.batch_wait_ms``) commits one batch: ``BatchWriter.write`` in a worker thread (verify,
-``store.commit_events``, the coalesced node updates), then ONE ``Ack`` per node
-(``central_sync.acks``) on a live broker connection and the MQTT PUBACKs of the deliveries the
-batch settled. Locked/busy/unreachable databases are retried with backoff
-(``with_store``) and nothing is acknowledged until the commit succeeds; a batch that cannot be
-committed for another reason is rejected as ``internal`` (the nodes resend). The aggregated
-rejections are written once per ``ingest.rejection_interval_s``.
+``ingest.batch_wait_ms``; a batch still smaller than ``ingest.linger_events`` then lingers until
+its oldest event has waited ``ingest.linger_ms``, ``Committer.linger``) commits one batch:
+``BatchWriter.write`` in a worker thread (verify, ``store.commit_events``, the coalesced node
+updates), then ONE ``Ack`` per node (``central_sync.acks``) on a live broker connection and the
+MQTT PUBACKs of the deliveries the batch settled. Locked/busy/unreachable databases are retried
+with backoff (``with_store``) and nothing is acknowledged until the commit succeeds; a batch
+that cannot be committed for another reason is rejected as ``internal`` (the nodes resend). The
+aggregated rejections are written once per ``ingest.rejection_interval_s``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Committer:
                     await queue.batch_full.wait()
                 finally:
                     timer.cancel()
+            await self.linger()
             nodes = loop.time() - nodes_at >= NODE_UPDATES_EVERY_S
             try:
                 await self.commit_once(nodes=nodes)
@@ -94,6 +96,36 @@ class Committer:
                                              or nodes_timer.when() <= loop.time()):
                 # Node updates left for later: wake up when they are due.
                 nodes_timer = loop.call_at(nodes_at + NODE_UPDATES_EVERY_S, queue.wake.set)
+
+    async def linger(self) -> None:
+        """Group commit: hold a small batch of events until ``linger_events`` wait, a P1 arrives
+        or its oldest event has waited ``linger_ms``. A commit has a fixed cost (the fsync and
+        its WAL write, the hop to the worker thread, the Acks' flush) that a dozen single-event
+        messages share at 500 ev/s after ``batch_wait_ms`` alone; lingering shares it among
+        more (docs/scale.md). Nothing is held that is already big, urgent or old enough, nor a
+        batch without events (the timer counts from the oldest event, not from this call)."""
+        queue, settings = self.queue, self.settings
+        if (settings.linger_ms <= 0 or not queue.events or queue.urgent
+                or queue.pending_events >= settings.linger_events):
+            return
+        left = queue.oldest_at + settings.linger_ms / 1000 - time.monotonic()
+        if left <= 0:
+            return
+        queue.batch_full.clear()
+        queue.full_at = min(settings.linger_events, settings.batch_max, settings.max_pending_events)
+        queue.lingering = True
+        timer = asyncio.get_running_loop().call_later(left, self._linger_expired)
+        try:
+            await queue.batch_full.wait()
+        finally:
+            timer.cancel()
+            queue.full_at = settings.batch_max
+            queue.lingering = False
+            self.stats.lingers += 1
+
+    def _linger_expired(self) -> None:
+        self.stats.linger_expired += 1
+        self.queue.batch_full.set()
 
     async def flush(self) -> None:
         """Commit and acknowledge everything queued so far, and write the rejection summaries."""

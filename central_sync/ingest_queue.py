@@ -4,14 +4,15 @@
 updates (the newest presence and heartbeat per node), snapshots and command results, the
 deliveries to PUBACK after the next commit and the Ack entries named before it. It also owns
 the signals between the receiving side and the batcher: ``wake`` (work is queued),
-``batch_full`` (``batch_max`` events wait: commit now) and ``room`` (cleared past
-``max_pending_events``: the read gates stop reading the broker sockets until a commit takes
-events). No I/O here.
+``batch_full`` (``batch_max`` events wait, or, while the batcher lingers, ``linger_events`` or a
+P1 event: commit now) and ``room`` (cleared past ``max_pending_events``: the read gates stop
+reading the broker sockets until a commit takes events). No I/O here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from central_sync.acks import AckBook, Delivery
@@ -19,7 +20,10 @@ from central_sync.config import IngestConfig
 from central_sync.ingest_commit import Batch, EventMsg
 from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import ReadGate
-from edge.sync.wire import CommandResult, Heartbeat, Presence, SnapshotEnvelope
+from edge.sync.wire import P1_CHANNEL, CommandResult, Heartbeat, Presence, SnapshotEnvelope
+
+#: The end of a P1 channel topic (``{prefix}/up/<node>/event/p1``).
+_P1_SUFFIX = "/" + P1_CHANNEL
 
 
 class IngestQueue:
@@ -29,6 +33,15 @@ class IngestQueue:
         self.settings = settings  # ``batch_max``, ``max_pending_events``
         self.events: deque[EventMsg] = deque()
         self.pending_events = 0
+        #: ``time.monotonic()`` when the oldest queued event arrived (meaningful while ``events``).
+        self.oldest_at = 0.0
+        #: Whether a queued event is a P1 (priority 1 or the P1 channel): never held by a linger.
+        self.urgent = False
+        #: ``batch_full`` is set once this many events wait: ``batch_max``, or ``linger_events``
+        #: while the batcher lingers (``central_sync.ingest_batcher``).
+        self.full_at = settings.batch_max
+        #: The batcher holds a small batch (``Committer.linger``): a P1 event ends that at once.
+        self.lingering = False
         self.presences: dict[str, Presence] = {}
         self.heartbeats: dict[str, Heartbeat] = {}
         self.snapshots: list[SnapshotEnvelope] = []
@@ -37,7 +50,7 @@ class IngestQueue:
         self.settle_nodes: list[Delivery] = []  # PUBACK once the node updates are written
         self.acks_due = AckBook()  # rejections named before the next commit
         self.wake = asyncio.Event()
-        self.batch_full = asyncio.Event()  # set once ``batch_max`` events wait: commit now
+        self.batch_full = asyncio.Event()  # set once ``full_at`` events wait: commit now
         self.room = asyncio.Event()
         self.room.set()
         #: The read gates of the live broker connections (poked when room returns).
@@ -45,9 +58,15 @@ class IngestQueue:
 
     def add_events(self, msg: EventMsg) -> None:
         """Queue one message's good envelopes whole for the next commit batch."""
+        if not self.events:
+            self.oldest_at = time.monotonic()
         self.events.append(msg)
         self.pending_events += len(msg.envs)
-        if self.pending_events >= self.settings.batch_max:
+        if _urgent(msg):
+            self.urgent = True
+            if self.lingering:  # (``batch_wait_ms`` itself is waited for P1s as it always was)
+                self.batch_full.set()
+        if self.pending_events >= self.full_at:
             self.batch_full.set()
         if self.pending_events >= self.settings.max_pending_events:
             self.room.clear()
@@ -72,6 +91,8 @@ class IngestQueue:
             events.append(msg)
             n += len(msg.envs)
         self.pending_events -= n
+        if self.urgent:
+            self.urgent = any(_urgent(m) for m in self.events)
         if self.pending_events < self.settings.max_pending_events:
             self.room.set()
             for gate in self.gates:
@@ -92,3 +113,8 @@ class IngestQueue:
         if not self.has_work(nodes):
             self.wake.clear()
         return batch, settle, acks
+
+
+def _urgent(msg: EventMsg) -> bool:
+    """A P1 message (on the P1 channel, or holding a priority 1 envelope): never lingered on."""
+    return msg.topic.endswith(_P1_SUFFIX) or any(g.env.priority == 1 for g in msg.envs)

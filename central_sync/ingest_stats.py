@@ -18,6 +18,8 @@ class IngestStats:
     acked: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     batches: int = 0
+    lingers: int = 0  # times the batcher held a small batch for more events (ingest.linger_ms)
+    linger_expired: int = 0  # of those, the ones committed because the oldest event had waited linger_ms
     snapshots: int = 0
     updates: int = 0
     acks_published: int = 0

@@ -52,6 +52,9 @@ def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     ("[ingest]\nbatch_maxx = 3\n", "ingest.batch_maxx", "unknown key"),
     ("[ingest]\nworkers = 2\n", "ingest.workers", "shared_group"),
     ("[ingest]\nbatch_max = 0\n", "ingest.batch_max", "greater than or equal to 1"),
+    ("[ingest]\nlinger_msx = 30\n", "ingest.linger_msx", "unknown key"),
+    ("[ingest]\nlinger_ms = -1\n", "ingest.linger_ms", "greater than or equal to 0"),
+    ("[ingest]\nlinger_events = 0\n", "ingest.linger_events", "greater than or equal to 1"),
     ("[broker.tls]\nca_file = 'ca.crt'\ncert_file = 'c.crt'\n", "broker.tls.cert_file", "together"),
     ("topic_prefix = 'Bad Prefix'\n", "topic_prefix", "match pattern"),
 ])
