@@ -99,11 +99,15 @@ class BrokerSessions:
                 deliver_inline(client, self.topics.up_tree(), self._inline_handler(link), guard)
                 async with client:
                     guard.connected()
+                    # The link takes Acks from the CONNACK on: a resumed session delivers what the
+                    # broker queued while central was away before the SUBACK arrives, and a batch
+                    # committed meanwhile would otherwise find no link (its Acks unsent, the posts
+                    # resending after their Ack timeout).
+                    self.links[client_id] = link
                     granted = await client.subscribe(guard.subs, properties=guard.properties())
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:  # e.g. an ACL that does not grant central the uplink tree
                         log_event(log, "subscription_refused", logging.ERROR, client_id=client_id, reasons=refused)
-                    self.links[client_id] = link
                     self.clients[client_id] = client
                     self.connected.set()
                     backoff.reset()

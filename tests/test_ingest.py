@@ -231,6 +231,29 @@ def test_persistent_session_receives_messages_sent_while_down(setup: tuple[Centr
         second.stop()
 
 
+def test_a_backlog_committed_before_the_suback_is_acked(tmp_path: Path, mosquitto: LocalMosquitto) -> None:
+    """A resumed session delivers the broker's queue as soon as the CONNACK is in; with no batch
+    wait and no linger ingest commits some of it before its SUBACK arrives, and those Acks must go
+    out on the connection then (not be counted unsent and left to the posts' resend timeout)."""
+    cfg = make_cfg(tmp_path, mosquitto.port, batch_wait_ms=0, linger_ms=0)
+    store = CentralStore(cfg.database)
+    node = Node(mosquitto.port, "node-a", db=cfg.database)
+    try:
+        ServiceThread(cfg, store).start().stop()  # creates the persistent session
+        envs = [ev(seq=i) for i in range(200)]
+        for e in envs:
+            node.publish(up("node-a"), encode(e))
+        second = ServiceThread(cfg, store).start()
+        try:
+            wait_until(lambda: set(node.acked_ids()) >= {e.event_id for e in envs}, what="acks after restart")
+            assert second.service.stats.acks_unsent == 0
+        finally:
+            second.stop()
+    finally:
+        node.close()
+        store.close()
+
+
 def test_reconnects_after_broker_sigkill(tmp_path: Path, mosquitto: LocalMosquitto) -> None:
     cfg = make_cfg(tmp_path, mosquitto.port)
     store = CentralStore(cfg.database)
