@@ -6,7 +6,7 @@ time until each siren's confirmation is visible through the web API the activati
 Everything on loopback: a LocalMosquitto (the project's dev config), ``kentongan-central run``
 (ingest + web in one process) with a CA (``ca init``: every command is signed with central's
 command key), an admin user, and ``--procs`` processes of simulated posts (``bench/fleet_sim.py``'s
-epoll-driven paho clients) that verify each command's signature and answer it with a
+epoll-driven ``bench/mqtt_lite.py`` clients) that verify each command's signature and answer it with a
 ``command_result`` (``ok``, "sounding"), as a post's sync layer does.
 
 Per repeat:
@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import paho.mqtt.client as paho  # noqa: E402
 
+from bench import mqtt_lite  # noqa: E402
 from bench._common import median, pct, table  # noqa: E402
 from bench.fleet_setup import Database, port_outside_ephemeral_range  # noqa: E402
 from bench.fleet_sim import Fleet, Post, SimSpec, node_ids, node_key  # noqa: E402
@@ -74,16 +75,15 @@ class SirenPost(Post):
         self.verify_key = verify_key
         self.answered = 0
 
-    def _on_connect(self, client: paho.Client, u: Any, f: Any, rc: Any, p: Any = None) -> None:
-        if not rc.is_failure:
-            client.subscribe(self.topics.down(self.node, "cmd"), qos=1)
-        super()._on_connect(client, u, f, rc, p)
+    def mqtt_connected(self, client: mqtt_lite.Client) -> None:
+        client.subscribe(self.topics.down(self.node, "cmd"), qos=1)
+        super().mqtt_connected(client)
 
-    def _on_message(self, c: paho.Client, u: Any, msg: paho.MQTTMessage) -> None:
-        if not msg.topic.endswith("/cmd"):
-            super()._on_message(c, u, msg)
+    def mqtt_message(self, client: mqtt_lite.Client, topic: str, payload: bytes) -> None:
+        if not topic.endswith("/cmd"):
+            super().mqtt_message(client, topic, payload)
             return
-        data = json.loads(msg.payload)
+        data = json.loads(payload)
         ok, detail = True, "sounding"
         try:
             verify_bytes(self.verify_key, canonical_bytes(data), data.get("sig") or "")
@@ -92,7 +92,7 @@ class SirenPost(Post):
         # Signed by the post's key like every other kind (central drops unsigned results).
         result = MessageSigner(self.key).sign(CommandResult(
             command_id=str(data["command_id"])[:64], node_id=self.node, ok=ok, detail=detail, at=time.time()))
-        c.publish(self.topics.up(self.node, "cmd_result"), encode(result), qos=1)
+        client.publish(mqtt_lite.utf8(self.topics.up(self.node, "cmd_result")), encode(result), 1)
         self.answered += 1
 
 
