@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable
 
 from edge.clock import Clock
+from edge.errors import KentonganError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, next_probe, overdue_to_resend
@@ -274,8 +275,10 @@ class EventUplink:
                 for ev in events[start:start + count]:  # the ack timeout counts from the publish
                     if ev.event_id in self.inflight:
                         self.inflight[ev.event_id] = now
+            bad = self._unsendable
+            self.stats.published += count if not bad else sum(
+                ev.event_id not in bad for ev in events[start:start + count])
             start += count
-            self.stats.published += count
             self.stats.messages += 1
             await asyncio.sleep(0)  # let acks, P1 wake-ups and the socket writer in
         if self._unsendable:
@@ -289,7 +292,12 @@ class EventUplink:
         for event_id in reasons:
             self.inflight.pop(event_id, None)
             self._p1_ids.discard(event_id)
-        moved = await asyncio.to_thread(self.outbox.reject_local, reasons)
+        try:
+            moved = await asyncio.to_thread(self.outbox.reject_local, reasons)
+        except KentonganError as exc:  # still in_flight: found again after the next release
+            log_event(log, "reject_local_failed", logging.ERROR, node_id=self.node_id,
+                      count=len(reasons), error=str(exc))
+            return
         self.stats.rejected_local += len(moved)
         for event_id in moved:
             log_event(log, "event_rejected_local", logging.ERROR, node_id=self.node_id,
