@@ -68,6 +68,9 @@ def test_every_outbox_statement_uses_an_index(tmp_path: Path) -> None:
         ob.oldest_unacked(1, 0)
         ob.oldest_unacked(2, -86400)
         ob.mark(ev.event_id, "sms_sent_at", 1.0)
+        bad = ob.claim(2)
+        assert ob.reject_local({bad[0].event_id: "oversized: test"}) == [bad[0].event_id]
+        ob.oldest_unacked(1, 0)  # with a rejected_local row present
         ob.flags(ev.event_id)
         ob.prune_acked(0)
         ob.ack([e.event_id for e in ob.claim(100)])

@@ -193,7 +193,8 @@ def test_control_answers_pending_then_the_event_is_stored(tmp_path: Path) -> Non
             with ob.db.lock:  # a full database: SQLITE_FULL exactly like a full disk
                 pages = ob.db.conn.execute("PRAGMA page_count").fetchone()[0]
                 ob.db.conn.execute(f"PRAGMA max_page_count={pages}").fetchall()
-            big = {"checks": {f"c{i}": "x" * 100 for i in range(200)}}
+            # Under the wire limit (a larger payload is cut at record time and would fit).
+            big = {"checks": {f"c{i}": "x" * 100 for i in range(120)}}
             reply = await asyncio.to_thread(
                 request, socket_path(tmp_path / "state"),
                 {"op": "record_selftest", "payload": big}, 30)
@@ -290,7 +291,7 @@ def test_kept_events_are_written_at_shutdown(tmp_path: Path) -> None:
         with ob.db.lock:
             pages = ob.db.conn.execute("PRAGMA page_count").fetchone()[0]
             ob.db.conn.execute(f"PRAGMA max_page_count={pages}").fetchall()
-        engine.record(EventDraft("KERIBUTAN", 2, {"pad": "k" * 20000}))
+        engine.record(EventDraft("KERIBUTAN", 2, {"pad": "k" * 14000}))
         while engine.pending_retries() == 0:
             await asyncio.sleep(0.02)
         with ob.db.lock:  # room again, and SIGTERM before the retry timer fires

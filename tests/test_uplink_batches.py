@@ -5,7 +5,7 @@ Real keys (Ed25519), real outbox records (``StoredEvent``), central's real decod
 (``central_sync.ingest_decode``, ``central_sync.verify_cache``): the batch signature covers
 exactly the canonical bytes; messages fill up to the wire limit and split there, in claim
 order, nothing lost or repeated; an envelope that does not share a batch goes alone; one past
-the single-event limit is refused with ``oversized``; central verifies what the post built and
+the single-event limit is skipped (never blocking the others) and reported; central verifies what the post built and
 refuses the whole batch when one envelope is tampered with.
 """
 
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from central_sync.ingest_decode import decode_events
 from central_sync.verify_cache import CachedEventVerifier, KeyCache
 from edge.clock import Clock
-from edge.errors import SecurityError, WireError
+from edge.errors import SecurityError
 from edge.outbox import StoredEvent
 from edge.signing import EventSigner, MessageSigner, NodeKey
 from edge.sync.uplink_envelope import envelope_for, next_message
@@ -154,14 +154,39 @@ def test_big_envelopes_split_the_claim_and_the_one_left_goes_as_a_plain_event(si
 
 
 @pytest.mark.parametrize("signed", [True, False])
-def test_an_envelope_past_the_single_event_limit_is_refused_as_oversized(signed: bool) -> None:
+@pytest.mark.parametrize("where", [0, 3, 6])
+def test_an_envelope_past_the_single_event_limit_is_skipped_and_never_blocks_the_others(
+        signed: bool, where: int) -> None:
     # No batch can carry it (central refuses such an envelope inside a batch too): the builder
-    # raises, it never sends a message central would reject.
-    events = [stored(0, MAX_EVENT_BYTES), stored(1)]
+    # never sends it, and sends everything else of the claim, in claim order; the record is
+    # reported as unsendable (the uplink moves it to ``rejected_local``).
+    events = [stored(i, 300) for i in range(7)]
+    events[where] = stored(where, MAX_EVENT_BYTES)
+    unsendable: dict[str, str] = {}
     sign = EventSigner(KEY) if signed else None
-    with pytest.raises(WireError) as err:
-        next_message(events, 0, Clock(), BOOT, sign, PREFIX, RecordingSigner() if signed else None)
-    assert err.value.reason == "oversized"
+    raw = RecordingSigner() if signed else None
+    sent: list[str] = []
+    start = 0
+    while start < len(events):
+        body, count = next_message(events, start, Clock(), BOOT, sign, PREFIX, raw, unsendable)
+        assert count >= 1
+        if body is not None:
+            assert len(body) <= MAX_BATCH_BYTES
+            sent.extend(event_ids(body))
+            if signed:
+                assert verify_at_central(body) == [None] * len(event_ids(body))
+        start += count
+    assert sent == [e.event_id for i, e in enumerate(events) if i != where]
+    assert list(unsendable) == [events[where].event_id]
+    assert unsendable[events[where].event_id].startswith("oversized")
+
+
+def test_a_claim_of_only_unsendable_records_builds_no_message() -> None:
+    events = [stored(0, MAX_EVENT_BYTES)]
+    unsendable: dict[str, str] = {}
+    assert next_message(events, 0, Clock(), BOOT, EventSigner(KEY), PREFIX, RecordingSigner(),
+                        unsendable) == (None, 1)
+    assert list(unsendable) == [events[0].event_id]
 
 
 def test_central_verifies_the_batch_the_post_built() -> None:

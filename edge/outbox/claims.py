@@ -1,7 +1,11 @@
 """The sync lane's view of the outbox: claim, ack, release, requeue, lookups and counts.
 
 Status lifecycle: ``ready`` -> (``claim``) ``in_flight`` -> (``ack``) ``acked``; ``release`` /
-``requeue_expired`` / reopening put ``in_flight`` back to ``ready``.
+``requeue_expired`` / reopening put ``in_flight`` back to ``ready``. ``in_flight`` ->
+(``reject_local``) ``rejected_local`` is terminal: a record the uplink cannot encode (over the
+wire limit, from before record-time bounding) leaves the pending set instead of blocking every
+claim; it is kept (flag ``rejected_local``: the reason) and still counts as unacked, so the SMS
+fallback still reports a P1 among them (docs/storage.md, "Oversized events").
 
 Every query here uses an index, and the alarm-path ones (P1 claim, ``oldest_unacked``) touch
 O(unacked P1 rows), never O(outbox rows): ``tests/test_outbox_plans.py`` asserts the plans.
@@ -26,7 +30,7 @@ from edge.outbox.records import COLS, StoredEvent, chunks, from_row
 __all__ = ["Claims", "Tally"]
 
 _Events = list[StoredEvent]
-STATUSES = ("ready", "in_flight", "acked")
+STATUSES = ("ready", "in_flight", "acked", "rejected_local")
 
 
 class Tally:
@@ -111,6 +115,28 @@ class Claims:
             self.tally.move(old, "acked", types)
         return sum(len(t) for t in moved.values())
 
+    def reject_local(self, reasons: dict[str, str]) -> list[str]:
+        """Move in_flight events (event id -> reason) to the terminal ``rejected_local`` status
+        with the reason as their ``rejected_local`` flag; returns the ids moved (each once:
+        an event already moved, acked or released is left alone)."""
+        if not reasons or not self.db.is_open:
+            return []
+        moved: list[str] = []
+        types: list[str] = []
+        with self.db.tx() as conn:
+            for event_id, reason in reasons.items():
+                row = conn.execute("UPDATE events SET status='rejected_local', claimed_at=NULL"
+                                   " WHERE event_id=? AND +status='in_flight' RETURNING type",
+                                   (event_id,)).fetchone()
+                if row is None:
+                    continue
+                conn.execute("INSERT OR REPLACE INTO event_flags (event_id, key, value)"
+                             " VALUES (?, 'rejected_local', ?)", (event_id, json.dumps(reason)))
+                moved.append(event_id)
+                types.append(row[0])
+        self.tally.move("in_flight", "rejected_local", types)
+        return moved
+
     def release(self, event_ids: Iterable[str] | None = None) -> int:
         """Put in_flight events (all when ``event_ids`` is None) back to ready."""
         if not self.db.is_open:
@@ -157,7 +183,7 @@ class Claims:
 
     def counts(self) -> dict[str, Any]:
         """Counts by status and by type, and the age of the oldest ready event."""
-        out: dict[str, Any] = {"ready": 0, "in_flight": 0, "acked": 0}
+        out: dict[str, Any] = {"ready": 0, "in_flight": 0, "acked": 0, "rejected_local": 0}
         by_type: dict[str, dict[str, int]] = {}
         for (typ, status), n in sorted(self.tally.snapshot().items()):
             out[status] = out.get(status, 0) + n

@@ -232,9 +232,18 @@ class Outbox:
     def requeue_expired(self, older_than_seconds: float) -> int:
         return self.claims.requeue_expired(older_than_seconds)
 
+    def reject_local(self, reasons: dict[str, str]) -> list[str]:
+        """Move in_flight events the uplink cannot encode (event id -> reason) to the terminal
+        ``rejected_local`` status (kept, flagged with the reason); returns the ids moved."""
+        return self.claims.reject_local(reasons)
+
     def counts(self) -> dict[str, Any]:
-        """Counts by status and by type, and the age of the oldest ready event (no scan)."""
-        return self.claims.counts()
+        """Counts by status and by type, and the age of the oldest ready event (no scan);
+        ``truncated``: events whose payload was cut to the wire limit since this open
+        (``bounds.py``)."""
+        out = self.claims.counts()
+        out["truncated"] = self._writer.truncated
+        return out
 
     def get(self, event_id: str) -> StoredEvent | None:
         return self.claims.get(event_id)

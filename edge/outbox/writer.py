@@ -34,6 +34,7 @@ from typing import Any
 from edge.clock import Clock
 from edge.errors import StorageError, StorageFullError
 from edge.logs import RateLimitedLog
+from edge.outbox.bounds import PAYLOAD_BUDGET, bound_payload
 from edge.outbox.claims import Tally
 from edge.outbox.db import OutboxDB
 from edge.outbox.receipts import Hub, Pending, Receipt, resolve
@@ -80,6 +81,8 @@ class Writer:
         self.full_errors = 0
         self.last_full_mono: float | None = None
         self.last_error: str | None = None
+        #: Events whose payload was cut to fit the wire limit at record time (``bounds.py``).
+        self.truncated = 0
         self.closed = False
         self._stopping = threading.Event()
         # Hooks set by the Outbox (kept as plain callables: no import cycle with eviction).
@@ -118,8 +121,11 @@ class Writer:
         for r, eid in zip(items, ids, strict=True):
             draft = r._draft
             payload = draft.payload
+            text = dumps(payload)
+            if len(text) > PAYLOAD_BUDGET:  # rare: bounded work, O(payload)
+                payload, text = self._bound(draft, eid, payload, text)
             row = (rid, eid, node, boot, seq, r._mono, r._wall, r._quality, draft.type,
-                   draft.priority, draft.incident_id, dumps(payload))
+                   draft.priority, draft.incident_id, text)
             rows.append(row)
             stored.append(make(row, payload))
             rid += 1
@@ -127,6 +133,19 @@ class Writer:
         insert_rows(conn, rows)
         self.next_id, self.seq = rid, seq
         return stored
+
+    def _bound(self, draft: EventDraft, event_id: str, payload: dict[str, Any],
+               text: str) -> tuple[dict[str, Any], str]:
+        """``payload`` bounded to the wire limit (``bounds.bound_payload``), counted and logged
+        (rate-limited: a flood of oversized input must not flood the log)."""
+        bounded, text2, how = bound_payload(payload, text)
+        if how is not None:
+            self.truncated += 1
+            self.rlog.log("event_payload_truncated", logging.WARNING, node_id=self.node_id,
+                          event_id=event_id, type=draft.type, priority=draft.priority, how=how,
+                          original_bytes=bounded.get("original_bytes"), stored_bytes=len(text2),
+                          truncated_total=self.truncated)
+        return bounded, text2
 
     def record_in(self, conn: sqlite3.Connection, draft: EventDraft) -> StoredEvent:
         """Insert one system record inside the caller's transaction."""
@@ -142,7 +161,7 @@ class Writer:
         retried_other = False
         checkpointed = False
         while True:
-            saved = (self.next_id, self.seq)
+            saved = (self.next_id, self.seq, self.truncated)
             try:
                 with self.db.lock:
                     owed = self.owed
@@ -154,7 +173,7 @@ class Writer:
                     self.notify(stored[:len(owed)])
                 return stored[len(owed):]
             except (sqlite3.Error, OSError) as exc:
-                self.next_id, self.seq = saved
+                self.next_id, self.seq, self.truncated = saved
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if is_full_error(exc):
                     if not checkpointed:

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable
 
 from edge.clock import Clock
+from edge.errors import KentonganError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, next_probe, overdue_to_resend
@@ -121,6 +122,7 @@ class EventUplink:
         self._next_round = float("-inf")  # no timeout round before this (monotonic)
         self._round_left: set[str] = set()  # the last round's resent events not yet acknowledged
         self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
+        self._unsendable: dict[str, str] = {}  # claimed events the builder could not encode
         #: The adaptive, backed-off ack timeout (``edge.sync.ack_timeout``).
         self.timeout = AckTimeout(ack_timeout_s, self._rng)
 
@@ -262,6 +264,9 @@ class EventUplink:
             if paced:
                 await self._await_room(pub)
             body, count = self._next_message(events, start)
+            if body is None:  # every event it consumed is unsendable
+                start += count
+                continue
             # Raises when the connection is gone: the session ends, detach() releases all.
             sent = pub.publish_nowait(self.topic, body)
             if paced:
@@ -270,10 +275,34 @@ class EventUplink:
                 for ev in events[start:start + count]:  # the ack timeout counts from the publish
                     if ev.event_id in self.inflight:
                         self.inflight[ev.event_id] = now
+            bad = self._unsendable
+            self.stats.published += count if not bad else sum(
+                ev.event_id not in bad for ev in events[start:start + count])
             start += count
-            self.stats.published += count
             self.stats.messages += 1
             await asyncio.sleep(0)  # let acks, P1 wake-ups and the socket writer in
+        if self._unsendable:
+            await self._reject_unsendable()
+
+    async def _reject_unsendable(self) -> None:
+        """Events the builder could not encode leave the window and the pending set: terminal
+        ``rejected_local`` in the outbox (kept, with the reason), counted and logged once each
+        (the status change happens once), so they never block a claim again."""
+        reasons, self._unsendable = self._unsendable, {}
+        for event_id in reasons:
+            self.inflight.pop(event_id, None)
+            self._p1_ids.discard(event_id)
+        try:
+            moved = await asyncio.to_thread(self.outbox.reject_local, reasons)
+        except KentonganError as exc:  # still in_flight: found again after the next release
+            log_event(log, "reject_local_failed", logging.ERROR, node_id=self.node_id,
+                      count=len(reasons), error=str(exc))
+            return
+        self.stats.rejected_local += len(moved)
+        for event_id in moved:
+            log_event(log, "event_rejected_local", logging.ERROR, node_id=self.node_id,
+                      event_id=event_id, reason=reasons[event_id],
+                      rejected_local_total=self.stats.rejected_local)
 
     async def _await_room(self, pub: Publisher) -> None:
         """Until fewer than ``MAX_UNCONFIRMED`` backlog messages wait for the broker's PUBACK.
@@ -296,13 +325,14 @@ class EventUplink:
         start = 0
         while start < len(urgent):
             body, count = self._next_message(urgent, start)
-            pub.publish_nowait(topic, body)
             start += count
-            self.stats.p1_messages += 1
+            if body is not None:
+                pub.publish_nowait(topic, body)
+                self.stats.p1_messages += 1
 
-    def _next_message(self, events: list[StoredEvent], start: int) -> tuple[bytes, int]:
+    def _next_message(self, events: list[StoredEvent], start: int) -> tuple[bytes | None, int]:
         return next_message(events, start, self.clock, self.outbox.boot_id, self.sign_event, self._batch_prefix,
-                            self._sign_raw)
+                            self._sign_raw, self._unsendable)
 
     async def _claim(self) -> list[StoredEvent]:
         free = self.window - len(self.inflight)

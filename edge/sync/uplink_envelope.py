@@ -1,4 +1,5 @@
-"""The wire form of an outbox event as the event uplink (``edge.sync.uplink``) sends it."""
+"""The wire form of an outbox event as the event uplink (``edge.sync.uplink``) sends it, and the
+batch builder (``next_message``), which never lets one unencodable record block a claim."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.clock import Clock
+from edge.errors import WireError
 from edge.outbox import StoredEvent
 from edge.sync.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, EventEnvelope, encode, envelope_json, join_batch
 from edge.sync.wire_batch import SIG_MEMBER_BYTES, RawSigner, canonical_batch, sign_batch
@@ -38,29 +40,56 @@ def envelope_dict(ev: StoredEvent, anchor: float | None, boot_id: str) -> dict[s
             "incident_id": ev.incident_id, "payload": ev.payload}
 
 
+def _body(ev: StoredEvent, clock: Clock, boot_id: str, anchor: float | None,
+          sign: Callable[[EventEnvelope], EventEnvelope] | None) -> bytes | str:
+    """The canonical body of ``ev``, or why it cannot be sent (``oversized``, ``invalid``)."""
+    try:
+        return (encode(envelope_for(ev, clock, boot_id, sign)) if sign is not None
+                else envelope_json(envelope_dict(ev, anchor, boot_id)))
+    except WireError as exc:
+        return f"{exc.reason}: {exc}"
+    except ValueError as exc:  # pydantic's ValidationError, a lone surrogate (UnicodeEncodeError)
+        return f"invalid: {type(exc).__name__}: {str(exc)[:200]}"
+
+
 def next_message(events: list[StoredEvent], start: int, clock: Clock, boot_id: str,
                  sign: Callable[[EventEnvelope], EventEnvelope] | None, prefix: bytes,
-                 sign_raw: RawSigner | None = None) -> tuple[bytes, int]:
-    """The next message from ``events[start:]`` and how many events it holds: as many envelopes as
-    fit one batch (``prefix``: ``wire.batch_prefix(node)``; in claim order, so P1s first), or a
-    plain envelope when only one fits or is left. With ``sign_raw`` (the node key's raw signer)
-    a batch is signed once more as a whole (``wire_batch``: central then verifies one signature
-    for it); its envelopes keep their own ``sig`` (evidence per event)."""
+                 sign_raw: RawSigner | None = None,
+                 unsendable: dict[str, str] | None = None) -> tuple[bytes | None, int]:
+    """The next message from ``events[start:]`` and how many events it consumed: as many
+    envelopes as fit one batch (``prefix``: ``wire.batch_prefix(node)``; in claim order, so P1s
+    first), or a plain envelope when only one fits or is left. With ``sign_raw`` (the node key's
+    raw signer) a batch is signed once more as a whole (``wire_batch``: central then verifies one
+    signature for it); its envelopes keep their own ``sig`` (evidence per event).
+
+    An event that cannot be encoded (over ``MAX_EVENT_BYTES``, or not a valid envelope: a
+    record from before record-time bounding, or a bug) never blocks the others: it is skipped,
+    consumed, and reported in ``unsendable`` (event id -> reason; the uplink moves it to the
+    outbox's terminal ``rejected_local`` status). The message is None when every event it
+    consumed was skipped."""
     anchor = clock.anchor()
     signed = sign is not None and sign_raw is not None
     budget = MAX_BATCH_BYTES - len(prefix) - 2 - (SIG_MEMBER_BYTES if signed else 0)
     bodies: list[bytes] = []
     size = 0
+    consumed = 0
     for ev in events[start:start + MAX_BATCH_EVENTS]:
-        body = (encode(envelope_for(ev, clock, boot_id, sign)) if sign is not None
-                else envelope_json(envelope_dict(ev, anchor, boot_id)))
+        body = _body(ev, clock, boot_id, anchor, sign)
+        if isinstance(body, str):
+            if unsendable is not None:
+                unsendable[ev.event_id] = body
+            consumed += 1
+            continue
         if bodies and size + len(body) + 1 > budget:
             break
         bodies.append(body)
         size += len(body) + 1
+        consumed += 1
+    if not bodies:
+        return None, consumed
     if len(bodies) == 1:
-        return bodies[0], 1
+        return bodies[0], consumed
     if signed:
         assert sign_raw is not None
-        return sign_batch(canonical_batch(events[start].node_id, bodies), sign_raw), len(bodies)
-    return join_batch(prefix, bodies), len(bodies)
+        return sign_batch(canonical_batch(events[start].node_id, bodies), sign_raw), consumed
+    return join_batch(prefix, bodies), consumed

@@ -37,6 +37,7 @@ class UplinkStats:
     messages: int = 0  # event messages (a batch counts once)
     acked: int = 0
     rejected: int = 0
+    rejected_local: int = 0  # events the post could not encode, moved to ``rejected_local``
     requeued: int = 0
     snapshots_published: int = 0
     snapshots_acked: int = 0
