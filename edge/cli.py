@@ -133,17 +133,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _offline_status(cfg: Any) -> dict[str, Any]:
-    from edge.outbox import Outbox
+    """The outbox on disk, read-only (``edge.outbox.readonly``): a status command must never
+    create, migrate or write the database of an agent that may be starting right now."""
+    import sqlite3
+
+    from edge.outbox.readonly import read_counts
 
     db = Path(cfg.storage.state_dir) / "outbox.db"
-    if not db.exists():
-        return {"node_id": cfg.node.node_id, "display_name": cfg.node.display_name,
-                "outbox": {}, "siren": {}, "sync": {"enabled": cfg.sync.enabled}}
-    ob = Outbox(db, cfg.node.node_id)
-    try:
-        counts = ob.counts()
-    finally:
-        ob.close()
+    counts: dict[str, Any] = {}
+    if db.exists():
+        try:
+            counts = read_counts(db)
+        except sqlite3.Error as exc:
+            counts = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     return {"node_id": cfg.node.node_id, "display_name": cfg.node.display_name,
             "outbox": counts, "siren": {}, "sync": {"enabled": cfg.sync.enabled}}
 

@@ -7,11 +7,22 @@ auto-vacuum) and checks whose database it is (``identity.adopt``). The node neve
 start because of its database: a file that is not this node's is moved aside and reported, and
 an error that is not the file's fault (disk full, I/O, permissions) leaves the database closed
 (``StorageUnavailable``) while the outbox keeps retrying (see ``writer.py``).
+
+Several processes may open the same file at once: the agent starting while a technician's
+``kentongan-edge selftest`` records its result (the agent not answering yet), or a status
+command. sqlite-utils applies each migration in its own transaction, so two processes can both
+see a step as pending and the second fails ("table meta already exists"); the whole of
+``open()`` (file checks, schema, adoption) therefore runs under an exclusive ``fcntl.flock`` on
+``<database>-open.lock``. (Central has the same lock for its own SQLite store,
+``central_sync/store/locking.py``; the post cannot import central, and a dozen lines of the
+standard library do not warrant the ``filelock`` package.)
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -44,6 +55,24 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+@contextmanager
+def _open_lock(path: Path) -> Iterator[None]:
+    """Exclusive across processes while one of them opens (and maybe creates) ``path``. Where
+    the lock file cannot be created (a disk full before it ever existed) the open goes ahead
+    unlocked: a rare race is better than a post that cannot open its outbox."""
+    try:
+        fd = os.open(f"{path}-open.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _check(path: Path) -> str | None:
@@ -134,24 +163,28 @@ class OutboxDB:
             if self._conn is not None:
                 return []
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            findings = inspect_files(self.path, node_id)
-            reason = _check(self.path)
-            if reason is not None:
-                findings.append(self._quarantine("corrupt", reason, None))
-            conn = self._connect_migrated(findings)
-            for _ in range(3):
-                try:
-                    self.db_uuid, found = adopt(conn, self.path, node_id,
-                                                fresh_expected=bool(findings))
-                    findings.extend(found)
-                    break
-                except ForeignDatabase as exc:
-                    conn.close()
-                    findings.append(self._quarantine("foreign", exc.detail, exc.unacked,
-                                                     reason=exc.reason))
-                    conn = self._connect_migrated(findings)
-            self._conn = conn
-            return findings
+            with _open_lock(self.path):
+                return self._open_locked(node_id)
+
+    def _open_locked(self, node_id: str) -> list[Finding]:
+        findings = inspect_files(self.path, node_id)
+        reason = _check(self.path)
+        if reason is not None:
+            findings.append(self._quarantine("corrupt", reason, None))
+        conn = self._connect_migrated(findings)
+        for _ in range(3):
+            try:
+                self.db_uuid, found = adopt(conn, self.path, node_id,
+                                            fresh_expected=bool(findings))
+                findings.extend(found)
+                break
+            except ForeignDatabase as exc:
+                conn.close()
+                findings.append(self._quarantine("foreign", exc.detail, exc.unacked,
+                                                 reason=exc.reason))
+                conn = self._connect_migrated(findings)
+        self._conn = conn
+        return findings
 
     def _quarantine(self, tag: str, detail: str, unacked: int | None, *,
                     reason: str | None = None) -> Finding:

@@ -112,7 +112,14 @@ class Writer:
         # Hot path: raw multi-row INSERT instead of sqlite-utils' insert(), which costs about
         # 2x (it introspects the table and builds SQL per call); the schema is sqlite-utils'.
         node, boot = self.node_id, self.boot_id
-        rid, seq = self.next_id, self.seq
+        # The next rowid is read inside the transaction (BEGIN IMMEDIATE: no other writer in
+        # between), not only counted here: another process may have inserted since this one
+        # last did (``kentongan-edge selftest`` recording its result while the agent starts). A
+        # counter alone then collides on ``events.id`` and, restored to the same value after
+        # every rollback, would fail every later event, alarms included. One rowid probe per
+        # transaction; ``max`` keeps the ids this process hands out increasing.
+        top = conn.execute("SELECT MAX(id) FROM events").fetchone()[0]
+        rid, seq = max(self.next_id, (top or 0) + 1), self.seq
         rows = []
         stored = []
         dumps = json.dumps
