@@ -176,8 +176,16 @@ class IngestService:
         helpers = [asyncio.create_task(self.committer.run(), name="ingest-batcher"),
                    asyncio.create_task(self.committer.rejection_flusher(), name="ingest-rejections")]
         try:
-            await asyncio.gather(*(self.sessions.run(cid) for cid in worker_client_ids(self.cfg)),
-                                 *([self.p1.run()] if self.p1 is not None else []))
+            # A TaskGroup, not gather: cancelled (or one connection failing), ``run`` returns only
+            # once every connection has finished its disconnect, so none outlives the service
+            # (gather completes at the first cancelled child and leaves the others running).
+            async with asyncio.TaskGroup() as tg:
+                for cid in worker_client_ids(self.cfg):
+                    tg.create_task(self.sessions.run(cid), name=f"ingest-connection-{cid}")
+                if self.p1 is not None:
+                    tg.create_task(self.p1.run(), name="ingest-p1-lane")
+        except BaseExceptionGroup as group:  # the first failure as itself (e.g. BrokerUnsupported)
+            raise first_leaf(group) from None
         finally:
             for task in helpers:
                 task.cancel()
@@ -219,3 +227,10 @@ class IngestService:
     async def send_commands(self, cmds: Sequence[Command], *, record: Record) -> list[Command]:
         """Many commands at once (``central_sync.command_batch``)."""
         return await publish_batch(self.sessions.client(), self.topics, self.sign_command, cmds, record)
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first leaf of a (nested) exception group: what the caller handles by type."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

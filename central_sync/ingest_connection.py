@@ -39,7 +39,7 @@ from central_sync.mqtt_session import SessionGuard
 from central_sync.store import Store
 from central_sync.supervision import link_beats
 from edge.logs import log_event
-from edge.sync.transport import paho_client, raise_if_cancelling
+from edge.sync.transport import paho_client, raise_if_cancelling, session
 from edge.sync.wire import Topics
 
 log = logging.getLogger("central_sync.ingest")
@@ -97,7 +97,7 @@ class BrokerSessions:
                                              clean_start=guard.clean_start(), on_connack=guard.on_connack)
                 link = Link(client_id, paho_client(client), AckWindow(self.cfg.ingest.ack_window))
                 deliver_inline(client, self.topics.up_tree(), self._inline_handler(link), guard)
-                async with client:
+                async with session(client):
                     guard.connected()
                     # The link takes Acks from the CONNACK on: a resumed session delivers what the
                     # broker queued while central was away before the SUBACK arrives, and a batch

@@ -59,7 +59,7 @@ from central_sync.store import Store
 from central_sync.store_retry import call_retrying
 from edge.errors import WireError
 from edge.logs import log_event
-from edge.sync.transport import paho_client, raise_if_cancelling
+from edge.sync.transport import paho_client, raise_if_cancelling, session
 from edge.sync.wire import P1_CHANNEL, EventEnvelope, Topics
 
 log = logging.getLogger("central_sync.ingest_p1")
@@ -138,7 +138,7 @@ class P1Lane:
             try:
                 client, buffer = make_client(self.cfg, self.client_id, on_drop=self._on_drop, announce=False,
                                              clean_start=guard.clean_start(), on_connack=guard.on_connack)
-                async with client:
+                async with session(client):
                     guard.connected()
                     link = Link(self.client_id, paho_client(client), AckWindow(self.cfg.ingest.ack_window))
                     granted = await client.subscribe(guard.subs, properties=guard.properties())

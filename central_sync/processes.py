@@ -72,7 +72,7 @@ class CommandPublisher:
         spec = dataclasses.replace(connect_spec(self.cfg, self.client_id), clean_start=True, session_expiry_s=0)
         while True:
             try:
-                async with transport.make_client(spec) as client:
+                async with transport.session(transport.make_client(spec)) as client:
                     self._client = client
                     self.connected.set()
                     backoff.reset()

@@ -20,6 +20,7 @@ from central_sync.command_batch import publish_batch
 from central_sync.errors import CentralError
 from central_sync.routing import make_command
 from edge.signing import CommandSigner, verify_bytes
+from edge.sync.transport import session
 from edge.sync.wire import Command, Topics, canonical_bytes
 
 
@@ -46,8 +47,8 @@ def test_a_batch_arrives_signed_and_recorded_first(mosquitto: LocalMosquitto) ->
     recorded: list[list[Command]] = []
 
     async def go() -> list[Command]:
-        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="batch-pub",
-                                  protocol=aiomqtt.ProtocolVersion.V5) as client:
+        async with session(aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="batch-pub",
+                                          protocol=aiomqtt.ProtocolVersion.V5)) as client:
             def record(signed: list[Command]) -> None:
                 with lock:
                     assert got == []  # recorded before anything was published

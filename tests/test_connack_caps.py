@@ -26,6 +26,7 @@ from central_sync.errors import BrokerUnsupported
 from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import make_client, subscriptions
 from central_sync.mqtt_session import SessionGuard, subscription_ids_available
+from edge.sync.transport import session
 from tests.test_ingest import make_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +89,7 @@ async def _subscribe_on_mosquitto(tmp_path: Path, mosquitto: LocalMosquitto) -> 
         guard.on_connack(props)
 
     client, _buffer = make_client(cfg, "central-caps", clean_start=True, on_connack=on_connack)
-    async with client:
+    async with session(client):
         assert len(seen) == 1  # read by the time the connect completes
         assert subscription_ids_available(seen[0])
         guard.connected()  # does not raise
@@ -160,7 +161,7 @@ async def _guarded_connect(tmp_path: Path, no_ids_broker: _NoIdsBroker) -> None:
     guard = _guard(tmp_path, no_ids_broker.port)
     client, _buffer = make_client(cfg, "central-caps", on_connack=guard.on_connack)
     with pytest.raises(BrokerUnsupported):
-        async with client:
+        async with session(client):
             guard.connected()
     with pytest.raises(aiomqtt.MqttError):  # left again: no longer connected
         await client.publish("t", b"x")

@@ -18,14 +18,14 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 
 from edge.config import SyncConfig, TlsConfig
-from edge.sync.transport import ConnectSpec, TlsFiles, TransportError, make_client, paho_client
+from edge.sync.transport import ConnectSpec, TlsFiles, TransportError, make_client, paho_client, session
 
 __all__ = [
     "PROBE_INTERVAL_S",
@@ -38,6 +38,7 @@ __all__ = [
     "open_client",
     "probe_tcp",
     "publish_nowait",
+    "session",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,35 +83,6 @@ def open_client(cfg: SyncConfig, client_id: str, *, will_topic: str, will_payloa
                                                           retain=True), timeout=timeout)
     # Many concurrent publishes are the normal case here; aiomqtt warns past this many.
     return make_client(spec, pending_calls_threshold=1_000_000)
-
-
-DISCONNECT_TIMEOUT_S = 5.0
-
-
-@contextlib.asynccontextmanager
-async def session(client: aiomqtt.Client,
-                  disconnect_timeout: float = DISCONNECT_TIMEOUT_S) -> AsyncIterator[aiomqtt.Client]:
-    """``async with client`` whose exit cannot hang: aiomqtt waits without a limit for the
-    broker to confirm a graceful DISCONNECT (seen to hang under load when the session is torn
-    down by cancellation). After ``disconnect_timeout`` the socket is closed instead; the
-    broker then treats it as a dropped connection (the last will fires, the session stays)."""
-    await client.__aenter__()
-    try:
-        yield client
-    finally:
-        try:
-            async with asyncio.timeout(disconnect_timeout):
-                await client.__aexit__(None, None, None)
-        except TimeoutError:
-            log.warning("mqtt_disconnect_timeout")
-            sock = paho_client(client).socket()  # the graceful path above gave up
-            if sock is not None:
-                loop = asyncio.get_running_loop()
-                with contextlib.suppress(Exception):
-                    loop.remove_reader(sock)
-                    loop.remove_writer(sock)
-                with contextlib.suppress(OSError):
-                    sock.close()
 
 
 def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1) -> paho.MQTTMessageInfo:

@@ -20,10 +20,11 @@ The caller owns the reconnect loop (aiomqtt 2.x has none).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from paho.mqtt.properties import Properties
 
 from edge.credentials import credential_path, describe_unreadable
 from edge.errors import SyncError
+from edge.logs import log_event
 
 __all__ = [
     "NODELAY",
@@ -46,8 +48,11 @@ __all__ = [
     "on_connack",
     "paho_client",
     "raise_if_cancelling",
+    "session",
     "tls_context",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Socket options of every client socket: no Nagle delay on small publishes and acks.
 NODELAY: tuple[tuple[int, int, int], ...] = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
@@ -252,3 +257,94 @@ def paho_connect(client: paho.Client, spec: ConnectSpec) -> None:
     if isinstance(sock, socket.socket):
         for opt in spec.socket_options:
             sock.setsockopt(*opt)
+
+
+DISCONNECT_TIMEOUT_S = 5.0
+
+
+def _shutdown(sock: object) -> None:
+    if isinstance(sock, socket.socket):  # an ssl.SSLSocket is one too
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def drop_connection(client: aiomqtt.Client) -> None:
+    """Close ``client``'s socket now, through paho, on the loop thread.
+
+    The socket is shut down and paho reads the end of stream itself, so paho closes it and
+    aiomqtt's close callback removes its reader and stops its once-a-second task while the
+    loop still runs. (Closing the bare socket instead leaves paho holding it: its finaliser
+    later calls into aiomqtt's loop, which may be closed by then.) A no-op when the socket is
+    already closed."""
+    mqtt = paho_client(client)
+    for _ in range(16):  # each read handles what the broker had already sent, then the end
+        sock = mqtt.socket()
+        if sock is None:
+            return
+        _shutdown(sock)
+        try:
+            mqtt.loop_read()
+        except Exception as exc:  # paho turns socket errors into codes; anything else is a bug
+            log_event(log, "mqtt_drop_failed", logging.WARNING, error=repr(exc)[:200])
+            break
+    sock = mqtt.socket()
+    if isinstance(sock, socket.socket):  # paho would not let go: close it ourselves
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):
+            loop.remove_reader(sock)
+            loop.remove_writer(sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+async def connect(client: aiomqtt.Client) -> None:
+    """``client.__aenter__()`` (connect and wait for the CONNACK) that never leaves a
+    connection behind when it fails or is cancelled.
+
+    aiomqtt 2.x keeps the socket open when the CONNACK wait times out or is cancelled (a broker
+    that accepted TCP but is too busy to answer, a reconnect storm): the socket, its reader and a
+    once-a-second task would stay until paho's keepalive check closes them, and a CONNECT the
+    broker processes late could even take the client id's session over from the next attempt.
+    So on any failure the connection is dropped at once (:func:`drop_connection`); a connect
+    still running in aiomqtt's executor thread when the wait is cancelled shuts its socket down
+    as soon as it opens."""
+    mqtt = paho_client(client)
+    aiomqtt_open = mqtt.on_socket_open
+    abandoned = False
+
+    def on_socket_open(c: paho.Client, userdata: Any, sock: Any) -> None:
+        if aiomqtt_open is not None:
+            aiomqtt_open(c, userdata, sock)
+        if abandoned:  # the attempt was given up while this thread was still connecting
+            _shutdown(sock)
+
+    mqtt.on_socket_open = on_socket_open
+    try:
+        await client.__aenter__()
+    except BaseException:
+        abandoned = True
+        drop_connection(client)
+        raise
+    mqtt.on_socket_open = aiomqtt_open
+
+
+@contextlib.asynccontextmanager
+async def session(client: aiomqtt.Client,
+                  disconnect_timeout: float = DISCONNECT_TIMEOUT_S) -> AsyncIterator[aiomqtt.Client]:
+    """``async with client`` for every connection of the project (post and central): connects
+    with :func:`connect`, and its exit cannot hang and leaves no socket behind. aiomqtt waits
+    without a limit for the broker to confirm a graceful DISCONNECT (seen to hang under load when
+    the session is torn down by cancellation); after ``disconnect_timeout`` the connection is
+    dropped instead, and the broker treats it as a lost connection (the last will fires, the
+    session stays)."""
+    await connect(client)
+    try:
+        yield client
+    finally:
+        try:
+            async with asyncio.timeout(disconnect_timeout):
+                await client.__aexit__(None, None, None)
+        except TimeoutError:
+            log_event(log, "mqtt_disconnect_timeout", logging.WARNING, client_id=client.identifier)
+        finally:
+            drop_connection(client)
