@@ -25,9 +25,10 @@ signature and is acked or rejected on its own.
 P1 lane (``edge.sync.uplink_p1``): with ``p1_topic`` set, the P1 events of every claim are
 published FIRST on the P1 channel, then with the rest of the claim on ``event``.
 
-Unsendable records (``edge.sync.uplink_rejects``): a claimed record the builder cannot encode is
-skipped; at the end of its claim it leaves the window and moves to the outbox's terminal
-``rejected_local`` status.
+Unsendable records (``edge.sync.uplink_rejects``): a claimed record the builder cannot encode
+leaves the window at once and moves to the outbox's terminal ``rejected_local`` status: a P1 one
+(or one in an unpaced, P1-led message) at once in the background, a backlog one at the end of
+its claim; all of them before a release puts the window back to ``ready``.
 
 Central presence (``edge.sync.presence``): while no central is online the lane is idle: nothing is
 claimed, published or timed out. The moment one comes online everything still in flight goes back
@@ -243,14 +244,18 @@ class EventUplink:
 
     async def _publish(self, pub: Publisher, events: list[StoredEvent]) -> None:
         """Publish a claim: its P1s first on the P1 channel, then all of it on ``event``, each
-        backlog message only once fewer than ``MAX_UNCONFIRMED`` are unconfirmed by the broker;
-        then the unsendable ones to ``rejected_local``."""
+        backlog message only once fewer than ``MAX_UNCONFIRMED`` are unconfirmed by the broker.
+        Unsendable records leave the window when found: those of the P1 lane and of unpaced
+        messages are rejected at once, the backlog's at the end of the claim."""
         now = time.monotonic()
         for ev in events:
             self.inflight[ev.event_id] = now
             if ev.priority == 1:
                 self._p1_ids.add(ev.event_id)
-        self.p1.publish(pub, events)
+        gone = self.p1.publish(pub, events)
+        if gone:  # rejected by the P1 lane: not built again below
+            self._leave_window(gone)
+            events = [ev for ev in events if ev.event_id not in gone]
         start = 0
         while start < len(events):
             paced = events[start].priority != 1  # a claim is in priority order: P1s lead it
@@ -258,7 +263,12 @@ class EventUplink:
                 await self._await_room(pub)
             bad: dict[str, str] = {}
             body, count = self.build.next(events, start, bad)
-            self.rejects.note(bad)
+            if bad:
+                self._leave_window(bad)
+                if paced:
+                    self.rejects.note(bad)
+                else:
+                    self.rejects.start(bad)
             if body is None:  # every event it consumed is unsendable
                 start += count
                 continue
@@ -274,10 +284,7 @@ class EventUplink:
             start += count
             self.stats.messages += 1
             await asyncio.sleep(0)  # let acks, P1 wake-ups and the socket writer in
-        reasons = self.rejects.take()
-        if reasons:  # they leave the window and the pending set for good
-            self._leave_window(reasons)
-            await self.rejects.reject(reasons)
+        await self.rejects.flush()
 
     def _leave_window(self, event_ids: Iterable[str]) -> None:
         """Unsendable events free their window slots (their ``rejected_local`` write follows)."""
@@ -367,8 +374,10 @@ class EventUplink:
                       requeued=n)
 
     async def detach(self) -> None:
-        """Connection gone: cancel publishes, put everything in flight back to ready."""
+        """Connection gone: cancel publishes, finish the ``rejected_local`` writes (so no
+        unsendable record is released and built again), put everything in flight back to ready."""
         self.acks.cancel()
+        await self.rejects.settle()
         self._mark_resent(list(self.inflight))
         self.inflight.clear()
         self._p1_ids.clear()
