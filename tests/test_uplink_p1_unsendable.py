@@ -126,6 +126,34 @@ def test_an_unsendable_p1_leading_a_paced_claim_is_rejected_at_once(
         ob.close()
 
 
+def test_unsendable_backlog_records_are_rejected_before_a_lost_connection_releases_them(
+        tmp_path: Path, mosquitto: LocalMosquitto, central: IngestInThread) -> None:
+    """A backlog record is rejected at the end of its claim; when the connection goes first, it
+    is rejected before the window is released, not put back to ``ready`` and built again."""
+    path = tmp_path / "outbox.db"
+    ob = _outbox(path)
+    try:
+        svc = SyncService(node_config(mosquitto.port, NODE), ob, snapshots=None, clock=ob.clock,
+                          status_provider=lambda: {"state": "off"}, command_handler=None)
+        with running_service(svc):
+            ob.record(EventDraft("PATROLI", 4, {"warm": True}))
+            wait_until(lambda: ob.counts()["acked"] == 1, 60, what="the lane runs, central acks")
+            messages = svc.stats.messages
+            assert mosquitto.proc is not None
+            os.kill(mosquitto.proc.pid, signal.SIGSTOP)
+            _insert_raw(path, [_row(1, BAD, 4, {"modem_log": "x" * (MAX_EVENT_BYTES * 2)}, typ="PATROLI")] + [
+                _row(2 + i, f"0190a0a0-0000-7000-9000-{i:012x}", 4, {"i": i}, typ="PATROLI") for i in range(2999)])
+            wait_until(lambda: svc.stats.messages > messages, 30, what="the claim's first message, past the bad record")
+            assert _status(ob, BAD) == "in_flight"  # a backlog record waits for the end of its claim
+            mosquitto.kill()  # the connection is gone before the claim could end
+            wait_until(lambda: _status(ob, BAD) == "rejected_local", 30, what="rejected before the release")
+            wait_until(lambda: ob.counts()["in_flight"] == 0, 30, what="the rest released")
+        assert ob.flags(BAD)["rejected_local"].startswith("oversized")
+        assert svc.stats.rejected_local == 1 and ob.counts()["rejected_local"] == 1
+    finally:
+        ob.close()
+
+
 class _Sms:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
