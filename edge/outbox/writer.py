@@ -125,13 +125,14 @@ class Writer:
         rows = []
         stored = []
         dumps = json.dumps
+        esc = SURROGATE_ESCAPE
         make = stored_from_row
         ids = new_event_ids(len(items))
         for r, eid in zip(items, ids, strict=True):
             draft = r._draft
             payload = draft.payload
             text = dumps(payload)
-            if SURROGATE_ESCAPE in text:  # rare: a character outside the BMP or a lone surrogate
+            if esc in text:  # rare: a character outside the BMP or a lone surrogate
                 payload, text = self._replace_surrogates(draft, eid, payload, text)
             if len(text) > PAYLOAD_BUDGET:  # rare: bounded work, O(payload)
                 payload, text = self._bound(draft, eid, payload, text)
