@@ -4,8 +4,10 @@
 Before, the P1 lane only noted such a record; it moved to ``rejected_local`` at the end of its
 claim, and a claim that also holds a backlog is paced by the broker's PUBACKs: with the broker
 frozen (SIGSTOP, a broker swamped by a reconnecting fleet) the record stayed ``in_flight`` in
-the post's window for as long as the broker was away. A ``rejected_local`` P1 still counts as
-unacknowledged for the SMS fallback.
+the post's window for as long as the broker was away. A backlog record is still rejected at the
+end of its claim, but before a lost connection releases the window (it used to go back to
+``ready`` and be built again). A ``rejected_local`` P1 still counts as unacknowledged for the SMS
+fallback.
 """
 
 from __future__ import annotations
