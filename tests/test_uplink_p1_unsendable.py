@@ -109,12 +109,12 @@ def test_an_unsendable_p1_leading_a_paced_claim_is_rejected_at_once(
                 _insert_raw(path, [_oversized_p1(1)] + [
                     _row(2 + i, f"0190a0a0-0000-7000-9000-{i:012x}", 4, {"i": i}, typ="PATROLI")
                     for i in range(2999)])
-                wait_until(lambda: _status(ob, BAD) == "rejected_local", 30,
+                # Counted on the loop once the write returns, so wait for both.
+                wait_until(lambda: _status(ob, BAD) == "rejected_local" and svc.stats.rejected_local == 1, 30,
                            what="the unsendable P1 rejected while the backlog waits for the broker")
                 # Still the same claim, paced by PUBACKs that cannot come: not its end.
                 assert svc.stats.messages - messages <= MAX_UNCONFIRMED
-                assert ob.counts()["in_flight"] >= 2900
-                assert svc.stats.rejected_local == 1 and BAD not in svc.events.inflight
+                assert ob.counts()["in_flight"] >= 2900 and BAD not in svc.events.inflight
             finally:
                 os.kill(pid, signal.SIGCONT)
             wait_until(lambda: ob.counts()["acked"] == 3000, 120, what="the backlog acked")
