@@ -239,10 +239,11 @@ class Outbox:
 
     def counts(self) -> dict[str, Any]:
         """Counts by status and by type, and the age of the oldest ready event (no scan);
-        ``truncated``: events whose payload was cut to the wire limit since this open
-        (``bounds.py``)."""
+        ``truncated``: events whose payload was cut to the wire limit since this open,
+        ``text_replaced``: events whose lone surrogates were replaced (``bounds.py``)."""
         out = self.claims.counts()
         out["truncated"] = self._writer.truncated
+        out["text_replaced"] = self._writer.text_replaced
         return out
 
     def get(self, event_id: str) -> StoredEvent | None:

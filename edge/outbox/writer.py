@@ -34,7 +34,7 @@ from typing import Any
 from edge.clock import Clock
 from edge.errors import StorageError, StorageFullError
 from edge.logs import RateLimitedLog
-from edge.outbox.bounds import PAYLOAD_BUDGET, bound_payload
+from edge.outbox.bounds import PAYLOAD_BUDGET, SURROGATE_ESCAPE, bound_payload, replace_lone_surrogates
 from edge.outbox.claims import Tally
 from edge.outbox.db import OutboxDB
 from edge.outbox.receipts import Hub, Pending, Receipt, resolve
@@ -83,6 +83,8 @@ class Writer:
         self.last_error: str | None = None
         #: Events whose payload was cut to fit the wire limit at record time (``bounds.py``).
         self.truncated = 0
+        #: Events whose lone UTF-16 surrogates were replaced with U+FFFD (``bounds.py``).
+        self.text_replaced = 0
         self.closed = False
         self._stopping = threading.Event()
         # Hooks set by the Outbox (kept as plain callables: no import cycle with eviction).
@@ -123,12 +125,15 @@ class Writer:
         rows = []
         stored = []
         dumps = json.dumps
+        esc = SURROGATE_ESCAPE
         make = stored_from_row
         ids = new_event_ids(len(items))
         for r, eid in zip(items, ids, strict=True):
             draft = r._draft
             payload = draft.payload
             text = dumps(payload)
+            if esc in text:  # rare: a character outside the BMP or a lone surrogate
+                payload, text = self._replace_surrogates(draft, eid, payload, text)
             if len(text) > PAYLOAD_BUDGET:  # rare: bounded work, O(payload)
                 payload, text = self._bound(draft, eid, payload, text)
             row = (rid, eid, node, boot, seq, r._mono, r._wall, r._quality, draft.type,
@@ -140,6 +145,18 @@ class Writer:
         insert_rows(conn, rows)
         self.next_id, self.seq = rid, seq
         return stored
+
+    def _replace_surrogates(self, draft: EventDraft, event_id: str, payload: dict[str, Any],
+                            text: str) -> tuple[dict[str, Any], str]:
+        """``payload`` with its lone surrogates replaced (``bounds.replace_lone_surrogates``), so
+        that it can be sent and stored as UTF-8; counted and logged (rate-limited)."""
+        clean, text2, replaced = replace_lone_surrogates(payload, text)
+        if replaced:
+            self.text_replaced += 1
+            self.rlog.log("event_text_replaced", logging.WARNING, node_id=self.node_id,
+                          event_id=event_id, type=draft.type, priority=draft.priority,
+                          replaced=replaced, text_replaced_total=self.text_replaced)
+        return clean, text2
 
     def _bound(self, draft: EventDraft, event_id: str, payload: dict[str, Any],
                text: str) -> tuple[dict[str, Any], str]:
@@ -168,7 +185,7 @@ class Writer:
         retried_other = False
         checkpointed = False
         while True:
-            saved = (self.next_id, self.seq, self.truncated)
+            saved = (self.next_id, self.seq, self.truncated, self.text_replaced)
             try:
                 with self.db.lock:
                     owed = self.owed
@@ -180,7 +197,7 @@ class Writer:
                     self.notify(stored[:len(owed)])
                 return stored[len(owed):]
             except (sqlite3.Error, OSError) as exc:
-                self.next_id, self.seq, self.truncated = saved
+                self.next_id, self.seq, self.truncated, self.text_replaced = saved
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if is_full_error(exc):
                     if not checkpointed:

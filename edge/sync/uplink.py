@@ -22,12 +22,13 @@ Batching: the events of one claim are published as ``event_batch`` messages of u
 claims P1 events only, so an alarm leaves in its own small message. Each envelope keeps its own
 signature and is acked or rejected on its own.
 
-P1 channel: with ``p1_topic`` set, the P1 events of every claim are published FIRST on
-``{prefix}/up/{node}/event/p1`` (central's priority lane: its own connection, queue and commits,
-so an alarm is not queued behind other posts' backlogs at the broker or at central) and then,
-with the rest of the claim, on the normal ``event`` topic as before. The second copy is what an
-older central (which does not consume the P1 channel) acknowledges; a newer one finds it a
-duplicate by ``event_id`` and acknowledges it again. One window slot either way.
+P1 lane (``edge.sync.uplink_p1``): with ``p1_topic`` set, the P1 events of every claim are
+published FIRST on the P1 channel, then with the rest of the claim on ``event``.
+
+Unsendable records (``edge.sync.uplink_rejects``): a claimed record the builder cannot encode
+leaves the window at once and moves to the outbox's terminal ``rejected_local`` status: a P1 one
+(or one in an unpaced, P1-led message) at once in the background, a backlog one at the end of
+its claim; all of them before a release puts the window back to ``ready``.
 
 Central presence (``edge.sync.presence``): while no central is online the lane is idle: nothing is
 claimed, published or timed out. The moment one comes online everything still in flight goes back
@@ -49,24 +50,21 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 
 from edge.clock import Clock
-from edge.errors import KentonganError
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, next_probe, overdue_to_resend
 from edge.sync.transport import raise_if_cancelling
 from edge.sync.uplink_acks import OutboxAcks
-from edge.sync.uplink_envelope import envelope_for, next_message
+from edge.sync.uplink_envelope import EventSign, MessageBuilder, envelope_for
+from edge.sync.uplink_p1 import P1Lane
 from edge.sync.uplink_pace import MAX_UNCONFIRMED, Pacer
+from edge.sync.uplink_rejects import LocalRejects
 from edge.sync.uplink_snapshot import SnapshotUplink
 from edge.sync.uplink_types import Publisher, UplinkStats
-from edge.sync.wire import (
-    Ack,
-    EventEnvelope,
-    batch_prefix,
-)
+from edge.sync.wire import Ack
 
 __all__ = ["MAX_ADAPTIVE_FACTOR", "MAX_UNCONFIRMED", "PROBE_EVENTS", "EventUplink", "Publisher", "SnapshotUplink",
            "UplinkStats", "envelope_for"]
@@ -85,7 +83,7 @@ class EventUplink:
     """The event lane for one connection at a time (``attach``/``detach`` per connection)."""
 
     def __init__(self, outbox: Outbox, clock: Clock, *, node_id: str, topic: str, window: int,
-                 ack_timeout_s: float, sign_event: Callable[[EventEnvelope], EventEnvelope] | None,
+                 ack_timeout_s: float, sign_event: EventSign | None,
                  stats: UplinkStats, p1_reserve: int | None = None,
                  rng: random.Random | None = None, p1_topic: str | None = None,
                  sign_batches: bool = True) -> None:
@@ -93,24 +91,21 @@ class EventUplink:
         self.clock = clock
         self.node_id = node_id
         self.topic = topic
-        self.p1_topic = p1_topic
         self.window = window
         self.p1_reserve = p1_reserve if p1_reserve is not None else min(20, max(1, window // 10))
         if self.p1_reserve >= window:
             self.p1_reserve = max(0, window - 1)
-        self.sign_event = sign_event
-        #: The node key's raw signer behind ``sign_event`` (``MessageSigner.sign_raw``): batches
-        #: are then signed once as a whole too (``edge.sync.wire_batch``); a plain callable
-        #: signs envelopes only (old-style batches, still accepted by central), as does
-        #: ``sign_batches=False`` (config ``sync.sign_batches``: for a central not yet updated).
-        self._sign_raw = getattr(getattr(sign_event, "__self__", None), "sign_raw", None) if sign_batches else None
+        #: Builds the messages of a claim (envelopes signed with ``sign_event``; batches signed
+        #: as a whole too unless ``sign_batches`` is False: ``uplink_envelope.MessageBuilder``).
+        self.build = MessageBuilder(clock, outbox.boot_id, node_id, sign_event, sign_batches=sign_batches)
         self.stats = stats
         self.inflight: dict[str, float] = {}  # event_id -> monotonic publish time
         self._wake = asyncio.Event()
         self._p1 = False
         self._maybe_ready = True
         self.acks = OutboxAcks(outbox, stats)  # outbox writes of central's Acks, batched
-        self._batch_prefix = batch_prefix(node_id)
+        self.rejects = LocalRejects(outbox, stats, node_id)  # unsendable -> rejected_local
+        self.p1 = P1Lane(p1_topic, self.build, self.rejects, stats)
         self._rng = rng or random.Random()
         self.central_present = True
         self._resend = False
@@ -122,7 +117,6 @@ class EventUplink:
         self._next_round = float("-inf")  # no timeout round before this (monotonic)
         self._round_left: set[str] = set()  # the last round's resent events not yet acknowledged
         self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
-        self._unsendable: dict[str, str] = {}  # claimed events the builder could not encode
         #: The adaptive, backed-off ack timeout (``edge.sync.ack_timeout``).
         self.timeout = AckTimeout(ack_timeout_s, self._rng)
 
@@ -250,20 +244,31 @@ class EventUplink:
 
     async def _publish(self, pub: Publisher, events: list[StoredEvent]) -> None:
         """Publish a claim: its P1s first on the P1 channel, then all of it on ``event``, each
-        backlog message only once fewer than ``MAX_UNCONFIRMED`` are unconfirmed by the broker."""
+        backlog message only once fewer than ``MAX_UNCONFIRMED`` are unconfirmed by the broker.
+        Unsendable records leave the window when found: those of the P1 lane and of unpaced
+        messages are rejected at once, the backlog's at the end of the claim."""
         now = time.monotonic()
         for ev in events:
             self.inflight[ev.event_id] = now
             if ev.priority == 1:
                 self._p1_ids.add(ev.event_id)
-        if self.p1_topic is not None:
-            self._publish_p1(pub, self.p1_topic, events)
+        gone = self.p1.publish(pub, events)
+        if gone:  # rejected by the P1 lane: not built again below
+            self._leave_window(gone)
+            events = [ev for ev in events if ev.event_id not in gone]
         start = 0
         while start < len(events):
             paced = events[start].priority != 1  # a claim is in priority order: P1s lead it
             if paced:
                 await self._await_room(pub)
-            body, count = self._next_message(events, start)
+            bad: dict[str, str] = {}
+            body, count = self.build.next(events, start, bad)
+            if bad:
+                self._leave_window(bad)
+                if paced:
+                    self.rejects.note(bad)
+                else:
+                    self.rejects.start(bad)
             if body is None:  # every event it consumed is unsendable
                 start += count
                 continue
@@ -275,34 +280,17 @@ class EventUplink:
                 for ev in events[start:start + count]:  # the ack timeout counts from the publish
                     if ev.event_id in self.inflight:
                         self.inflight[ev.event_id] = now
-            bad = self._unsendable
-            self.stats.published += count if not bad else sum(
-                ev.event_id not in bad for ev in events[start:start + count])
+            self.stats.published += count - len(bad)
             start += count
             self.stats.messages += 1
             await asyncio.sleep(0)  # let acks, P1 wake-ups and the socket writer in
-        if self._unsendable:
-            await self._reject_unsendable()
+        await self.rejects.flush()
 
-    async def _reject_unsendable(self) -> None:
-        """Events the builder could not encode leave the window and the pending set: terminal
-        ``rejected_local`` in the outbox (kept, with the reason), counted and logged once each
-        (the status change happens once), so they never block a claim again."""
-        reasons, self._unsendable = self._unsendable, {}
-        for event_id in reasons:
+    def _leave_window(self, event_ids: Iterable[str]) -> None:
+        """Unsendable events free their window slots (their ``rejected_local`` write follows)."""
+        for event_id in event_ids:
             self.inflight.pop(event_id, None)
             self._p1_ids.discard(event_id)
-        try:
-            moved = await asyncio.to_thread(self.outbox.reject_local, reasons)
-        except KentonganError as exc:  # still in_flight: found again after the next release
-            log_event(log, "reject_local_failed", logging.ERROR, node_id=self.node_id,
-                      count=len(reasons), error=str(exc))
-            return
-        self.stats.rejected_local += len(moved)
-        for event_id in moved:
-            log_event(log, "event_rejected_local", logging.ERROR, node_id=self.node_id,
-                      event_id=event_id, reason=reasons[event_id],
-                      rejected_local_total=self.stats.rejected_local)
 
     async def _await_room(self, pub: Publisher) -> None:
         """Until fewer than ``MAX_UNCONFIRMED`` backlog messages wait for the broker's PUBACK.
@@ -318,21 +306,6 @@ class EventUplink:
             self._wake.clear()  # set by a PUBACK (the pacer) or a poke; re-checked above
             if not self.pacer.has_room() and not self._p1:
                 await self._wake.wait()
-
-    def _publish_p1(self, pub: Publisher, topic: str, events: list[StoredEvent]) -> None:
-        """The P1 events of a claim on the P1 channel (before the whole claim goes on ``event``)."""
-        urgent = [ev for ev in events if ev.priority == 1]
-        start = 0
-        while start < len(urgent):
-            body, count = self._next_message(urgent, start)
-            start += count
-            if body is not None:
-                pub.publish_nowait(topic, body)
-                self.stats.p1_messages += 1
-
-    def _next_message(self, events: list[StoredEvent], start: int) -> tuple[bytes | None, int]:
-        return next_message(events, start, self.clock, self.outbox.boot_id, self.sign_event, self._batch_prefix,
-                            self._sign_raw, self._unsendable)
 
     async def _claim(self) -> list[StoredEvent]:
         free = self.window - len(self.inflight)
@@ -401,8 +374,10 @@ class EventUplink:
                       requeued=n)
 
     async def detach(self) -> None:
-        """Connection gone: cancel publishes, put everything in flight back to ready."""
+        """Connection gone: cancel publishes, finish the ``rejected_local`` writes (so no
+        unsendable record is released and built again), put everything in flight back to ready."""
         self.acks.cancel()
+        await self.rejects.settle()
         self._mark_resent(list(self.inflight))
         self.inflight.clear()
         self._p1_ids.clear()

@@ -1,5 +1,6 @@
 """The wire form of an outbox event as the event uplink (``edge.sync.uplink``) sends it, and the
-batch builder (``next_message``), which never lets one unencodable record block a claim."""
+batch builder (``next_message``, bound to one lane by ``MessageBuilder``), which never lets one
+unencodable record block a claim."""
 
 from __future__ import annotations
 
@@ -9,8 +10,21 @@ from typing import Any
 from edge.clock import Clock
 from edge.errors import WireError
 from edge.outbox import StoredEvent
-from edge.sync.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, EventEnvelope, encode, envelope_json, join_batch
+from edge.sync.wire import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    EventEnvelope,
+    batch_prefix,
+    encode,
+    envelope_json,
+    join_batch,
+)
 from edge.sync.wire_batch import SIG_MEMBER_BYTES, RawSigner, canonical_batch, sign_batch
+
+__all__ = ["EventSign", "MessageBuilder", "envelope_dict", "envelope_for", "next_message"]
+
+#: Signs one envelope with the node key (``edge.signing.EventSigner``), or a plain callable.
+EventSign = Callable[[EventEnvelope], EventEnvelope]
 
 
 def envelope_for(ev: StoredEvent, clock: Clock, boot_id: str,
@@ -93,3 +107,28 @@ def next_message(events: list[StoredEvent], start: int, clock: Clock, boot_id: s
         assert sign_raw is not None
         return sign_batch(canonical_batch(events[start].node_id, bodies), sign_raw), consumed
     return join_batch(prefix, bodies), consumed
+
+
+class MessageBuilder:
+    """``next_message`` bound to one lane: its node, clock, boot and signers.
+
+    ``sign_raw`` is the node key's raw signer behind ``sign_event`` (``MessageSigner.sign_raw``):
+    batches are then signed once as a whole too (``edge.sync.wire_batch``); a plain callable
+    signs envelopes only (old-style batches, still accepted by central), as does
+    ``sign_batches=False`` (config ``sync.sign_batches``: for a central not yet updated)."""
+
+    def __init__(self, clock: Clock, boot_id: str, node_id: str, sign_event: EventSign | None, *,
+                 sign_batches: bool = True) -> None:
+        self.clock = clock
+        self.boot_id = boot_id
+        self.sign_event = sign_event
+        self.prefix = batch_prefix(node_id)
+        self.sign_raw: RawSigner | None = (
+            getattr(getattr(sign_event, "__self__", None), "sign_raw", None) if sign_batches else None)
+
+    def next(self, events: list[StoredEvent], start: int,
+             unsendable: dict[str, str]) -> tuple[bytes | None, int]:
+        """The next message from ``events[start:]`` and how many events it consumed; events it
+        skipped because they cannot be encoded are added to ``unsendable`` (id -> reason)."""
+        return next_message(events, start, self.clock, self.boot_id, self.sign_event, self.prefix,
+                            self.sign_raw, unsendable)
