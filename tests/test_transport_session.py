@@ -129,6 +129,9 @@ def test_without_the_session_aiomqtt_leaves_the_connection_open(silent: SilentBr
     assert any("Event loop is closed" in u for u in unraisable)
 
 
+ENTERS_A_CLIENT = r"__aenter__|async with (\w+\.)*(make_client|Client)\(|async with (client|mqtt|c)\b:"
+
+
 def test_every_connection_of_the_project_goes_through_the_session() -> None:
     """No module of the post, central or the tests enters an aiomqtt client itself
     (``async with client`` or ``__aenter__``): they use ``edge.sync.transport.session``."""
@@ -139,6 +142,6 @@ def test_every_connection_of_the_project_goes_through_the_session() -> None:
             if path.relative_to(root).as_posix() in ("edge/sync/transport.py", "tests/test_transport_session.py"):
                 continue
             for n, line in enumerate(path.read_text().splitlines(), 1):
-                if re.search(r"__aenter__|async with (\w+\.)*(make_client|Client)\(|async with (client|mqtt|c)\b:", line):
+                if re.search(ENTERS_A_CLIENT, line):
                     offenders.append(f"{path.relative_to(root)}:{n}")
     assert offenders == []
