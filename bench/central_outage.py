@@ -52,6 +52,7 @@ from central_sync.store import CentralStore
 from edge.clock import Clock
 from edge.config import NodeConfig, parse_config
 from edge.outbox import EventDraft, Outbox
+from edge.sync.ack_timeout import DEFAULT_BACKOFF, FIXED_TIMEOUT
 from edge.sync.service import SyncService
 
 WARMUP_S = 5.0
@@ -108,13 +109,11 @@ class Post:
             "sync": {"broker_port": port, "heartbeat_seconds": 3600,
                      "ack_timeout_seconds": ack_timeout}})
         self.outbox = Outbox(tmp / f"{node_id}.db", node_id, clock=Clock(forced_quality="synced"))
+        # baseline: a fixed ack timeout (no doubling, no jitter), as before the backoff existed
         self.svc = SyncService(cfg, self.outbox, snapshots=None, clock=self.outbox.clock,
                                status_provider=lambda: {}, command_handler=None,
-                               use_central_presence=mode == "presence")
-        if mode == "baseline":  # fixed ack timeout, as before the backoff existed
-            self.svc.events.max_doublings = 0
-            self.svc.events.jitter = 0.0
-            self.svc.events.current_timeout_s = ack_timeout
+                               use_central_presence=mode == "presence",
+                               ack_backoff=FIXED_TIMEOUT if mode == "baseline" else DEFAULT_BACKOFF)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

@@ -59,7 +59,6 @@ def _post_main(db: str, port: int, limit: int, conn: Connection) -> None:
     from edge.clock import Clock
     from edge.config import parse_config
     from edge.outbox import EventDraft, Outbox
-    from edge.sync import uplink
     from edge.sync.service import SyncService
 
     cfg = parse_config({
@@ -71,11 +70,7 @@ def _post_main(db: str, port: int, limit: int, conn: Connection) -> None:
     ob = Outbox(Path(db), NODE, clock=Clock(forced_quality="synced"))
     svc = SyncService(cfg, ob, snapshots=None, clock=ob.clock, status_provider=lambda: {},
                       command_handler=None, use_central_presence=False)
-    pacer = getattr(svc.events, "pacer", None)
-    if pacer is not None:
-        pacer.limit = limit
-    else:  # the polling version reads the module's constant
-        uplink.MAX_UNCONFIRMED = limit  # type: ignore[misc]
+    svc.events.pacer.limit = limit  # before the loop runs: every connection uses this limit
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     task = asyncio.run_coroutine_threadsafe(svc.run(), loop)

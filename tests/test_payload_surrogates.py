@@ -21,7 +21,8 @@ from central_sync.config import CentralConfig
 from central_sync.store import CentralStore
 from edge.clock import Clock
 from edge.outbox import EventDraft, Outbox
-from edge.outbox.bounds import PAYLOAD_BUDGET, TEXT_REPLACED, payload_wire_bytes, replace_lone_surrogates
+from edge.outbox.bounds import PAYLOAD_BUDGET, TEXT_REPLACED, payload_wire_bytes
+from edge.outbox.sanitise import make_acceptable
 from edge.signing import EventSigner
 from edge.sync.service import SyncService
 from edge.sync.wire import MAX_EVENT_BYTES, encode
@@ -55,9 +56,10 @@ def _utf8(payload: dict[str, Any]) -> bytes:
 
 def _replace(payload: dict[str, Any]) -> tuple[dict[str, Any], int]:
     text = json.dumps(payload)
-    clean, text2, n = replace_lone_surrogates(payload, text)
-    assert json.loads(text2) == clean if n else (clean, text2) == (payload, text)
-    return clean, n
+    done = make_acceptable(payload, text)
+    n = done.text_replaced
+    assert json.loads(done.text) == done.payload if n else (done.payload, done.text) == (payload, text)
+    return done.payload, n
 
 
 # ---------------------------------------------------------------- the replacement

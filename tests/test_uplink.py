@@ -208,13 +208,16 @@ def test_ack_timeout_adapts_to_slow_acks_and_back(outbox: Outbox) -> None:
     it never drops below the configured one and is capped."""
     import time as _time
 
+    from edge.sync.ack_timeout import Backoff
     from edge.sync.uplink import MAX_ADAPTIVE_FACTOR, EventUplink, UplinkStats
     from edge.sync.wire import Ack
 
+    jittered = EventUplink(outbox, outbox.clock, node_id=NODE, topic="t", window=100, ack_timeout_s=10.0,
+                           sign_event=None, stats=UplinkStats())
+    assert 10.0 <= jittered.current_timeout_s <= 12.5
     up = EventUplink(outbox, outbox.clock, node_id=NODE, topic="t", window=100, ack_timeout_s=10.0,
-                     sign_event=None, stats=UplinkStats())
-    assert 10.0 <= up.current_timeout_s <= 12.5
-    up.jitter = 0.0
+                     sign_event=None, stats=UplinkStats(), backoff=Backoff(jitter=0.0))
+    assert up.current_timeout_s == 10.0
     for n in range(5):  # Acks arriving 60 s after the publish
         up.inflight[f"e{n}"] = _time.monotonic() - 60.0
         up.on_ack(Ack(node_id=NODE, event_ids=[f"e{n}"], central_time=0.0))

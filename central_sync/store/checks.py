@@ -12,12 +12,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edge.sync.wire import EventEnvelope
+from edge.sync.wire import INT64_MAX, INT64_MIN, MAX_PAYLOAD_DEPTH, EventEnvelope
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
-#: Nesting deeper than this in a payload is refused (JSON encoders recurse).
-MAX_DEPTH = 32
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_DEPTH",
+    "ValueRefused",
+    "check_event",
+    "check_int",
+    "check_json",
+    "check_text",
+    "safe_text",
+]
+
+#: Nesting deeper than this in a payload is refused (JSON encoders recurse). The protocol's
+#: number: the post makes every payload fit it at record time (``edge/outbox/sanitise.py``).
+MAX_DEPTH = MAX_PAYLOAD_DEPTH
 
 
 class ValueRefused(ValueError):

@@ -15,14 +15,9 @@ every payload before the insert (docs/storage.md, "Oversized events"):
 3. a payload that still does not fit is replaced by the minimal one: ``truncated``,
    ``original_bytes``, ``reason`` and the top-level scalar fields that are short.
 
-Text (``replace_lone_surrogates``, before the size bound): a string with a lone UTF-16
-surrogate (serial or modem bytes decoded with ``surrogateescape``, a bad ``\\ud800`` escape)
-cannot be encoded as UTF-8, so neither the post nor central could send or store the event. Each
-lone surrogate, in keys and values at any depth, is replaced with U+FFFD and the payload gains
-``"text_replaced": true``; a surrogate pair (two code points forming one character) becomes that
-character, as a JSON round trip makes it anyway. Found on the JSON the writer encodes anyway
-(``json.dumps`` escapes every surrogate as ``\\udXXX``): one substring test per event, then one
-regular-expression pass over that JSON and one decode, only when the test hits.
+What central refuses besides size (lone surrogates, NUL, integers past int64, NaN, deep
+nesting) is replaced before this bound by ``sanitise.py``; its markers (``TEXT_REPLACED``,
+``VALUES_REPLACED``) are kept here, also by the minimal form.
 
 The event's type, priority, ids, incident and timestamps are never touched: an alarm stays an
 alarm. Work is a constant number of passes over the payload: O(payload), on the writer thread
@@ -32,13 +27,12 @@ alarm. Work is a constant number of passes over the payload: O(payload), on the 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from edge.sync.wire import MAX_EVENT_BYTES
 
-__all__ = ["MAX_DEPTH", "MAX_DICT_ITEMS", "MAX_LIST_ITEMS", "PAYLOAD_BUDGET", "SURROGATE_ESCAPE", "TEXT_REPLACED",
-           "TRUNCATION_MARK", "bound_payload", "payload_wire_bytes", "replace_lone_surrogates"]
+__all__ = ["MAX_DEPTH", "MAX_DICT_ITEMS", "MAX_LIST_ITEMS", "PAYLOAD_BUDGET", "TEXT_REPLACED", "TRUNCATION_MARK",
+           "VALUES_REPLACED", "bound_payload", "payload_wire_bytes"]
 
 #: Room left for the envelope around the payload: keys, ids (64 characters each at most), node
 #: id, type, timestamps and the 88-character signature take about 650 bytes at most.
@@ -53,14 +47,10 @@ MAX_DEPTH = 8
 _STRING_LIMITS = (1024, 256, 64)
 _MINIMAL_KEYS = 32
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-#: Payload member added when lone surrogates were replaced with U+FFFD.
+#: Payload members added when text (lone surrogates, NUL) or values (integers past int64,
+#: NaN/Infinity, what JSON cannot encode) were replaced at record time (``sanitise.py``).
 TEXT_REPLACED = "text_replaced"
-#: In ``json.dumps`` output (ASCII), every surrogate code point is an escape starting with this.
-SURROGATE_ESCAPE = "\\ud"
-#: The escapes of ``json.dumps`` output, left to right: a surrogate pair (kept), a lone surrogate
-#: (group 1: replaced), or any other escape (kept; consumed whole, so that an escaped backslash
-#: followed by the letters ``ud800`` is never read as a surrogate).
-_ESCAPES = re.compile(r"\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|\\u(d[89a-f][0-9a-f]{2})|\\.")
+VALUES_REPLACED = "values_replaced"
 
 
 def payload_wire_bytes(payload: dict[str, Any]) -> int:
@@ -68,13 +58,20 @@ def payload_wire_bytes(payload: dict[str, Any]) -> int:
     return len(_CANONICAL.encode(payload).encode("utf-8", "surrogatepass"))
 
 
+def _head(text: str, limit: int) -> str:
+    """``text[:limit]``, one shorter when that would split a surrogate pair held as two code
+    points (a lone half could not be encoded as UTF-8)."""
+    head = text[:limit]
+    return head[:-1] if head and "\ud800" <= head[-1] <= "\udbff" else head
+
+
 def _cut(value: Any, limit: int, depth: int) -> Any:
     if isinstance(value, str):
-        return value if len(value) <= limit else value[:limit] + TRUNCATION_MARK
+        return value if len(value) <= limit else _head(value, limit) + TRUNCATION_MARK
     if isinstance(value, dict):
         if depth >= MAX_DEPTH:
             return TRUNCATION_MARK
-        out = {str(k)[:limit]: _cut(v, limit, depth + 1)
+        out = {_head(str(k), limit): _cut(v, limit, depth + 1)
                for k, v in list(value.items())[:MAX_DICT_ITEMS]}
         if len(value) > MAX_DICT_ITEMS:
             out[TRUNCATION_MARK] = len(value) - MAX_DICT_ITEMS  # how many members were left out
@@ -99,8 +96,9 @@ def _minimal(payload: dict[str, Any], original: int) -> dict[str, Any]:
             out[k] = v
     out.update(truncated=True, original_bytes=original,
                reason="payload over the wire limit; reduced to its short top-level fields")
-    if payload.get(TEXT_REPLACED) is True:
-        out[TEXT_REPLACED] = True
+    for marker in (TEXT_REPLACED, VALUES_REPLACED):
+        if payload.get(marker) is True:
+            out[marker] = True
     if payload_wire_bytes(out) > PAYLOAD_BUDGET:  # cannot happen with the limits above
         out = {"truncated": True, "original_bytes": original, "reason": "payload over the wire limit"}
     return out
@@ -123,25 +121,3 @@ def bound_payload(payload: dict[str, Any], stored_json: str) -> tuple[dict[str, 
     small = _minimal(payload, original)
     return small, json.dumps(small), "minimal"
 
-
-def replace_lone_surrogates(payload: dict[str, Any], stored_json: str) -> tuple[dict[str, Any], str, int]:
-    """``(payload, stored_json, replaced)``: with every lone surrogate replaced with U+FFFD and
-    ``"text_replaced": true`` added when ``replaced`` > 0, else the arguments as they are.
-    ``stored_json`` is ``json.dumps(payload)`` (ASCII: every surrogate is a ``\\udXXX`` escape);
-    call it only when that contains ``SURROGATE_ESCAPE``. Keys that become equal keep the last
-    value."""
-    replaced = 0
-
-    def fix(m: re.Match[str]) -> str:
-        nonlocal replaced
-        if m.group(1) is None:
-            return m.group(0)
-        replaced += 1
-        return "\\ufffd"
-
-    text = _ESCAPES.sub(fix, stored_json)
-    if not replaced:
-        return payload, stored_json, 0
-    clean = json.loads(text)
-    clean[TEXT_REPLACED] = True
-    return clean, json.dumps(clean), replaced

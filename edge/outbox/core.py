@@ -240,10 +240,13 @@ class Outbox:
     def counts(self) -> dict[str, Any]:
         """Counts by status and by type, and the age of the oldest ready event (no scan);
         ``truncated``: events whose payload was cut to the wire limit since this open,
-        ``text_replaced``: events whose lone surrogates were replaced (``bounds.py``)."""
+        ``text_replaced``/``values_replaced``: events whose text (lone surrogates, NUL) or
+        values (integers past int64, NaN/Infinity, what JSON cannot encode) central would
+        refuse were replaced at record time (``sanitise.py``)."""
         out = self.claims.counts()
         out["truncated"] = self._writer.truncated
         out["text_replaced"] = self._writer.text_replaced
+        out["values_replaced"] = self._writer.values_replaced
         return out
 
     def get(self, event_id: str) -> StoredEvent | None:

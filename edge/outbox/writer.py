@@ -22,7 +22,6 @@ are kept in memory and committed first in the next transaction that has room.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import sqlite3
@@ -34,7 +33,7 @@ from typing import Any
 from edge.clock import Clock
 from edge.errors import StorageError, StorageFullError
 from edge.logs import RateLimitedLog
-from edge.outbox.bounds import PAYLOAD_BUDGET, SURROGATE_ESCAPE, bound_payload, replace_lone_surrogates
+from edge.outbox.bounds import PAYLOAD_BUDGET, bound_payload
 from edge.outbox.claims import Tally
 from edge.outbox.db import OutboxDB
 from edge.outbox.receipts import Hub, Pending, Receipt, resolve
@@ -46,6 +45,7 @@ from edge.outbox.records import (
     stored_from_row,
 )
 from edge.outbox.reserve import Reserve
+from edge.outbox.sanitise import STRICT_DUMPS, make_acceptable, suspect
 from edge.storage import is_full_error
 
 __all__ = ["BATCH_MAX", "Writer"]
@@ -83,8 +83,10 @@ class Writer:
         self.last_error: str | None = None
         #: Events whose payload was cut to fit the wire limit at record time (``bounds.py``).
         self.truncated = 0
-        #: Events whose lone UTF-16 surrogates were replaced with U+FFFD (``bounds.py``).
+        #: Events whose lone UTF-16 surrogates or NULs were replaced with U+FFFD, and events
+        #: whose values central refuses were replaced (``sanitise.py``).
         self.text_replaced = 0
+        self.values_replaced = 0
         self.closed = False
         self._stopping = threading.Event()
         # Hooks set by the Outbox (kept as plain callables: no import cycle with eviction).
@@ -124,17 +126,20 @@ class Writer:
         rid, seq = max(self.next_id, (top or 0) + 1), self.seq
         rows = []
         stored = []
-        dumps = json.dumps
-        esc = SURROGATE_ESCAPE
+        dumps = STRICT_DUMPS  # json.dumps's text; raises on NaN/Infinity
+        check = suspect
         make = stored_from_row
         ids = new_event_ids(len(items))
         for r, eid in zip(items, ids, strict=True):
             draft = r._draft
             payload = draft.payload
-            text = dumps(payload)
-            if esc in text:  # rare: a character outside the BMP or a lone surrogate
-                payload, text = self._replace_surrogates(draft, eid, payload, text)
-            if len(text) > PAYLOAD_BUDGET:  # rare: bounded work, O(payload)
+            try:
+                text: str | None = dumps(payload)
+            except (ValueError, TypeError, RecursionError):  # NaN, not JSON, a cycle, too deep
+                text = None
+            if text is None or check(text):  # rare (sanitise.py); then bounded too
+                payload, text = self._make_acceptable(draft, eid, payload, text)
+            elif len(text) > PAYLOAD_BUDGET:  # rare: bounded work, O(payload)
                 payload, text = self._bound(draft, eid, payload, text)
             row = (rid, eid, node, boot, seq, r._mono, r._wall, r._quality, draft.type,
                    draft.priority, draft.incident_id, text)
@@ -146,25 +151,32 @@ class Writer:
         self.next_id, self.seq = rid, seq
         return stored
 
-    def _replace_surrogates(self, draft: EventDraft, event_id: str, payload: dict[str, Any],
-                            text: str) -> tuple[dict[str, Any], str]:
-        """``payload`` with its lone surrogates replaced (``bounds.replace_lone_surrogates``), so
-        that it can be sent and stored as UTF-8; counted and logged (rate-limited)."""
-        clean, text2, replaced = replace_lone_surrogates(payload, text)
-        if replaced:
+    def _make_acceptable(self, draft: EventDraft, event_id: str, payload: dict[str, Any],
+                         text: str | None) -> tuple[dict[str, Any], str]:
+        """``payload`` with what central refuses replaced (``sanitise.make_acceptable``), then
+        bounded to the wire limit; counted and logged (rate-limited)."""
+        done = make_acceptable(payload, text)
+        if done.text_replaced:
             self.text_replaced += 1
-            self.rlog.log("event_text_replaced", logging.WARNING, node_id=self.node_id,
+        if done.values_replaced:
+            self.values_replaced += 1
+        if done.text_replaced or done.values_replaced or done.cut:
+            self.rlog.log("event_payload_sanitised", logging.WARNING, node_id=self.node_id,
                           event_id=event_id, type=draft.type, priority=draft.priority,
-                          replaced=replaced, text_replaced_total=self.text_replaced)
-        return clean, text2
+                          text_replaced=done.text_replaced, values_replaced=done.values_replaced,
+                          cut=done.cut, text_replaced_total=self.text_replaced,
+                          values_replaced_total=self.values_replaced)
+        return self._bound(draft, event_id, done.payload, done.text, cut=bool(done.cut))
 
     def _bound(self, draft: EventDraft, event_id: str, payload: dict[str, Any],
-               text: str) -> tuple[dict[str, Any], str]:
-        """``payload`` bounded to the wire limit (``bounds.bound_payload``), counted and logged
-        (rate-limited: a flood of oversized input must not flood the log)."""
+               text: str, cut: bool = False) -> tuple[dict[str, Any], str]:
+        """``payload`` bounded to the wire limit (``bounds.bound_payload``), counted (once with a
+        nesting ``cut`` already made) and logged (rate-limited: a flood of oversized input must
+        not flood the log)."""
         bounded, text2, how = bound_payload(payload, text)
-        if how is not None:
+        if cut or how is not None:
             self.truncated += 1
+        if how is not None:
             self.rlog.log("event_payload_truncated", logging.WARNING, node_id=self.node_id,
                           event_id=event_id, type=draft.type, priority=draft.priority, how=how,
                           original_bytes=bounded.get("original_bytes"), stored_bytes=len(text2),
@@ -185,7 +197,7 @@ class Writer:
         retried_other = False
         checkpointed = False
         while True:
-            saved = (self.next_id, self.seq, self.truncated, self.text_replaced)
+            saved = (self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced)
             try:
                 with self.db.lock:
                     owed = self.owed
@@ -197,7 +209,7 @@ class Writer:
                     self.notify(stored[:len(owed)])
                 return stored[len(owed):]
             except (sqlite3.Error, OSError) as exc:
-                self.next_id, self.seq, self.truncated, self.text_replaced = saved
+                self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced = saved
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if is_full_error(exc):
                     if not checkpointed:

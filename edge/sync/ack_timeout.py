@@ -23,6 +23,7 @@ round; any first-copy Ack (real evidence) resets it.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 #: Ack-timeout backoff: at most this many doublings of ``ack_timeout_s``.
 MAX_TIMEOUT_DOUBLINGS = 3
@@ -36,15 +37,33 @@ MAX_ADAPTIVE_FACTOR = 16.0
 PROBE_EVENTS = 20
 
 
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How ack timeouts back off: at most ``max_doublings`` doublings, each timeout stretched by
+    a random factor in [1, 1 + ``jitter``]. ``FIXED_TIMEOUT`` (0, 0.0) is the post before the
+    backoff existed, a fixed ack timeout (``bench/central_outage.py`` baseline)."""
+
+    max_doublings: int = MAX_TIMEOUT_DOUBLINGS
+    jitter: float = TIMEOUT_JITTER
+
+    def __post_init__(self) -> None:
+        if self.max_doublings < 0 or self.jitter < 0:
+            raise ValueError(f"backoff needs max_doublings >= 0 and jitter >= 0, not {self}")
+
+
+#: The post's backoff, and a fixed ack timeout (no doubling, no jitter).
+DEFAULT_BACKOFF = Backoff()
+FIXED_TIMEOUT = Backoff(max_doublings=0, jitter=0.0)
+
+
 class AckTimeout:
     """The current ack timeout of one event lane: RTT estimate, doublings and jitter."""
 
-    def __init__(self, ack_timeout_s: float, rng: random.Random) -> None:
+    def __init__(self, ack_timeout_s: float, rng: random.Random, backoff: Backoff = DEFAULT_BACKOFF) -> None:
         self.ack_timeout_s = ack_timeout_s
         self._rng = rng
-        #: Backoff settings (benchmarks set 0 / 0.0 to reproduce a fixed ack timeout).
-        self.max_doublings = MAX_TIMEOUT_DOUBLINGS
-        self.jitter = TIMEOUT_JITTER
+        self.max_doublings = backoff.max_doublings
+        self.jitter = backoff.jitter
         self.doublings = 0
         self.srtt: float | None = None  # smoothed publish->Ack time (s)
         self.rttvar = 0.0

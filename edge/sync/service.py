@@ -37,6 +37,7 @@ from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.signing import MessageSigner
 from edge.snapshots import SnapshotStore
+from edge.sync.ack_timeout import DEFAULT_BACKOFF, Backoff
 from edge.sync.downlink import CommandHandler, CommandProcessor
 from edge.sync.health import RateLimitedLog, SyncHealth, classify
 from edge.sync.mqtt import Reconnector, TransportError, on_puback, open_client, publish_nowait, session
@@ -108,7 +109,7 @@ class SyncService:
                  sign_message: MessageSigner | None = None,
                  verify_command: Callable[[Command], None] | None = None,
                  security_event: Callable[[str, dict[str, Any]], None] | None = None,
-                 use_central_presence: bool = True) -> None:
+                 use_central_presence: bool = True, ack_backoff: Backoff = DEFAULT_BACKOFF) -> None:
         self.cfg = cfg
         self.node_id = cfg.node.node_id
         self.outbox = outbox
@@ -130,7 +131,7 @@ class SyncService:
             outbox, clock, node_id=self.node_id, topic=self.topics.up(self.node_id, "event"),
             window=cfg.sync.inflight_window, ack_timeout_s=cfg.sync.ack_timeout_seconds,
             sign_event=sign_event, stats=self.stats, p1_topic=self.topics.up(self.node_id, P1_CHANNEL),
-            sign_batches=cfg.sync.sign_batches)
+            sign_batches=cfg.sync.sign_batches, backoff=ack_backoff)
         self.snaps = (SnapshotUplink(
             snapshots, node_id=self.node_id, topic=self.topics.up(self.node_id, "snapshot"),
             bytes_per_second=cfg.sync.snapshot_bytes_per_second,

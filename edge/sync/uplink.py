@@ -55,7 +55,15 @@ from collections.abc import Iterable
 from edge.clock import Clock
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
-from edge.sync.ack_timeout import MAX_ADAPTIVE_FACTOR, PROBE_EVENTS, AckTimeout, next_probe, overdue_to_resend
+from edge.sync.ack_timeout import (
+    DEFAULT_BACKOFF,
+    MAX_ADAPTIVE_FACTOR,
+    PROBE_EVENTS,
+    AckTimeout,
+    Backoff,
+    next_probe,
+    overdue_to_resend,
+)
 from edge.sync.transport import raise_if_cancelling
 from edge.sync.uplink_acks import OutboxAcks
 from edge.sync.uplink_envelope import EventSign, MessageBuilder, envelope_for
@@ -86,7 +94,7 @@ class EventUplink:
                  ack_timeout_s: float, sign_event: EventSign | None,
                  stats: UplinkStats, p1_reserve: int | None = None,
                  rng: random.Random | None = None, p1_topic: str | None = None,
-                 sign_batches: bool = True) -> None:
+                 sign_batches: bool = True, backoff: Backoff = DEFAULT_BACKOFF) -> None:
         self.outbox = outbox
         self.clock = clock
         self.node_id = node_id
@@ -117,8 +125,9 @@ class EventUplink:
         self._next_round = float("-inf")  # no timeout round before this (monotonic)
         self._round_left: set[str] = set()  # the last round's resent events not yet acknowledged
         self._acked_sent = float("-inf")  # latest publish time of an acknowledged non-P1 event
-        #: The adaptive, backed-off ack timeout (``edge.sync.ack_timeout``).
-        self.timeout = AckTimeout(ack_timeout_s, self._rng)
+        #: The adaptive, backed-off ack timeout (``edge.sync.ack_timeout``; ``backoff``: how it
+        #: backs off, ``ack_timeout.FIXED_TIMEOUT`` for a fixed one).
+        self.timeout = AckTimeout(ack_timeout_s, self._rng, backoff)
 
     # ------------------------------------------------------------ signals (loop thread)
 
@@ -147,21 +156,13 @@ class EventUplink:
 
     @property
     def max_doublings(self) -> int:
-        """Backoff doublings at most (benchmarks set 0 to reproduce a fixed ack timeout)."""
+        """Backoff doublings at most (``backoff`` of the constructor)."""
         return self.timeout.max_doublings
-
-    @max_doublings.setter
-    def max_doublings(self, n: int) -> None:
-        self.timeout.max_doublings = n
 
     @property
     def jitter(self) -> float:
-        """Random stretch of each timeout (benchmarks and tests set 0.0)."""
+        """Random stretch of each timeout (``backoff`` of the constructor)."""
         return self.timeout.jitter
-
-    @jitter.setter
-    def jitter(self, j: float) -> None:
-        self.timeout.jitter = j
 
     def on_ack(self, ack: Ack) -> None:
         """Central committed these events: free their window slots now, commit the outbox ack in

@@ -54,6 +54,10 @@ MAX_BATCH_EVENTS = 500
 MAX_BATCH_BYTES = 64 * 1024
 #: Broker-side limit (message_size_limit) must be at least this.
 MAX_MESSAGE_BYTES = MAX_SNAPSHOT_BYTES + 64 * 1024
+#: What central's store holds in a payload (``central_sync/store/checks.py``; the post sanitises
+#: at record time, ``edge/outbox/sanitise.py``): nesting (payload = 0) and signed 64-bit integers.
+MAX_PAYLOAD_DEPTH = 32
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 #: The P1 channel: the same envelopes as ``event`` (priority 1 only), consumed by central on its
 #: own connection so an alarm never queues behind a backlog (``{prefix}/up/{node}/event/p1``).
