@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bench import mqtt_lite
 from edge.signing import MessageSigner, sign_bytes
 from edge.sync.wire import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
     Heartbeat,
     Presence,
     Topics,
@@ -48,7 +50,7 @@ from edge.sync.wire import (
     envelope_json,
     join_batch,
 )
-from edge.sync.wire_batch import canonical_batch, sign_batch
+from edge.sync.wire_batch import SIG_MEMBER_BYTES, canonical_batch, sign_batch
 
 
 def node_key(seed: str, node_id: str) -> Ed25519PrivateKey:
@@ -69,7 +71,10 @@ class SimSpec:
     p1_rate: float = 0.0  # extra P1 events/s (single messages, ahead of any backlog)
     heartbeat_s: float = 20.0
     backlog: int = 0  # events queued per post before the start (sent as event_batch)
-    batch_events: int = 100
+    #: Envelopes per backlog ``event_batch`` at most; a batch is also cut, as a post cuts it
+    #: (``edge.sync.uplink_envelope.next_message``), where the next envelope would pass
+    #: ``MAX_BATCH_BYTES`` (with room for the batch signature): ~158 of the sim's envelopes.
+    batch_events: int = MAX_BATCH_EVENTS
     window: int = 500  # events in flight per post
     ack_timeout: float = 10.0
     signed: bool = True
@@ -99,7 +104,8 @@ class SimResult:
     connected: int = 0
     offered: int = 0  # distinct events handed to the broker
     sent_msgs: int = 0
-    resent: int = 0
+    resent: int = 0  # events sent again after an ack timeout
+    resent_msgs: int = 0  # the messages that carried them (batches, as a post sends them)
     acked: int = 0
     rejected: int = 0
     duplicate_acks: int = 0
@@ -121,6 +127,7 @@ class Post:
         "backlog",
         "backoff",
         "boot",
+        "budget",
         "client",
         "key",
         "next_hb",
@@ -129,6 +136,7 @@ class Post:
         "packed",
         "prefix_bytes",
         "ready",
+        "requeued",
         "rttvar",
         "seq",
         "sim",
@@ -153,6 +161,13 @@ class Post:
         self.urgent: deque[tuple[str, bytes]] = deque()
         self.ready: dict[tuple[int, str], deque[tuple[str, bytes]]] = {}  # pre-signed (presign_s)
         self.prefix_bytes = batch_prefix(node)
+        #: Envelope bytes (each + 1 for its comma) one batch may carry: the post's own budget.
+        self.budget = MAX_BATCH_BYTES - len(self.prefix_bytes) - 2 - (
+            SIG_MEMBER_BYTES if spec.signed and spec.batch_sig else 0)
+        #: Events an ack timeout took back (id -> (first publish, body, priority)), sent again
+        #: as batches ahead of the backlog, paced like it: a post releases them to ``ready`` and
+        #: claims them again (edge/sync/uplink.py), it does not resend them one message each.
+        self.requeued: dict[str, tuple[float, bytes, int]] = {}
         #: The backlog's batches signed ahead (presign_s): (first event id, events, body).
         self.packed: deque[tuple[str, int, bytes]] = deque()
         self.next_hb = 0.0
@@ -193,10 +208,14 @@ class Post:
         return join_batch(self.prefix_bytes, bodies)
 
     def _chunk(self, items: deque[tuple[str, bytes]] | list[tuple[str, bytes]], start: int) -> int:
-        """End index of the next backlog batch from ``items[start:]`` (<= batch_events, 48 kB)."""
-        end, size = start, 0
-        while end < len(items) and end - start < self.spec.batch_events and size < 48_000:
-            size += len(items[end][1]) + 1
+        """End index of the next backlog batch from ``items[start:]``: as many envelopes as the
+        post's batch builder puts in one (``batch_events``, ``budget``), at least one."""
+        end, size, limit = start, 0, min(len(items), start + self.spec.batch_events)
+        while end < limit:
+            grown = size + len(items[end][1]) + 1
+            if end > start and grown > self.budget:
+                break
+            size = grown
             end += 1
         return end
 
@@ -229,8 +248,11 @@ class Post:
             for event_id in ids:
                 entry = self.unacked.pop(event_id, None)
                 if entry is None:
-                    res.duplicate_acks += 1
-                    continue
+                    again = self.requeued.pop(event_id, None)  # taken back, not yet sent again
+                    if again is None:
+                        res.duplicate_acks += 1
+                        continue
+                    entry = (again[0], -1.0, again[1], again[2])  # no round-trip sample (Karn)
                 if entry[0] == entry[1]:  # never resent (Karn's rule, as the post)
                     oldest = min(oldest, entry[1])
                     if entry[3] != 1:
@@ -251,13 +273,13 @@ class Post:
                 self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
                 self.srtt = 0.875 * self.srtt + 0.125 * sample
         self.backoff = self.base_timeout()  # progress: back to the base ack timeout
-        if self.backlog:
+        if self.backlog or self.requeued:
             self.sim.active.add(self)
 
     def mqtt_published(self, client: mqtt_lite.Client, mid: int) -> None:
         if mid in self.unconfirmed:
             self.unconfirmed.discard(mid)
-            if self.backlog:
+            if self.backlog or self.requeued:
                 self.sim.active.add(self)
 
     def _room(self) -> bool:
@@ -278,11 +300,14 @@ class Post:
         self.client.publish(self.t_event, body, 1)
 
     def pump(self, now: float) -> None:
-        """Urgent first, then backlog batches within the window; resends; heartbeat."""
+        """Urgent first, then what an ack timeout took back, then backlog batches, within the
+        windows."""
         while self.urgent:
             event_id, body = self.urgent.popleft()
             self.publish(event_id, body, 1, now)
-        while self.backlog and self._room():
+        while self.requeued and self._room():
+            self._send_requeued(now)
+        while self.backlog and self._room() and not self.requeued:
             chunk = [self.backlog.popleft() for _ in range(self._chunk(self.backlog, 0))]
             for event_id, body in chunk:
                 self.unacked[event_id] = (now, now, body, 3)
@@ -294,8 +319,23 @@ class Post:
             self.unconfirmed.add(self.client.publish(self.t_event, batch, 1))
             self.sim.result.offered += len(chunk)
             self.sim.result.sent_msgs += 1
-        if not self.backlog or not self._room():
+        if not (self.backlog or self.requeued) or not self._room():
             self.sim.active.discard(self)
+
+    def _send_requeued(self, now: float) -> None:
+        """One batch (or a single envelope, as the post's builder sends one event) of the events
+        an ack timeout took back, oldest first; their latency still counts from the first copy."""
+        items = list(self.requeued.items())
+        chunk = [(event_id, entry[1]) for event_id, entry in items[:self._chunk([(i, e[1]) for i, e in items], 0)]]
+        for event_id, _body in chunk:
+            first, body, prio = self.requeued.pop(event_id)
+            self.unacked[event_id] = (first, now, body, prio)
+        body = chunk[0][1] if len(chunk) == 1 else self.batch_body([b for _i, b in chunk])
+        mid = self.client.publish(self.t_event, body, 1)
+        self.unconfirmed.add(mid)
+        self.sim.result.resent += len(chunk)
+        self.sim.result.resent_msgs += 1
+        self.sim.result.sent_msgs += 1
 
     def base_timeout(self) -> float:
         if self.srtt is None or not self.spec.adaptive_timeout:
@@ -312,9 +352,16 @@ class Post:
             lost = [(i, e) for i, e in due if e[1] < self.acked_sent]
             due = lost or sorted(due, key=lambda d: d[1][1])[:20]
         for event_id, (first, _last, body, prio) in due[: self.spec.window]:
-            self.unacked[event_id] = (first, now, body, prio)
-            self._send(body, prio)
-            self.sim.result.resent += 1
+            if prio == 1:  # an alarm goes again at once, on its own (a post's P1 wake-up)
+                self.unacked[event_id] = (first, now, body, prio)
+                self._send(body, prio)
+                self.sim.result.resent += 1
+                self.sim.result.resent_msgs += 1
+            else:  # back to "ready": sent again in batches, paced (``_send_requeued``)
+                del self.unacked[event_id]
+                self.requeued[event_id] = (first, body, prio)
+        if self.requeued:
+            self.sim.active.add(self)
         if due:
             self.backoff = min(self.backoff * 2, self.base_timeout() * 8) * random.uniform(0.8, 1.2)
             self.next_round = now + self.backoff
@@ -449,10 +496,10 @@ class Fleet:
                 next_misc = now + 1.0
         self.result.end = time.monotonic()
         self.result.backlog_left = sum(len(p.backlog) for p in self.posts)
-        self.result.unacked = sum(len(p.unacked) for p in self.posts)
+        self.result.unacked = sum(len(p.unacked) + len(p.requeued) for p in self.posts)
 
     def _check_drained(self, now: float) -> None:
-        if self.result.drained_s is None and self.spec.backlog and not any(p.unacked or p.backlog
+        if self.result.drained_s is None and self.spec.backlog and not any(p.unacked or p.backlog or p.requeued
                                                                            for p in self.posts):
             self.result.drained_s = now - self.result.start
 
@@ -467,7 +514,7 @@ class Fleet:
         or ``seconds`` pass."""
         end = time.monotonic() + seconds
         next_resend = time.monotonic() + 1.0
-        while time.monotonic() < end and any(p.unacked or p.backlog for p in self.posts):
+        while time.monotonic() < end and any(p.unacked or p.backlog or p.requeued for p in self.posts):
             self.poll(0.01)
             now = time.monotonic()
             for post in list(self.active):
@@ -480,7 +527,7 @@ class Fleet:
                 self._check_drained(now)
         self._check_drained(time.monotonic())
         self.result.backlog_left = sum(len(p.backlog) for p in self.posts)
-        self.result.unacked = sum(len(p.unacked) for p in self.posts)
+        self.result.unacked = sum(len(p.unacked) + len(p.requeued) for p in self.posts)
         self._misc()
 
 

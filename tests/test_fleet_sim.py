@@ -16,6 +16,7 @@ from central_sync.config import CentralConfig
 from central_sync.store import CentralStore
 from central_sync.verify_cache import CachedEventVerifier, KeyCache
 from edge.signing import NodeKey
+from edge.sync.wire import MAX_BATCH_BYTES
 from tests.helpers_central import IngestInThread
 from tests.waits import wait_for
 
@@ -80,3 +81,48 @@ def test_fleet_of_20_posts_every_event_stored_once_and_acked(tmp_path: Path, mos
             runner.join(60)
         fleet.hub.close_all()
         central.close()
+
+
+def test_backlog_batches_are_cut_where_a_post_cuts_them() -> None:
+    """A backlog ``event_batch`` carries as many envelopes as the post's batch builder puts in one
+    (``edge.sync.uplink_envelope.next_message``: up to ``MAX_BATCH_BYTES`` with the batch
+    signature), not a smaller bench-only size: central's per-message cost is part of the drain."""
+    fleet = Fleet(SimSpec(port=1, nodes=node_ids("sim", 0, 1), seed=SEED, backlog=400))
+    post = fleet.posts[0]
+    envs = [post.make_envelope(3, "STATUS") for _ in range(400)]
+    post.backlog.extend(envs)
+    post.pack_backlog()
+    counts = [n for _first, n, _body in post.packed]
+    assert sum(counts) == 400
+    start = 0
+    for n, (_first, _n, body) in zip(counts, post.packed, strict=True):
+        assert len(body) <= MAX_BATCH_BYTES
+        if start + n < len(envs):  # full: the next envelope would not have fitted
+            assert len(body) + len(envs[start + n][1]) + 1 > MAX_BATCH_BYTES
+        start += n
+    fleet.hub.close_all()
+
+
+def test_overdue_events_go_again_in_batches_and_alarms_at_once() -> None:
+    """An ack timeout puts the overdue events back (a post's ``outbox.release``) and they go again
+    as ONE paced batch, their latency still counted from the first copy; an overdue P1 goes
+    again at once on its own (P1 channel and ``event``). Before, every overdue event was its own
+    message: in a mass reconnect some 20,000 single-event messages, each verified by central."""
+    fleet = Fleet(SimSpec(port=1, nodes=node_ids("sim", 0, 1), seed=SEED, ack_timeout=1.0))
+    post = fleet.posts[0]
+    now = 100.0
+    for prio in (3,) * 30 + (1,):
+        event_id, body = post.make_envelope(prio, "STATUS")
+        sent = now - 6 if prio == 1 else now - 5  # the P1 is the oldest: in the probe
+        post.unacked[event_id] = (sent, sent, body, prio)
+    p1 = next(i for i, e in post.unacked.items() if e[3] == 1)
+    post.resend(now)  # no Ack yet: the oldest PROBE (20) go again, the P1 among them
+    res = fleet.result
+    assert res.resent == 1 and res.resent_msgs == 1  # the P1, at once
+    assert len(post.requeued) == 19 and post.unacked[p1][1] == now
+    post.pump(now + 0.1)
+    assert not post.requeued and res.resent == 20 and res.resent_msgs == 2  # 19 in one batch
+    assert len(post.unconfirmed) == 1  # paced like the backlog (PUBACK window)
+    again = [e for e in post.unacked.values() if e[1] == now + 0.1]
+    assert len(again) == 19 and all(e[0] == now - 5 for e in again)
+    fleet.hub.close_all()
