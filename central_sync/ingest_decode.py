@@ -251,10 +251,12 @@ def _batch_fast(node_id: str, payload: bytes, text: str, data: dict[str, Any]) -
                          [], True, _batch_sig(payload, data, items))
 
 
-def decode_events(topics: Topics, topic: str, payload: bytes) -> DecodedEvents:
+def decode_events(topics: Topics, topic: str, payload: bytes, *, node: str | None = None) -> DecodedEvents:
     """Decode one message of an ``event`` topic. A malformed message raises ``WireError``; a whole
-    message for another node (single envelope or batch) becomes ``wrong_node`` items."""
-    node = topics.parse(topic)[1]
+    message for another node (single envelope or batch) becomes ``wrong_node`` items. ``node``:
+    the topic's node when the caller has parsed ``topic`` already (the dispatcher: one parse)."""
+    if node is None:
+        node = topics.parse(topic)[1]
     fast = _fast(node, payload)
     if fast is not None:
         return fast

@@ -78,11 +78,11 @@ class UplinkDispatcher:
             self.settle_now(delivery)
 
     def _dispatch(self, topic: str, payload: bytes, delivery: Delivery | None) -> None:
-        direction, _node, channel = self.topics.parse(topic)
+        direction, node, channel = self.topics.parse(topic)
         if direction != "up":
             raise WireError("wrong_topic", f"not an uplink topic: {topic[:120]}")
         if channel in EVENT_CHANNELS:
-            self._handle_events(topic, payload, delivery)
+            self._handle_events(topic, node, payload, delivery)
             return
         node_id, msg, data = decode_on_topic_data(self.topics, topic, payload)
         problem = unstorable(msg.model_dump(mode="python")) if payload_suspect(payload) else None
@@ -118,8 +118,8 @@ class UplinkDispatcher:
             settle.append(delivery)
         queue.wake.set()
 
-    def _handle_events(self, topic: str, payload: bytes, delivery: Delivery | None) -> None:
-        decoded = decode_events(self.topics, topic, payload)
+    def _handle_events(self, topic: str, node: str, payload: bytes, delivery: Delivery | None) -> None:
+        decoded = decode_events(self.topics, topic, payload, node=node)
         if decoded.is_batch:
             self.stats.event_batches += 1
             self.stats.batched_events += len(decoded.good) + len(decoded.bad)
