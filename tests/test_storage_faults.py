@@ -117,11 +117,23 @@ def test_disk_full_with_nothing_evictable_fails_future_writer_survives(tmp_path:
         assert any(isinstance(e, StorageFullError) for e in errors)
         assert all(e is None or isinstance(e, StorageFullError) for e in errors)
         committed = sum(e is None for e in errors)
-        assert ob.counts()["ready"] == 50 + committed  # nothing evicted, nothing half-written
+        # Nothing evicted, nothing half-written: the PANIC rows are the 50 recorded before plus
+        # exactly those whose receipt said stored. The only other rows allowed are the
+        # STORAGE_DEGRADED records owed for each reserve release (the writer's once-a-second
+        # periodic commit stores one as soon as a page has room for it, maybe during this test).
+        assert ob.counts()["by_type"]["PANIC"]["ready"] == 50 + committed
+        others = [e for e in ob.list(limit=1000) if e.type != "PANIC"]
+        assert all(e.type == "STORAGE_DEGRADED" and e.payload["reason"] == "disk_full"
+                   for e in others), [(e.type, e.payload) for e in others]
+        assert ob.counts()["ready"] == 50 + committed + len(others)
         assert _evictions(ob) == []
         assert ob.writer_alive()
         _set_max_pages(ob, 1 << 30)  # space comes back: the same writer carries on
         assert ob.record(EventDraft("PANIC", 1)).priority == 1
+        # ... and every owed record is stored with it: one per reserve release.
+        degraded = [e for e in ob.list(limit=1000) if e.type == "STORAGE_DEGRADED"]
+        assert len(degraded) == ob.reserve.releases >= 1
+        assert ob.counts()["by_type"]["PANIC"]["ready"] == 50 + committed + 1
     finally:
         ob.close()
 

@@ -9,12 +9,13 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge.clock import Clock
 from edge.errors import StorageFullError
-from edge.outbox import EventDraft, Outbox, StorageQuota
+from edge.outbox import EventDraft, Outbox, StorageQuota, StoredEvent
 from edge.snapshots import SnapshotStore
 from tests.fs_helpers import fill, small_fs
 from tests.waits import wait_for as _wait
@@ -82,38 +83,76 @@ def test_p4_does_not_eat_the_reserve_and_fails_honestly(disk: Path) -> None:
         ob.close()
 
 
+def _full_disk_with_evictable_p4(disk: Path) -> tuple[Outbox, list[StoredEvent],
+                                                          list[StoredEvent]]:
+    """An outbox holding 3,000 unacked P4 and 50 acked events on a filesystem filled to the
+    last block, its WAL truncated (every new page needs a new block)."""
+    ob = Outbox(disk / "outbox.db", "node-full", quota=QUOTA)
+    p4 = ob.record_many([EventDraft("PATROLI", 4, {"i": i, "pad": "x" * 400})
+                         for i in range(3000)])
+    acked = ob.record_many([EventDraft("KUMPUL", 4, {"pad": "y" * 400}) for _ in range(50)])
+    ob.ack([e.event_id for e in acked])
+    ob.evictor.reclaim()
+    fill(disk)
+    return ob, p4, acked
+
+
+def _assert_exact_evictions(ob: Outbox, p4: list[StoredEvent],
+                            acked: list[StoredEvent]) -> list[dict[str, Any]]:
+    """The EVICTION records name exactly the removed events (consecutive rowids per range)."""
+    evictions = [e.payload for e in ob.list(limit=100_000) if e.type == "EVICTION"]
+    assert evictions, "nothing was evicted on a full disk"
+    left = {e.event_id for e in ob.list(limit=100_000)}
+    removed = [e for e in p4 if e.event_id not in left]
+    removed_acked = [e for e in acked if e.event_id not in left]
+    assert sum(int(p["unacked"]) for p in evictions) == len(removed) > 0
+    assert sum(int(p["acked"]) for p in evictions) == len(removed_acked)
+    by_id = {e.event_id: e.rowid for e in [*p4, *acked]}
+    named: set[int] = set()
+    for p in evictions:
+        assert p["ranges_total"] == len(p["ranges"])
+        for r in p["ranges"]:
+            lo, hi = by_id[r["first"]], by_id[r["last"]]
+            assert hi - lo + 1 == r["count"]
+            named |= set(range(lo, hi + 1))
+    assert named == {e.rowid for e in [*removed, *removed_acked]}
+    assert all(p["reason"] == "disk_full" for p in evictions)
+    return evictions
+
+
 def test_eviction_runs_on_a_full_disk_and_reports_exact_ranges(disk: Path) -> None:
-    path = disk / "outbox.db"
-    ob = Outbox(path, "node-full", quota=QUOTA)
+    ob, p4, acked = _full_disk_with_evictable_p4(disk)
     try:
-        p4 = ob.record_many([EventDraft("PATROLI", 4, {"i": i, "pad": "x" * 400})
-                             for i in range(3000)])
-        acked = ob.record_many([EventDraft("KUMPUL", 4, {"pad": "y" * 400}) for _ in range(50)])
-        ob.ack([e.event_id for e in acked])
-        ob.evictor.reclaim()  # WAL truncated: every new page now needs a new block
-        fill(disk)
         stored = [ob.submit(EventDraft("PANIC", 1, {"i": i, "pad": "z" * 2000}))
                   for i in range(400)]
         for r in stored:
             r.result(30)
-        evictions = [e.payload for e in ob.list(limit=100_000) if e.type == "EVICTION"]
-        assert evictions, "nothing was evicted on a full disk"
-        left = {e.event_id for e in ob.list(limit=100_000)}
-        removed = [e for e in p4 if e.event_id not in left]
-        removed_acked = [e for e in acked if e.event_id not in left]
-        assert sum(int(p["unacked"]) for p in evictions) == len(removed) > 0
-        assert sum(int(p["acked"]) for p in evictions) == len(removed_acked)
-        # The ranges name exactly the removed unacked events (consecutive rowids per range).
-        by_id = {e.event_id: e.rowid for e in [*p4, *acked]}
-        named: set[int] = set()
-        for p in evictions:
-            assert p["ranges_total"] == len(p["ranges"])
-            for r in p["ranges"]:
-                lo, hi = by_id[r["first"]], by_id[r["last"]]
-                assert hi - lo + 1 == r["count"]
-                named |= set(range(lo, hi + 1))
-        assert named == {e.rowid for e in [*removed, *removed_acked]}
-        assert all(p["reason"] == "disk_full" for p in evictions)
+        _assert_exact_evictions(ob, p4, acked)
+    finally:
+        ob.close()
+
+
+def test_p1_in_waves_on_a_full_disk_always_find_room_while_p4_remains(disk: Path) -> None:
+    """Alarms arriving one burst after another (each stored before the next: what a loaded
+    box does to one big burst) must never fail while P4 events can still be evicted. Before,
+    a burst stored in the WAL with pages the database file did not have yet, the next burst
+    grew the WAL into the last free blocks, the checkpoint could then never grow the file, and
+    every later write (eviction included) failed: 250 of 400 PANIC, with 3,000 P4 left."""
+    ob, p4, acked = _full_disk_with_evictable_p4(disk)
+    try:
+        for wave in range(8):
+            receipts = [ob.submit(EventDraft("PANIC", 1, {"wave": wave, "i": i,
+                                                          "pad": "z" * 2000}))
+                        for i in range(50)]
+            errors = [r.exception(30) for r in receipts]
+            assert errors == [None] * 50, (wave, {str(e) for e in errors})
+        assert ob.counts()["by_type"]["PANIC"]["ready"] == 400
+        _assert_exact_evictions(ob, p4, acked)
+        assert ob.counts()["by_type"]["PATROLI"]["ready"] > 0  # evicted only what was needed
+        # Not wedged: the sync lane can still write (claim, ack) on the full disk.
+        claimed = ob.claim(50, max_priority=1)
+        assert len(claimed) == 50 and ob.ack(e.event_id for e in claimed) == 50
+        assert ob.record(EventDraft("PANIC", 1, {"after": True})).priority == 1
     finally:
         ob.close()
 

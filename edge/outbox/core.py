@@ -91,6 +91,7 @@ class Outbox:
                 if not is_full_error(exc) or not self.reserve.release():
                     raise
                 findings = self.db.open(self.node_id)  # the reserve made room
+                self._writer.tight = True
                 self._writer.owe(EventDraft("STORAGE_DEGRADED", 3, {
                     "reason": "disk_full_at_open",
                     "detail": "the write reserve was released to open the database"}))
@@ -128,11 +129,24 @@ class Outbox:
                 self.record_now([])
             except StorageError as exc:  # stays owed: written with the next commit
                 self.rlog.log("outbox_record_failed", logging.WARNING, error=str(exc))
-        self.reserve.ensure(_RESERVE_MARGIN)
+        self._check_pressure()
+
+    def _check_pressure(self) -> None:
+        """Rebuild the reserve when there is room; the writer checks each commit's growth of
+        the database file (``room.py``) while the reserve is missing or the filesystem has less
+        than ``min_free_bytes`` + the reserve + 1 MiB free."""
+        placed = self.reserve.ensure(_RESERVE_MARGIN)
+        try:
+            free = free_bytes(self.path.parent)
+        except OSError:
+            free = 0
+        self._writer.tight = not placed or free < (
+            self._quota.min_free_bytes + self.reserve.size + _RESERVE_MARGIN)
 
     def _periodic(self) -> None:
-        """Writer thread, about once a second: reserve back in place, quota, owed records."""
-        self.reserve.ensure(_RESERVE_MARGIN)
+        """Writer thread, about once a second: reserve back in place and disk pressure, quota,
+        owed records."""
+        self._check_pressure()
         self.enforce_quota()
         if self._writer.owed:
             with contextlib.suppress(StorageError):
@@ -201,7 +215,7 @@ class Outbox:
     def _defer(self, payload: dict[str, Any]) -> None:
         self._writer.owe(EventDraft("EVICTION", 3, payload))
 
-    def _evict_for_room(self, need: int) -> bool:
+    def _evict_for_room(self, need: int) -> int:
         return self.evictor.evict_step(need, "disk_full", [])
 
     def _notify(self, stored: Sequence[StoredEvent]) -> None:

@@ -32,9 +32,10 @@ _EVICT_MIN_ROWS = 64
 _EVICT_MAX_ROWS = 5000
 #: On a full disk every deleted page is first written to the WAL, and the WAL can only grow
 #: into what the reserve gave back: evict in small transactions, checkpointing in between so
-#: the WAL is reused, and leave freed pages in the database for the pending inserts.
+#: the WAL is reused, and leave freed pages in the database file for the pending inserts (no
+#: vacuum: pages given back to the filesystem would have to be grown again by the checkpoint of
+#: those inserts, and the WAL may take the blocks first; see ``room.py``).
 _FULL_DISK_MAX_ROWS = 256
-_FULL_DISK_VACUUM_PAGES = 256
 _MAX_RANGES = 50
 #: Unacked records of these types are never evicted: they are the audit trail of storage.
 AUDIT_TYPES = ("EVICTION", "STORAGE_QUARANTINED", "STORAGE_DEGRADED")
@@ -130,9 +131,10 @@ class Evictor:
                     break
         return recorded
 
-    def evict_step(self, need: int, reason: str, recorded: list[StoredEvent]) -> bool:
-        """Evict about ``need`` bytes from the first non-empty class. False when nothing may be
-        evicted. Raises the SQLite error when even the deletion cannot be committed."""
+    def evict_step(self, need: int, reason: str, recorded: list[StoredEvent]) -> int:
+        """Evict about ``need`` bytes from the first non-empty class; returns the bytes removed
+        (an estimate for events; 0 when nothing may be evicted). Raises the SQLite error when
+        even the deletion cannot be committed."""
         with self.db.lock:
             conn = self.db.conn
             snaps = conn.execute(
@@ -151,7 +153,7 @@ class Evictor:
                                            full=reason == "disk_full")
                 if ev is not None:
                     recorded.append(ev)
-                return True
+                return max(1, total)
             limit = _FULL_DISK_MAX_ROWS if reason == "disk_full" else _EVICT_MAX_ROWS
             for label, index, where, order in EVENT_CLASSES:
                 rows = conn.execute(
@@ -178,8 +180,8 @@ class Evictor:
                 self.tally.remove((r[3], r[2]) for r in chosen_rows)
                 if ev is not None:
                     recorded.append(ev)
-                return True
-            return False
+                return freed
+            return 0
 
     def prune_acked(self, older_than_s: float, now: float) -> int:
         """Delete events acknowledged more than ``older_than_s`` ago (and their flags)."""
@@ -212,7 +214,10 @@ class Evictor:
                     delete(conn)
                 self._defer(payload)
                 ev = None
-            self.reclaim(_FULL_DISK_VACUUM_PAGES if full else None)
+            if full:  # WAL reused, freed pages kept in the file (_FULL_DISK_MAX_ROWS)
+                self.checkpoint()
+            else:
+                self.reclaim()
         if ev is not None:
             self._notify([ev])
         return ev
@@ -249,24 +254,19 @@ class Evictor:
                 return False
         return bool(log_frames > 0 and done == log_frames)
 
-    def reclaim(self, vacuum_pages: int | None = None) -> None:
-        """Give freed pages back to the filesystem (all, or at most ``vacuum_pages``) and
-        truncate the WAL; each step best effort. The first checkpoint empties the WAL so the
-        vacuum's own WAL frames fit even on a full disk."""
-        vacuum = ("PRAGMA incremental_vacuum;" if vacuum_pages is None
-                  else f"PRAGMA incremental_vacuum({int(vacuum_pages)});")
-        # On a full disk keep the WAL file's blocks (PASSIVE): they are where the next commit
-        # goes; otherwise give them back too (TRUNCATE).
-        mode = "PASSIVE" if vacuum_pages is not None else "TRUNCATE"
+    def reclaim(self) -> None:
+        """Give freed pages back to the filesystem and truncate the WAL; each step best effort.
+        The first checkpoint empties the WAL so the vacuum's own WAL frames fit. Not on a full
+        disk (``_delete_and_record``): there the freed pages stay for the pending inserts."""
         with self.db.lock:
             conn = self.db.conn
             for step in ("checkpoint", "vacuum", "checkpoint"):
                 try:
                     if step == "vacuum":
                         # executescript steps the pragma to completion (execute(): one page)
-                        conn.executescript(vacuum)
+                        conn.executescript("PRAGMA incremental_vacuum;")
                     else:
-                        conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 except sqlite3.Error as exc:
                     self._warn("outbox_reclaim_failed", logging.WARNING, step=step,
                                error=str(exc))

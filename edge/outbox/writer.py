@@ -9,11 +9,15 @@ The writer never dies and never drops a receipt silently:
 
 * database not open (disk full at start, I/O error): receipts stay queued (pending, not failed)
   while the writer retries opening with backoff (0.5 s doubling to 30 s);
-* disk full: first checkpoint, so the WAL file's existing blocks can be written again; then
-  evict (``eviction.py``) while that makes progress; when even eviction cannot commit and the
-  batch holds a P1/P2 event, release the reserve (``reserve.py``), checkpoint, and go on;
-  otherwise fail the batch with ``StorageFullError`` (the alarm engine keeps and retries it),
-  in slices of 32 so that whatever fits is stored;
+* disk full: first checkpoint, so the WAL file's existing blocks can be written again; from
+  then on (and whenever the periodic check finds the disk under pressure: ``tight``) every
+  transaction's growth of the database file is checked before ``COMMIT`` (``room.py``), and a
+  transaction the disk cannot take whole is rolled back and room made for it: evict
+  (``eviction.py``, the freed pages stay in the file for the retried insert) while something
+  is evictable; when nothing is, or eviction itself cannot commit, and the batch holds a P1/P2
+  event, release the reserve (``reserve.py``), checkpoint, and go on; otherwise fail the batch
+  with ``StorageFullError`` (the alarm engine keeps and retries it), in slices of 32 so that
+  whatever fits is stored;
 * other errors: retry once, then fail the batch with ``StorageError``.
 
 Storage records the writer owes (``STORAGE_DEGRADED``, an EVICTION record that did not fit)
@@ -45,6 +49,7 @@ from edge.outbox.records import (
     stored_from_row,
 )
 from edge.outbox.reserve import Reserve
+from edge.outbox.room import NoRoom, check, freelist_pages
 from edge.outbox.sanitise import STRICT_DUMPS, make_acceptable, suspect
 from edge.storage import is_full_error
 
@@ -87,10 +92,13 @@ class Writer:
         #: whose values central refuses were replaced (``sanitise.py``).
         self.text_replaced = 0
         self.values_replaced = 0
+        #: Disk full or nearly (set on a disk-full error or a reserve release, recomputed by the
+        #: periodic check): each commit's growth of the database file is checked (``room.py``).
+        self.tight = False
         self.closed = False
         self._stopping = threading.Event()
         # Hooks set by the Outbox (kept as plain callables: no import cycle with eviction).
-        self.evict_for_room: Callable[[int], bool] = lambda need: False
+        self.evict_for_room: Callable[[int], int] = lambda need: 0
         self.make_wal_reusable: Callable[[], bool] = lambda: False
         self.try_open: Callable[[], bool] = lambda: True
         self.periodic: Callable[[], None] = lambda: None
@@ -196,57 +204,112 @@ class Writer:
         module doc. Raises ``StorageFullError``/``StorageError``/``StorageUnavailable``."""
         retried_other = False
         checkpointed = False
+        blind = 0  # bytes evicted for errors no room check explains (bounded, see _on_full)
         while True:
             saved = (self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced)
+            tight = self.tight
+            checked = False  # the room check passed: only COMMIT can have failed
             try:
                 with self.db.lock:
                     owed = self.owed
                     with self.db.tx() as conn:
+                        free_before = freelist_pages(conn) if tight else 0
                         stored = self.insert(conn, [*owed, *items])
+                        if tight:
+                            check(conn, self.db.path, free_before)
+                            checked = True
                     self.owed = []
                 self.tally.add("ready", (e.type for e in stored))
                 if owed:
                     self.notify(stored[:len(owed)])
                 return stored[len(owed):]
+            except NoRoom as exc:
+                self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced = saved
+                self.last_error = str(exc)
+                if not checkpointed:  # pages only the WAL has may fit the file once copied
+                    checkpointed = True
+                    self._disk_full()
+                    if self.make_wal_reusable():
+                        continue
+                self._make_room(items, exc)
             except (sqlite3.Error, OSError) as exc:
                 self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced = saved
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if is_full_error(exc):
+                    self.tight = True
                     if not checkpointed:
                         checkpointed = True
-                        self.full_errors += 1
-                        self.last_full_mono = time.monotonic()
-                        if self.make_wal_reusable():
-                            continue
-                    self._on_full(items, exc)
+                        self._disk_full()
+                        if self.make_wal_reusable() or not tight:
+                            continue  # retry, now with the room check
+                    blind += self._on_full(items, exc, checked=checked, blind=blind)
                     continue
                 if retried_other:
                     raise StorageError(self.last_error) from exc
                 retried_other = True
                 time.sleep(0.05)
 
-    def _on_full(self, items: Sequence[Pending], exc: BaseException) -> None:
-        """Make room or raise ``StorageFullError`` (see the module doc)."""
+    def _disk_full(self) -> None:
+        self.full_errors += 1
+        self.last_full_mono = time.monotonic()
+        self.tight = True
+
+    def _make_room(self, items: Sequence[Pending], exc: NoRoom) -> None:
+        """The database file cannot grow by what the transaction needs: evict (the freed pages
+        stay in the file and the retried insert reuses them) while something is evictable,
+        else release the reserve for P1/P2, else raise ``StorageFullError``."""
         self.rlog.log("outbox_disk_full", logging.WARNING, node_id=self.node_id,
-                      pending=len(items))
-        need = sum(len(str(i._draft.payload)) + 160 for i in items) * 2 + 65536
+                      pending=len(items), grow_pages=exc.grow_pages, short_bytes=exc.short)
         try:
-            if self.evict_for_room(need):
+            if self.evict_for_room(exc.short):
                 return
+            why = f"{exc}; nothing left to evict"
         except (sqlite3.Error, OSError) as exc2:
             if not is_full_error(exc2):
                 raise StorageFullError(f"disk full, eviction failed: {exc2}") from exc
-        urgent = any(i._draft.priority <= 2 for i in items)
-        if urgent and self.reserve.present:
-            freed = self.reserve.release()
-            if freed:
-                self.make_wal_reusable()  # the checkpoint may now grow the database file
-                self.owe(EventDraft("STORAGE_DEGRADED", 3, {
-                    "reason": "disk_full", "reserve_released_bytes": freed,
-                    "detail": "the write reserve was released so that P1/P2 events and "
-                              "eviction records still fit"}))
-                return
-        raise StorageFullError("disk full and nothing left to evict") from exc
+            why = f"{exc}; eviction could not be committed: {exc2}"
+        if not self._release_reserve(items):
+            raise StorageFullError(why) from exc
+
+    def _on_full(self, items: Sequence[Pending], exc: BaseException, *, checked: bool,
+                 blind: int) -> int:
+        """SQLite said the disk is full although the room check passed (``checked``: the WAL
+        could not take the frames, eviction cannot help) or before it could run (the insert
+        itself failed: evict, at most about what the items need). Release the reserve for
+        P1/P2 or raise ``StorageFullError``. Returns the bytes evicted."""
+        self.rlog.log("outbox_disk_full", logging.WARNING, node_id=self.node_id,
+                      pending=len(items))
+        need = sum(len(str(i._draft.payload)) + 160 for i in items) * 2 + 65536
+        why = "disk full: no room for the write-ahead log of the transaction"
+        if not checked and blind < need:
+            try:
+                freed = self.evict_for_room(need - blind)
+                if freed:
+                    return freed
+                why = "disk full and nothing left to evict"
+            except (sqlite3.Error, OSError) as exc2:
+                if not is_full_error(exc2):
+                    raise StorageFullError(f"disk full, eviction failed: {exc2}") from exc
+                why = f"disk full: eviction could not be committed: {exc2}"
+        if not self._release_reserve(items):
+            raise StorageFullError(why) from exc
+        return 0
+
+    def _release_reserve(self, items: Sequence[Pending]) -> bool:
+        """Release the write reserve when ``items`` hold a P1/P2 event (P3/P4 never consume
+        it); True when that gave room back."""
+        if not (any(i._draft.priority <= 2 for i in items) and self.reserve.present):
+            return False
+        freed = self.reserve.release()
+        if not freed:
+            return False
+        self.tight = True
+        self.make_wal_reusable()  # the checkpoint may now grow the database file
+        self.owe(EventDraft("STORAGE_DEGRADED", 3, {
+            "reason": "disk_full", "reserve_released_bytes": freed,
+            "detail": "the write reserve was released so that P1/P2 events and "
+                      "eviction records still fit"}))
+        return True
 
     def commit_batch(self, batch: Sequence[Pending]) -> None:
         """Commit one batch from the queue and resolve its receipts; never raises. A batch the
