@@ -117,3 +117,16 @@ class IngestInThread:
         self.stop()
         self.lt.close()
         self.store.close()
+
+
+def started_central(db: Path, port: int) -> IngestInThread:
+    """An in-process central (``IngestInThread``) on a fresh SQLite store ``db`` against the
+    broker on ``port``, started and connected; ``close()`` it when done."""
+    c = IngestInThread(CentralConfig.model_validate({
+        "database": str(db), "broker": {"host": "127.0.0.1", "port": port,
+                                        "client_id": "central-test", "reconnect_max_seconds": 1.0}}),
+        CentralStore(db))
+    c.start()
+    c.wait_connected(30, "central connected")
+    return c
+

@@ -22,9 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from central_sync.broker import LocalMosquitto
-from central_sync.config import CentralConfig
 from central_sync.ingest_decode import decode_events
-from central_sync.store import CentralStore
 from central_sync.store.checks import check_event
 from edge.clock import Clock
 from edge.outbox import EventDraft, Outbox
@@ -32,7 +30,7 @@ from edge.outbox.bounds import TEXT_REPLACED, TRUNCATION_MARK, VALUES_REPLACED
 from edge.outbox.sanitise import STRICT_DUMPS, Sanitised, make_acceptable, suspect
 from edge.sync.service import SyncService
 from edge.sync.wire import DEFAULT_PREFIX, INT64_MAX, INT64_MIN, MAX_PAYLOAD_DEPTH, EventEnvelope, Topics, encode
-from tests.helpers_central import IngestInThread
+from tests.helpers_central import IngestInThread, started_central
 
 NODE = "pos-rt03"
 #: What a serial device's bytes become when decoded with ``surrogateescape``.
@@ -196,13 +194,7 @@ def test_central_accepts_whatever_the_writer_stores(payload: dict[str, Any]) -> 
 
 @pytest.fixture
 def central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[IngestInThread]:
-    db = tmp_path / "central.db"
-    c = IngestInThread(CentralConfig.model_validate({
-        "database": str(db), "broker": {"host": "127.0.0.1", "port": mosquitto.port,
-                                        "client_id": "central-test", "reconnect_max_seconds": 1.0}}),
-        CentralStore(db))
-    c.start()
-    c.wait_connected(30, "central connected")
+    c = started_central(tmp_path / "central.db", mosquitto.port)
     yield c
     c.close()
 

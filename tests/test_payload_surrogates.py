@@ -17,8 +17,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers_sync import node_config, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto
-from central_sync.config import CentralConfig
-from central_sync.store import CentralStore
 from edge.clock import Clock
 from edge.outbox import EventDraft, Outbox
 from edge.outbox.bounds import PAYLOAD_BUDGET, TEXT_REPLACED, payload_wire_bytes
@@ -26,7 +24,7 @@ from edge.outbox.sanitise import make_acceptable
 from edge.signing import EventSigner
 from edge.sync.service import SyncService
 from edge.sync.wire import MAX_EVENT_BYTES, encode
-from tests.helpers_central import IngestInThread
+from tests.helpers_central import IngestInThread, started_central
 
 NODE = "pos-rt03"
 #: What a serial device's bytes become when decoded with ``surrogateescape``.
@@ -39,13 +37,7 @@ def _outbox(path: Path) -> Outbox:
 
 @pytest.fixture
 def central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[IngestInThread]:
-    db = tmp_path / "central.db"
-    c = IngestInThread(CentralConfig.model_validate({
-        "database": str(db), "broker": {"host": "127.0.0.1", "port": mosquitto.port,
-                                        "client_id": "central-test", "reconnect_max_seconds": 1.0}}),
-        CentralStore(db))
-    c.start()
-    c.wait_connected(30, "central connected")
+    c = started_central(tmp_path / "central.db", mosquitto.port)
     yield c
     c.close()
 

@@ -26,14 +26,12 @@ import pytest
 from helpers_sync import node_config, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto
-from central_sync.config import CentralConfig
-from central_sync.store import CentralStore
 from edge.clock import Clock
 from edge.outbox import EventDraft, Outbox
 from edge.sync.service import SyncService
 from edge.sync.uplink import MAX_UNCONFIRMED
 from edge.sync.wire import MAX_EVENT_BYTES
-from tests.helpers_central import IngestInThread
+from tests.helpers_central import IngestInThread, started_central
 
 NODE = "pos-rt03"
 BAD = "0190a0a0-0000-7000-8000-00000000beef"
@@ -47,13 +45,7 @@ def _outbox(path: Path) -> Outbox:
 
 @pytest.fixture
 def central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[IngestInThread]:
-    db = tmp_path / "central.db"
-    c = IngestInThread(CentralConfig.model_validate({
-        "database": str(db), "broker": {"host": "127.0.0.1", "port": mosquitto.port,
-                                        "client_id": "central-test", "reconnect_max_seconds": 1.0}}),
-        CentralStore(db))
-    c.start()
-    c.wait_connected(30, "central connected")
+    c = started_central(tmp_path / "central.db", mosquitto.port)
     yield c
     c.close()
 
