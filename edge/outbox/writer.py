@@ -118,6 +118,14 @@ class Writer:
     def load_counters(self) -> None:
         self.next_id = int(self.db.query("SELECT COALESCE(MAX(id), 0) + 1 FROM events")[0][0])
 
+    def saved(self) -> tuple[int, int, int, int, int]:
+        """The counters a transaction advances (rowid, seq, the record-time tallies)."""
+        return (self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced)
+
+    def restore(self, saved: tuple[int, int, int, int, int]) -> None:
+        """Put the counters back after a rolled-back transaction."""
+        (self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced) = saved
+
     def insert(self, conn: sqlite3.Connection, items: Sequence[Pending]) -> list[StoredEvent]:
         """Insert inside the caller's transaction (``db.lock`` held); the caller restores the
         counters (``saved()``/``restore()``) when the transaction rolls back."""
@@ -206,7 +214,7 @@ class Writer:
         checkpointed = False
         blind = 0  # bytes evicted for errors no room check explains (bounded, see _on_full)
         while True:
-            saved = (self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced)
+            saved = self.saved()
             tight = self.tight
             checked = False  # the room check passed: only COMMIT can have failed
             try:
@@ -224,7 +232,7 @@ class Writer:
                     self.notify(stored[:len(owed)])
                 return stored[len(owed):]
             except NoRoom as exc:
-                self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced = saved
+                self.restore(saved)
                 self.last_error = str(exc)
                 if not checkpointed:  # pages only the WAL has may fit the file once copied
                     checkpointed = True
@@ -233,7 +241,7 @@ class Writer:
                         continue
                 self._make_room(items, exc)
             except (sqlite3.Error, OSError) as exc:
-                self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced = saved
+                self.restore(saved)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if is_full_error(exc):
                     self.tight = True
