@@ -70,6 +70,7 @@ from central_sync.processes import publish_command
 from central_sync.reject_budget import RejectBudget
 from central_sync.rejections import RejectionAggregator
 from central_sync.store import Store
+from edge.errors import first_leaf
 from edge.sync.wire import Command, EventEnvelope, Topics
 
 __all__ = ["IngestService"]
@@ -227,10 +228,3 @@ class IngestService:
     async def send_commands(self, cmds: Sequence[Command], *, record: Record) -> list[Command]:
         """Many commands at once (``central_sync.command_batch``)."""
         return await publish_batch(self.sessions.client(), self.topics, self.sign_command, cmds, record)
-
-
-def first_leaf(exc: BaseException) -> BaseException:
-    """The first leaf of a (nested) exception group: what the caller handles by type."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc

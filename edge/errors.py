@@ -93,3 +93,11 @@ class SecurityError(KentonganError):
 
 class ControlError(KentonganError):
     """A control-socket request failed (unknown button, agent not running...)."""
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first leaf of a (nested) exception group from a ``TaskGroup``: what the caller
+    handles by type (the post's sync session, central's ingest)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

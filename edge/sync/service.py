@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from edge import __version__
 from edge.clock import Clock
 from edge.config import NodeConfig
-from edge.errors import WireError
+from edge.errors import WireError, first_leaf
 from edge.logs import log_event
 from edge.outbox import Outbox, StoredEvent
 from edge.signing import MessageSigner
@@ -71,13 +71,6 @@ CONNECT_LOG_INTERVAL_S = 300.0
 #: arrives right behind the SUBACK, so normally no wait at all): publishing before knowing
 #: whether central is there would put copies on the wire that the "online" resend repeats.
 PRESENCE_GRACE_S = 0.25
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The first leaf of a (nested) exception group from the session's TaskGroup."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 class _Pub:
@@ -199,7 +192,7 @@ class SyncService:
                 except (aiomqtt.MqttError, OSError, TransportError) as e:
                     exc = e
                 except Exception as e:  # a lane failed: log, treat like a disconnect, go on
-                    exc = _unwrap(e)
+                    exc = first_leaf(e)
                     if not isinstance(exc, aiomqtt.MqttError | OSError | TransportError):
                         self._lane_log(type(exc).__name__, node_id=self.node_id, error=repr(exc),
                                        traceback="".join(traceback.format_exception(exc))[-2000:])
