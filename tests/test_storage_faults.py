@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from edge.config import StorageConfig
 from edge.errors import StorageFullError
 from edge.outbox import EventDraft, Outbox, StorageQuota
+from edge.outbox.shortfall import QuotaShort
 from edge.snapshots import SnapshotStore
 
 BIG = StorageQuota(disk_quota_bytes=1 << 40, snapshot_quota_bytes=1 << 40, min_free_bytes=0)
@@ -205,3 +207,24 @@ def test_io_error_in_writer_fails_futures_not_thread(tmp_path: Path) -> None:
     finally:
         blocker.close()
         ob.close()
+
+
+def test_a_quota_shortfall_is_one_condition_not_a_line_per_pass(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    short = QuotaShort(clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="edge.outbox"):
+        for t in (0.0, 1.0, 2.0, 599.0):
+            now[0] = t
+            short.short(4096, evicted=0, full=True)
+        now[0] = 601.0
+        short.short(4096, evicted=0, full=True)  # the reminder, with the passes since the start
+        now[0] = 700.0
+        short.ok()
+        short.ok()
+        short.short(10, evicted=1, full=False)  # a new condition
+    lines = [(r.getMessage(), getattr(r, "passes", None)) for r in caplog.records
+             if r.name == "edge.outbox"]
+    assert lines == [("storage_quota_exceeded", 1), ("storage_quota_exceeded", 5),
+                     ("storage_quota_recovered", 5), ("storage_quota_exceeded", 1)]
+    assert short.passes == 6 and short.since == 700.0

@@ -83,16 +83,21 @@ def test_p4_does_not_eat_the_reserve_and_fails_honestly(disk: Path) -> None:
         ob.close()
 
 
-def _full_disk_with_evictable_p4(disk: Path) -> tuple[Outbox, list[StoredEvent],
-                                                          list[StoredEvent]]:
+def _full_disk_with_evictable_p4(disk: Path, wal_events: int = 0
+                                 ) -> tuple[Outbox, list[StoredEvent], list[StoredEvent]]:
     """An outbox holding 3,000 unacked P4 and 50 acked events on a filesystem filled to the
-    last block, its WAL truncated (every new page needs a new block)."""
+    last block, its WAL truncated (every new page needs a new block); ``wal_events`` more P4
+    then leave the WAL with the blocks of their transaction (checkpointed)."""
     ob = Outbox(disk / "outbox.db", "node-full", quota=QUOTA)
     p4 = ob.record_many([EventDraft("PATROLI", 4, {"i": i, "pad": "x" * 400})
                          for i in range(3000)])
     acked = ob.record_many([EventDraft("KUMPUL", 4, {"pad": "y" * 400}) for _ in range(50)])
     ob.ack([e.event_id for e in acked])
     ob.evictor.reclaim()
+    if wal_events:
+        p4 += ob.record_many([EventDraft("PATROLI", 4, {"i": i, "pad": "x" * 400})
+                              for i in range(wal_events)])
+        assert ob.evictor.checkpoint()  # in the database file; the WAL keeps its blocks
     fill(disk)
     return ob, p4, acked
 
@@ -197,3 +202,63 @@ def test_unavailable_database_keeps_receipts_pending_and_close_is_prompt(tmp_pat
     assert time.monotonic() - t0 < 5
     err = r.exception(0)
     assert err is not None and "could not be opened" in str(err)
+
+
+def _quota_records(ob: Outbox) -> list[dict[str, Any]]:
+    return [e.payload for e in ob.list(limit=100_000)
+            if e.type == "EVICTION" and e.payload["reason"] == "quota"]
+
+
+def test_min_free_on_a_full_disk_is_restored_in_steps_that_fit(
+        disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The filesystem is 100 % full and ``min_free`` asks for 2 MiB back; the WAL has about
+    0.6 MiB of blocks. Before, every pass tried one eviction of ~3,000 rows whose WAL frames
+    could not fit, evicted nothing and logged ``storage_quota_exceeded`` again; the disk
+    stayed full until an alarm released the reserve. Now small steps (checkpointed in between)
+    free the pages and small vacuum steps give them back: the limit is met, the reserve stays
+    in place and the next PANIC needs none of it."""
+    ob, p4, _acked = _full_disk_with_evictable_p4(disk, wal_events=1000)
+    try:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="edge.outbox"):
+            ob.quota = StorageQuota(1 << 40, 1 << 40, min_free_bytes=2 << 20,
+                                    reserve_bytes=RESERVE)
+            _wait(lambda: ob.storage_health()["free_bytes"] >= 2 << 20, timeout=30,
+                  what="min_free restored")
+        records = _quota_records(ob)
+        assert records and all(p["what"] in ("acked_events", "events_p4") for p in records)
+        assert sum(int(p["count"]) for p in records) < len(p4)  # only what was needed
+        assert not [r for r in caplog.records if r.getMessage() == "storage_quota_exceeded"]
+        assert ob.reserve.present
+        assert ob.record(EventDraft("PANIC", 1, {"pad": "z" * 2000})).priority == 1
+        health = ob.storage_health()
+        assert health["reserve_present"] and health["reserve_releases"] == 0
+        assert not health["quota_short"]
+    finally:
+        ob.close()
+
+
+def test_a_limit_that_cannot_be_met_is_logged_once_and_counted(
+        disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing can be committed at all (WAL truncated, disk filled): each pass skips the
+    eviction it cannot do; the condition is logged once, counted, and the PANIC that comes
+    still lands (the reserve, then the writer's own eviction)."""
+    ob, _p4, _acked = _full_disk_with_evictable_p4(disk)
+    try:
+        with caplog.at_level(logging.INFO, logger="edge.outbox"):
+            caplog.clear()
+            ob.quota = StorageQuota(1 << 40, 1 << 40, min_free_bytes=2 << 20,
+                                    reserve_bytes=RESERVE)
+            for _ in range(5):
+                ob.enforce_quota()
+            health = ob.storage_health()
+            assert health["quota_short"] and health["quota_short_passes"] >= 5
+            exceeded = [r for r in caplog.records if r.getMessage() == "storage_quota_exceeded"]
+            assert len(exceeded) == 1
+            assert ob.reserve.present  # the quota path never takes the alarms' room
+            assert ob.record(EventDraft("PANIC", 1, {"pad": "z" * 2000})).priority == 1
+            _wait(lambda: not ob.storage_health()["quota_short"], timeout=30,
+                  what="min_free restored after the reserve release")
+        assert [r for r in caplog.records if r.getMessage() == "storage_quota_recovered"]
+    finally:
+        ob.close()

@@ -216,7 +216,7 @@ class Outbox:
         self._writer.owe(EventDraft("EVICTION", 3, payload))
 
     def _evict_for_room(self, need: int) -> int:
-        return self.evictor.evict_step(need, "disk_full", [])
+        return self.evictor.evict_step(need, "disk_full", [], full=True)
 
     def _notify(self, stored: Sequence[StoredEvent]) -> None:
         listeners = self._listeners
@@ -332,6 +332,8 @@ class Outbox:
                 "disk_full_errors": w.full_errors, "queued": w.queue.qsize(),
                 "owed_records": len(w.owed), "free_bytes": free,
                 "quarantined": [f.payload() for f in self.findings],
+                "quota_short": self.evictor.short.since is not None,
+                "quota_short_passes": self.evictor.short.passes,
                 "log_lines_suppressed": self.rlog.suppressed_total}
 
     def writer_alive(self) -> bool:

@@ -21,6 +21,8 @@ from typing import Any
 from edge.outbox.claims import Tally
 from edge.outbox.db import OutboxDB
 from edge.outbox.records import StoredEvent, chunks
+from edge.outbox.room import freelist_pages
+from edge.outbox.shortfall import QuotaShort
 from edge.storage import StorageQuota, database_bytes, free_bytes, is_full_error
 
 __all__ = ["AUDIT_TYPES", "Evictor"]
@@ -36,6 +38,10 @@ _EVICT_MAX_ROWS = 5000
 #: vacuum: pages given back to the filesystem would have to be grown again by the checkpoint of
 #: those inserts, and the WAL may take the blocks first; see ``room.py``).
 _FULL_DISK_MAX_ROWS = 256
+#: Quota eviction on a full disk halves its step while even that cannot commit, down to this.
+_FULL_DISK_MIN_ROWS = 16
+#: Pages one ``incremental_vacuum`` step moves on a full disk (``give_back``).
+_VACUUM_STEP = 64
 _MAX_RANGES = 50
 #: Unacked records of these types are never evicted: they are the audit trail of storage.
 AUDIT_TYPES = ("EVICTION", "STORAGE_QUARANTINED", "STORAGE_DEGRADED")
@@ -87,6 +93,10 @@ class Evictor:
         self._defer = defer
         self._notify = notify
         self._warn = warn  # RateLimitedLog.log
+        self.short = QuotaShort()
+        #: How far below ``min_free`` the disk was when not even the smallest step could commit
+        #: (None: not stuck); passes skip eviction until the disk has more room than that.
+        self._stuck_short: int | None = None
 
     # ---------------------------------------------------------------- sizes
 
@@ -98,43 +108,83 @@ class Evictor:
         return database_bytes(self.db.path) + self.snapshot_bytes()
 
     def need_bytes(self) -> int:
-        over = self.usage_bytes() - self.quota.disk_quota_bytes
+        return max(self.usage_bytes() - self.quota.disk_quota_bytes, self.short_free_bytes())
+
+    def short_free_bytes(self) -> int:
+        """How far the filesystem is below ``min_free_bytes`` (<= 0: not short)."""
         try:
-            short = self.quota.min_free_bytes - free_bytes(self.db.path.parent)
+            return self.quota.min_free_bytes - free_bytes(self.db.path.parent)
         except OSError:
-            short = 0
-        return max(over, short)
+            return 0
 
     # ---------------------------------------------------------------- policy
 
     def enforce_quota(self) -> list[StoredEvent]:
-        """Evict until within quota and free-space limits; return the EVICTION events recorded."""
+        """Evict until within quota and free-space limits; return the EVICTION events recorded.
+
+        First ``reclaim`` (free pages and WAL blocks back to the filesystem: that alone may be
+        enough). With the filesystem still below ``min_free_bytes`` (a full disk) each step is a
+        transaction the WAL's blocks can take: at most ``_FULL_DISK_MAX_ROWS`` rows, halved down
+        to ``_FULL_DISK_MIN_ROWS`` while SQLite says the disk is full, checkpointed in between;
+        the freed pages are then given back to the filesystem in small vacuum steps
+        (``give_back``). When not even the smallest step can commit, eviction is left for the
+        next pass; the write reserve is never touched here (it is for P1/P2, and the writer's
+        own eviction for them may use it). A pass that ends short is logged when the condition
+        starts, counted, and reminded of at most every 10 minutes (``shortfall.QuotaShort``)."""
         recorded: list[StoredEvent] = []
         if not self.db.is_open:
             return recorded
         with self.db.lock:
-            if self.need_bytes() <= 0:
-                return recorded
-            self.reclaim()
-            for _ in range(1000):
-                need = self.need_bytes()
+            need = self.need_bytes()
+        if need <= 0:
+            self.short.ok()
+            return recorded
+        self.reclaim()  # pages already free and WAL blocks first: that evicts nothing
+        short_free = self.short_free_bytes()
+        full = short_free > 0
+        if full and self._stuck_short is not None and short_free >= self._stuck_short:
+            # not even the smallest step could commit and the disk has no more room since
+            self.short.short(self.need_bytes(), evicted=0, full=True)
+            return recorded
+        self._stuck_short = None
+        rows = _FULL_DISK_MAX_ROWS if full else _EVICT_MAX_ROWS
+        for _ in range(1000):
+            with self.db.lock:  # per step: the writer commits alarms in between
+                # on a full disk freed pages stay in the file until give_back(): count them
+                need = self.need_bytes() - (self._freelist_bytes() if full else 0)
                 if need <= 0:
                     break
                 try:
-                    progress = self.evict_step(need, "quota", recorded)
+                    progress = self.evict_step(need, "quota", recorded, full=full,
+                                               max_rows=rows)
                 except sqlite3.Error as exc:
                     if not is_full_error(exc):
                         raise
-                    progress = False
-                if not progress:
-                    self._warn("storage_quota_exceeded", logging.ERROR, short_bytes=need)
-                    break
+                    if rows <= _FULL_DISK_MIN_ROWS:  # skipped until the disk has more room
+                        self._stuck_short = self.short_free_bytes()
+                        break
+                    full = True
+                    rows = min(rows // 2, _FULL_DISK_MAX_ROWS)
+                    self.checkpoint()
+                    continue
+            if not progress:
+                break
+        if full:
+            self.give_back()
+        with self.db.lock:
+            need = self.need_bytes()
+        if need > 0:
+            self.short.short(need, evicted=len(recorded), full=full)
+        else:
+            self.short.ok()
         return recorded
 
-    def evict_step(self, need: int, reason: str, recorded: list[StoredEvent]) -> int:
+    def evict_step(self, need: int, reason: str, recorded: list[StoredEvent], *,
+                   full: bool = False, max_rows: int | None = None) -> int:
         """Evict about ``need`` bytes from the first non-empty class; returns the bytes removed
-        (an estimate for events; 0 when nothing may be evicted). Raises the SQLite error when
-        even the deletion cannot be committed."""
+        (an estimate for events; 0 when nothing may be evicted). ``full``: the disk is full
+        (small transactions, freed pages kept in the file: see ``_FULL_DISK_MAX_ROWS``).
+        Raises the SQLite error when even the deletion cannot be committed."""
         with self.db.lock:
             conn = self.db.conn
             snaps = conn.execute(
@@ -150,11 +200,11 @@ class Evictor:
                     chosen.append(snap)
                     total += snap[2]
                 ev = self.delete_snapshots(chosen, {"what": "snapshots", "reason": reason},
-                                           full=reason == "disk_full")
+                                           full=full)
                 if ev is not None:
                     recorded.append(ev)
                 return max(1, total)
-            limit = _FULL_DISK_MAX_ROWS if reason == "disk_full" else _EVICT_MAX_ROWS
+            limit = max_rows or (_FULL_DISK_MAX_ROWS if full else _EVICT_MAX_ROWS)
             for label, index, where, order in EVENT_CLASSES:
                 rows = conn.execute(
                     f"SELECT id, event_id, status, type, length(payload) FROM events"
@@ -176,7 +226,7 @@ class Evictor:
                 def delete(c: sqlite3.Connection, ids: list[str] = ids) -> None:
                     delete_events(c, ids)
 
-                ev = self._delete_and_record(delete, payload, full=reason == "disk_full")
+                ev = self._delete_and_record(delete, payload, full=full)
                 self.tally.remove((r[3], r[2]) for r in chosen_rows)
                 if ev is not None:
                     recorded.append(ev)
@@ -199,9 +249,8 @@ class Evictor:
 
     def _delete_and_record(self, delete: Callable[[sqlite3.Connection], None],
                            payload: dict[str, Any], *, full: bool = False) -> StoredEvent | None:
-        """Delete and record the EVICTION event in one transaction (see the module doc)."""
-        self._warn("storage_eviction", logging.WARNING, key=f"evict:{payload['what']}",
-                   **{k: v for k, v in payload.items() if k != "ranges"})
+        """Delete and record the EVICTION event in one transaction (see the module doc); logged
+        once the deletion is committed."""
         with self.db.lock:
             try:
                 with self.db.tx() as conn:
@@ -218,6 +267,8 @@ class Evictor:
                 self.checkpoint()
             else:
                 self.reclaim()
+        self._warn("storage_eviction", logging.WARNING, key=f"evict:{payload['what']}",
+                   **{k: v for k, v in payload.items() if k != "ranges"})
         if ev is not None:
             self._notify([ev])
         return ev
@@ -253,6 +304,32 @@ class Evictor:
                 self._warn("outbox_checkpoint_failed", logging.WARNING, error=str(exc))
                 return False
         return bool(log_frames > 0 and done == log_frames)
+
+    def _freelist_bytes(self) -> int:
+        conn = self.db.conn
+        return freelist_pages(conn) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    def give_back(self) -> None:
+        """Return freed pages to the filesystem on a full disk: ``incremental_vacuum`` in steps
+        of ``_VACUUM_STEP`` pages, each checkpointed before the next, so the WAL never needs
+        more blocks than one step's frames (one vacuum of everything would write every moved
+        page to the WAL first). Best effort; then ``reclaim``."""
+        with self.db.lock:
+            conn = self.db.conn
+            if freelist_pages(conn) == 0:
+                return
+            for _ in range(100_000):
+                if freelist_pages(conn) == 0:
+                    break
+                try:
+                    conn.executescript(f"PRAGMA incremental_vacuum({_VACUUM_STEP});")
+                except sqlite3.Error as exc:
+                    self._warn("outbox_reclaim_failed", logging.WARNING, step="vacuum_step",
+                               error=str(exc))
+                    return
+                if not self.checkpoint():
+                    break
+            self.reclaim()
 
     def reclaim(self) -> None:
         """Give freed pages back to the filesystem and truncate the WAL; each step best effort.
