@@ -2,8 +2,9 @@
 
 Parts (each a module of this package): ``db`` (the shared database object), ``schema``,
 ``identity`` (whose database), ``records`` / ``receipts`` (what goes in, what comes back),
-``writer`` (group commit), ``claims`` (the sync lane), ``eviction`` (disk pressure) and
-``reserve`` (room for P1/P2 on a full disk). Policy: docs/storage.md.
+``writer`` (group commit) with ``intake`` (its record-time payload checks), ``claims`` (the
+sync lane), ``eviction`` (disk pressure) and ``reserve`` (room for P1/P2 on a full disk).
+Policy: docs/storage.md.
 
 Threading: every public method is thread-safe (one ``RLock`` on the one connection, held by the
 writer only while it commits a batch). Listeners run on the thread that committed.
@@ -258,9 +259,10 @@ class Outbox:
         values (integers past int64, NaN/Infinity, what JSON cannot encode) central would
         refuse were replaced at record time (``sanitise.py``)."""
         out = self.claims.counts()
-        out["truncated"] = self._writer.truncated
-        out["text_replaced"] = self._writer.text_replaced
-        out["values_replaced"] = self._writer.values_replaced
+        checks = self._writer.checks
+        out["truncated"] = checks.truncated
+        out["text_replaced"] = checks.text_replaced
+        out["values_replaced"] = checks.values_replaced
         return out
 
     def get(self, event_id: str) -> StoredEvent | None:

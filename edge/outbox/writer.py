@@ -37,9 +37,10 @@ from typing import Any
 from edge.clock import Clock
 from edge.errors import StorageError, StorageFullError
 from edge.logs import RateLimitedLog
-from edge.outbox.bounds import PAYLOAD_BUDGET, bound_payload
+from edge.outbox.bounds import PAYLOAD_BUDGET
 from edge.outbox.claims import Tally
 from edge.outbox.db import OutboxDB
+from edge.outbox.intake import PayloadChecks
 from edge.outbox.receipts import Hub, Pending, Receipt, resolve
 from edge.outbox.records import (
     EventDraft,
@@ -50,7 +51,7 @@ from edge.outbox.records import (
 )
 from edge.outbox.reserve import Reserve
 from edge.outbox.room import NoRoom, check, freelist_pages
-from edge.outbox.sanitise import STRICT_DUMPS, make_acceptable, suspect
+from edge.outbox.sanitise import STRICT_DUMPS, suspect
 from edge.storage import is_full_error
 
 __all__ = ["BATCH_MAX", "Writer"]
@@ -86,12 +87,8 @@ class Writer:
         self.full_errors = 0
         self.last_full_mono: float | None = None
         self.last_error: str | None = None
-        #: Events whose payload was cut to fit the wire limit at record time (``bounds.py``).
-        self.truncated = 0
-        #: Events whose lone UTF-16 surrogates or NULs were replaced with U+FFFD, and events
-        #: whose values central refuses were replaced (``sanitise.py``).
-        self.text_replaced = 0
-        self.values_replaced = 0
+        #: Record-time payload checks and their counters (``intake.py``).
+        self.checks = PayloadChecks(node_id, rlog)
         #: Disk full or nearly (set on a disk-full error or a reserve release, recomputed by the
         #: periodic check): each commit's growth of the database file is checked (``room.py``).
         self.tight = False
@@ -120,11 +117,13 @@ class Writer:
 
     def saved(self) -> tuple[int, int, int, int, int]:
         """The counters a transaction advances (rowid, seq, the record-time tallies)."""
-        return (self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced)
+        c = self.checks
+        return (self.next_id, self.seq, c.truncated, c.text_replaced, c.values_replaced)
 
     def restore(self, saved: tuple[int, int, int, int, int]) -> None:
         """Put the counters back after a rolled-back transaction."""
-        (self.next_id, self.seq, self.truncated, self.text_replaced, self.values_replaced) = saved
+        c = self.checks
+        (self.next_id, self.seq, c.truncated, c.text_replaced, c.values_replaced) = saved
 
     def insert(self, conn: sqlite3.Connection, items: Sequence[Pending]) -> list[StoredEvent]:
         """Insert inside the caller's transaction (``db.lock`` held); the caller restores the
@@ -145,6 +144,7 @@ class Writer:
         dumps = STRICT_DUMPS  # json.dumps's text; raises on NaN/Infinity
         check = suspect
         make = stored_from_row
+        checks = self.checks
         ids = new_event_ids(len(items))
         for r, eid in zip(items, ids, strict=True):
             draft = r._draft
@@ -154,9 +154,9 @@ class Writer:
             except (ValueError, TypeError, RecursionError):  # NaN, not JSON, a cycle, too deep
                 text = None
             if text is None or check(text):  # rare (sanitise.py); then bounded too
-                payload, text = self._make_acceptable(draft, eid, payload, text)
+                payload, text = checks.acceptable(draft, eid, payload, text)
             elif len(text) > PAYLOAD_BUDGET:  # rare: bounded work, O(payload)
-                payload, text = self._bound(draft, eid, payload, text)
+                payload, text = checks.bound(draft, eid, payload, text)
             row = (rid, eid, node, boot, seq, r._mono, r._wall, r._quality, draft.type,
                    draft.priority, draft.incident_id, text)
             rows.append(row)
@@ -166,38 +166,6 @@ class Writer:
         insert_rows(conn, rows)
         self.next_id, self.seq = rid, seq
         return stored
-
-    def _make_acceptable(self, draft: EventDraft, event_id: str, payload: dict[str, Any],
-                         text: str | None) -> tuple[dict[str, Any], str]:
-        """``payload`` with what central refuses replaced (``sanitise.make_acceptable``), then
-        bounded to the wire limit; counted and logged (rate-limited)."""
-        done = make_acceptable(payload, text)
-        if done.text_replaced:
-            self.text_replaced += 1
-        if done.values_replaced:
-            self.values_replaced += 1
-        if done.text_replaced or done.values_replaced or done.cut:
-            self.rlog.log("event_payload_sanitised", logging.WARNING, node_id=self.node_id,
-                          event_id=event_id, type=draft.type, priority=draft.priority,
-                          text_replaced=done.text_replaced, values_replaced=done.values_replaced,
-                          cut=done.cut, text_replaced_total=self.text_replaced,
-                          values_replaced_total=self.values_replaced)
-        return self._bound(draft, event_id, done.payload, done.text, cut=bool(done.cut))
-
-    def _bound(self, draft: EventDraft, event_id: str, payload: dict[str, Any],
-               text: str, cut: bool = False) -> tuple[dict[str, Any], str]:
-        """``payload`` bounded to the wire limit (``bounds.bound_payload``), counted (once with a
-        nesting ``cut`` already made) and logged (rate-limited: a flood of oversized input must
-        not flood the log)."""
-        bounded, text2, how = bound_payload(payload, text)
-        if cut or how is not None:
-            self.truncated += 1
-        if how is not None:
-            self.rlog.log("event_payload_truncated", logging.WARNING, node_id=self.node_id,
-                          event_id=event_id, type=draft.type, priority=draft.priority, how=how,
-                          original_bytes=bounded.get("original_bytes"), stored_bytes=len(text2),
-                          truncated_total=self.truncated)
-        return bounded, text2
 
     def record_in(self, conn: sqlite3.Connection, draft: EventDraft) -> StoredEvent:
         """Insert one system record inside the caller's transaction."""
@@ -268,14 +236,9 @@ class Writer:
         else release the reserve for P1/P2, else raise ``StorageFullError``."""
         self.rlog.log("outbox_disk_full", logging.WARNING, node_id=self.node_id,
                       pending=len(items), grow_pages=exc.grow_pages, short_bytes=exc.short)
-        try:
-            if self.evict_for_room(exc.short):
-                return
-            why = f"{exc}; nothing left to evict"
-        except (sqlite3.Error, OSError) as exc2:
-            if not is_full_error(exc2):
-                raise StorageFullError(f"disk full, eviction failed: {exc2}") from exc
-            why = f"{exc}; eviction could not be committed: {exc2}"
+        freed, why = self._evict(exc.short, exc, str(exc))
+        if freed:
+            return
         if not self._release_reserve(items):
             raise StorageFullError(why) from exc
 
@@ -290,18 +253,24 @@ class Writer:
         need = sum(len(str(i._draft.payload)) + 160 for i in items) * 2 + 65536
         why = "disk full: no room for the write-ahead log of the transaction"
         if not checked and blind < need:
-            try:
-                freed = self.evict_for_room(need - blind)
-                if freed:
-                    return freed
-                why = "disk full and nothing left to evict"
-            except (sqlite3.Error, OSError) as exc2:
-                if not is_full_error(exc2):
-                    raise StorageFullError(f"disk full, eviction failed: {exc2}") from exc
-                why = f"disk full: eviction could not be committed: {exc2}"
+            freed, why = self._evict(need - blind, exc, "disk full")
+            if freed:
+                return freed
         if not self._release_reserve(items):
             raise StorageFullError(why) from exc
         return 0
+
+    def _evict(self, need: int, cause: BaseException, what: str) -> tuple[int, str]:
+        """Evict about ``need`` bytes for the pending transaction: (bytes freed, why nothing
+        was when 0). An eviction that fails other than with a full disk raises
+        ``StorageFullError``."""
+        try:
+            freed = self.evict_for_room(need)
+        except (sqlite3.Error, OSError) as exc:
+            if not is_full_error(exc):
+                raise StorageFullError(f"disk full, eviction failed: {exc}") from cause
+            return 0, f"{what}; eviction could not be committed: {exc}"
+        return freed, f"{what}; nothing left to evict"
 
     def _release_reserve(self, items: Sequence[Pending]) -> bool:
         """Release the write reserve when ``items`` hold a P1/P2 event (P3/P4 never consume
