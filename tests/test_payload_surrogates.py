@@ -50,7 +50,8 @@ def _replace(payload: dict[str, Any]) -> tuple[dict[str, Any], int]:
     text = json.dumps(payload)
     done = make_acceptable(payload, text)
     n = done.text_replaced
-    assert json.loads(done.text) == done.payload if n else (done.payload, done.text) == (payload, text)
+    assert json.loads(done.text) == done.payload  # what is returned is what is stored
+    assert n or done.text == text
     return done.payload, n
 
 
@@ -66,9 +67,12 @@ def test_lone_surrogates_in_keys_and_values_at_any_depth_become_u_fffd() -> None
 
 
 def test_characters_outside_the_bmp_and_escaped_backslashes_are_left_alone() -> None:
-    payload = {"emoji": "tolong \U0001F6A8", "path": "C:\\ud800\\x", "pair": "\ud83d\udea8"}
+    payload = {"emoji": "tolong \U0001F6A8", "path": "C:\\ud800\\x"}
     clean, n = _replace(payload)
     assert n == 0 and clean is payload  # nothing to replace: no marker, no copy
+    pair = {"pair": "\ud83d\udea8", "emoji": "\U0001F6A8"}  # a pair held as two code points
+    clean, n = _replace(pair)
+    assert n == 0 and clean == {"pair": "\U0001F6A8", "emoji": "\U0001F6A8"}  # as stored: no marker
     mixed, n = _replace({"a": "\udc80\ud83d\udea8\ud800"})  # low, pair, high
     assert n == 2 and mixed["a"] == "\ufffd\U0001F6A8\ufffd"
 
@@ -88,6 +92,17 @@ def test_a_lone_surrogate_event_is_stored_as_valid_utf8_and_still_an_alarm(tmp_p
         assert ob.counts()["text_replaced"] == 1
         signed = EventSigner(Ed25519PrivateKey.generate())(ev.envelope())
         encode(signed)  # it can leave the post
+
+
+def test_record_returns_a_surrogate_pair_as_stored_one_character(tmp_path: Path) -> None:
+    """A pair held as two code points, nothing else to replace: the stored JSON decodes to the one
+    character, so ``record()`` returns that (before: the two code points, unlike ``get()``)."""
+    with _outbox(tmp_path / "outbox.db") as ob:
+        ev = ob.record(EventDraft("PANIC", 1, {"note": "tolong \ud83d\udea8", "\ud83d\ude00": 1}))
+        assert ev.payload == {"note": "tolong \U0001F6A8", "\U0001F600": 1}
+        assert ob.get(ev.event_id) == ev and TEXT_REPLACED not in ev.payload
+        assert ob.counts()["text_replaced"] == 0
+        _utf8(ev.payload)
 
 
 def test_a_huge_payload_full_of_lone_surrogates_is_replaced_then_bounded(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ _LONG_RUN = b"0" * 19
 #: backslash followed by the letters ``ud800`` is never read as a surrogate).
 _ESCAPES = re.compile(r"\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|\\u(d[89a-f][0-9a-f]{2}|0000)|\\.")
 _SCALARS = (str, bool, type(None))
+_SURROGATE_CHARS = re.compile("[\ud800-\udfff]")
 
 
 def suspect(text: str) -> bool:
@@ -109,6 +110,8 @@ def make_acceptable(payload: dict[str, Any], text: str | None) -> Sanitised:
         if replaced:
             payload, text = json.loads(fixed), fixed
     if not (replaced or values or cut):
+        if _SURROGATE in text and _holds_surrogates(payload):
+            payload = json.loads(text)  # a pair held as two code points: the one character
         return Sanitised(payload, text)
     if replaced:  # a fresh dict from here on: ``json.loads`` or ``_rebuild`` made it
         payload[TEXT_REPLACED] = True
@@ -120,6 +123,14 @@ def make_acceptable(payload: dict[str, Any], text: str | None) -> Sanitised:
     if _SURROGATE in text:  # a pair held as two code points: store and return the one character
         payload = json.loads(text)
     return Sanitised(payload, text, replaced, values, cut)
+
+
+def _holds_surrogates(payload: dict[str, Any]) -> bool:
+    """Whether a string of ``payload`` (keys included) holds surrogate code points: a pair held
+    as two code points encodes exactly like the one character it stands for, and decodes as
+    that character, so the stored copy would differ from ``payload``. A character outside the
+    BMP held as itself (an emoji) is not one: that payload is returned as it is, no copy."""
+    return _SURROGATE_CHARS.search(json.dumps(payload, ensure_ascii=False)) is not None
 
 
 def _bad_number(v: Any) -> bool:
