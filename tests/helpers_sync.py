@@ -28,6 +28,7 @@ import paho.mqtt.client as paho
 
 from edge.clock import Clock
 from edge.config import NodeConfig, parse_config
+from edge.errors import ModemError
 from edge.sync.wire import Ack, Command, Topics, encode
 from edge.sync.wire_decode import decode
 from tests.waits import wait_for
@@ -51,6 +52,22 @@ def wait_until(cond: Callable[[], bool], timeout: float = 30.0, interval: float 
                what: str = "condition") -> None:
     """``tests.waits.wait_for`` with this module's historical argument order."""
     wait_for(cond, timeout, what, interval)
+
+
+class SmsRecorder:
+    """The SMS sender a ``SyncService`` is given (``sms_sender``): records each ``(number, text)``
+    thread-safely; with ``fail`` set it raises ``ModemError`` as a modem that does not answer."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.fail = False
+        self.lock = threading.Lock()
+
+    def __call__(self, number: str, text: str) -> None:
+        if self.fail:
+            raise ModemError("no answer to AT+CMGS")
+        with self.lock:
+            self.sent.append((number, text))
 
 
 class PahoAcker:

@@ -4,7 +4,6 @@ SMS fallback whatever the cause. Real Mosquitto, real central (IngestService + C
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from helpers_sync import PahoAcker, node_config, running_service, wait_until
+from helpers_sync import PahoAcker, SmsRecorder, node_config, running_service, wait_until
 from test_sync_e2e import Central
 
 from central_sync.broker import LocalMosquitto
@@ -94,19 +93,9 @@ def test_panic_before_centrals_first_subscription_is_acked_right_after_central_i
         central.close()
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, number: str, text: str) -> None:
-        with self.lock:
-            self.sent.append((number, text))
-
-
 def test_sms_when_broker_is_up_but_no_central_is_online(
         tmp_path: Path, mosquitto: LocalMosquitto, outbox: Outbox) -> None:
-    rec = Recorder()
+    rec = SmsRecorder()
     central = Central(tmp_path / "central.db", mosquitto.port)
     central.start()
     central.wait_connected()
@@ -134,7 +123,7 @@ def test_ack_overdue_backs_off_with_jitter_and_sends_sms(mosquitto: LocalMosquit
                                                        outbox: Outbox) -> None:
     """A central that is 'online' but never acks: ack timeouts back off (fewer and fewer resend
     rounds, jittered), the P1 gets its SMS ('ack overdue'), and one ack resets the backoff."""
-    rec = Recorder()
+    rec = SmsRecorder()
     acker = PahoAcker(mosquitto.port, ack=False)
     state = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="fake-central",
                         protocol=paho.MQTTv5)

@@ -4,14 +4,13 @@ people read and for command windows, corrected by central's offset across the st
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_sync import PahoAcker, decode_result, make_command, node_config, running_service, wait_until
+from helpers_sync import PahoAcker, SmsRecorder, decode_result, make_command, node_config, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto, free_port
 from edge.clock import Clock
@@ -118,21 +117,11 @@ def test_step_mid_drain_keeps_order_commands_and_retries_sane(
         acker.close()
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, number: str, text: str) -> None:
-        with self.lock:
-            self.sent.append((number, text))
-
-
 @pytest.mark.parametrize("step", [HOUR, -HOUR])
 def test_sms_deadline_ignores_wall_clock_steps(stepped: tuple[Outbox, SteppedWall, Clock],
                                                step: float) -> None:
     ob, wall, clock = stepped
-    rec = Recorder()
+    rec = SmsRecorder()
     cfg = node_config(free_port(), NODE, sms_fallback_seconds=2.0,
                       modem={"enabled": True, "port": "/dev/null",
                              "sms_recipients": [{"name": "RT", "number": "+6281200000001"}]})

@@ -3,20 +3,18 @@ the real modem driver talking to a FakeModem on a pty (or a recording sender).""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_sync import PahoAcker, node_config, running_service, wait_until
+from helpers_sync import PahoAcker, SmsRecorder, node_config, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto, free_port
 from edge.clock import Clock
 from edge.drivers.fake_modem import FakeModem
 from edge.drivers.modem import Modem
-from edge.errors import ModemError
 from edge.outbox import EventDraft, Outbox
 from edge.sync.service import SyncService
 
@@ -24,19 +22,6 @@ NODE = "pos-rt03"
 RECIPIENTS = [{"name": "Ketua RT", "number": "+6281200000001"},
               {"name": "Bhabinkamtibmas", "number": "+6281200000002"}]
 FALLBACK_S = 0.6
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.fail = False
-        self.lock = threading.Lock()
-
-    def __call__(self, number: str, text: str) -> None:
-        if self.fail:
-            raise ModemError("no answer to AT+CMGS")
-        with self.lock:
-            self.sent.append((number, text))
 
 
 @pytest.fixture
@@ -88,7 +73,7 @@ def test_p1_with_broker_down_sends_one_sms_per_incident_via_modem(outbox: Outbox
 
 
 def test_no_sms_for_p3_p4_or_before_the_deadline(outbox: Outbox) -> None:
-    rec = Recorder()
+    rec = SmsRecorder()
     outbox.record(EventDraft("LELAYU", 3))
     outbox.record(EventDraft("PATROLI", 4))
     svc = _service(free_port(), outbox, rec)
@@ -104,7 +89,7 @@ def test_no_sms_for_p3_p4_or_before_the_deadline(outbox: Outbox) -> None:
 
 
 def test_no_sms_when_central_acked_in_time(mosquitto: LocalMosquitto, outbox: Outbox) -> None:
-    rec = Recorder()
+    rec = SmsRecorder()
     acker = PahoAcker(mosquitto.port)
     try:
         svc = _service(mosquitto.port, outbox, rec)
@@ -121,7 +106,7 @@ def test_no_sms_when_central_acked_in_time(mosquitto: LocalMosquitto, outbox: Ou
 
 
 def test_failing_modem_records_fault_and_retries(outbox: Outbox) -> None:
-    rec = Recorder()
+    rec = SmsRecorder()
     rec.fail = True
     svc = _service(free_port(), outbox, rec)
     with running_service(svc):

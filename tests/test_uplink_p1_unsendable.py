@@ -16,14 +16,13 @@ import json
 import os
 import signal
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_sync import node_config, running_service, wait_until
+from helpers_sync import SmsRecorder, node_config, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto
 from edge.clock import Clock
@@ -148,23 +147,13 @@ def test_unsendable_backlog_records_are_rejected_before_a_lost_connection_releas
         ob.close()
 
 
-class _Sms:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, number: str, text: str) -> None:
-        with self.lock:
-            self.sent.append((number, text))
-
-
 def test_a_rejected_local_p1_still_counts_as_unacked_for_the_sms_fallback(
         tmp_path: Path, mosquitto: LocalMosquitto) -> None:
     path = tmp_path / "outbox.db"
     _outbox(path).close()
     _insert_raw(path, [_oversized_p1(1, incident_id="inc-old")])
     ob = _outbox(path)
-    sms = _Sms()
+    sms = SmsRecorder()
     try:
         cfg = node_config(mosquitto.port, NODE, sms_fallback_seconds=0.6,
                           modem={"enabled": True, "port": "/dev/null", "sms_recipients": RECIPIENTS})
