@@ -1,26 +1,23 @@
 """Migrations that are safe when several processes open a fresh SQLite database at once.
 
-``fcntl.flock`` on ``<database>-migrate.lock`` around every migration set: the first process
-migrates, the others wait and then find nothing pending. (sqlite-utils wraps each migration in a
-transaction but two processes can both see "not applied" before either commits, which made two
-``kentongan-central`` commands started together fail with "table ... already exists".) The
-standard library's ``fcntl`` is enough here; the ``filelock`` package would add a dependency for
-the same system call. PostgreSQL uses ``pg_advisory_lock`` instead (postgres.py).
+An exclusive file lock on ``<database>-migrate.lock`` around every migration set: the first
+process migrates, the others wait and then find nothing pending. (sqlite-utils wraps each
+migration in a transaction but two processes can both see "not applied" before either commits,
+which made two ``kentongan-central`` commands started together fail with "table ... already
+exists".) The lock is ``filelock.FileLock``, the one the post uses for opening its outbox
+(``edge/outbox/db.py``): an ``flock`` on Linux, so threads and processes alike wait; no
+soft-lock fallback. PostgreSQL uses ``pg_advisory_lock`` instead (postgres.py).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from filelock import FileLock
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
-
-_local = threading.RLock()
 
 
 def database_file(conn: sqlite3.Connection) -> str:
@@ -35,17 +32,11 @@ def database_file(conn: sqlite3.Connection) -> str:
 def migration_lock(conn: sqlite3.Connection) -> Iterator[None]:
     """Hold the database's migration file lock (no-op for in-memory databases)."""
     path = database_file(conn)
-    with _local:
-        if not path:
-            yield
-            return
-        fd = os.open(f"{path}-migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    if not path:
+        yield
+        return
+    with FileLock(f"{path}-migrate.lock", mode=0o600, fallback_to_soft=False):
+        yield
 
 
 def apply_pending(conn: sqlite3.Connection, *sets: Migrations) -> None:

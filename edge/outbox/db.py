@@ -12,17 +12,15 @@ Several processes may open the same file at once: the agent starting while a tec
 ``kentongan-edge selftest`` records its result (the agent not answering yet), or a status
 command. sqlite-utils applies each migration in its own transaction, so two processes can both
 see a step as pending and the second fails ("table meta already exists"); the whole of
-``open()`` (file checks, schema, adoption) therefore runs under an exclusive ``fcntl.flock`` on
-``<database>-open.lock``. (Central has the same lock for its own SQLite store,
-``central_sync/store/locking.py``; the post cannot import central, and a dozen lines of the
-standard library do not warrant the ``filelock`` package.)
+``open()`` (file checks, schema, adoption) therefore runs under an exclusive file lock on
+``<database>-open.lock``: ``filelock.FileLock`` (an ``flock`` on Linux, the file left in place;
+central locks its SQLite migrations with it too, ``central_sync/store/locking.py``: the post
+cannot import central, and the library is what both share). See docs/storage.md.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -30,6 +28,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from sqlite_utils import Database
 
 from edge.errors import StorageError
@@ -60,19 +59,20 @@ def _connect(path: Path) -> sqlite3.Connection:
 @contextmanager
 def _open_lock(path: Path) -> Iterator[None]:
     """Exclusive across processes while one of them opens (and maybe creates) ``path``. Where
-    the lock file cannot be created (a disk full before it ever existed) the open goes ahead
-    unlocked: a rare race is better than a post that cannot open its outbox."""
+    the lock cannot be taken (the lock file cannot be created: a disk full before it ever
+    existed, a read-only directory; a filesystem without ``flock``) the open goes ahead
+    unlocked: a rare race is better than a post that cannot open its outbox. No soft-lock
+    fallback: its marker file would outlive a ``kill -9`` and hold every later start."""
+    lock = FileLock(f"{path}-open.lock", mode=0o600, fallback_to_soft=False)
     try:
-        fd = os.open(f"{path}-open.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock.acquire()
     except OSError:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        lock.release()
 
 
 def _check(path: Path) -> str | None:
