@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from central_sync.config import CentralConfig
 from central_sync.message_auth import MessageAuth
 from central_sync.pki import PkiFiles
@@ -16,7 +18,8 @@ from central_sync.store import open_store
 from central_sync.store.registry_tables import RegistryTables
 from central_sync.verify_cache import CachedEventVerifier, KeyCache
 from edge.credentials import credential_path
-from edge.signing import CommandSigner, MemoryDigestLog, NodeKey
+from edge.errors import SecurityError
+from edge.signing import CommandSigner, MemoryDigestLog, NodeKey, public_key_from_pem
 from edge.sync.wire import Command, EventEnvelope
 
 
@@ -27,16 +30,36 @@ class CentralHooks:
     authenticate: MessageAuth | None = None
 
 
-class _LockedRegistryLookup:
+class RegistryKeyLookup:
     """Registry lookups from ingest's worker threads on the store's registry tables."""
 
     def __init__(self, tables: RegistryTables) -> None:
         self._registry = Registry(tables)
         self._lock = threading.Lock()
+        self._parsed: dict[str, Ed25519PublicKey] = {}  # PEM -> key, kept across preloads
 
     def __call__(self, node_id: str) -> NodeKey | None:
         with self._lock:
             return self._registry.lookup(node_id)
+
+    def preload(self, limit: int) -> list[NodeKey]:
+        """Up to ``limit`` registered nodes' keys in one query (``KeyCache``'s warm start); a PEM
+        seen at the previous preload is not parsed again (an enrolment invalidates every key)."""
+        with self._lock:
+            rows = self._registry.tables.signing_keys(limit)
+        parsed: dict[str, Ed25519PublicKey] = {}
+        out: list[NodeKey] = []
+        for node_id, pem, status in rows:
+            key = self._parsed.get(pem) or parsed.get(pem)
+            if key is None:
+                try:
+                    key = public_key_from_pem(pem)
+                except SecurityError:
+                    continue  # looked up singly, which raises as before
+            parsed[pem] = key
+            out.append(NodeKey(node_id, key, status))
+        self._parsed = parsed
+        return out
 
     def generation(self) -> tuple[object, ...]:
         """Changes whenever a node is enrolled, re-enrolled or revoked (a key-cache token)."""
@@ -54,8 +77,8 @@ def central_hooks(cfg: CentralConfig) -> CentralHooks:
     # log only tells a *different* envelope reusing an event id apart, to record it as a replay.
     # The registry is read through a store of its own (one more SQLite connection or pool); keys
     # are cached per node and dropped whenever the registry changes (checked once a second).
-    lookup = _LockedRegistryLookup(open_store(cfg.store_url).registry_tables())
-    keys = KeyCache(lookup, lookup.generation)
+    lookup = RegistryKeyLookup(open_store(cfg.store_url).registry_tables())
+    keys = KeyCache(lookup, lookup.generation, preload=lookup.preload)
     verifier = CachedEventVerifier(keys, require_signed=True, digests=MemoryDigestLog(100_000))
     auth = MessageAuth(keys, require_signed=not cfg.pki.accept_unsigned_status)
     return CentralHooks(verify_event=verifier, sign_command=signer.sign, authenticate=auth)

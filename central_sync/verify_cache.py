@@ -44,13 +44,22 @@ _UNKNOWN = object()
 
 
 class KeyCache:
-    """Bounded LRU of ``lookup(node_id)`` results, invalidated when ``generation()`` changes."""
+    """Bounded LRU of ``lookup(node_id)`` results, invalidated when ``generation()`` changes.
+
+    ``preload(limit)``, when given, returns up to ``limit`` registered nodes' keys in one query;
+    the cache is then filled with them whenever it is (re)started: at the first ``refresh`` or
+    ``get`` and after every invalidation. Without it, a worker that starts as 1,000 posts
+    reconnect made 1,000 registry round trips and PEM parses (9 % of an ingest worker's samples
+    in a profile of the mass reconnect); a node enrolled after the preload is looked up singly."""
 
     def __init__(self, lookup: Callable[[str], NodeKey | None], generation: Callable[[], Hashable],
                  *, capacity: int = 50_000, check_every_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 preload: Callable[[int], list[NodeKey]] | None = None) -> None:
         self._lookup = lookup
         self._generation = generation
+        self._preload = preload
+        self.preloaded = 0
         self.capacity = capacity
         self.check_every_s = check_every_s
         self._clock = clock
@@ -69,14 +78,26 @@ class KeyCache:
             return
         gen = self._generation()
         with self._lock:
+            started = self._checked_at == float("-inf")
             self._checked_at = now
-            if gen != self._gen:
-                if self._keys:
-                    self.invalidations += 1
-                self._keys.clear()
-                self._gen = gen
+            if gen == self._gen and not started:
+                return
+            if self._keys:
+                self.invalidations += 1
+            self._keys.clear()
+            self._gen = gen
+        if self._preload is not None:
+            # Read after the generation: a change in between invalidates again at the next check.
+            keys = self._preload(self.capacity)
+            with self._lock:
+                if self._gen == gen:
+                    for key in keys:
+                        self._keys.setdefault(key.node_id, key)
+                    self.preloaded += len(keys)
 
     def get(self, node_id: str) -> NodeKey | None:
+        if self._preload is not None and self._checked_at == float("-inf"):
+            self.refresh()
         with self._lock:
             found = self._keys.get(node_id)
             if found is not None:

@@ -78,8 +78,61 @@ def check_json(value: Any, where: str, depth: int = 0) -> None:
         raise ValueRefused("out_of_range", f"{where}: unsupported type {type(value).__name__}")
 
 
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _clean(value: Any, depth: int) -> bool:
+    """True only when ``check_json(value, ...)`` cannot raise: exact JSON types within the
+    limits (anything else, a subclass included, is left to ``check_json``). No ``where`` text
+    is built: ``check_json`` formats one per member, most of its cost on a good payload."""
+    t = type(value)
+    if t is str:
+        return "\x00" not in value and (value.isascii() or _encodable(value))
+    if value is None or t is bool:
+        return True
+    if t is int:
+        return INT64_MIN <= value <= INT64_MAX
+    if t is float:
+        return math.isfinite(value)
+    if depth >= MAX_DEPTH:  # a container here holds members deeper than MAX_DEPTH
+        return False
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or "\x00" in k or not (k.isascii() or _encodable(k)) or not _clean(v, depth + 1):
+                return False
+        return True
+    if t is list:
+        return all(_clean(v, depth + 1) for v in value)  # lists are rare in payloads
+    return False
+
+
+def _quick(e: EventEnvelope) -> bool:
+    for text in (e.event_id, e.node_id, e.boot_id, e.time_quality, e.type):
+        if type(text) is not str or "\x00" in text or not (text.isascii() or _encodable(text)):
+            return False
+    for opt in (e.incident_id, e.sig):
+        if opt is not None and (type(opt) is not str or "\x00" in opt or not (opt.isascii() or _encodable(opt))):
+            return False
+    for num in (e.seq, e.mono_ns, e.priority):
+        if type(num) is not int or not INT64_MIN <= num <= INT64_MAX:
+            return False
+    return type(e.wall_time) is float and math.isfinite(e.wall_time) and _clean(e.payload, 0)
+
+
 def check_event(env: EventEnvelope) -> None:
-    """Raise ``ValueRefused`` when the store could not hold this envelope."""
+    """Raise ``ValueRefused`` when the store could not hold this envelope. A good envelope is
+    passed by one walk that formats no messages (``_quick``); anything it does not pass gets the
+    full checks and their exact messages."""
+    if not _quick(env):
+        _check_event_fully(env)
+
+
+def _check_event_fully(env: EventEnvelope) -> None:
     for name in ("event_id", "node_id", "boot_id", "time_quality", "type"):
         check_text(str(getattr(env, name)), name)
     for name in ("incident_id", "sig"):

@@ -104,6 +104,13 @@ class RegistryTables:
         with self.runner.read() as tx:
             return tx.rows(f"SELECT {_COLS} FROM node_registry ORDER BY node_id")
 
+    def signing_keys(self, limit: int) -> list[tuple[str, str, str]]:
+        """(node_id, signing public key PEM, status) of up to ``limit`` registered nodes, in one
+        query (a key cache's warm start)."""
+        with self.runner.read() as tx:
+            return [(str(r["node_id"]), str(r["signing_public_key"]), str(r["status"])) for r in tx.rows(
+                "SELECT node_id, signing_public_key, status FROM node_registry ORDER BY node_id LIMIT ?", (limit,))]
+
     def statuses(self) -> dict[str, str]:
         with self.runner.read() as tx:
             return {str(r["node_id"]): str(r["status"]) for r in tx.rows(

