@@ -84,7 +84,7 @@ class IngestService:
 
     ``verify_event`` is a ``BatchVerifier`` (``central_sync.verify_cache.CachedEventVerifier``)
     or a plain callable raising ``edge.errors.SecurityError`` to reject an event (permanently);
-    ``sign_command`` returns the signed command; ``authenticate(node_id, data)``
+    ``sign_command`` returns the signed command; ``authenticate(node_id, data, payload)``
     (``central_sync.message_auth.MessageAuth``) checks every NON-event message before it is queued,
     raising ``SecurityError`` to drop it; ``on_events(rows)`` is called from a worker
     thread after each committed batch with the NEW rows (as ``CentralStore.list_events`` returns

@@ -37,8 +37,9 @@ from edge.sync.wire_decode import decode_on_topic_data
 #: Wire reasons after which resending the same bytes can never succeed.
 _PERMANENT_WIRE_REASONS = frozenset({"bad_field"})
 
-#: ``authenticate(node_id, data)``: raises ``SecurityError`` to drop a non-event message.
-Authenticate = Callable[[str, dict[str, Any]], None]
+#: ``authenticate(node_id, data, payload)``: raises ``SecurityError`` to drop a non-event message
+#: (``data``: the received JSON object, parsed from ``payload``).
+Authenticate = Callable[[str, dict[str, Any], bytes], None]
 
 
 class UplinkDispatcher:
@@ -91,7 +92,7 @@ class UplinkDispatcher:
         queue = self.queue
         try:
             if self.authenticate is not None:  # unknown_node, revoked, unsigned, bad_signature
-                self.authenticate(node_id, data)
+                self.authenticate(node_id, data, payload)
             if isinstance(msg, SnapshotEnvelope):
                 check_snapshot_envelope(msg)  # images or nothing
         except SecurityError:

@@ -38,6 +38,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central_sync.config import CentralConfig
 from central_sync.mqtt_session import SessionGuard
+from edge.logs import log_event
 from edge.sync import transport
 from edge.sync.transport import ConnectSpec, TlsFiles
 from edge.sync.wire import CentralState, Topics, encode
@@ -217,7 +218,8 @@ class ReadGate:
                 self._paho.loop_read()
                 if not _more_to_read(self._paho.socket()):
                     return
-        except Exception:  # a broken socket: end the session, the connection loop reconnects
+        except Exception as exc:  # a broken socket: end the session, the connection loop reconnects
+            log_event(MQTT_LOGGER, "broker_read_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
             self._paho.disconnect()
 
 
@@ -370,7 +372,13 @@ def make_client(cfg: CentralConfig, client_id: str, on_drop: Callable[[], None] 
         queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", queue_factory),
         pending_calls_threshold=cfg.ingest.pending_calls_threshold,
     )
-    transport.paho_client(client).manual_ack_set(True)
+    mqtt = transport.paho_client(client)
+    mqtt.manual_ack_set(True)
+    if not MQTT_LOGGER.isEnabledFor(logging.DEBUG):
+        # aiomqtt always gives paho a logger, called for every packet (~4 debug lines per event,
+        # ~1 us each even when nothing is written). paho's error lines go too; what they report
+        # still surfaces (``central_disconnected``; ``broker_read_failed`` from ``ReadGate``).
+        mqtt.disable_logger()
     if on_connack is not None:
         transport.on_connack(client, on_connack)
     return client, buffers[0]

@@ -6,8 +6,10 @@ Ack in the broker tests of ``tests/test_ingest.py``.)"""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
+from pathlib import Path
 
 import paho.mqtt.client as paho
 from hypothesis import given, settings
@@ -19,7 +21,10 @@ from central_sync.ingest_commit import EventMsg
 from central_sync.ingest_decode import payload_suspect
 from central_sync.ingest_queue import IngestQueue
 from central_sync.ingest_stats import IngestStats
+from central_sync.mqtt_central import MQTT_LOGGER, make_client
+from edge.sync.transport import paho_client
 from edge.sync.wire import Heartbeat, Presence
+from tests.test_ingest import make_cfg
 
 #: The one pattern ``payload_suspect`` used to search (kept here as the reference).
 _OLD = re.compile(rb"\\u[dD][89a-fA-F]|[0-9]{19}|NaN|Infinity|[eE][+-]?[0-9]{3}")
@@ -74,3 +79,22 @@ def test_node_updates_and_their_pubacks_wait_until_due() -> None:
 
     asyncio.run(scenario())
 
+
+
+def test_paho_logs_only_when_central_mqtt_debug_is_on(tmp_path: Path) -> None:
+    """paho's per-packet debug calls cost ~1 us each with a logger attached (aiomqtt always
+    attaches one): central's clients drop it unless ``central_sync.mqtt`` logs at DEBUG."""
+    cfg = make_cfg(tmp_path, 1883)
+
+    async def paho_logger() -> logging.Logger | None:
+        client, _buffer = make_client(cfg, "central-log")
+        return paho_client(client).logger
+
+    assert not MQTT_LOGGER.isEnabledFor(logging.DEBUG)
+    assert asyncio.run(paho_logger()) is None
+    level = MQTT_LOGGER.level
+    MQTT_LOGGER.setLevel(logging.DEBUG)
+    try:
+        assert asyncio.run(paho_logger()) is MQTT_LOGGER
+    finally:
+        MQTT_LOGGER.setLevel(level)

@@ -309,24 +309,34 @@ def canonical_bytes(msg: BaseModel | dict[str, Any]) -> bytes:
     return canonical_text(data).encode()
 
 
-#: An event envelope's ``sig`` member in canonical form is followed by this one (keys sorted:
-#: ``seq``, ``sig``, ``time_quality``); the cut is tried only there.
+#: A ``sig`` member in canonical form starts with this; the member after it is the message's next
+#: key in sorted order (an event envelope's: ``seq``, ``sig``, ``time_quality``); the cut is tried
+#: only there.
 _SIG_MEMBER = b',"sig":"'
 _AFTER_SIG = b'","time_quality":'
 
 
-def received_signed_bytes(payload: bytes, sig: str | None) -> bytes | None:
-    """The bytes an event envelope's signature covers, cut from the RECEIVED single-envelope
-    message ``payload`` whose parsed top-level ``sig`` is ``sig``: the payload without the exact
-    member ``,"sig":"<sig>"``; None when the payload is not in the form that allows the cut (then
-    the receiver re-encodes, ``canonical_bytes``). Conditions (docs/protocol.md, "Signatures"):
+def sig_successor(model: type[BaseModel]) -> bytes:
+    """What follows the ``sig`` member's value in ``model``'s canonical form (the next key in
+    sorted order; ``encode`` writes every field): the ``after`` of :func:`received_signed_bytes`."""
+    keys = sorted(model.model_fields)
+    return b'","' + keys[keys.index("sig") + 1].encode("ascii") + b'":'
+
+
+def received_signed_bytes(payload: bytes, sig: str | None, after: bytes = _AFTER_SIG) -> bytes | None:
+    """The bytes a message's signature covers, cut from the RECEIVED message ``payload`` whose
+    parsed top-level ``sig`` is ``sig``: the payload without the exact member ``,"sig":"<sig>"``;
+    None when the payload is not in the form that allows the cut (then the receiver re-encodes,
+    ``canonical_bytes``). ``after``: the bytes that follow the member in canonical form (an event
+    envelope's by default; :func:`sig_successor` for another kind). Conditions
+    (docs/protocol.md, "Signatures"):
 
     * no ``\\u`` anywhere, so every key is written as itself: a top-level key ``sig`` can only be
       the raw text ``"sig"``;
     * ``"sig"`` occurs exactly once in the payload, so that occurrence IS the top-level key (not
       a member nested in ``payload``, nor a second ``sig``, nor a string value);
-    * it is written ``,"sig":"<sig>",`` followed by ``"time_quality":`` (its sorted place), and
-      ``sig`` is plain base64, so the member spans exactly those bytes.
+    * it is written ``,"sig":"<sig>",`` followed by the next key (its sorted place, ``after``),
+      and ``sig`` is plain base64, so the member spans exactly those bytes.
 
     Cutting one whole top-level member out of valid JSON leaves valid JSON whose parse is the
     received object without ``sig``: what is verified is exactly what is stored.
@@ -339,7 +349,7 @@ def received_signed_bytes(payload: bytes, sig: str | None) -> bytes | None:
     if start < 0:
         return None
     end = start + len(_SIG_MEMBER) + len(sig)
-    if payload[start + len(_SIG_MEMBER):end] != sig.encode("ascii") or not payload.startswith(_AFTER_SIG, end):
+    if payload[start + len(_SIG_MEMBER):end] != sig.encode("ascii") or not payload.startswith(after, end):
         return None
     return payload[:start] + payload[end + 1:]
 
