@@ -3,8 +3,6 @@ the NOTIFY channel and payload format."""
 
 from __future__ import annotations
 
-import json
-from _json import encode_basestring_ascii, make_encoder
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +10,7 @@ from psycopg import errors as pgerr
 from psycopg_pool import PoolTimeout
 
 from central_sync.store.base import TransientStoreError
+from edge.sync.wire import c_json_encoder
 
 CHANNEL = "kentongan_changes"
 #: NOTIFY payloads must stay under 8000 bytes.
@@ -20,17 +19,14 @@ _TRANSIENT = (pgerr.OperationalError, pgerr.InterfaceError, pgerr.SerializationF
               pgerr.AdminShutdown, pgerr.CannotConnectNow, pgerr.LockNotAvailable, PoolTimeout)
 
 
-#: ``json.dumps``'s C encoder with ``json.dumps``'s default settings, built once (``json.dumps``
-#: builds it, a closure and a markers dict on every call); no circular-reference markers (what
-#: is encoded comes from a JSON parse).
-_JSON_TEXT = make_encoder(None, json.JSONEncoder().default, encode_basestring_ascii, None, ": ", ", ", False, False,
-                          True)
+#: ``json.dumps(value)`` with its default settings, its C encoder built once (``c_json_encoder``).
+_JSON_TEXT = c_json_encoder(sort_keys=False, item_sep=", ", key_sep=": ", ascii_only=True)
 
 
 def json_text(value: Any) -> str:
     """``json.dumps(value)``: the text psycopg's ``Jsonb`` dumper sends, for a ``text[]`` array
     that the statement casts to ``jsonb``."""
-    return "".join(_JSON_TEXT(value, 0))
+    return _JSON_TEXT(value)
 
 
 def is_pg_transient(exc: BaseException) -> bool:
