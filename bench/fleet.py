@@ -64,6 +64,7 @@ from bench.fleet_procs import (
     Dashboards,
     cpu_seconds,
     echo_count,
+    kill_all,
     peak_rss_mib,
     start_central,
     start_fleet,
@@ -105,6 +106,15 @@ def other_cpu(setup: Setup, fleet: list[tuple[subprocess.Popen[str], Path]]) -> 
 def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list[subprocess.Popen[str]],
               dashboards: Dashboards | None, web: subprocess.Popen[str] | None = None) -> PhaseResult:
     fleet = start_fleet(setup, args, name)
+    try:
+        return measure_phase(setup, args, name, receivers, dashboards, web, fleet)
+    finally:  # a failed or interrupted phase leaves no simulated post behind (they outlive their broker)
+        kill_all([proc for proc, _ in fleet])
+
+
+def measure_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list[subprocess.Popen[str]],
+                  dashboards: Dashboards | None, web: subprocess.Popen[str] | None,
+                  fleet: list[tuple[subprocess.Popen[str], Path]]) -> PhaseResult:
     time.sleep(args.heartbeat and 1.0)
     echo = receivers[0] if name.startswith("echo") else None
     n0 = echo_count(echo) if echo is not None else setup.events()
@@ -169,6 +179,12 @@ def run_phase(setup: Setup, args: argparse.Namespace, name: str, receivers: list
     return res
 
 
+def exit_on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGHUP end the run through its ``finally`` blocks: central, the echo, the simulated
+    posts, the broker and the PostgreSQL cluster are stopped, not left running."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--posts", type=int, default=1000)
@@ -212,6 +228,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, databases)")
     ap.add_argument("--profile", type=Path, help="write cProfile output of each ingest worker into this directory")
     args = ap.parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # run the cleanup below, as Ctrl-C does
+        signal.signal(sig, exit_on_signal)
     rows: dict[str, list[PhaseResult]] = {}
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp_dir:
         tmp = str(args.keep) if args.keep else tmp_dir

@@ -153,9 +153,22 @@ def start_fleet(setup: Setup, args: argparse.Namespace, tag: str) -> list[tuple[
         proc = subprocess.Popen([PY, str(ROOT / "bench" / "fleet_sim.py"), str(spec_path), str(out)],
                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
         procs.append((proc, out))
-    for proc, _out in procs:
-        wait_line(proc, "ready", 600)
+    try:
+        for proc, _out in procs:
+            wait_line(proc, "ready", 600)
+    except BaseException:
+        kill_all([proc for proc, _ in procs])
+        raise
     return procs
+
+
+def kill_all(procs: list[subprocess.Popen[str]]) -> None:
+    """SIGKILL whatever of ``procs`` still runs, and reap it."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
 
 
 def start_central(setup: Setup, args: argparse.Namespace
