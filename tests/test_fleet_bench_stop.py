@@ -9,8 +9,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.waits import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,16 +29,6 @@ def processes_mentioning(text: str) -> list[int]:
             if e.name.isdigit() and int(e.name) != os.getpid() and text in cmdline(int(e.name))]
 
 
-def wait_for(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_sigterm_stops_every_child(tmp_path: Path) -> None:
     keep = tmp_path / "fleet-run"
     proc = subprocess.Popen(
@@ -48,14 +39,13 @@ def test_sigterm_stops_every_child(tmp_path: Path) -> None:
         # The measured phase has begun once the simulated post process runs (started after the
         # broker and central are up): its command line names its spec file in the kept directory.
         wait_for(lambda: [p for p in processes_mentioning(str(keep)) if "fleet_sim.py" in cmdline(p)],
-                 240, "the simulated posts to start")
+                 timeout=240, what="the simulated posts to start")
         children = processes_mentioning(str(keep))
         assert len(children) >= 3, children  # broker, central, simulated posts at least
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(120)
         assert code == 128 + signal.SIGTERM, proc.stderr.read() if proc.stderr else ""
-        left = wait_for(lambda: not processes_mentioning(str(keep)) or None, 60, "every child to end")
-        assert left is True
+        wait_for(lambda: not processes_mentioning(str(keep)), timeout=60, what="every child to end")
     finally:
         if proc.poll() is None:
             proc.kill()
