@@ -27,7 +27,7 @@ has waited ``ingest.linger_ms``: group commit, ``Committer.linger``): verify
 rejects only the rows it cannot hold), the coalesced node updates, then ONE ``Ack`` per node
 (``central_sync.acks``) and the MQTT PUBACKs of the deliveries the batch settled. Past
 ``ingest.max_pending_events`` decoded events or ``ingest.max_buffered_messages`` undecoded
-messages, ``mqtt_central.ReadGate`` stops reading the broker socket (the broker's own receive
+messages, ``read_gate.ReadGate`` stops reading the broker socket (the broker's own receive
 maximum is not enough, docs/scale.md): memory stays bounded whatever is offered.
 
 A node whose rejections exhaust its budget (``central_sync.reject_budget``) is shed until the
