@@ -15,7 +15,10 @@ no I/O and never raises, so it is called right where paho parses the message
 
 Every non-event message is first authenticated (``authenticate``, ``central_sync.message_auth``:
 registry status and the node key's signature); a refused one is dropped and counted like any
-rejection, a refused snapshot is also acknowledged (settled: the post stops resending it).
+rejection, a refused snapshot is also acknowledged (settled: the post stops resending it). The
+key cache behind that check (``keys``) is refreshed only off the event loop: ``run`` awaits its
+first preload in a worker thread before it subscribes, then ``verify_cache.keep_fresh`` checks
+the registry's generation every ``check_every_s`` in a worker thread; the loop only reads it.
 
 The batcher commits up to ``ingest.batch_max`` events (or after ``ingest.batch_wait_ms``; a
 small batch without a P1 event lingers until ``ingest.linger_events`` wait or its oldest event
@@ -24,7 +27,7 @@ has waited ``ingest.linger_ms``: group commit, ``Committer.linger``): verify
 rejects only the rows it cannot hold), the coalesced node updates, then ONE ``Ack`` per node
 (``central_sync.acks``) and the MQTT PUBACKs of the deliveries the batch settled. Past
 ``ingest.max_pending_events`` decoded events or ``ingest.max_buffered_messages`` undecoded
-messages, ``mqtt_central.ReadGate`` stops reading the broker socket (the broker's own receive
+messages, ``read_gate.ReadGate`` stops reading the broker socket (the broker's own receive
 maximum is not enough, docs/scale.md): memory stays bounded whatever is offered.
 
 A node whose rejections exhaust its budget (``central_sync.reject_budget``) is shed until the
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,10 +74,14 @@ from central_sync.processes import publish_command
 from central_sync.reject_budget import RejectBudget
 from central_sync.rejections import RejectionAggregator
 from central_sync.store import Store
+from central_sync.verify_cache import KeyCache, keep_fresh
 from edge.errors import first_leaf
+from edge.logs import log_event
 from edge.sync.wire import Command, EventEnvelope, Topics
 
 __all__ = ["IngestService"]
+
+log = logging.getLogger("central_sync.ingest")
 
 #: ``on_events(rows)``: the NEW rows of a committed batch (worker thread).
 OnEvents = Callable[[list[dict[str, Any]]], None]
@@ -90,6 +98,8 @@ class IngestService:
     thread after each committed batch with the NEW rows (as ``CentralStore.list_events`` returns
     them) and may raise without harming ingest. ``client_id`` overrides ``cfg.broker.client_id``;
     ``shared_group`` overrides ``cfg.ingest.shared_group`` (``kentongan-central ingest``).
+    ``keys`` is the key cache behind ``authenticate`` and ``verify_event``, refreshed by ``run``
+    off the event loop (``central_sync.security_wiring.CentralHooks.keys``).
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class IngestService:
         on_events: OnEvents | None = None,
         client_id: str | None = None,
         shared_group: str | None = None,
+        keys: KeyCache | None = None,
     ) -> None:
         if client_id is not None:
             cfg = cfg.model_copy(update={"broker": cfg.broker.model_copy(update={"client_id": client_id})})
@@ -113,6 +124,7 @@ class IngestService:
         verifier = as_batch_verifier(verify_event)
         self.writer = BatchWriter(store, verifier, on_events)
         self.sign_command = sign_command
+        self.keys = keys
         self.topics = Topics(cfg.topic_prefix)
         self.stats = IngestStats()
         self.rejections = RejectionAggregator(flood_threshold=cfg.ingest.flood_threshold)
@@ -174,8 +186,15 @@ class IngestService:
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> None:
         """Connect, subscribe and ingest forever (reconnecting with backoff); cancel to stop."""
+        if self.keys is not None:  # filled before the first message, off the loop
+            try:
+                await asyncio.to_thread(self.keys.refresh, True)
+            except Exception as exc:  # kept going: missing keys are looked up singly meanwhile
+                _key_refresh_failed(exc)
         helpers = [asyncio.create_task(self.committer.run(), name="ingest-batcher"),
                    asyncio.create_task(self.committer.rejection_flusher(), name="ingest-rejections")]
+        if self.keys is not None:
+            helpers.append(asyncio.create_task(keep_fresh(self.keys, _key_refresh_failed), name="ingest-keys"))
         try:
             # A TaskGroup, not gather: cancelled (or one connection failing), ``run`` returns only
             # once every connection has finished its disconnect, so none outlives the service
@@ -228,3 +247,7 @@ class IngestService:
     async def send_commands(self, cmds: Sequence[Command], *, record: Record) -> list[Command]:
         """Many commands at once (``central_sync.command_batch``)."""
         return await publish_batch(self.sessions.client(), self.topics, self.sign_command, cmds, record)
+
+
+def _key_refresh_failed(exc: Exception) -> None:
+    log_event(log, "key_refresh_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])

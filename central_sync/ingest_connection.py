@@ -27,7 +27,6 @@ from central_sync.ingest_stats import IngestStats
 from central_sync.mqtt_central import (
     Backoff,
     MessageBuffer,
-    ReadGate,
     central_presence,
     deliver_inline,
     make_client,
@@ -36,6 +35,7 @@ from central_sync.mqtt_central import (
     subscriptions,
 )
 from central_sync.mqtt_session import SessionGuard
+from central_sync.read_gate import ReadGate
 from central_sync.store import Store
 from central_sync.supervision import link_beats
 from edge.logs import log_event

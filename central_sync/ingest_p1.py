@@ -52,8 +52,9 @@ from central_sync.ingest_commit import (
 )
 from central_sync.ingest_decode import decode_events
 from central_sync.ingest_stats import IngestStats
-from central_sync.mqtt_central import Backoff, MessageBuffer, ReadGate, make_client, next_messages
+from central_sync.mqtt_central import Backoff, MessageBuffer, make_client, next_messages
 from central_sync.mqtt_session import SessionGuard
+from central_sync.read_gate import ReadGate
 from central_sync.rejections import RejectionAggregator
 from central_sync.store import Store
 from central_sync.store_retry import call_retrying

@@ -19,7 +19,7 @@ from central_sync.acks import AckBook, Delivery
 from central_sync.config import IngestConfig
 from central_sync.ingest_commit import Batch, EventMsg
 from central_sync.ingest_stats import IngestStats
-from central_sync.mqtt_central import ReadGate
+from central_sync.read_gate import ReadGate
 from edge.sync.wire import P1_CHANNEL, CommandResult, Heartbeat, Presence, SnapshotEnvelope
 
 #: The end of a P1 channel topic (``{prefix}/up/<node>/event/p1``).

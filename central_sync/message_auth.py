@@ -16,9 +16,13 @@ stored or applied. The check, in this order, raises ``edge.errors.SecurityError`
   bytes as sent). ``node_id`` and ``kind`` are inside the signed bytes and the node id must equal
   the topic's (``decode_on_topic``), so a message signed by one post never passes as another's.
 
-Keys come from the same ``KeyCache`` as the event check (one registry read per node, dropped when
-the registry's generation changes; ``refresh`` runs at most once per ``check_every_s``), so a
-``kentongan-central revoke`` run in another process bites here within about a second.
+Keys come from the same ``KeyCache`` as the event check. ``check`` runs on ingest's event loop
+and only READS the cache: it never calls ``refresh`` (no registry generation check or preload on
+the loop thread); ingest refreshes the cache off the loop (``verify_cache.keep_fresh`` every
+``check_every_s``, and the commit thread per batch), swapping in a new key map when the registry
+changed. So a ``kentongan-central revoke`` run in another process bites here within
+``check_every_s`` plus one preload: about 1-2 s. A node missing from the map (enrolled after the
+last refresh, or not enrolled) is looked up singly, once per map.
 
 Replays: a signed message cannot pass as another node's (above), and only the node itself (or
 the broker, for its last will) can publish on its topics (broker ACL). A replayed copy of the
@@ -67,7 +71,6 @@ class MessageAuth:
     __call__ = check
 
     def _check(self, node_id: str, data: dict[str, Any], payload: bytes | None) -> None:
-        self.keys.refresh()
         node = self.keys.get(node_id)
         if node is None:
             raise SecurityError("unknown_node", f"{node_id} is not enrolled")

@@ -28,6 +28,7 @@ class CentralHooks:
     verify_event: CachedEventVerifier | Callable[[EventEnvelope], None] | None = None
     sign_command: Callable[[Command], Command] | None = None
     authenticate: MessageAuth | None = None
+    keys: KeyCache | None = None  # the cache behind both checks; ingest refreshes it off its loop
 
 
 class RegistryKeyLookup:
@@ -63,7 +64,7 @@ class RegistryKeyLookup:
 
     def generation(self) -> tuple[object, ...]:
         """Changes whenever a node is enrolled, re-enrolled or revoked (a key-cache token)."""
-        with self._lock:  # the ingest loop (message_auth) and the batch thread share the connection
+        with self._lock:  # the refresher and commit threads and single lookups share the connection
             return self._registry.tables.generation()
 
 
@@ -81,4 +82,4 @@ def central_hooks(cfg: CentralConfig) -> CentralHooks:
     keys = KeyCache(lookup, lookup.generation, preload=lookup.preload)
     verifier = CachedEventVerifier(keys, require_signed=True, digests=MemoryDigestLog(100_000))
     auth = MessageAuth(keys, require_signed=not cfg.pki.accept_unsigned_status)
-    return CentralHooks(verify_event=verifier, sign_command=signer.sign, authenticate=auth)
+    return CentralHooks(verify_event=verifier, sign_command=signer.sign, authenticate=auth, keys=keys)

@@ -2,11 +2,13 @@
 
 ``edge.signing.EventVerifier`` looks the node up (one registry SELECT and one PEM parse) for
 every event; at city scale that was 28 % of central's CPU. ``CachedEventVerifier`` keeps the
-parsed ``NodeKey`` (or "unknown") per node in a bounded LRU and drops the whole cache when the
+parsed ``NodeKey`` (or "unknown") per node in a bounded LRU and replaces the whole map when the
 registry's *generation* changes: ``generation()`` is a cheap token (for the SQLite registry: row
 count and latest enrol/revoke time) read at most every ``check_every_s`` seconds by
-``refresh()``, which ingest calls once per commit batch. So a ``kentongan-central revoke`` run in
-another process bites within ``check_every_s`` (default 1 s).
+``refresh()``, which runs only off the event loop: ingest's ``keep_fresh`` task calls it through
+``asyncio.to_thread`` every ``check_every_s``, and the commit thread once per commit batch. So a
+``kentongan-central revoke`` run in another process bites within ``check_every_s`` (default 1 s)
+plus one preload of every enrolled key (tens of milliseconds at 10,000 posts): about 1-2 s.
 
 ``verify(env, canonical, received)`` checks status and signature: first over ``received``, the
 RECEIVED bytes with the ``sig`` member cut out (``edge.sync.wire.received_signed_bytes``: no
@@ -28,6 +30,7 @@ digest, the same digest as a single ``event`` of the same envelope gets.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import threading
@@ -44,13 +47,21 @@ _UNKNOWN = object()
 
 
 class KeyCache:
-    """Bounded LRU of ``lookup(node_id)`` results, invalidated when ``generation()`` changes.
+    """Bounded LRU of ``lookup(node_id)`` results, replaced whole when ``generation()`` changes.
 
-    ``preload(limit)``, when given, returns up to ``limit`` registered nodes' keys in one query;
-    the cache is then filled with them whenever it is (re)started: at the first ``refresh`` or
-    ``get`` and after every invalidation. Without it, a worker that starts as 1,000 posts
-    reconnect made 1,000 registry round trips and PEM parses (9 % of an ingest worker's samples
-    in a profile of the mass reconnect); a node enrolled after the preload is looked up singly."""
+    ``refresh()`` reads ``generation()`` at most every ``check_every_s`` seconds; at the first
+    call and whenever the token changed it builds a NEW key map (with ``preload(limit)``, when
+    given: up to ``limit`` registered nodes' keys in one query; else an empty one) and swaps it in
+    under the lock, so a ``get`` meanwhile answers from the previous map, never from an empty one.
+    ``refresh`` is the only method that calls ``generation`` or ``preload``; it is meant for a
+    worker thread (``keep_fresh`` runs it every ``check_every_s`` through ``asyncio.to_thread``;
+    the commit thread calls it per batch), and concurrent calls do not queue: while one thread
+    refreshes, another's call returns at once (unless ``force``d: then it waits and checks
+    again, so the map is current when it returns). ``get`` only reads the map; a node that is not in
+    it (enrolled after the last refresh, not enrolled, or past the preload ``limit``) is looked up
+    singly, once per map. Without a preload, a worker that starts as 1,000 posts reconnect
+    made 1,000 registry round trips and PEM parses (9 % of an ingest worker's samples in a profile
+    of the mass reconnect)."""
 
     def __init__(self, lookup: Callable[[str], NodeKey | None], generation: Callable[[], Hashable],
                  *, capacity: int = 50_000, check_every_s: float = 1.0,
@@ -65,52 +76,72 @@ class KeyCache:
         self._clock = clock
         self._keys: OrderedDict[str, object] = OrderedDict()
         self._gen: Hashable = None
+        self._started = False
         self._checked_at = float("-inf")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards ``_keys`` (held for dict operations only)
+        self._refreshing = threading.Lock()  # one refresh at a time
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
 
     def refresh(self, force: bool = False) -> None:
-        """Drop every cached key if the registry changed (at most once per ``check_every_s``)."""
+        """Swap in a new key map if the registry changed (checked at most once per
+        ``check_every_s`` unless ``force``). Registry errors propagate; the map is then kept and
+        the next check tries again."""
         now = self._clock()
         if not force and now - self._checked_at < self.check_every_s:
             return
-        gen = self._generation()
-        with self._lock:
-            started = self._checked_at == float("-inf")
+        if not self._refreshing.acquire(blocking=force):
+            return  # another thread is refreshing right now (a forced call waits for it)
+        try:
+            gen = self._generation()
             self._checked_at = now
-            if gen == self._gen and not started:
+            if gen == self._gen and self._started:
                 return
-            if self._keys:
-                self.invalidations += 1
-            self._keys.clear()
-            self._gen = gen
-        if self._preload is not None:
-            # Read after the generation: a change in between invalidates again at the next check.
-            keys = self._preload(self.capacity)
+            # Read after the generation: a change in between is seen at the next check.
+            fresh: OrderedDict[str, object] = OrderedDict()
+            if self._preload is not None:
+                for key in self._preload(self.capacity):
+                    fresh.setdefault(key.node_id, key)
             with self._lock:
-                if self._gen == gen:
-                    for key in keys:
-                        self._keys.setdefault(key.node_id, key)
-                    self.preloaded += len(keys)
+                if self._started and self._keys:
+                    self.invalidations += 1
+                self._keys = fresh
+                self._gen = gen
+                self._started = True
+                self.preloaded += len(fresh)
+        finally:
+            self._refreshing.release()
 
     def get(self, node_id: str) -> NodeKey | None:
-        if self._preload is not None and self._checked_at == float("-inf"):
-            self.refresh()
         with self._lock:
-            found = self._keys.get(node_id)
+            keys = self._keys
+            found = keys.get(node_id)
             if found is not None:
-                self._keys.move_to_end(node_id)
+                keys.move_to_end(node_id)
                 self.hits += 1
                 return None if found is _UNKNOWN else found  # type: ignore[return-value]
         key = self._lookup(node_id)
         with self._lock:
             self.misses += 1
-            self._keys[node_id] = _UNKNOWN if key is None else key
-            while len(self._keys) > self.capacity:
-                self._keys.popitem(last=False)
+            if self._keys is keys:  # not swapped meanwhile: the answer may predate the new map
+                keys[node_id] = _UNKNOWN if key is None else key
+                while len(keys) > self.capacity:
+                    keys.popitem(last=False)
         return key
+
+
+async def keep_fresh(keys: KeyCache, on_error: Callable[[Exception], None]) -> None:
+    """Run ``keys.refresh`` off the event loop every ``check_every_s`` (never more often than
+    every 0.1 s) until cancelled; the caller awaits the first refresh itself (``asyncio.to_thread``) before
+    it subscribes. A failing refresh (registry unreachable) is reported through ``on_error`` and
+    tried again at the next tick; the previous map stays in use meanwhile."""
+    while True:
+        await asyncio.sleep(max(keys.check_every_s, 0.1))
+        try:
+            await asyncio.to_thread(keys.refresh)
+        except Exception as exc:
+            on_error(exc)
 
 
 class CachedEventVerifier(EventVerifier):

@@ -13,6 +13,7 @@ from pg_cluster import PgCluster
 
 from central_sync.broker import LocalMosquitto
 from central_sync.store import Store, open_store
+from tests.helpers_central import IngestInThread, started_central
 
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 
@@ -42,6 +43,15 @@ def mosquitto(tmp_path: Path) -> Iterator[LocalMosquitto]:
     """A real Mosquitto on a free loopback port with the project's dev config."""
     with LocalMosquitto(tmp_path / "mosquitto") as broker:
         yield broker
+
+
+@pytest.fixture
+def ingest_central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[IngestInThread]:
+    """An in-process central (``IngestService`` in a loop thread) on a fresh SQLite store,
+    connected to the test's Mosquitto."""
+    c = started_central(tmp_path / "central.db", mosquitto.port)
+    yield c
+    c.close()
 
 
 @pytest.fixture(scope="session")

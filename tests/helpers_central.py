@@ -113,6 +113,10 @@ class IngestInThread:
             self.task = None
         self.lt.call(halt())
 
+    def events(self, node_id: str) -> dict[str, dict[str, Any]]:
+        """The events central stored for ``node_id`` (up to 5,000), by event id."""
+        return {e["event_id"]: e for e in self.store.list_events(node_id=node_id, since_rowid=0, limit=5000)}
+
     def close(self) -> None:
         self.stop()
         self.lt.close()

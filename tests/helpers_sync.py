@@ -29,6 +29,8 @@ import paho.mqtt.client as paho
 from edge.clock import Clock
 from edge.config import NodeConfig, parse_config
 from edge.errors import ModemError
+from edge.outbox import Outbox
+from edge.sync.service import SyncService
 from edge.sync.wire import Ack, Command, Topics, encode
 from edge.sync.wire_decode import decode
 from tests.waits import wait_for
@@ -195,12 +197,16 @@ def decode_result(data: dict[str, Any]) -> Any:
     return decode(json.dumps(data).encode(), expected_kind="command_result")
 
 
+def plain_post(port: int, outbox: Outbox, **sync: Any) -> SyncService:
+    """A post's ``SyncService`` on ``outbox`` (its node id, its clock) against the broker on
+    ``port``: no snapshots, no siren state, no commands; ``sync`` overrides the sync settings."""
+    return SyncService(node_config(port, outbox.node_id, **sync), outbox, snapshots=None, clock=outbox.clock,
+                       status_provider=lambda: {"state": "off"}, command_handler=None)
+
+
 # ------------------------------------------------------------------ node process (kill -9 tests)
 
 async def _node_main(cfg_path: str, db_path: str) -> None:
-    from edge.outbox import Outbox
-    from edge.sync.service import SyncService
-
     cfg = NodeConfig.model_validate_json(Path(cfg_path).read_text())
     clock = Clock()
     outbox = await asyncio.to_thread(Outbox, Path(db_path), cfg.node.node_id, clock=clock)

@@ -301,7 +301,7 @@ def test_overload_stops_reading_the_socket_and_memory_stays_bounded(tmp_path: Pa
     buffers stay within their limits, and every event is still committed and acknowledged."""
     import paho.mqtt.client as paho
 
-    from central_sync.mqtt_central import READ_PACKETS
+    from central_sync.read_gate import READ_PACKETS
 
     cfg = make_cfg(tmp_path, mosquitto.port, max_pending_events=300, max_buffered_messages=100, batch_max=50,
                    batch_wait_ms=50)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
 
 from central_sync.store.postgres_support import json_text
+from edge.sync.json_encoding import c_json_encoder
 from edge.sync.wire import canonical_bytes, canonical_text
 
 
@@ -60,3 +62,42 @@ def test_same_errors_as_json_dumps_and_nothing_left_behind() -> None:
             json_text({"x": object()})
     shared: dict[str, Any] = {"k": [1, 2]}
     assert canonical_text({"a": shared, "b": shared}) == '{"a":{"k":[1,2]},"b":{"k":[1,2]}}'  # not "circular"
+
+
+# -- a Python without CPython's private C encoder, or with another one ---------------------------
+
+#: The two settings in use: the canonical bytes signatures cover, and central's payload text.
+SETTINGS = [dict(sort_keys=True, item_sep=",", key_sep=":", ascii_only=False),
+            dict(sort_keys=False, item_sep=", ", key_sep=": ", ascii_only=True)]
+
+
+def _changed_signature(*args: Any) -> Callable[[Any, int], Iterable[str]]:
+    raise TypeError(f"make_encoder() takes 10 arguments ({len(args)} given)")
+
+
+def _other_output(*args: Any) -> Callable[[Any, int], Iterable[str]]:
+    return lambda value, level: iter([json.dumps(value, indent=1)])  # builds, but writes other text
+
+
+@pytest.mark.parametrize("make", [None, _changed_signature, _other_output], ids=["absent", "signature", "output"])
+@pytest.mark.parametrize("settings", SETTINGS, ids=["canonical", "payload"])
+def test_without_a_usable_c_encoder_the_pure_one_writes_the_same_text(make: Any, settings: dict[str, Any]) -> None:
+    fast = c_json_encoder(**settings)
+    pure = c_json_encoder(**settings, make_encoder=make)
+    assert isinstance(getattr(pure, "__self__", None), json.JSONEncoder)  # the fallback was taken
+    assert not isinstance(getattr(fast, "__self__", None), json.JSONEncoder)  # this CPython has _json
+    dumps = dict(sort_keys=settings["sort_keys"], separators=(settings["item_sep"], settings["key_sep"]),
+                 ensure_ascii=settings["ascii_only"])
+    rnd = random.Random(11)
+    for _ in range(2000):
+        data = {"a": _value(rnd), "b": _value(rnd), "sig": "x"}
+        assert pure(data) == fast(data) == json.dumps(data, **dumps)  # type: ignore[arg-type]
+    shared: dict[str, Any] = {"k": [1, 2]}
+    assert pure({"a": shared, "b": shared}) == fast({"a": shared, "b": shared})
+    for bad in ({"x": object()}, {1: 2, "a": 3}):
+        if not settings["sort_keys"] and 1 in bad:
+            continue  # unsorted: mixed key types are written, by both
+        with pytest.raises(TypeError):
+            pure(bad)
+        with pytest.raises(TypeError):
+            fast(bad)

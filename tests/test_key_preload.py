@@ -34,7 +34,8 @@ def test_preload_gives_what_single_lookups_give_and_follows_revocation(tmp_path:
 
     now = [0.0]
     cache = KeyCache(single, lookup.generation, preload=lookup.preload, check_every_s=1.0, clock=lambda: now[0])
-    for node_id in keys:  # no refresh before the first get: the first get starts the cache
+    cache.refresh()  # ingest does this off its loop before subscribing; ``get`` never preloads
+    for node_id in keys:
         got, want = cache.get(node_id), lookup(node_id)
         assert got is not None and want is not None
         assert (got.node_id, got.status, public_key_pem(got.public_key)) == \

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers_sync import node_config, running_service, wait_until
+from helpers_sync import plain_post, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto
 from edge.clock import Clock
@@ -32,31 +30,14 @@ from edge.outbox.bounds import (
     payload_wire_bytes,
 )
 from edge.signing import EventSigner
-from edge.sync.service import SyncService
 from edge.sync.wire import MAX_EVENT_BYTES, encode
-from tests.helpers_central import IngestInThread, started_central
+from tests.helpers_central import IngestInThread
 
 NODE = "pos-rt03"
 
 
 def _outbox(path: Path) -> Outbox:
     return Outbox(path, NODE, clock=Clock(forced_quality="synced"))
-
-
-def _service(port: int, outbox: Outbox) -> SyncService:
-    return SyncService(node_config(port, NODE), outbox, snapshots=None, clock=outbox.clock,
-                       status_provider=lambda: {"state": "off"}, command_handler=None)
-
-
-@pytest.fixture
-def central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[IngestInThread]:
-    c = started_central(tmp_path / "central.db", mosquitto.port)
-    yield c
-    c.close()
-
-
-def _central_events(central: IngestInThread) -> dict[str, dict[str, Any]]:
-    return {e["event_id"]: e for e in central.store.list_events(node_id=NODE, since_rowid=0, limit=5000)}
 
 
 # ---------------------------------------------------------------- record time
@@ -114,17 +95,17 @@ def test_an_oversized_event_is_stored_truncated_and_still_an_alarm(tmp_path: Pat
 
 
 def test_a_truncated_event_goes_out_and_is_acked_by_central(tmp_path: Path, mosquitto: LocalMosquitto,
-                                                            central: IngestInThread) -> None:
+                                                            ingest_central: IngestInThread) -> None:
     ob = _outbox(tmp_path / "outbox.db")
     try:
         before = ob.record(EventDraft("PANIC", 1, {"button": "panic"}))
         big = ob.record(EventDraft("PANIC", 1, {"button": "panic", "camera_meta": "\u00e9" * 40_000}))
         after = ob.record(EventDraft("PANIC", 1, {"button": "panic"}))
         assert big.payload["truncated"] is True
-        svc = _service(mosquitto.port, ob)
+        svc = plain_post(mosquitto.port, ob)
         with running_service(svc):
             wait_until(lambda: ob.counts()["acked"] == 3, 60, what="all three acked")
-        at_central = _central_events(central)
+        at_central = ingest_central.events(NODE)
         assert set(at_central) == {before.event_id, big.event_id, after.event_id}
         assert at_central[big.event_id]["payload"]["truncated"] is True
         assert at_central[big.event_id]["priority"] == 1
@@ -152,8 +133,8 @@ def _inject_oversized(path: Path, priority: int) -> str:
 
 
 @pytest.mark.parametrize("priority", [1, 3])
-def test_an_old_oversized_record_mid_claim_never_blocks_the_others(tmp_path: Path, mosquitto: LocalMosquitto,
-                                                                   central: IngestInThread, priority: int) -> None:
+def test_an_old_oversized_record_mid_claim_never_blocks_the_others(
+        tmp_path: Path, mosquitto: LocalMosquitto, ingest_central: IngestInThread, priority: int) -> None:
     path = tmp_path / "outbox.db"
     with _outbox(path) as ob:
         first = [ob.record(EventDraft("PANIC", priority, {"i": i})).event_id for i in range(5)]
@@ -161,11 +142,11 @@ def test_an_old_oversized_record_mid_claim_never_blocks_the_others(tmp_path: Pat
     ob = _outbox(path)
     try:
         last = [ob.record(EventDraft("PANIC", priority, {"i": i})).event_id for i in range(5, 10)]
-        svc = _service(mosquitto.port, ob)
+        svc = plain_post(mosquitto.port, ob)
         with running_service(svc):
             wait_until(lambda: ob.counts()["acked"] == 10 and ob.counts()["rejected_local"] == 1,
                        60, what="the ten good events acked, the bad one rejected locally")
-        assert set(_central_events(central)) == set(first + last)
+        assert set(ingest_central.events(NODE)) == set(first + last)
         rec = ob.get(bad)
         assert rec is not None and rec.status == "rejected_local"  # kept, never deleted
         assert ob.flags(bad)["rejected_local"].startswith("oversized")

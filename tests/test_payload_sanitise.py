@@ -12,12 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_sync import node_config, running_service, wait_until
+from helpers_sync import plain_post, running_service, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,9 +27,8 @@ from edge.clock import Clock
 from edge.outbox import EventDraft, Outbox
 from edge.outbox.bounds import TEXT_REPLACED, TRUNCATION_MARK, VALUES_REPLACED
 from edge.outbox.sanitise import STRICT_DUMPS, Sanitised, make_acceptable, suspect
-from edge.sync.service import SyncService
 from edge.sync.wire import DEFAULT_PREFIX, INT64_MAX, INT64_MIN, MAX_PAYLOAD_DEPTH, EventEnvelope, Topics, encode
-from tests.helpers_central import IngestInThread, started_central
+from tests.helpers_central import IngestInThread
 
 NODE = "pos-rt03"
 #: What a serial device's bytes become when decoded with ``surrogateescape``.
@@ -39,11 +37,6 @@ SERIAL = b"\xffRING\xfe OK".decode("utf-8", "surrogateescape")
 
 def _outbox(path: Path) -> Outbox:
     return Outbox(path, NODE, clock=Clock(forced_quality="synced"))
-
-
-def _service(port: int, outbox: Outbox) -> SyncService:
-    return SyncService(node_config(port, NODE), outbox, snapshots=None, clock=outbox.clock,
-                       status_provider=lambda: {"state": "off"}, command_handler=None)
 
 
 def _nest(value: Any, levels: int, as_list: bool = False) -> Any:
@@ -192,13 +185,6 @@ def test_central_accepts_whatever_the_writer_stores(payload: dict[str, Any]) -> 
 # ---------------------------------------------------------------- record time and a real central
 
 
-@pytest.fixture
-def central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[IngestInThread]:
-    c = started_central(tmp_path / "central.db", mosquitto.port)
-    yield c
-    c.close()
-
-
 _KINDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # recorded, as stored and at central
     "nul": ({"modem": "AT\x00OK"}, {"modem": "AT\ufffdOK", TEXT_REPLACED: True}),
     "big int": ({"counter": 2**64}, {"counter": str(2**64), VALUES_REPLACED: True}),
@@ -221,16 +207,16 @@ def test_each_kind_is_stored_acceptable_and_still_an_alarm(tmp_path: Path) -> No
 
 
 def test_each_kind_is_delivered_and_acked_by_central(tmp_path: Path, mosquitto: LocalMosquitto,
-                                                     central: IngestInThread) -> None:
+                                                     ingest_central: IngestInThread) -> None:
     ob = _outbox(tmp_path / "outbox.db")
     try:
         ids = {kind: ob.record(EventDraft("PANIC", 1, recorded, incident_id=f"inc-{i}")).event_id
                for i, (kind, (recorded, _)) in enumerate(_KINDS.items())}
         normal = ob.record(EventDraft("PATROLI", 4, {"pos": 3})).event_id
-        svc = _service(mosquitto.port, ob)
+        svc = plain_post(mosquitto.port, ob)
         with running_service(svc):
             wait_until(lambda: ob.counts()["acked"] == len(ids) + 1, 60, what="every event acked")
-        at_central = {e["event_id"]: e for e in central.store.list_events(node_id=NODE, since_rowid=0, limit=100)}
+        at_central = ingest_central.events(NODE)
         for i, (kind, (_, stored)) in enumerate(_KINDS.items()):
             got = at_central[ids[kind]]
             assert got["payload"] == stored, kind

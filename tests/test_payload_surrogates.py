@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers_sync import node_config, running_service, wait_until
+from helpers_sync import plain_post, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto
 from edge.clock import Clock
@@ -22,9 +21,8 @@ from edge.outbox import EventDraft, Outbox
 from edge.outbox.bounds import PAYLOAD_BUDGET, TEXT_REPLACED, payload_wire_bytes
 from edge.outbox.sanitise import make_acceptable
 from edge.signing import EventSigner
-from edge.sync.service import SyncService
 from edge.sync.wire import MAX_EVENT_BYTES, encode
-from tests.helpers_central import IngestInThread, started_central
+from tests.helpers_central import IngestInThread
 
 NODE = "pos-rt03"
 #: What a serial device's bytes become when decoded with ``surrogateescape``.
@@ -33,13 +31,6 @@ SERIAL = b"\xffRING\xfe OK".decode("utf-8", "surrogateescape")
 
 def _outbox(path: Path) -> Outbox:
     return Outbox(path, NODE, clock=Clock(forced_quality="synced"))
-
-
-@pytest.fixture
-def central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[IngestInThread]:
-    c = started_central(tmp_path / "central.db", mosquitto.port)
-    yield c
-    c.close()
 
 
 def _utf8(payload: dict[str, Any]) -> bytes:
@@ -117,25 +108,16 @@ def test_a_huge_payload_full_of_lone_surrogates_is_replaced_then_bounded(tmp_pat
 # ---------------------------------------------------------------- end to end
 
 
-def _service(port: int, outbox: Outbox) -> SyncService:
-    return SyncService(node_config(port, NODE), outbox, snapshots=None, clock=outbox.clock,
-                       status_provider=lambda: {"state": "off"}, command_handler=None)
-
-
-def _central_events(central: IngestInThread) -> dict[str, dict[str, Any]]:
-    return {e["event_id"]: e for e in central.store.list_events(node_id=NODE, since_rowid=0, limit=5000)}
-
-
 def test_a_lone_surrogate_alarm_is_delivered_and_acked_by_central(tmp_path: Path, mosquitto: LocalMosquitto,
-                                                                   central: IngestInThread) -> None:
+                                                                   ingest_central: IngestInThread) -> None:
     ob = _outbox(tmp_path / "outbox.db")
     try:
         ev = ob.record(EventDraft("PANIC", 1, {"button": "utama", "modem": SERIAL}, incident_id="inc-7"))
         other = ob.record(EventDraft("PATROLI", 4, {"k\udcff": "v"}))
-        svc = _service(mosquitto.port, ob)
+        svc = plain_post(mosquitto.port, ob)
         with running_service(svc):
             wait_until(lambda: ob.counts()["acked"] == 2, 60, what="both acked")
-        at_central = _central_events(central)
+        at_central = ingest_central.events(NODE)
         got = at_central[ev.event_id]
         assert got["payload"] == {"button": "utama", "modem": "\ufffdRING\ufffd OK", TEXT_REPLACED: True}
         assert (got["type"], got["priority"], got["incident_id"]) == ("PANIC", 1, "inc-7")
@@ -146,7 +128,7 @@ def test_a_lone_surrogate_alarm_is_delivered_and_acked_by_central(tmp_path: Path
 
 
 def test_an_old_record_with_a_lone_surrogate_is_still_rejected_locally(tmp_path: Path, mosquitto: LocalMosquitto,
-                                                                      central: IngestInThread) -> None:
+                                                                      ingest_central: IngestInThread) -> None:
     path = tmp_path / "outbox.db"
     with _outbox(path) as ob:
         good = [ob.record(EventDraft("PANIC", 1, {"i": i})).event_id for i in range(3)]
@@ -163,11 +145,11 @@ def test_an_old_record_with_a_lone_surrogate_is_still_rejected_locally(tmp_path:
         conn.close()
     ob = _outbox(path)
     try:
-        svc = _service(mosquitto.port, ob)
+        svc = plain_post(mosquitto.port, ob)
         with running_service(svc):
             wait_until(lambda: ob.counts()["acked"] == 3 and ob.counts()["rejected_local"] == 1, 60,
                        what="the good events acked, the old record rejected locally")
-        assert set(_central_events(central)) == set(good)
+        assert set(ingest_central.events(NODE)) == set(good)
         assert ob.flags(bad)["rejected_local"].startswith("invalid")
         assert svc.stats.rejected_local == 1
     finally:

@@ -17,12 +17,10 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from helpers_sync import SmsRecorder, node_config, running_service, wait_until
+from helpers_sync import SmsRecorder, node_config, plain_post, running_service, wait_until
 
 from central_sync.broker import LocalMosquitto
 from edge.clock import Clock
@@ -30,7 +28,7 @@ from edge.outbox import EventDraft, Outbox
 from edge.sync.service import SyncService
 from edge.sync.uplink import MAX_UNCONFIRMED
 from edge.sync.wire import MAX_EVENT_BYTES
-from tests.helpers_central import IngestInThread, started_central
+from tests.helpers_central import IngestInThread
 
 NODE = "pos-rt03"
 BAD = "0190a0a0-0000-7000-8000-00000000beef"
@@ -40,13 +38,6 @@ RECIPIENTS = [{"name": "Ketua RT", "number": "+6281200000001"},
 
 def _outbox(path: Path) -> Outbox:
     return Outbox(path, NODE, clock=Clock(forced_quality="synced"))
-
-
-@pytest.fixture
-def central(tmp_path: Path, mosquitto: LocalMosquitto) -> Iterator[IngestInThread]:
-    c = started_central(tmp_path / "central.db", mosquitto.port)
-    yield c
-    c.close()
 
 
 def _row(rowid: int, event_id: str, priority: int, payload: dict[str, Any], *, typ: str,
@@ -82,14 +73,13 @@ def _status(ob: Outbox, event_id: str) -> str | None:
 
 
 def test_an_unsendable_p1_leading_a_paced_claim_is_rejected_at_once(
-        tmp_path: Path, mosquitto: LocalMosquitto, central: IngestInThread) -> None:
+        tmp_path: Path, mosquitto: LocalMosquitto, ingest_central: IngestInThread) -> None:
     path = tmp_path / "outbox.db"
     ob = _outbox(path)
     assert mosquitto.proc is not None
     pid = mosquitto.proc.pid
     try:
-        svc = SyncService(node_config(mosquitto.port, NODE), ob, snapshots=None, clock=ob.clock,
-                          status_provider=lambda: {"state": "off"}, command_handler=None)
+        svc = plain_post(mosquitto.port, ob)
         with running_service(svc):
             ob.record(EventDraft("PATROLI", 4, {"warm": True}))
             wait_until(lambda: ob.counts()["acked"] == 1, 60, what="the lane runs, central acks")
@@ -109,7 +99,7 @@ def test_an_unsendable_p1_leading_a_paced_claim_is_rejected_at_once(
             finally:
                 os.kill(pid, signal.SIGCONT)
             wait_until(lambda: ob.counts()["acked"] == 3000, 120, what="the backlog acked")
-        at_central = {e["event_id"] for e in central.store.list_events(node_id=NODE, since_rowid=0, limit=5000)}
+        at_central = set(ingest_central.events(NODE))
         assert len(at_central) == 3000 and BAD not in at_central
         assert ob.flags(BAD)["rejected_local"].startswith("oversized")
         assert svc.stats.rejected_local == 1  # counted (and logged) once
@@ -120,14 +110,13 @@ def test_an_unsendable_p1_leading_a_paced_claim_is_rejected_at_once(
 
 
 def test_unsendable_backlog_records_are_rejected_before_a_lost_connection_releases_them(
-        tmp_path: Path, mosquitto: LocalMosquitto, central: IngestInThread) -> None:
+        tmp_path: Path, mosquitto: LocalMosquitto, ingest_central: IngestInThread) -> None:
     """A backlog record is rejected at the end of its claim; when the connection goes first, it
     is rejected before the window is released, not put back to ``ready`` and built again."""
     path = tmp_path / "outbox.db"
     ob = _outbox(path)
     try:
-        svc = SyncService(node_config(mosquitto.port, NODE), ob, snapshots=None, clock=ob.clock,
-                          status_provider=lambda: {"state": "off"}, command_handler=None)
+        svc = plain_post(mosquitto.port, ob)
         with running_service(svc):
             ob.record(EventDraft("PATROLI", 4, {"warm": True}))
             wait_until(lambda: ob.counts()["acked"] == 1, 60, what="the lane runs, central acks")

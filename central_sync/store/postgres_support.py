@@ -10,7 +10,7 @@ from psycopg import errors as pgerr
 from psycopg_pool import PoolTimeout
 
 from central_sync.store.base import TransientStoreError
-from edge.sync.wire import c_json_encoder
+from edge.sync.json_encoding import c_json_encoder
 
 CHANNEL = "kentongan_changes"
 #: NOTIFY payloads must stay under 8000 bytes.

@@ -37,13 +37,12 @@ import base64
 import hashlib
 import json
 import re
-from _json import encode_basestring, encode_basestring_ascii, make_encoder
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.errors import WireError
+from edge.sync.json_encoding import c_json_encoder
 
 PROTOCOL_VERSION = 1
 DEFAULT_PREFIX = "kentongan/v1"
@@ -289,17 +288,6 @@ class Topics:
 #: ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` without building
 #: an encoder per call (central computes this for every received event).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def c_json_encoder(*, sort_keys: bool, item_sep: str, key_sep: str, ascii_only: bool) -> Callable[[Any], str]:
-    """``json.dumps`` with these settings as one call of CPython's C encoder, built ONCE:
-    ``JSONEncoder.encode`` builds it, a closure and a markers dict on every call (4.7 against
-    5.9 us for a 440-byte envelope). Same output (the same C function, the same settings;
-    ``tests/test_json_encoders.py``); no circular-reference markers (what is encoded here comes
-    from a JSON parse or ``model_dump``), and ``allow_nan`` as ``json.dumps``'s default."""
-    quote = encode_basestring_ascii if ascii_only else encode_basestring
-    encoder = make_encoder(None, _CANONICAL.default, quote, None, key_sep, item_sep, sort_keys, False, True)
-    return lambda value: "".join(encoder(value, 0))
 
 
 #: ``canonical_text``: the encoder of ``_CANONICAL``'s settings (sorted keys, compact, UTF-8).
