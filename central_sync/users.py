@@ -68,22 +68,30 @@ class User:
 NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 MIN_PASSWORD = 10
 
-_hasher = PasswordHasher()
+#: The passwords' hasher: argon2id at argon2-cffi's defaults (RFC 9106's low-memory profile,
+#: about 0.1-0.4 s a hash or check on a small machine). The only one central itself uses.
+DEFAULT_HASHER = PasswordHasher()
 
 
 @functools.cache
-def _dummy_hash() -> str:
-    """Verified against when the user does not exist, so timing does not reveal names. Made on
-    first use, not at import: an argon2 hash costs about 0.1-0.4 s, and every ``kentongan-central``
-    command imports this module."""
-    return _hasher.hash("kentongan-no-such-user")
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    """Verified against when the user does not exist, so timing does not reveal names (made by
+    the same hasher as real hashes, so it costs the same). Made on first use, not at import:
+    every ``kentongan-central`` command imports this module."""
+    return hasher.hash("kentongan-no-such-user")
 
 
 class UserStore:
-    """Accounts in the desk's ``web_users`` / ``web_user_rts`` tables (``store.desk()``)."""
+    """Accounts in the desk's ``web_users`` / ``web_user_rts`` tables (``store.desk()``).
 
-    def __init__(self, tables: DeskTables) -> None:
+    ``hasher`` is :data:`DEFAULT_HASHER` everywhere in central; the test harness
+    (``web.testing.WebEnv``) passes a cheap argon2id one so that its hundreds of logins do not
+    each cost a production hash. A stored hash carries its own parameters, so either checks
+    the other's hashes."""
+
+    def __init__(self, tables: DeskTables, hasher: PasswordHasher = DEFAULT_HASHER) -> None:
         self.tables = tables
+        self.hasher = hasher
 
     @staticmethod
     def _role_and_rts(role: Role | str, rts: list[RtRef] | tuple[RtRef, ...]) -> Role:
@@ -104,7 +112,7 @@ class UserStore:
         role = self._role_and_rts(role, rts)
         if len(password) < MIN_PASSWORD:
             raise AuthError(f"password must have at least {MIN_PASSWORD} characters")
-        digest = _hasher.hash(password)
+        digest = self.hasher.hash(password)
         if not self.tables.add_user(name, role.value, digest, time.time(),
                                     [(r.kelurahan_code, r.rw, r.rt) for r in rts]):
             raise AuthError(f"user {name!r} exists")
@@ -134,7 +142,7 @@ class UserStore:
         """The user when the password matches; ``AuthError`` otherwise (same message either way)."""
         row = self.tables.user(name)
         try:
-            _hasher.verify(row["password_hash"] if row else _dummy_hash(), password)
+            self.hasher.verify(row["password_hash"] if row else _dummy_hash(self.hasher), password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             raise AuthError("wrong user name or password") from None
         if row is None:

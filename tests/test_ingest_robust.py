@@ -222,36 +222,44 @@ _poison = st.fixed_dictionaries({"seq": st.integers(min_value=2**63, max_value=2
                                 | _surrogate_text | st.floats(allow_nan=True, allow_infinity=True), max_size=3)})
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                HealthCheck.function_scoped_fixture])
+@pytest.fixture(scope="module")
+def generated_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CentralConfig, CentralStore]]:
+    """One store for every generated example (a fresh SQLite store and its migrations each was
+    most of the test's time); each example sends events with ids of its own and checks its own
+    service's counts and batch (as test_ingest's garbage test does)."""
+    cfg = make_cfg(tmp_path_factory.mktemp("generated"), 1)
+    store = CentralStore(cfg.database)
+    try:
+        yield cfg, store
+    finally:
+        store.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(garbage=st.lists(st.tuples(_topics, _payloads), min_size=1, max_size=6), poison=st.lists(_poison, max_size=3))
 def test_generated_bodies_never_sink_other_nodes_events_in_the_same_batch(
-        tmp_path: Path, garbage: list[tuple[str, bytes]], poison: list[dict[str, Any]]) -> None:
-    import tempfile
+        generated_store: tuple[CentralConfig, CentralStore], garbage: list[tuple[str, bytes]],
+        poison: list[dict[str, Any]]) -> None:
+    cfg, store = generated_store
+    svc = IngestService(cfg, store)
+    others = [ev("node-b", seq=1), ev("node-c", seq=2)]
 
-    with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
-        cfg = make_cfg(Path(tmp), 1)
-        store = CentralStore(cfg.database)
-        svc = IngestService(cfg, store)
-        others = [ev("node-b", seq=1), ev("node-c", seq=2)]
+    async def feed() -> None:
+        svc.handle(up("node-b"), encode(others[0]), None)
+        for topic, body in garbage:
+            svc.handle(topic, body, None)
+        for fields in poison:
+            data = json.loads(encode(ev("node-a")))
+            data.update(fields)
+            svc.handle(up("node-a"), json.dumps(data).encode(), None)
+        svc.handle(up("node-c"), encode(others[1]), None)
+        await svc.flush()  # ONE commit batch holds all of the above
 
-        async def feed() -> None:
-            svc.handle(up("node-b"), encode(others[0]), None)
-            for topic, body in garbage:
-                svc.handle(topic, body, None)
-            for fields in poison:
-                data = json.loads(encode(ev("node-a")))
-                data.update(fields)
-                svc.handle(up("node-a"), json.dumps(data).encode(), None)
-            svc.handle(up("node-c"), encode(others[1]), None)
-            await svc.flush()  # ONE commit batch holds all of the above
-
-        asyncio.run(feed())
-        assert all(store.get_event(e.event_id) is not None for e in others)
-        s = svc.stats
-        assert s.batches == 1 and s.acked >= 2
-        assert s.inserted + s.duplicates + s.rejected_total() + s.snapshots + s.updates == s.outcomes_expected()
-        store.close()
+    asyncio.run(feed())
+    assert all(store.get_event(e.event_id) is not None for e in others)
+    s = svc.stats
+    assert s.batches == 1 and s.acked >= 2
+    assert s.inserted + s.duplicates + s.rejected_total() + s.snapshots + s.updates == s.outcomes_expected()
 
 
 def test_message_buffer_bounds_qos0_and_keeps_every_qos1() -> None:

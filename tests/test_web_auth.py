@@ -7,12 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import extract_parameters
+from argon2.profiles import RFC_9106_LOW_MEMORY
 from fastapi.testclient import TestClient
 
 from central_sync.errors import AuthError
-from central_sync.users import Role
+from central_sync.store import CentralStore
+from central_sync.users import DEFAULT_HASHER, Role, UserStore
+from central_sync.web.app import context_of, create_app
 from central_sync.web.auth import COOKIE, LOGIN_CSRF_COOKIE
-from central_sync.web.testing import WebEnv, event
+from central_sync.web.testing import CHEAP_HASHER, RecordingSender, WebEnv, event
 
 
 @pytest.fixture
@@ -35,6 +39,26 @@ def test_passwords_are_argon2_and_wrong_ones_fail(env: WebEnv) -> None:
         env.ctx.users.add("short", "operator", "tooshort")
     with pytest.raises(AuthError):
         env.ctx.users.add("rtx", "rt_admin", "long enough password")   # RT admin without RT
+
+
+def test_central_hashes_at_the_production_cost_and_only_the_harness_cheaply(tmp_path: Path) -> None:
+    """WebEnv's cheap hasher is the harness's alone: the app and the CLI's UserStore hash with
+    argon2id at RFC 9106's low-memory profile, and either kind of stored hash is checked by
+    either store (a hash carries its own parameters)."""
+    store = CentralStore(tmp_path / "central.db")
+    try:
+        ctx = context_of(create_app({"web": {}}, store, RecordingSender(), follow_changes=False))
+        assert ctx.users.hasher is DEFAULT_HASHER and UserStore(store.desk()).hasher is DEFAULT_HASHER
+        ctx.users.add("op", "operator", WebEnv.PASSWORD)
+        UserStore(store.desk(), CHEAP_HASHER).add("cheap", "operator", WebEnv.PASSWORD)
+        params = {n: extract_parameters(store.desk().user(n)["password_hash"]) for n in ("op", "cheap")}
+        assert params["op"] == RFC_9106_LOW_MEMORY and params["cheap"].time_cost == 1
+        assert ctx.users.verify("cheap", WebEnv.PASSWORD).name == "cheap"
+        assert UserStore(store.desk(), CHEAP_HASHER).verify("op", WebEnv.PASSWORD).name == "op"
+        with pytest.raises(AuthError):
+            ctx.users.verify("op", "not the password")
+    finally:
+        store.close()
 
 
 def test_session_cookie_flags_and_logout(env: WebEnv, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import uvicorn
+from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from central_sync.errors import AuthError, CentralError
 from central_sync.retention import Retention
 from central_sync.store import Store
+from central_sync.users import DEFAULT_HASHER
 from central_sync.web import (
     cached_views,
     i18n,
@@ -81,10 +83,12 @@ class SecurityHeaders:
 
 
 def create_app(cfg: ConfigSource, store: Store, commands: CommandSender | None,
-               settings: WebSettings | None = None, *, follow_changes: bool = True) -> FastAPI:
+               settings: WebSettings | None = None, *, follow_changes: bool = True,
+               hasher: PasswordHasher = DEFAULT_HASHER) -> FastAPI:
     """Build the app; groups events already in the store when it starts, then follows the
-    store's change feed (``follow_changes=False``: only what ``desk.on_events`` is given)."""
-    ctx = build_context(cfg, store, commands, settings)
+    store's change feed (``follow_changes=False``: only what ``desk.on_events`` is given).
+    ``hasher``: the accounts' password hasher (``UserStore``; only tests pass another)."""
+    ctx = build_context(cfg, store, commands, settings, hasher=hasher)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from argon2 import PasswordHasher
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
@@ -17,7 +18,7 @@ from central_sync.cap import WIB
 from central_sync.config import CentralConfig
 from central_sync.store import Store
 from central_sync.store.desk_tables import DeskTables
-from central_sync.users import UserStore
+from central_sync.users import DEFAULT_HASHER, UserStore
 from central_sync.web.attention import AttentionView
 from central_sync.web.auth import AccessLog, LoginLimiter, SessionManager
 from central_sync.web.body_cache import DeskBodies
@@ -65,10 +66,12 @@ def load_unsealer(settings: WebSettings) -> Unsealer | None:
 
 
 def build_context(cfg: ConfigSource, store: Store, commands: CommandSender | None,
-                  settings: WebSettings | None = None) -> WebContext:
+                  settings: WebSettings | None = None, *,
+                  hasher: PasswordHasher = DEFAULT_HASHER) -> WebContext:
+    """``hasher``: the accounts' password hasher (``UserStore``; only tests pass another)."""
     settings = settings or WebSettings.from_config(cfg)
     tables = store.desk()
-    users = UserStore(tables)
+    users = UserStore(tables, hasher)
     # Stream ids are the store's durable incident change numbers (live.py).
     hub = LiveHub(replay=settings.stream_replay, start=tables.incident_change_head())
     templates = Jinja2Templates(directory=str(HERE / "templates"))

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from argon2 import PasswordHasher
+
 from central_sync.store.supervision_tables import SupervisionTables
 from edge.incidents import INCIDENTS, IncidentType
 from edge.sync.wire import Command, EventEnvelope, Presence
@@ -82,6 +84,14 @@ def event(node_id: str, kind: str, *, at: float | None = None,
         type=kind, priority=priority, incident_id=incident_id, payload=payload or {})
 
 
+#: The harness's password hasher: argon2id as in production, at its cheapest parameters
+#: (1 pass over 1 MiB: about 1 ms instead of 0.1-0.4 s). Every WebEnv test adds users and logs
+#: in; at the production cost those hashes were most of a desk test's time. What a test proves
+#: (right password in, wrong one out, same answer for unknown users) does not depend on the cost;
+#: production's hasher is ``users.DEFAULT_HASHER`` (its own test in test_web_auth).
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
 class WebEnv:
     """A real CentralStore + web app + TestClients for tests (close() when done)."""
 
@@ -112,7 +122,8 @@ class WebEnv:
         self._sup = SupervisionTables(self.store.desk())
         self._link_since: float | None = None
         self.link_up()
-        self.app = create_app({"web": web}, self.store, self.sender, follow_changes=False)
+        self.app = create_app({"web": web}, self.store, self.sender, follow_changes=False,
+                              hasher=CHEAP_HASHER)
         self.ctx = context_of(self.app)
         self.anon = self._stack.enter_context(TestClient(self.app))
 
