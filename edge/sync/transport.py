@@ -31,8 +31,10 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.types import SubscribeTopic
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.credentials import credential_path, describe_unreadable
 from edge.errors import SyncError
@@ -49,6 +51,7 @@ __all__ = [
     "paho_client",
     "raise_if_cancelling",
     "session",
+    "subscribe",
     "tls_context",
 ]
 
@@ -114,6 +117,18 @@ def raise_if_cancelling(cause: BaseException | None = None) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from cause
+
+
+async def subscribe(client: aiomqtt.Client, topic: SubscribeTopic, *, qos: int = 0,
+                    properties: Properties | None = None) -> tuple[int, ...] | list[ReasonCode]:
+    """``client.subscribe`` that cannot swallow a stop: aiomqtt waits for the SUBACK with
+    ``asyncio.wait_for``, which on Python 3.11 returns the grant and drops a cancellation that
+    lands in the same loop iteration as the SUBACK. The caller would then consume the session
+    forever in a task already being cancelled, and whatever waits for it (a ``TaskGroup``, a
+    service stop, systemd) hangs. Every subscribe of the project goes through here."""
+    granted = await client.subscribe(topic, qos=qos, properties=properties)
+    raise_if_cancelling()
+    return granted
 
 
 def _read_error(reason: str, path: Path, exc: OSError) -> TransportError:
@@ -336,9 +351,15 @@ async def session(client: aiomqtt.Client,
     without a limit for the broker to confirm a graceful DISCONNECT (seen to hang under load when
     the session is torn down by cancellation); after ``disconnect_timeout`` the connection is
     dropped instead, and the broker treats it as a lost connection (the last will fires, the
-    session stays)."""
+    session stays).
+
+    A stop that races the CONNACK is not lost: aiomqtt waits for it with ``asyncio.wait_for``,
+    which on Python 3.11 returns the connection and drops the cancellation when both land in
+    the same loop iteration; the session then ends at once (a graceful disconnect) instead of
+    running on in a task that can no longer be stopped."""
     await connect(client)
     try:
+        raise_if_cancelling()
         yield client
     finally:
         try:
