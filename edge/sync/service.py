@@ -43,7 +43,7 @@ from edge.sync.health import RateLimitedLog, SyncHealth, classify
 from edge.sync.mqtt import Reconnector, TransportError, on_puback, open_client, publish_nowait, session
 from edge.sync.presence import CentralPresence
 from edge.sync.sms_fallback import SmsFallback
-from edge.sync.transport import raise_if_cancelling, subscribe
+from edge.sync.transport import raise_if_cancelling
 from edge.sync.uplink import EventUplink, SnapshotUplink, UplinkStats
 from edge.sync.uplink_types import Sent
 from edge.sync.wire import (
@@ -278,8 +278,8 @@ class SyncService:
             if self.use_central_presence:
                 # Retained states arrive right behind this SUBACK (after every reconnect too),
                 # so they are queued before the second SUBACK below.
-                await subscribe(client, self.topics.central_state("+"), qos=1)
-            await subscribe(client, f"{self.topics.prefix}/down/{self.node_id}/#", qos=1)
+                await client.subscribe(self.topics.central_state("+"), qos=1)
+            await client.subscribe(f"{self.topics.prefix}/down/{self.node_id}/#", qos=1)
             self.connected = True
             self.health.set("connected")
             self._connect_log.reset()

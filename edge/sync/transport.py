@@ -121,11 +121,17 @@ def raise_if_cancelling(cause: BaseException | None = None) -> None:
 
 async def subscribe(client: aiomqtt.Client, topic: SubscribeTopic, *, qos: int = 0,
                     properties: Properties | None = None) -> tuple[int, ...] | list[ReasonCode]:
-    """``client.subscribe`` that cannot swallow a stop: aiomqtt waits for the SUBACK with
-    ``asyncio.wait_for``, which on Python 3.11 returns the grant and drops a cancellation that
-    lands in the same loop iteration as the SUBACK. The caller would then consume the session
-    forever in a task already being cancelled, and whatever waits for it (a ``TaskGroup``, a
-    service stop, systemd) hangs. Every subscribe of the project goes through here."""
+    """``client.subscribe`` that cannot swallow a stop (central's connection tasks use it).
+
+    aiomqtt waits for the CONNACK and the SUBACK with ``asyncio.wait_for``, which on Python 3.11
+    returns the answer and drops a cancellation landing in the same loop iteration; the task
+    then consumed its session forever while being cancelled, and whatever waited for it (the
+    service's ``TaskGroup``, a stop, systemd) hung. The task's cancellation count stays raised,
+    so the check after the SUBACK also catches a stop lost at the CONNACK just before.
+
+    Only for a task whose count is not raised otherwise: the post's sync loop is not one (a
+    Python 3.11 ``TaskGroup`` whose child fails while it is exiting cancels its parent and never
+    uncancels it), so ``edge.sync.service`` keeps plain subscribes."""
     granted = await client.subscribe(topic, qos=qos, properties=properties)
     raise_if_cancelling()
     return granted
@@ -351,15 +357,9 @@ async def session(client: aiomqtt.Client,
     without a limit for the broker to confirm a graceful DISCONNECT (seen to hang under load when
     the session is torn down by cancellation); after ``disconnect_timeout`` the connection is
     dropped instead, and the broker treats it as a lost connection (the last will fires, the
-    session stays).
-
-    A stop that races the CONNACK is not lost: aiomqtt waits for it with ``asyncio.wait_for``,
-    which on Python 3.11 returns the connection and drops the cancellation when both land in
-    the same loop iteration; the session then ends at once (a graceful disconnect) instead of
-    running on in a task that can no longer be stopped."""
+    session stays)."""
     await connect(client)
     try:
-        raise_if_cancelling()
         yield client
     finally:
         try:
