@@ -39,7 +39,7 @@ from central_sync.read_gate import ReadGate
 from central_sync.store import Store
 from central_sync.supervision import link_beats
 from edge.logs import log_event
-from edge.sync.transport import paho_client, raise_if_cancelling, session
+from edge.sync.transport import paho_client, raise_if_cancelling, session, subscribe
 from edge.sync.wire import Topics
 
 log = logging.getLogger("central_sync.ingest")
@@ -104,7 +104,7 @@ class BrokerSessions:
                     # committed meanwhile would otherwise find no link (its Acks unsent, the posts
                     # resending after their Ack timeout).
                     self.links[client_id] = link
-                    granted = await client.subscribe(guard.subs, properties=guard.properties())
+                    granted = await subscribe(client, guard.subs, properties=guard.properties())
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:  # e.g. an ACL that does not grant central the uplink tree
                         log_event(log, "subscription_refused", logging.ERROR, client_id=client_id, reasons=refused)

@@ -60,7 +60,7 @@ from central_sync.store import Store
 from central_sync.store_retry import call_retrying
 from edge.errors import WireError
 from edge.logs import log_event
-from edge.sync.transport import paho_client, raise_if_cancelling, session
+from edge.sync.transport import paho_client, raise_if_cancelling, session, subscribe
 from edge.sync.wire import P1_CHANNEL, EventEnvelope, Topics
 
 log = logging.getLogger("central_sync.ingest_p1")
@@ -142,7 +142,7 @@ class P1Lane:
                 async with session(client):
                     guard.connected()
                     link = Link(self.client_id, paho_client(client), AckWindow(self.cfg.ingest.ack_window))
-                    granted = await client.subscribe(guard.subs, properties=guard.properties())
+                    granted = await subscribe(client, guard.subs, properties=guard.properties())
                     refused = [str(rc) for rc in granted if getattr(rc, "is_failure", False)]
                     if refused:
                         log_event(log, "p1_subscription_refused", logging.ERROR, client_id=self.client_id,

@@ -22,7 +22,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from edge.sync.transport import ConnectSpec, make_client, paho_client, session
+from central_sync.broker import LocalMosquitto
+from edge.sync.transport import ConnectSpec, make_client, on_connack, paho_client, session, subscribe
 
 WAIT = 30.0
 
@@ -144,4 +145,71 @@ def test_every_connection_of_the_project_goes_through_the_session() -> None:
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if re.search(ENTERS_A_CLIENT, line):
                     offenders.append(f"{path.relative_to(root)}:{n}")
+    assert offenders == []
+
+
+# -- a stop that lands with the broker's answer --------------------------------------------------
+# aiomqtt waits for the CONNACK and every SUBACK with ``asyncio.wait_for``; on Python 3.11 that
+# returns the answer and drops a cancellation arriving in the same loop iteration. Central's
+# ingest stop then hung (its P1 lane, cancelled while its SUBACK came in, consumed on forever
+# and the service's TaskGroup waited for it). These tests make the race exact: the stop is
+# requested from inside paho's callback for that answer, right where aiomqtt resolves its wait.
+
+async def _stopped(attempt: Any) -> str:
+    """Run ``attempt`` as a task; what became of it within ``WAIT`` s."""
+    task = asyncio.get_running_loop().create_task(attempt)
+    try:
+        async with asyncio.timeout(WAIT):
+            return str(await task)
+    except asyncio.CancelledError:
+        return "stopped" if task.cancelled() else "cancelled outside"
+    except TimeoutError:
+        task.cancel()
+        return "never stopped"
+
+
+def test_a_stop_that_races_the_connack_is_caught_at_the_subscribe(mosquitto: LocalMosquitto) -> None:
+    async def attempt() -> str:
+        client = make_client(_spec(mosquitto.port, timeout=WAIT))
+        me = asyncio.current_task()
+        assert me is not None
+        on_connack(client, lambda _props: me.cancel())  # called just before aiomqtt's handler
+        async with session(client):
+            await subscribe(client, "kentongan/v1/up/#", qos=1)
+            await asyncio.sleep(2 * WAIT)  # consuming, as ingest does
+            return "went on"
+
+    assert asyncio.run(_stopped(attempt())) == "stopped"
+
+
+def test_a_stop_that_races_the_suback_is_not_lost(mosquitto: LocalMosquitto) -> None:
+    async def attempt() -> str:
+        client = make_client(_spec(mosquitto.port, timeout=WAIT))
+        me = asyncio.current_task()
+        assert me is not None
+        async with session(client):
+            mqtt = paho_client(client)
+            aiomqtt_on_subscribe = mqtt.on_subscribe
+
+            def on_subscribe(*args: Any) -> None:
+                aiomqtt_on_subscribe(*args)  # resolves aiomqtt's wait for the SUBACK
+                me.cancel()
+
+            mqtt.on_subscribe = on_subscribe
+            await subscribe(client, "kentongan/v1/up/#", qos=1)
+            await asyncio.sleep(2 * WAIT)  # consuming, as ingest does
+            return "went on"
+
+    assert asyncio.run(_stopped(attempt())) == "stopped"
+
+
+def test_every_subscribe_of_central_goes_through_the_transport() -> None:
+    """Central subscribes with ``edge.sync.transport.subscribe`` only (a plain
+    ``await client.subscribe`` can lose a stop)."""
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in sorted((root / "central_sync").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"await (\w+\.)+subscribe\(", line):
+                offenders.append(f"{path.relative_to(root)}:{n}")
     assert offenders == []

@@ -31,8 +31,10 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.types import SubscribeTopic
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.credentials import credential_path, describe_unreadable
 from edge.errors import SyncError
@@ -49,6 +51,7 @@ __all__ = [
     "paho_client",
     "raise_if_cancelling",
     "session",
+    "subscribe",
     "tls_context",
 ]
 
@@ -114,6 +117,24 @@ def raise_if_cancelling(cause: BaseException | None = None) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from cause
+
+
+async def subscribe(client: aiomqtt.Client, topic: SubscribeTopic, *, qos: int = 0,
+                    properties: Properties | None = None) -> tuple[int, ...] | list[ReasonCode]:
+    """``client.subscribe`` that cannot swallow a stop (central's connection tasks use it).
+
+    aiomqtt waits for the CONNACK and the SUBACK with ``asyncio.wait_for``, which on Python 3.11
+    returns the answer and drops a cancellation landing in the same loop iteration; the task
+    then consumed its session forever while being cancelled, and whatever waited for it (the
+    service's ``TaskGroup``, a stop, systemd) hung. The task's cancellation count stays raised,
+    so the check after the SUBACK also catches a stop lost at the CONNACK just before.
+
+    Only for a task whose count is not raised otherwise: the post's sync loop is not one (a
+    Python 3.11 ``TaskGroup`` whose child fails while it is exiting cancels its parent and never
+    uncancels it), so ``edge.sync.service`` keeps plain subscribes."""
+    granted = await client.subscribe(topic, qos=qos, properties=properties)
+    raise_if_cancelling()
+    return granted
 
 
 def _read_error(reason: str, path: Path, exc: OSError) -> TransportError:
