@@ -553,16 +553,21 @@ _payloads = st.one_of(st.binary(max_size=200), mutated_envelope(), mutated_batch
                       _json_values.map(lambda v: json.dumps(v).encode()))
 
 
-@pytest.fixture(scope="module")
-def garbage_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CentralConfig, CentralStore]]:
-    """One store for every generated example (a fresh one each cost most of the test's time);
-    each example checks its own service's counts and the rejections it added."""
-    cfg = make_cfg(tmp_path_factory.mktemp("garbage"), 1)
+def module_store(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[CentralConfig, CentralStore]]:
+    """One SQLite store for every generated example of a test (a fresh store and its migrations
+    each cost most of such a test's time); each example checks its own service's counts, the
+    rejections it added and its own events (ids of its own)."""
+    cfg = make_cfg(tmp_path_factory.mktemp(name), 1)
     store = CentralStore(cfg.database)
     try:
         yield cfg, store
     finally:
         store.close()
+
+
+@pytest.fixture(scope="module")
+def garbage_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CentralConfig, CentralStore]]:
+    yield from module_store(tmp_path_factory, "garbage")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

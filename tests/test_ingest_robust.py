@@ -26,7 +26,7 @@ from central_sync.verify_cache import CachedEventVerifier, KeyCache
 from edge.errors import SecurityError
 from edge.signing import EventSigner, NodeKey
 from edge.sync.wire import encode
-from tests.test_ingest import Node, ServiceThread, _payloads, _topics, batch, ev, make_cfg, up, wait_until
+from tests.test_ingest import Node, ServiceThread, _payloads, _topics, batch, ev, make_cfg, module_store, up, wait_until
 
 
 @pytest.fixture
@@ -224,15 +224,7 @@ _poison = st.fixed_dictionaries({"seq": st.integers(min_value=2**63, max_value=2
 
 @pytest.fixture(scope="module")
 def generated_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CentralConfig, CentralStore]]:
-    """One store for every generated example (a fresh SQLite store and its migrations each was
-    most of the test's time); each example sends events with ids of its own and checks its own
-    service's counts and batch (as test_ingest's garbage test does)."""
-    cfg = make_cfg(tmp_path_factory.mktemp("generated"), 1)
-    store = CentralStore(cfg.database)
-    try:
-        yield cfg, store
-    finally:
-        store.close()
+    yield from module_store(tmp_path_factory, "generated")  # as test_ingest's garbage test does
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
