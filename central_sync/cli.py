@@ -259,8 +259,7 @@ async def serve_central(cfg: CentralConfig, store: Store, *, worker_id: str | No
     if lane == "bulk":
         cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"p1_lane": False})})
     ingest = IngestService(cfg, store, verify_event=hooks.verify_event, sign_command=hooks.sign_command,
-                           authenticate=hooks.authenticate, client_id=client_id, shared_group=group,
-                           keys=hooks.keys)
+                           authenticate=hooks.authenticate, client_id=client_id, shared_group=group)
     tasks = [asyncio.create_task(ingest.run(), name="ingest"),
              asyncio.create_task(_systemd_watchdog(), name="systemd-watchdog")]
     serve = _web_serve(cfg) if with_web else None

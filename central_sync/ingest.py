@@ -69,6 +69,7 @@ from central_sync.ingest_dispatch import Authenticate, UplinkDispatcher
 from central_sync.ingest_p1 import P1Lane
 from central_sync.ingest_queue import IngestQueue
 from central_sync.ingest_stats import IngestStats
+from central_sync.message_auth import MessageAuth
 from central_sync.mqtt_central import worker_client_ids
 from central_sync.processes import publish_command
 from central_sync.reject_budget import RejectBudget
@@ -98,8 +99,8 @@ class IngestService:
     thread after each committed batch with the NEW rows (as ``CentralStore.list_events`` returns
     them) and may raise without harming ingest. ``client_id`` overrides ``cfg.broker.client_id``;
     ``shared_group`` overrides ``cfg.ingest.shared_group`` (``kentongan-central ingest``).
-    ``keys`` is the key cache behind ``authenticate`` and ``verify_event``, refreshed by ``run``
-    off the event loop (``central_sync.security_wiring.CentralHooks.keys``).
+    When ``authenticate`` is a ``MessageAuth``, ``run`` refreshes its key cache (the one the
+    loop thread reads; central's event check shares it) off the event loop.
     """
 
     def __init__(
@@ -113,7 +114,6 @@ class IngestService:
         on_events: OnEvents | None = None,
         client_id: str | None = None,
         shared_group: str | None = None,
-        keys: KeyCache | None = None,
     ) -> None:
         if client_id is not None:
             cfg = cfg.model_copy(update={"broker": cfg.broker.model_copy(update={"client_id": client_id})})
@@ -124,7 +124,6 @@ class IngestService:
         verifier = as_batch_verifier(verify_event)
         self.writer = BatchWriter(store, verifier, on_events)
         self.sign_command = sign_command
-        self.keys = keys
         self.topics = Topics(cfg.topic_prefix)
         self.stats = IngestStats()
         self.rejections = RejectionAggregator(flood_threshold=cfg.ingest.flood_threshold)
@@ -183,18 +182,25 @@ class IngestService:
         """The Ack entries named before the next commit (tests look at them)."""
         return self.queue.acks_due
 
+    @property
+    def keys(self) -> KeyCache | None:
+        """The key cache ``authenticate`` reads on the event loop (refreshed by ``run`` off it)."""
+        auth = self.dispatcher.authenticate
+        return auth.keys if isinstance(auth, MessageAuth) else None
+
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> None:
         """Connect, subscribe and ingest forever (reconnecting with backoff); cancel to stop."""
-        if self.keys is not None:  # filled before the first message, off the loop
+        keys = self.keys
+        if keys is not None:  # filled before the first message, off the loop
             try:
-                await asyncio.to_thread(self.keys.refresh, True)
+                await asyncio.to_thread(keys.refresh, True)
             except Exception as exc:  # kept going: missing keys are looked up singly meanwhile
                 _key_refresh_failed(exc)
         helpers = [asyncio.create_task(self.committer.run(), name="ingest-batcher"),
                    asyncio.create_task(self.committer.rejection_flusher(), name="ingest-rejections")]
-        if self.keys is not None:
-            helpers.append(asyncio.create_task(keep_fresh(self.keys, _key_refresh_failed), name="ingest-keys"))
+        if keys is not None:
+            helpers.append(asyncio.create_task(keep_fresh(keys, _key_refresh_failed), name="ingest-keys"))
         try:
             # A TaskGroup, not gather: cancelled (or one connection failing), ``run`` returns only
             # once every connection has finished its disconnect, so none outlives the service

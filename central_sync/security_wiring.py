@@ -28,7 +28,6 @@ class CentralHooks:
     verify_event: CachedEventVerifier | Callable[[EventEnvelope], None] | None = None
     sign_command: Callable[[Command], Command] | None = None
     authenticate: MessageAuth | None = None
-    keys: KeyCache | None = None  # the cache behind both checks; ingest refreshes it off its loop
 
 
 class RegistryKeyLookup:
@@ -82,4 +81,4 @@ def central_hooks(cfg: CentralConfig) -> CentralHooks:
     keys = KeyCache(lookup, lookup.generation, preload=lookup.preload)
     verifier = CachedEventVerifier(keys, require_signed=True, digests=MemoryDigestLog(100_000))
     auth = MessageAuth(keys, require_signed=not cfg.pki.accept_unsigned_status)
-    return CentralHooks(verify_event=verifier, sign_command=signer.sign, authenticate=auth, keys=keys)
+    return CentralHooks(verify_event=verifier, sign_command=signer.sign, authenticate=auth)

@@ -128,7 +128,7 @@ def test_ingest_loop_makes_no_registry_read_and_a_revocation_bites_within_the_bo
     auth = MessageAuth(cache)
     cfg = make_cfg(tmp_path, mosquitto.port)
     store = CentralStore(cfg.database)
-    central = ServiceThread(cfg, store, verify_event=CachedEventVerifier(cache), authenticate=auth, keys=cache)
+    central = ServiceThread(cfg, store, verify_event=CachedEventVerifier(cache), authenticate=auth)
     a, b = Node(mosquitto.port, "pos-a"), Node(mosquitto.port, "pos-b")
     sign = {"pos-a": MessageSigner(key_a), "pos-b": MessageSigner(key_b)}
     events = {"pos-a": EventSigner(key_a), "pos-b": EventSigner(key_b)}

@@ -135,9 +135,8 @@ def _holds_surrogates(payload: dict[str, Any]) -> bool:
     stored text is ``json.dumps``'s either way (the two forms write the same escapes, so the
     text cannot tell them apart), and only the returned payload depends on the answer. Kept:
     3.4-3.8 us on a 90-byte payload, against 0.5-3 ms for a ``record()`` (its SQLite commit;
-    ``bench/payload_emoji.py``); a walk
-    over the payload's strings is not cheaper, and returning ``json.loads(text)`` always costs
-    about as much and copies every such payload."""
+    ``bench/payload_emoji.py``); a walk over the payload's strings is not cheaper, and returning
+    ``json.loads(text)`` always costs about as much and copies every such payload."""
     return _SURROGATE_CHARS.search(json.dumps(payload, ensure_ascii=False)) is not None
 
 
